@@ -1,0 +1,386 @@
+"""FastAPI application: wiring, middleware, error handlers and routes. `python app.py` runs it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, TypedDict, cast
+
+import uvicorn
+from asgi_correlation_id import CorrelationIdFilter, CorrelationIdMiddleware
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from pythonjsonlogger.json import JsonFormatter
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ai_service import ChatService, ServiceUnavailable, SimulatedAnswerSource
+from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
+from models import (
+    ID_PATTERN,
+    ChatAccepted,
+    ChatRequest,
+    ErrorResponse,
+    HealthResponse,
+    HistoryResponse,
+    RedisHealth,
+    ServiceInfo,
+    StatusResponse,
+    stream_event_schema,
+)
+from redis_client import EventWriter, HistoryStore, KeySpace, RedisUnavailable, create_redis
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("chat.access")
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,128}$"
+
+
+# --- Logging -------------------------------------------------------------------------------------
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure the root logger once, at the entry point: text or JSON, with the request id."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CorrelationIdFilter(default_value="-"))
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s",
+                rename_fields={"correlation_id": "request_id", "levelname": "level"},
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+
+
+class RequestLogMiddleware:
+    """Logs each request once (method, path, status, duration) and turns a crash into a JSON 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status = 500
+            if not response_started:
+                body = ErrorResponse.model_validate(
+                    {"error": {"code": "internal_error", "message": "Internal server error"}}
+                )
+                await JSONResponse(body.model_dump(exclude_none=True), status_code=500)(scope, receive, send)
+        finally:
+            duration_ms = (time.perf_counter() - started) * 1000
+            access_logger.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                duration_ms,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(duration_ms, 2),
+                },
+            )
+
+
+# --- Lifespan and dependencies -------------------------------------------------------------------
+
+
+class State(TypedDict):
+    chat_service: ChatService
+    history: HistoryStore
+    settings: Settings
+
+
+def build_lifespan(settings: Settings) -> Any:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        if settings.embedded_redis:
+            logger.warning(
+                "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
+                "history lives only as long as this process and no other process can subscribe"
+            )
+        redis = create_redis(settings)
+        keys = KeySpace(settings.redis_key_prefix)
+        history = HistoryStore(
+            redis,
+            keys,
+            ttl=settings.chat_history_ttl,
+            max_messages=settings.max_history_messages,
+            timeout=settings.redis_timeout,
+        )
+        writer = EventWriter(redis, timeout=settings.redis_timeout)
+        writer.start()
+        source = SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
+        service = ChatService(settings, history=history, writer=writer, keys=keys, source=source)
+        logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
+        try:
+            yield {"chat_service": service, "history": history, "settings": settings}
+        finally:
+            await service.shutdown()
+            await writer.close()
+            await redis.aclose()
+            logger.info("%s stopped", SERVICE_NAME)
+
+    return lifespan
+
+
+def get_chat_service(request: Request) -> ChatService:
+    return cast(ChatService, request.state.chat_service)
+
+
+def get_history(request: Request) -> HistoryStore:
+    return cast(HistoryStore, request.state.history)
+
+
+def get_app_settings(request: Request) -> Settings:
+    return cast(Settings, request.state.settings)
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+HistoryDep = Annotated[HistoryStore, Depends(get_history)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionIdPath = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
+]
+
+
+# --- Errors --------------------------------------------------------------------------------------
+
+
+def error_response(status_code: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body = ErrorResponse.model_validate({"error": {"code": code, "message": message, **extra}})
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status_code, headers=extra.pop("headers", None)
+    )
+
+
+def _field_name(location: tuple[int | str, ...] | list[int | str]) -> str:
+    parts = [str(part) for part in location]
+    if parts and parts[0] in {"body", "path", "query", "header"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = [{"field": _field_name(error["loc"]), "message": error["msg"]} for error in exc.errors()]
+    summary = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
+    return error_response(422, "invalid_request", f"Invalid request: {summary}", fields=fields)
+
+
+async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def on_redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RedisUnavailable)
+    logger.warning("Redis unavailable: %s", exc.reason)
+    return error_response(503, "redis_unavailable", f"Service temporarily unavailable: {exc.reason}")
+
+
+async def on_service_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(503, "shutting_down", str(exc))
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "Invalid input: the body names each bad field."},
+    503: {"model": ErrorResponse, "description": "Redis is unavailable, or the service is shutting down."},
+}
+
+
+# --- Application ---------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for these settings (the environment's when none are given)."""
+    settings = settings or get_settings()
+    middleware = [
+        Middleware(
+            CorrelationIdMiddleware,
+            header_name="X-Request-ID",
+            validator=lambda value: bool(re.fullmatch(REQUEST_ID_PATTERN, value)),
+        ),
+        Middleware(RequestLogMiddleware),
+    ]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID"],
+                expose_headers=["X-Request-ID"],
+            )
+        )
+    app = FastAPI(
+        title="AI Chat Service",
+        version=VERSION,
+        summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
+        lifespan=build_lifespan(settings),
+        middleware=middleware,
+        debug=False,
+    )
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RedisUnavailable, on_redis_unavailable)
+    app.add_exception_handler(ServiceUnavailable, on_service_unavailable)
+    keys = KeySpace(settings.redis_key_prefix)
+
+    @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
+    async def root() -> ServiceInfo:
+        """What this service is, and where to go next."""
+        return ServiceInfo(
+            service=SERVICE_NAME,
+            version=VERSION,
+            docs="/docs",
+            redoc="/redoc",
+            health="/health",
+            openapi="/openapi.json",
+            event_schema="/schema/events",
+            channel_pattern=keys.channel_pattern,
+        )
+
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        summary="Health check",
+        tags=["service"],
+        responses={503: {"model": HealthResponse, "description": "Redis does not answer."}},
+    )
+    async def health(history: HistoryDep, app_settings: SettingsDep) -> JSONResponse:
+        """Service status and Redis connectivity; 503 when Redis does not answer in time."""
+        mode = "embedded" if app_settings.embedded_redis else "redis"
+        try:
+            latency = await history.ping()
+        except RedisUnavailable as error:
+            body = HealthResponse(
+                status="unhealthy",
+                version=VERSION,
+                redis=RedisHealth(status="disconnected", mode=mode, error=error.reason),
+            )
+            return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
+        body = HealthResponse(
+            status="healthy",
+            version=VERSION,
+            redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3)),
+        )
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True))
+
+    @app.post(
+        "/chat",
+        status_code=202,
+        response_model=ChatAccepted,
+        summary="Send a message and stream the answer",
+        tags=["chat"],
+        responses=ERRORS,
+    )
+    async def chat(request: ChatRequest, service: ChatServiceDep, app_settings: SettingsDep) -> ChatAccepted:
+        """Store the message, start the answer in the background, and return where it streams."""
+        if len(request.message) > app_settings.max_message_length:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "message"),
+                        "msg": f"String should have at most {app_settings.max_message_length} characters",
+                        "type": "string_too_long",
+                    }
+                ]
+            )
+        return await service.submit(request)
+
+    @app.get(
+        "/history/{session_id}",
+        response_model=HistoryResponse,
+        response_model_exclude_none=True,
+        summary="Get a session's history",
+        tags=["history"],
+        responses=ERRORS,
+    )
+    async def get_session_history(
+        session_id: SessionIdPath,
+        history: HistoryDep,
+        limit: Annotated[
+            int | None, Query(ge=1, le=100_000, description="Only the most recent N turns.")
+        ] = None,
+    ) -> HistoryResponse:
+        """The session's turns, oldest first; an unknown session has an empty history."""
+        messages = await history.read(session_id, limit)
+        return HistoryResponse(session_id=session_id, messages=messages, count=len(messages))
+
+    @app.delete(
+        "/history/{session_id}",
+        response_model=StatusResponse,
+        summary="Clear a session's history",
+        tags=["history"],
+        responses=ERRORS,
+    )
+    async def clear_session_history(session_id: SessionIdPath, history: HistoryDep) -> StatusResponse:
+        """Delete every stored turn of the session."""
+        await history.clear(session_id)
+        return StatusResponse(message=f"History cleared for session {session_id}")
+
+    @app.get("/schema/events", summary="JSON Schema of stream events", tags=["service"])
+    async def event_schema() -> dict[str, Any]:
+        """The JSON Schema every PubSub event validates against (a union discriminated by `type`)."""
+        return stream_event_schema()
+
+    return app
+
+
+def main() -> None:
+    try:
+        settings = get_settings()
+    except ValidationError as error:
+        sys.stderr.write(format_validation_error(error) + "\n")
+        raise SystemExit(2) from None
+    configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

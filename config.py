@@ -1,0 +1,118 @@
+"""Configuration: every setting comes from the environment (or `.env`), typed and validated once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "format_validation_error", "get_settings"]
+
+VERSION = "1.0.0"
+SERVICE_NAME = "ai-chat-service"
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+class Settings(BaseSettings):
+    """The service's settings; each field is the environment variable of the same name, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # HTTP server
+    host: str = "0.0.0.0"  # noqa: S104 - a container service listens on every interface
+    port: int = Field(default=8000, ge=1, le=65535)
+    debug: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Redis. Neither REDIS_URL nor REDIS_HOST set: the embedded in-process Redis.
+    redis_url: SecretStr | None = None
+    redis_host: str | None = None
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    redis_db: int = Field(default=0, ge=0)
+    redis_timeout: float = Field(default=2.0, gt=0, le=60)
+    redis_max_connections: int = Field(default=64, ge=4, le=10_000)
+    redis_key_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.\-]{1,32}$")
+
+    # History
+    chat_history_ttl: int = Field(default=86_400, ge=1)
+    max_history_messages: int = Field(default=1000, ge=2, le=100_000)
+
+    # Simulated model pacing
+    stream_delay: float = Field(default=0.1, ge=0, le=10)
+    chunk_delay: float = Field(default=0.05, ge=0, le=10)
+
+    # Inputs and lifecycle
+    max_message_length: int = Field(default=8000, ge=1, le=1_000_000)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+    # Logging
+    log_level: LogLevel = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked by hand rather than as RedisDsn so that a bad URL's error never echoes the password.
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no Redis server is configured and the in-process one is used."""
+        return self.redis_url is None and not self.redis_host
+
+    def redis_dsn(self) -> str:
+        """The URL the Redis client connects to. It may hold the password: never log it."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        password = self.redis_password.get_secret_value() if self.redis_password else ""
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}{self.redis_host or 'localhost'}:{self.redis_port}/{self.redis_db}"
+
+    def redis_location(self) -> str:
+        """Where Redis is, fit for a log line or a response: no credentials."""
+        if self.embedded_redis:
+            return "embedded"
+        if self.redis_url is not None:
+            parts = urlsplit(self.redis_url.get_secret_value())
+            return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per bad variable, naming it and saying why, without echoing secret values."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        lines.append(f"invalid configuration: {name}: {item['msg']}")
+    return "\n".join(lines)

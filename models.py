@@ -1,0 +1,254 @@
+"""Pydantic models: the HTTP API's requests and responses, history turns and the stream's events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+# Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+SessionId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["test123"]),
+]
+UserId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["user1"]),
+]
+
+Role = Literal["user", "assistant"]
+FinishReason = Literal["stop", "length", "cancelled", "error", "shutdown"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ChatRequest(BaseModel):
+    """A user's message to a session."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"session_id": "test123", "message": "Hello!", "user_id": "user1"}]},
+    )
+
+    session_id: SessionId
+    message: str = Field(
+        min_length=1,
+        description="The user's message: not blank, at most MAX_MESSAGE_LENGTH (default 8000) characters.",
+    )
+    user_id: UserId
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be blank")
+        return value
+
+
+class ChatAccepted(BaseModel):
+    """The answer has started; it streams on `channel`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "streaming",
+                    "message_id": "6f1c3f7e-8a49-4d0e-9b8e-2f7f5a1c9d10",
+                    "session_id": "test123",
+                    "channel": "chat:test123",
+                }
+            ]
+        }
+    )
+
+    status: Literal["streaming"] = "streaming"
+    message_id: str = Field(description="Id of the assistant answer being streamed.")
+    session_id: str
+    channel: str = Field(description="Redis PubSub channel on which the answer's events are published.")
+
+
+class Usage(BaseModel):
+    """Token counts reported by the model, when it reports them."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class ChatTurn(BaseModel):
+    """One turn of a conversation as stored in history."""
+
+    message_id: str
+    role: Role
+    content: str
+    user_id: str
+    created_at: datetime = Field(description="When the turn was written, ISO 8601 in UTC.")
+    finish_reason: FinishReason | None = Field(
+        default=None, description="How an assistant turn ended; absent on user turns."
+    )
+    usage: Usage | None = None
+
+    @classmethod
+    def user(cls, request: ChatRequest, message_id: str) -> ChatTurn:
+        return cls(
+            message_id=message_id,
+            role="user",
+            content=request.message,
+            user_id=request.user_id,
+            created_at=utc_now(),
+        )
+
+    @classmethod
+    def assistant(
+        cls,
+        message_id: str,
+        content: str,
+        user_id: str,
+        finish_reason: FinishReason,
+        usage: Usage | None = None,
+    ) -> ChatTurn:
+        return cls(
+            message_id=message_id,
+            role="assistant",
+            content=content,
+            user_id=user_id,
+            created_at=utc_now(),
+            finish_reason=finish_reason,
+            usage=usage,
+        )
+
+
+class HistoryResponse(BaseModel):
+    """A session's turns, oldest first."""
+
+    session_id: str
+    messages: list[ChatTurn]
+    count: int = Field(ge=0)
+
+
+class StatusResponse(BaseModel):
+    """The outcome of an operation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "success", "message": "History cleared for session test123"}]
+        }
+    )
+
+    status: Literal["success"] = "success"
+    message: str
+
+
+class RedisHealth(BaseModel):
+    status: Literal["connected", "disconnected"]
+    mode: Literal["redis", "embedded"]
+    latency_ms: float | None = Field(default=None, description="PING round trip, in milliseconds.")
+    error: str | None = Field(default=None, description="Why Redis is unreachable, when it is.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    version: str
+    redis: RedisHealth
+
+
+class ServiceInfo(BaseModel):
+    """What the service is and where to go next."""
+
+    service: str
+    version: str
+    docs: str
+    redoc: str
+    health: str
+    openapi: str
+    event_schema: str
+    channel_pattern: str = Field(description="How a session's PubSub channel is named.")
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["redis_unavailable"])
+    message: str
+    fields: list[FieldError] | None = Field(
+        default=None, description="For invalid requests: each field that failed, and why."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer has this body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "redis_unavailable", "message": "Redis is unavailable"}}]
+        }
+    )
+
+    error: ErrorDetail
+
+
+# --- The stream contract: one JSON object per PubSub message -------------------------------------
+
+
+class EventBase(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    session_id: str
+    seq: int = Field(ge=0, description="0 for `start`, then +1 for every event of the same answer.")
+    timestamp: datetime = Field(description="When the event was published, ISO 8601 in UTC.")
+
+
+class StartEvent(EventBase):
+    """An answer begins."""
+
+    type: Literal["start"] = "start"
+
+
+class ChunkEvent(EventBase):
+    """The next piece of the answer's text."""
+
+    type: Literal["chunk"] = "chunk"
+    content: str = Field(description="The text delta: concatenating every chunk gives the answer.")
+
+
+class EndEvent(EventBase):
+    """The answer is complete and stored in history."""
+
+    type: Literal["end"] = "end"
+    content: str = Field(description="The whole answer.")
+    finish_reason: FinishReason
+    usage: Usage | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(examples=["shutdown", "internal_error"])
+    message: str
+
+
+class ErrorEvent(EventBase):
+    """The answer failed; no more events follow for it. What was written is stored in history."""
+
+    type: Literal["error"] = "error"
+    error: ErrorInfo
+
+
+StreamEvent = Annotated[StartEvent | ChunkEvent | EndEvent | ErrorEvent, Field(discriminator="type")]
+stream_event_adapter: TypeAdapter[StartEvent | ChunkEvent | EndEvent | ErrorEvent] = TypeAdapter(StreamEvent)
+
+
+def stream_event_schema() -> dict[str, Any]:
+    """JSON Schema of a stream event, for frontends that validate what they receive."""
+    return stream_event_adapter.json_schema()

@@ -1,0 +1,175 @@
+"""Shared fixtures: settings, the app in-process, and real redis-server processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app import create_app
+from config import Settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def need(condition: bool, reason: str) -> None:
+    """In CI a missing prerequisite fails the test; elsewhere it skips it, with the reason."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, owned by one test or session."""
+
+    def __init__(self, *extra_args: str) -> None:
+        self.port = free_port()
+        self.extra_args = extra_args
+        self.directory = tempfile.mkdtemp(prefix="redis-test-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except subprocess.SubprocessError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start within 10s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    def cleanup(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_redis(*extra_args: str) -> RedisServer:
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    server = RedisServer(*extra_args)
+    try:
+        server.start()
+    except (OSError, RuntimeError) as error:
+        server.cleanup()
+        need(False, f"cannot start redis-server: {error}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_server(shared_redis: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied for this test."""
+    shared_redis.cli("FLUSHALL")
+    return shared_redis
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone, for tests that stop, pause or fill it."""
+    server = start_redis()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    """Settings for a test: fast pacing, no `.env`, embedded Redis unless a URL is given."""
+    monkeypatch.chdir(tmp_path)  # a developer's .env in the checkout must not leak into tests
+    for name in list(os.environ):
+        if name.startswith(("REDIS_", "AI_", "OPENAI_", "API_KEYS", "RATE_", "MAX_")):
+            monkeypatch.delenv(name)
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"stream_delay": 0, "chunk_delay": 0, "shutdown_grace_seconds": 2}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return build
+
+
+AppClient = Callable[[Settings], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def app_client() -> AppClient:
+    """Run the app in-process with its lifespan entered; yield an HTTP client bound to it."""
+
+    @asynccontextmanager
+    async def run(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(settings)
+        async with (
+            LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
+        ):
+            yield client
+
+    return run
