@@ -168,7 +168,9 @@ def app_client() -> AppClient:
         app = create_app(settings)
         async with (
             LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+            ) as client,
         ):
             yield client
 
