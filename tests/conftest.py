@@ -212,7 +212,7 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         # A file, not a pipe: a pipe nobody reads fills up and blocks the service's logging.
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the service_process fixture
 
     def start(self) -> None:
         self.process = subprocess.Popen(
