@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck format pytest bench clean
+.PHONY: run test lint typecheck format pytest bench bench-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ typecheck: $(VENV)/.dev
 
 pytest: $(VENV)/.dev
 	$(BIN)/pytest
+
+## bench: measure the service against the machine's ceilings (a few minutes; needs redis-server)
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+## bench-smoke: every scenario for a moment, to prove the suite runs (CI)
+bench-smoke: $(VENV)/.dev
+	$(BIN)/python -m bench --smoke
 
 format: $(VENV)/.dev
 	$(BIN)/ruff format .

@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ai_service import (
     AnswerFinished,
     AnswerNotFound,
+    AnswerSource,
     ChatService,
     MessageConflict,
     ServiceUnavailable,
@@ -146,7 +147,7 @@ class State(TypedDict):
     settings: Settings
 
 
-def build_lifespan(settings: Settings) -> Any:
+def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         if settings.embedded_redis:
@@ -166,9 +167,14 @@ def build_lifespan(settings: Settings) -> Any:
         registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
         reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
-        source = SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
         service = ChatService(
-            settings, history=history, registry=registry, writer=writer, keys=keys, source=source
+            settings,
+            history=history,
+            registry=registry,
+            writer=writer,
+            keys=keys,
+            source=source
+            or SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay),
         )
         hub = StreamHub(
             redis,
@@ -303,8 +309,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # --- Application ---------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application for these settings (the environment's when none are given)."""
+def create_app(settings: Settings | None = None, *, source: AnswerSource | None = None) -> FastAPI:
+    """Build the application for these settings (the environment's when none are given).
+
+    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`).
+    """
     settings = settings or get_settings()
     middleware = [
         Middleware(
@@ -328,7 +337,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="AI Chat Service",
         version=VERSION,
         summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
-        lifespan=build_lifespan(settings),
+        lifespan=build_lifespan(settings, source),
         middleware=middleware,
         debug=False,
     )

@@ -1,0 +1,250 @@
+"""The run's figures as goals (issue #6), a table for the terminal and the README, and a chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _goal(name: str, figure: float | None, limit: float, *, at_least: bool, unit: str) -> dict[str, Any]:
+    met = None if figure is None or math.isnan(figure) else (figure >= limit if at_least else figure <= limit)
+    return {"goal": name, "figure": figure, "limit": limit, "at_least": at_least, "unit": unit, "met": met}
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if "a" in results:
+        found.append(
+            _goal(
+                "a. POST /chat / HTTP ceiling (64 conn.)", results["a"]["ratio"], 0.6, at_least=True, unit="x"
+            )
+        )
+    if "b" in results:
+        found.append(
+            _goal("b. chunks/s / client ceiling", results["b"]["ratio"], 0.7, at_least=True, unit="x")
+        )
+    if "c" in results:
+        levels = {level["sessions"]: level for level in results["c"]["levels"]}
+        if 1 in levels:
+            found.append(
+                _goal(
+                    "c. first chunk p50, 1 session", levels[1]["chunk_p50_ms"], 5, at_least=False, unit="ms"
+                )
+            )
+            found.append(
+                _goal(
+                    "c. first chunk p99, 1 session", levels[1]["chunk_p99_ms"], 25, at_least=False, unit="ms"
+                )
+            )
+        top = max(levels)
+        if top > 1:
+            found.append(
+                _goal(
+                    f"c. first chunk p99, {top} sessions",
+                    levels[top]["chunk_p99_ms"],
+                    100,
+                    at_least=False,
+                    unit="ms",
+                )
+            )
+    if "d" in results:
+        d = results["d"]
+        found.append(
+            _goal(
+                f"d. lateness p99, {d['answers']} paced answers",
+                d["lateness_p99_ms"],
+                50,
+                at_least=False,
+                unit="ms",
+            )
+        )
+        found.append(
+            _goal(
+                "f. memory per running answer",
+                d["bytes_per_running_answer"] / 1000,
+                50,
+                at_least=False,
+                unit="KB",
+            )
+        )
+    if "e" in results:
+        e = results["e"]
+        found.append(
+            _goal(
+                f"e. Redis connections, {e['clients']} SSE clients",
+                e["redis_connections"],
+                4,
+                at_least=False,
+                unit="",
+            )
+        )
+        found.append(_goal("e. SSE delivery p99", e["delivery_p99_ms"], 100, at_least=False, unit="ms"))
+        found.append(
+            _goal(
+                "f. memory per idle SSE client",
+                e["bytes_per_idle_client"] / 1000,
+                30,
+                at_least=False,
+                unit="KB",
+            )
+        )
+    return found
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 10 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(figures: dict[str, Any]) -> str:
+    """A Markdown table: readable in a terminal, pasted as is into the README."""
+    s = figures["scenarios"]
+    rows = [("Scenario", "Service", "Reference", "Goal", "Met")]
+    goal_rows = {goal["goal"][:2]: goal for goal in figures["goals"]}
+
+    def met(prefix: str) -> str:
+        goal = goal_rows.get(prefix)
+        return "-" if goal is None or goal["met"] is None else ("yes" if goal["met"] else "**no**")
+
+    if "a" in s:
+        a = s["a"]
+        svc, ceil = a["service"][-1], a["ceiling"][-1]
+        rows.append(
+            (
+                f"a. POST /chat, {svc['concurrency']} connections",
+                f"{_fmt(svc['requests_per_s'])} req/s (p50 {svc['p50_ms']} ms, p99 {svc['p99_ms']} ms)",
+                f"{_fmt(ceil['requests_per_s'])} req/s bare FastAPI (p99 {ceil['p99_ms']} ms)",
+                f"ratio {a['ratio']} >= 0.6",
+                met("a."),
+            )
+        )
+    if "a_workers" in s:
+        w = s["a_workers"]
+        one = s.get("a", {}).get("service", [{}])[-1].get("requests_per_s")
+        svc, ceil = w["service"][-1], w["ceiling"][-1]
+        speedup = f", x{svc['requests_per_s'] / one:.2f} of 1 worker" if one else ""
+        rows.append(
+            (
+                f"a. same, --workers {w['workers']}",
+                f"{_fmt(svc['requests_per_s'])} req/s{speedup}",
+                f"{_fmt(ceil['requests_per_s'])} req/s bare FastAPI, {w['workers']} workers",
+                "nearly double",
+                "-",
+            )
+        )
+    if "b" in s:
+        b = s["b"]
+        rows.append(
+            (
+                f"b. chunks to a subscriber, {b['answers']} answers",
+                f"{_fmt(b['service']['chunks_per_s'])} chunks/s, with replay log",
+                f"{_fmt(b['ceiling']['chunks_per_s'])} chunks/s redis-py pipelined PUBLISH",
+                f"ratio {b['ratio']} >= 0.7",
+                met("b."),
+            )
+        )
+    if "c" in s:
+        for level in s["c"]["levels"]:
+            prefix = "1 session" if level["sessions"] == 1 else f"{level['sessions']} sessions"
+            goal = "p50 <= 5, p99 <= 25 ms" if level["sessions"] == 1 else "p99 <= 100 ms"
+            show = level["sessions"] == 1 or level is s["c"]["levels"][-1]
+            rows.append(
+                (
+                    f"c. time to first chunk, {prefix}",
+                    f"p50 {level['chunk_p50_ms']} ms, p99 {level['chunk_p99_ms']} ms "
+                    f"(start p99 {level['start_p99_ms']} ms; {_fmt(level['answers_per_s'])} answers/s)",
+                    "",
+                    goal if show else "",
+                    met("c.") if show else "",
+                )
+            )
+    if "d" in s:
+        d = s["d"]
+        rows.append(
+            (
+                f"d. {d['answers']:,} paced answers",
+                f"lateness p99 {d['lateness_p99_ms']} ms (p50 {d['lateness_p50_ms']}); "
+                f"loop lag p99 {d['loop_lag_p99_ms']} ms",
+                f"{d['chunks']:,} chunks",
+                "lateness p99 <= 50 ms",
+                met("d."),
+            )
+        )
+    if "e" in s:
+        e = s["e"]
+        rows.append(
+            (
+                f"e. {e['clients']:,} SSE clients, {e['sessions']} sessions",
+                f"{_fmt(e['deliveries_per_s'])} events/s, p99 {e['delivery_p99_ms']} ms, "
+                f"{e['redis_connections']} Redis connections",
+                f"{e['deliveries']:,} deliveries, {e['clients_finished']:,} clients got `end`",
+                "<= 4 connections, p99 <= 100 ms",
+                met("e."),
+            )
+        )
+    if "d" in s or "e" in s:
+        per_answer = s["d"]["bytes_per_running_answer"] / 1000 if "d" in s else None
+        per_client = s["e"]["bytes_per_idle_client"] / 1000 if "e" in s else None
+        rows.append(
+            (
+                "f. memory",
+                f"{_fmt(per_answer)} KB per running answer, {_fmt(per_client)} KB per idle SSE client",
+                "",
+                "<= 50 KB, <= 30 KB",
+                met("f."),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    return "\n".join(lines)
+
+
+def chart(figures: dict[str, Any], path: Path) -> None:
+    """Latency against load: POST /chat against its ceiling, and time to first chunk against sessions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = figures["scenarios"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for name, style in (("service", "-o"), ("ceiling", "--s")):
+        points = s["a"][name]
+        rates = [point["requests_per_s"] for point in points]
+        label = "POST /chat" if name == "service" else "bare FastAPI (ceiling)"
+        left.plot(rates, [p["p99_ms"] for p in points], style, label=f"{label}, p99")
+        left.plot(rates, [p["p50_ms"] for p in points], style, alpha=0.45, label=f"{label}, p50")
+        for point in points:
+            left.annotate(
+                f"{point['concurrency']} conn.", (point["requests_per_s"], point["p99_ms"]), fontsize=7
+            )
+    left.set_xlabel("throughput (requests/s)")
+    left.set_ylabel("latency (ms)")
+    left.set_yscale("log")
+    left.set_title("a. POST /chat against the HTTP ceiling")
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+
+    levels = s["c"]["levels"]
+    sessions = [level["sessions"] for level in levels]
+    right.plot(sessions, [level["chunk_p99_ms"] for level in levels], "-o", label="first chunk, p99")
+    right.plot(
+        sessions, [level["chunk_p50_ms"] for level in levels], "-o", alpha=0.6, label="first chunk, p50"
+    )
+    right.plot(sessions, [level["start_p99_ms"] for level in levels], ":", label="start, p99")
+    right.axhline(100, color="grey", linestyle="--", linewidth=0.8)
+    right.annotate("goal: p99 100 ms at 500", (sessions[0], 100), fontsize=7, va="bottom")
+    right.set_xlabel(f"concurrent sessions (each: POST, answer, {s['c']['think_s']} s pause)")
+    right.set_ylabel("time from POST (ms)")
+    right.set_title("c. time to first chunk against load")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)
+    fig.suptitle(f"make bench, {figures['date'][:10]}, {figures['machine']['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
