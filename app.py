@@ -207,23 +207,25 @@ def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> An
     return lifespan
 
 
-def get_chat_service(request: Request) -> ChatService:
+# The dependencies are `async def`, though they do not await: FastAPI runs a plain `def` dependency in
+# its thread pool, and that hop cost more than the whole rest of a POST /chat (issue #6's profile).
+async def get_chat_service(request: Request) -> ChatService:
     return cast(ChatService, request.state.chat_service)
 
 
-def get_history(request: Request) -> HistoryStore:
+async def get_history(request: Request) -> HistoryStore:
     return cast(HistoryStore, request.state.history)
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
-def get_registry(request: Request) -> AnswerRegistry:
+async def get_registry(request: Request) -> AnswerRegistry:
     return cast(AnswerRegistry, request.state.registry)
 
 
-def get_hub(request: Request) -> StreamHub:
+async def get_hub(request: Request) -> StreamHub:
     return cast(StreamHub, request.state.hub)
 
 
