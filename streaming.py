@@ -53,8 +53,9 @@ class Entry:
     payload: bytes
 
     @classmethod
-    def from_reply(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
-        payload = fields[b"e"]
+    def from_reply(cls, entry_id: bytes, fields: list[bytes]) -> Entry:
+        """From an XRANGE reply's entry as Redis sends it: its id, then `[field, value, ...]`."""
+        payload = fields[fields.index(b"e") + 1]
         event = orjson.loads(payload)
         text_id = entry_id.decode()
         return cls(text_id, parse_entry_id(text_id), event["type"], event["message_id"], payload)
