@@ -38,7 +38,7 @@ async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
         "a": lambda: scenario_a(run, [1, 64] if smoke else [1, 8, 64]),
-        "b": lambda: scenario_b(run, *((10, 20) if smoke else (200, 250))),
+        "b": lambda: scenario_b(run, *((10, 20) if smoke else (200, 1000))),
         "c": lambda: scenario_c(run, [1, 20] if smoke else [1, 50, 100, 250, 500], think=1.0),
         "d": lambda: scenario_d(run, 50 if smoke else 2000),
         "e": lambda: scenario_e(run, *((50, 5) if smoke else (1000, 100))),
