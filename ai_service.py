@@ -13,9 +13,10 @@ import hashlib
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -266,6 +267,16 @@ class Answer:
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
 
 
+# How many chunks an answer may have on their way to Redis before it waits for the oldest.
+CHUNK_WINDOW = 32
+
+
+def _consume(future: asyncio.Future[list[Any]]) -> None:
+    """Retrieve a future's outcome, so an unawaited failure is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 class ChatService:
     """Accepts chats, runs each answer in a background task it owns, and ends them all on shutdown."""
 
@@ -401,19 +412,20 @@ class ChatService:
     # -- one answer --
 
     async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
-        """Append the event to the session's replay log and publish it, after any `extra` commands.
-
-        XADD comes before PUBLISH so that a reader woken by the PUBLISH finds the entry in the log.
-        """
+        """Append the event to the session's replay log and publish it, after any `extra` commands."""
         payload = event.model_dump_json(exclude_none=True).encode()
+        await self._writer.execute([*extra, *self._event_commands(answer, payload, refresh_ttl=True)])
+
+    def _event_commands(self, answer: Answer, payload: bytes, *, refresh_ttl: bool) -> list[Command]:
+        """XADD to the session's replay log, then PUBLISH: a reader woken by the PUBLISH finds the
+        entry in the log. The log lives as long as the history: `start` and the terminal event set its
+        TTL, and a chunk's XADD keeps it."""
         events = self._keys.events(answer.session_id)
-        commands: list[Command] = list(extra)
-        commands.append(("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload))
-        if event.type != "chunk":
-            # The log lives as long as the history; a chunk's XADD keeps the TTL its `start` set.
-            commands.append(("EXPIRE", events, self._settings.chat_history_ttl))
-        commands.append(("PUBLISH", answer.channel, payload))
-        await self._writer.execute(commands)
+        return [
+            ("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload),
+            *([("EXPIRE", events, self._settings.chat_history_ttl)] if refresh_ttl else []),
+            ("PUBLISH", answer.channel, payload),
+        ]
 
     @staticmethod
     def _event(answer: Answer, kind: type[E], **fields: object) -> E:
@@ -436,12 +448,28 @@ class ChatService:
                 self._event(answer, StartEvent),
                 *self._registry.starting_commands(answer.session_id, answer.message_id, answer.since),
             )
-            async for delta in self.source.stream(conversation, completion):
-                if not delta:
-                    continue
-                answer.seq += 1
-                answer.parts.append(delta)
-                await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
+            header = ChunkEvent.json_header(answer.message_id, answer.session_id)
+            # The answer goes on producing while its chunks are on their way to Redis, up to
+            # CHUNK_WINDOW of them, instead of waiting for each round trip. The writer keeps their
+            # order, and every one is confirmed before the answer is stored and ended.
+            in_flight: deque[asyncio.Future[list[Any]]] = deque()
+            try:
+                async for delta in self.source.stream(conversation, completion):
+                    if not delta:
+                        continue
+                    answer.seq += 1
+                    answer.parts.append(delta)
+                    payload = ChunkEvent.fast_json(header, answer.seq, delta)
+                    in_flight.append(
+                        self._writer.submit(self._event_commands(answer, payload, refresh_ttl=False))
+                    )
+                    while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
+                        await in_flight.popleft()
+                while in_flight:
+                    await in_flight.popleft()
+            finally:
+                for future in in_flight:  # left behind by a failure or a Stop: nobody awaits them
+                    future.add_done_callback(_consume)
             await self._end(answer, completion.finish_reason, usage=completion.usage)
         except asyncio.CancelledError:
             # Only this service cancels answer tasks (Stop, shutdown), and it awaits them: the task

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 # Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
@@ -259,6 +260,25 @@ class ChunkEvent(EventBase):
 
     type: Literal["chunk"] = "chunk"
     content: str = Field(description="The text delta: concatenating every chunk gives the answer.")
+
+    @staticmethod
+    def json_header(message_id: str, session_id: str) -> bytes:
+        """What every chunk of one answer starts with, for `fast_json`."""
+        return orjson.dumps({"message_id": message_id, "session_id": session_id})[:-1] + b',"seq":'
+
+    @staticmethod
+    def fast_json(header: bytes, seq: int, content: str) -> bytes:
+        """The same JSON as `model_dump_json()` of this event, stamped now, without building a model.
+
+        Answers publish one of these per chunk, and validating and dumping a model was the larger part
+        of a chunk's cost (issue #6); the fields are known valid here, and tests compare the two forms.
+        """
+        return b'%s%d,"timestamp":%s,"type":"chunk","content":%s}' % (
+            header,
+            seq,
+            orjson.dumps(utc_now(), option=orjson.OPT_UTC_Z),
+            orjson.dumps(content),
+        )
 
 
 class EndEvent(EventBase):
