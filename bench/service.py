@@ -53,11 +53,21 @@ class LagMonitor:
     def __init__(self) -> None:
         self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
+        self.gc_pauses: list[tuple[int, float]] = []
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif len(self.gc_pauses) < 1_000_000:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_started))
 
     def restart(self) -> None:
         if self._task is not None:
             self._task.cancel()
         self.samples = []
+        self.gc_pauses = []
         self._task = asyncio.create_task(self._run(), name="bench-lag-monitor")
 
     async def _run(self) -> None:
@@ -74,7 +84,17 @@ class LagMonitor:
         def at(q: float) -> float:
             return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
-        return {"samples": len(ordered), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0)}
+        full = [pause for generation, pause in self.gc_pauses if generation == 2]
+        return {
+            "samples": len(ordered),
+            "p50_ms": at(0.5),
+            "p99_ms": at(0.99),
+            "max_ms": at(1.0),
+            "gc_collections": len(self.gc_pauses),
+            "gc_max_ms": round(max((pause for _, pause in self.gc_pauses), default=0) * 1000, 3),
+            "gc_full_collections": len(full),
+            "gc_full_total_ms": round(sum(full) * 1000, 3),
+        }
 
 
 def rss_bytes() -> int:
