@@ -269,6 +269,8 @@ class Answer:
 
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
 CHUNK_WINDOW = 32
+# How many of the session's newest turns (the new message included) the answer source is given.
+CONTEXT_TURNS = 50
 
 
 def _consume(future: asyncio.Future[list[Any]]) -> None:
@@ -323,15 +325,17 @@ class ChatService:
             raise ServiceUnavailable("the service is shutting down")
         message_id = str(request.message_id) if request.message_id else new_message_id()
         session_id = request.session_id
-        existing = await self._registry.claim(message_id, session_id)
+        existing = await self._registry.claim(message_id, session_id, self._writer)
         if existing is not None:
             if existing.session_id != session_id:
                 raise MessageConflict("this message_id belongs to another session")
             return self._accepted(existing), False
         try:
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
-            since = await self._history.append(session_id, ChatTurn.user(request, message_id))
-            conversation = await self._conversation(session_id)
+            since, recent = await self._history.append_and_recent(
+                self._writer, session_id, ChatTurn.user(request, message_id), CONTEXT_TURNS
+            )
+            conversation = [ConversationMessage(role=role, content=content) for role, content in recent]
         except RedisUnavailable:
             with contextlib.suppress(RedisUnavailable):
                 await self._registry.release(message_id)
@@ -347,10 +351,6 @@ class ChatService:
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
-
-    async def _conversation(self, session_id: str) -> list[ConversationMessage]:
-        turns = await self._history.read(session_id)
-        return [ConversationMessage(role=turn.role, content=turn.content) for turn in turns]
 
     async def cancel(self, message_id: str) -> AnswerState:
         """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import fakeredis
 import hiredis
+import orjson
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -23,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, status_of
+from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, Role, status_of
 
 if TYPE_CHECKING:
     from config import Settings
@@ -171,6 +172,40 @@ class HistoryStore:
             *_, (seconds, microseconds) = await pipe.execute()
         return f"{seconds * 1000 + microseconds // 1000}-0"
 
+    async def append_and_recent(
+        self, writer: CommandBatcher, session_id: str, turn: ChatTurn, recent: int
+    ) -> tuple[str, list[tuple[Role, str]]]:
+        """`append`, and the `recent` newest turns (this one included) as (role, content), in one
+        transaction sent through `writer`: one round trip shared with other requests, where `append`
+        then `read` cost two of their own and validated every turn of the session (issue #6)."""
+        key = self._keys.history(session_id)
+        replies = await writer.execute(
+            [
+                ("MULTI",),
+                *self.append_commands(session_id, turn),
+                ("TIME",),
+                ("LRANGE", key, -recent, -1),
+                ("EXEC",),
+            ]
+        )
+        result = replies[-1]
+        if not isinstance(result, list):  # EXEC refused: the transaction was discarded
+            raise RedisUnavailable(
+                describe(result) if isinstance(result, Exception) else "transaction aborted"
+            )
+        failure = next((reply for reply in result if isinstance(reply, Exception)), None)
+        if failure is not None:
+            raise RedisUnavailable(describe(failure))
+        *_, (seconds, microseconds), raw = result
+        turns: list[tuple[Role, str]] = []
+        for item in raw:
+            try:
+                stored = orjson.loads(item)
+                turns.append((stored["role"], stored["content"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                logger.warning("skipping an unreadable history entry in session %s", session_id)
+        return f"{int(seconds) * 1000 + int(microseconds) // 1000}-0", turns
+
     async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
         start = -limit if limit else 0
         async with bounded(self._timeout):
@@ -206,15 +241,27 @@ class AnswerRegistry:
         self._ttl = ttl
         self._timeout = timeout
 
-    async def claim(self, message_id: str, session_id: str) -> AnswerState | None:
-        """Record a new answer; if the id is taken, return the existing answer's state instead."""
+    async def claim(
+        self, message_id: str, session_id: str, writer: CommandBatcher | None = None
+    ) -> AnswerState | None:
+        """Record a new answer; if the id is taken, return the existing answer's state instead.
+
+        With `writer`, the claim goes out in its next batch instead of a round trip of its own.
+        """
         key = self._keys.message(message_id)
         # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
-        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            pipe.hsetnx(key, "session_id", session_id)
-            pipe.hsetnx(key, "status", "streaming")
-            pipe.expire(key, self._ttl)
-            won, _, _ = await pipe.execute()
+        commands: list[Command] = [
+            ("HSETNX", key, "session_id", session_id),
+            ("HSETNX", key, "status", "streaming"),
+            ("EXPIRE", key, self._ttl),
+        ]
+        if writer is not None:
+            won, _, _ = await writer.execute(commands)
+        else:
+            async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                won, _, _ = await pipe.execute()
         if won:
             return None
         existing = await self.get(message_id)
