@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import subprocess
 import sys
 import time
@@ -287,11 +288,17 @@ async def ttfc_level(
     stop_at = time.perf_counter() + seconds
     tag = f"c{sessions}x"
 
+    # Sessions are people: they do not all send at the same instant. Each starts at a random point of
+    # the first pause and pauses 0.5x to 1.5x `think` after each answer (seeded: runs compare).
+    randomness = random.Random(sessions)
+
     async def session(index: int) -> None:
         session_id = f"{tag}{index}"
         channel = f"chat:{session_id}".encode()
         loop = asyncio.get_running_loop()
         rounds = 0
+        if think:
+            await asyncio.sleep(randomness.uniform(0, think))
         while time.perf_counter() < stop_at and rounds < 100_000:
             times: dict[str, float] = {}
             ended = loop.create_future()
@@ -318,7 +325,7 @@ async def ttfc_level(
             to_chunk.append(times["chunk"] - sent)
             rounds += 1
             if think:
-                await asyncio.sleep(think)
+                await asyncio.sleep(randomness.uniform(0.5 * think, 1.5 * think))
 
     started = time.perf_counter()
     await asyncio.gather(*(session(i) for i in range(sessions)))
