@@ -12,7 +12,8 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
@@ -27,6 +28,7 @@ from models import (
     EventBase,
     FinishReason,
     StartEvent,
+    StreamEvent,
     Usage,
     new_message_id,
     utc_now,
@@ -37,12 +39,14 @@ if TYPE_CHECKING:
     from config import Settings
 
 __all__ = [
+    "AnswerError",
     "AnswerSource",
     "ChatService",
     "Completion",
     "ConversationMessage",
     "ServiceUnavailable",
     "SimulatedAnswerSource",
+    "build_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,8 +75,12 @@ class AnswerSource(Protocol):
 
     def stream(
         self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
-        """Yield the answer to the conversation's last message as text deltas."""
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer to the conversation's last message as text deltas.
+
+        A generator, so that its caller can close it (`aclose`) the moment an answer is cancelled and
+        the source can release what it holds, such as an HTTP stream to a model server, at once.
+        """
         ...
 
 
@@ -204,7 +212,7 @@ class SimulatedAnswerSource:
 
     async def stream(
         self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         words = compose_answer(conversation).split(" ")
         for start in range(0, len(words), self.words_per_chunk):
             piece = words[start : start + self.words_per_chunk]
@@ -213,6 +221,40 @@ class SimulatedAnswerSource:
                 await asyncio.sleep(pause)
             yield (" " if start else "") + " ".join(piece)
         completion.finish_reason = "stop"
+
+
+# --- What the model is sent ----------------------------------------------------------------------
+
+
+def build_context(
+    earlier: Sequence[ConversationMessage],
+    message: str,
+    *,
+    system_prompt: str,
+    max_messages: int,
+    max_chars: int,
+) -> list[ConversationMessage]:
+    """The conversation a model answers: the system prompt, recent turns, then the new message.
+
+    Of the `earlier` turns (oldest first) at most `max_messages` of the most recent are kept, and only as
+    many as fit in `max_chars` together with the system prompt and the message; the oldest go first.
+    The system prompt and the new message are always sent. Empty turns (an answer that failed before its
+    first token) are skipped, and an answer whose question was dropped goes too, so the turns sent start
+    with a user's: some chat templates refuse anything else.
+    """
+    budget = max_chars - len(system_prompt) - len(message)
+    candidates = [turn for turn in earlier if turn.content][-max_messages:] if max_messages else []
+    kept: list[ConversationMessage] = []
+    for turn in reversed(candidates):
+        budget -= len(turn.content)
+        if budget < 0:
+            break
+        kept.append(turn)
+    kept.reverse()
+    while kept and kept[0].role == "assistant":
+        kept.pop(0)
+    system = [ConversationMessage(role="system", content=system_prompt)] if system_prompt else []
+    return [*system, *kept, ConversationMessage(role="user", content=message)]
 
 
 # --- Streaming machinery -------------------------------------------------------------------------
@@ -230,6 +272,7 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    listener: asyncio.Queue[StreamEvent | None] | None = None
 
 
 class ChatService:
@@ -256,27 +299,56 @@ class ChatService:
     def active_answers(self) -> int:
         return len(self._answers)
 
-    async def submit(self, request: ChatRequest) -> ChatAccepted:
-        """Store the user's turn and start the answer; return at once."""
+    async def submit(
+        self,
+        request: ChatRequest,
+        *,
+        context: Sequence[ConversationMessage] | None = None,
+        listener: asyncio.Queue[StreamEvent | None] | None = None,
+    ) -> ChatAccepted:
+        """Store the user's turn and start the answer; return at once.
+
+        For in-process callers such as the OpenAI-compatible API: `context` is the conversation to
+        answer, in place of the one built from the session's history; `listener` receives every event
+        of the answer as it is published (in `seq` order, ending with its `end` or `error`, which it
+        receives even when Redis refuses the event), then `None` once the answer's task is over.
+        """
         if not self._accepting:
             raise ServiceUnavailable("the service is shutting down")
         message_id = new_message_id()
         # The user turn is stored before 202 is answered: an accepted chat is always in history.
         await self._history.append(request.session_id, ChatTurn.user(request, message_id))
-        conversation = await self._conversation(request.session_id)
+        if context is not None:
+            conversation = list(context)
+        else:
+            conversation = await self._conversation(request, message_id)
         answer = Answer(
             message_id=message_id,
             session_id=request.session_id,
             user_id=request.user_id,
             channel=self._keys.channel(request.session_id),
+            listener=listener,
         )
         self._answers[message_id] = answer
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
         return ChatAccepted(message_id=message_id, session_id=request.session_id, channel=answer.channel)
 
-    async def _conversation(self, session_id: str) -> list[ConversationMessage]:
-        turns = await self._history.read(session_id)
-        return [ConversationMessage(role=turn.role, content=turn.content) for turn in turns]
+    async def _conversation(self, request: ChatRequest, message_id: str) -> list[ConversationMessage]:
+        settings = self._settings
+        # One more than the limit: the newest turn read is usually the user turn just stored.
+        turns = await self._history.read(request.session_id, limit=settings.max_context_messages + 1)
+        earlier = [
+            ConversationMessage(role=turn.role, content=turn.content)
+            for turn in turns
+            if turn.message_id != message_id
+        ]
+        return build_context(
+            earlier,
+            request.message,
+            system_prompt=settings.system_prompt,
+            max_messages=settings.max_context_messages,
+            max_chars=settings.max_context_chars,
+        )
 
     async def shutdown(self) -> None:
         """Take no new chats; let running answers finish within the grace period, then end the rest."""
@@ -301,6 +373,8 @@ class ChatService:
         return [("PUBLISH", answer.channel, payload)]
 
     async def _publish(self, answer: Answer, event: StartEvent | ChunkEvent | EndEvent | ErrorEvent) -> None:
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
         await self._writer.write(
             self._event_commands(answer, event.model_dump_json(exclude_none=True).encode())
         )
@@ -322,12 +396,15 @@ class ChatService:
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
         try:
             await self._publish(answer, self._event(answer, StartEvent))
-            async for delta in self.source.stream(conversation, completion):
-                if not delta:
-                    continue
-                answer.seq += 1
-                answer.parts.append(delta)
-                await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
+            # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
+            # once, even when the cancel lands while a chunk is being published.
+            async with aclosing(self.source.stream(conversation, completion)) as deltas:
+                async for delta in deltas:
+                    if not delta:
+                        continue
+                    answer.seq += 1
+                    answer.parts.append(delta)
+                    await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
             await self._finish(answer, completion.finish_reason, completion.usage)
         except asyncio.CancelledError:
             # Only this service cancels answer tasks (at shutdown), and it awaits them: the task
@@ -346,6 +423,8 @@ class ChatService:
             await self._end_early(answer, "error", "internal_error", "the answer failed")
         finally:
             self._answers.pop(answer.message_id, None)
+            if answer.listener is not None:
+                answer.listener.put_nowait(None)
             logger.info(
                 "answer ended message_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ai_service import ChatService, ServiceUnavailable, SimulatedAnswerSource
+from ai_service import ChatService, ServiceUnavailable
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
 from models import (
     ID_PATTERN,
@@ -36,6 +36,7 @@ from models import (
     StatusResponse,
     stream_event_schema,
 )
+from providers import close_answer_source, create_answer_source, provider_health
 from redis_client import EventWriter, HistoryStore, KeySpace, RedisUnavailable, create_redis
 
 logger = logging.getLogger(__name__)
@@ -143,13 +144,14 @@ def build_lifespan(settings: Settings) -> Any:
         )
         writer = EventWriter(redis, timeout=settings.redis_timeout)
         writer.start()
-        source = SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
+        source = create_answer_source(settings)
         service = ChatService(settings, history=history, writer=writer, keys=keys, source=source)
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
         try:
             yield {"chat_service": service, "history": history, "settings": settings}
         finally:
             await service.shutdown()
+            await close_answer_source(source)
             await writer.close()
             await redis.aclose()
             logger.info("%s stopped", SERVICE_NAME)
@@ -246,7 +248,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID"],
+                allow_headers=[
+                    "Content-Type",
+                    "Authorization",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "Last-Event-ID",
+                    "X-Session-Id",
+                ],
                 expose_headers=["X-Request-ID"],
             )
         )
@@ -295,12 +304,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 status="unhealthy",
                 version=VERSION,
                 redis=RedisHealth(status="disconnected", mode=mode, error=error.reason),
+                ai=provider_health(app_settings),
             )
             return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
         body = HealthResponse(
             status="healthy",
             version=VERSION,
             redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3)),
+            ai=provider_health(app_settings),
         )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 
