@@ -36,6 +36,7 @@ from models import (
     StatusResponse,
     stream_event_schema,
 )
+from openai_api import router as openai_router
 from providers import close_answer_source, create_answer_source, provider_health
 from redis_client import EventWriter, HistoryStore, KeySpace, RedisUnavailable, create_redis
 
@@ -271,6 +272,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RedisUnavailable, on_redis_unavailable)
     app.add_exception_handler(ServiceUnavailable, on_service_unavailable)
+    app.include_router(openai_router)
     keys = KeySpace(settings.redis_key_prefix)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
