@@ -1,4 +1,5 @@
-"""Shared fixtures: settings, the app in-process, and real redis-server processes on free ports."""
+"""Shared fixtures: settings, the app in-process, real redis-server processes on free ports, and a
+scriptable OpenAI-compatible model server on loopback."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from asgi_lifespan import LifespanManager
 
 from app import create_app
 from config import Settings
+from tests.openai_server import OpenAIServer, serve
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -175,3 +177,39 @@ def app_client() -> AppClient:
             yield client
 
     return run
+
+
+@pytest.fixture(scope="session")
+def shared_model_server() -> Iterator[OpenAIServer]:
+    server = OpenAIServer()
+    with serve(server, lifespan="off") as url:
+        server.url = f"{url}/v1"
+        yield server
+
+
+@pytest.fixture
+def model_server(shared_model_server: OpenAIServer) -> OpenAIServer:
+    """The OpenAI-compatible model server, with nothing scripted and nothing recorded yet."""
+    shared_model_server.reset()
+    return shared_model_server
+
+
+@pytest.fixture
+def openai_settings(
+    make_settings: Callable[..., Settings], model_server: OpenAIServer
+) -> Callable[..., Settings]:
+    """Settings for AI_PROVIDER=openai against the test model server; no retries unless asked for."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "ai_provider": "openai",
+            "openai_base_url": model_server.url,
+            "openai_api_key": model_server.api_key,
+            "ai_model": "test-model",
+            "ai_timeout": 5,
+            "ai_max_retries": 0,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build
