@@ -163,6 +163,8 @@ def format_validation_error(error: ValidationError) -> str:
     """One line per bad variable, naming it and saying why, without echoing secret values."""
     lines = []
     for item in error.errors(include_input=False, include_url=False):
-        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
-        lines.append(f"invalid configuration: {name}: {item['msg']}")
+        if item["loc"]:
+            lines.append(f"invalid configuration: {str(item['loc'][0]).upper()}: {item['msg']}")
+        else:  # a check across variables names them in its message
+            lines.append(f"invalid configuration: {item['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
