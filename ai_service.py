@@ -331,6 +331,9 @@ class ChatService:
         )
         self._answers[message_id] = answer
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
+        if listener is not None:
+            # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
+            answer.task.add_done_callback(lambda _: listener.put_nowait(None))
         return ChatAccepted(message_id=message_id, session_id=request.session_id, channel=answer.channel)
 
     async def _conversation(self, request: ChatRequest, message_id: str) -> list[ConversationMessage]:
@@ -423,8 +426,6 @@ class ChatService:
             await self._end_early(answer, "error", "internal_error", "the answer failed")
         finally:
             self._answers.pop(answer.message_id, None)
-            if answer.listener is not None:
-                answer.listener.put_nowait(None)
             logger.info(
                 "answer ended message_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,
@@ -445,10 +446,12 @@ class ChatService:
 
     async def _end_early(self, answer: Answer, finish_reason: FinishReason, code: str, message: str) -> None:
         """Store what was written so far and end the stream with an `error` event."""
+        stored = False
         try:
             content = "".join(answer.parts)
             turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason)
             await self._writer.write(self._history.append_commands(answer.session_id, turn))
+            stored = True
             answer.seq += 1
             await self._publish(
                 answer, self._event(answer, ErrorEvent, error=ErrorInfo(code=code, message=message))
@@ -457,3 +460,8 @@ class ChatService:
             logger.error(
                 "could not store the end of answer message_id=%s: %s", answer.message_id, error.reason
             )
+            if answer.listener is not None and not stored:
+                # Nothing reached Redis, but the in-process listener still learns how the answer ended.
+                answer.seq += 1
+                error_info = ErrorInfo(code=code, message=message)
+                answer.listener.put_nowait(self._event(answer, ErrorEvent, error=error_info))

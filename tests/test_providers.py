@@ -18,7 +18,7 @@ from config import Settings, format_validation_error
 from models import ChatRequest, ChatTurn, ChunkEvent, EndEvent, ErrorEvent, StartEvent, StreamEvent, Usage
 from providers import close_answer_source, create_answer_source
 from redis_client import EventWriter, HistoryStore, KeySpace, create_redis
-from tests.conftest import AppClient
+from tests.conftest import AppClient, RedisServer
 from tests.openai_server import OpenAIServer, Reply
 from tests.test_app import wait_for_answer
 
@@ -386,6 +386,21 @@ async def test_shutdown_closes_the_upstream_stream_at_once(
     assert error_of(received).error.code == "shutdown"
     assert turns[-1].content == "First"
     assert turns[-1].finish_reason == "shutdown"
+
+
+async def test_listener_hears_the_end_of_an_answer_even_when_redis_goes_away(
+    openai_settings: SettingsFactory, model_server: OpenAIServer, own_redis: RedisServer
+) -> None:
+    model_server.script(Reply(tokens=("One", " two", " three"), delay=0.5))
+    settings = openai_settings(redis_url=own_redis.url, redis_timeout=0.5)
+    async with chat_pipeline(settings) as chat:
+        events = await chat.start("Count")
+        first = [await events.get(), await events.get()]
+        own_redis.stop(kill=True)
+        rest = await collect(events)
+    assert [type(event) for event in first] == [StartEvent, ChunkEvent]
+    received = [event for event in first if event is not None] + rest
+    assert error_of(received).error.code == "redis_unavailable"
 
 
 # --- Wiring --------------------------------------------------------------------------------------
