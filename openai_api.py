@@ -447,7 +447,7 @@ async def create_chat_completion(
 # --- Models --------------------------------------------------------------------------------------
 
 
-@router.get("/models", response_model=ModelList, summary="List models (OpenAI-compatible)", responses=ERRORS)
+@router.get("/models", response_model=ModelList, summary="List models (OpenAI-compatible)")
 async def list_models(settings: SettingsDep) -> ModelList:
     """The model that answers: `AI_MODEL` for the openai provider, `simulated` otherwise."""
     return ModelList(data=[ModelCard(id=settings.served_model, owned_by=settings.ai_provider)])
