@@ -30,7 +30,6 @@ from ai_service import (
     ChatService,
     MessageConflict,
     ServiceUnavailable,
-    SimulatedAnswerSource,
 )
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
 from models import (
@@ -47,6 +46,8 @@ from models import (
     StatusResponse,
     stream_event_schema,
 )
+from openai_api import router as openai_router
+from providers import close_answer_source, create_answer_source, provider_health
 from redis_client import (
     AnswerRegistry,
     CommandBatcher,
@@ -166,7 +167,7 @@ def build_lifespan(settings: Settings) -> Any:
         registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
         reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
-        source = SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
+        source = create_answer_source(settings)
         service = ChatService(
             settings, history=history, registry=registry, writer=writer, keys=keys, source=source
         )
@@ -193,6 +194,7 @@ def build_lifespan(settings: Settings) -> Any:
         finally:
             await service.shutdown()
             await hub.close()
+            await close_answer_source(source)
             await writer.close()
             await reader.close()
             await redis.aclose()
@@ -320,7 +322,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID"],
+                allow_headers=[
+                    "Content-Type",
+                    "Authorization",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "Last-Event-ID",
+                    "X-Session-Id",
+                ],
                 expose_headers=["X-Request-ID"],
             )
         )
@@ -339,6 +348,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AnswerNotFound, on_answer_not_found)
     app.add_exception_handler(AnswerFinished, on_answer_finished)
     app.add_exception_handler(MessageConflict, on_message_conflict)
+    app.include_router(openai_router)
     keys = KeySpace(settings.redis_key_prefix)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
@@ -372,12 +382,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 status="unhealthy",
                 version=VERSION,
                 redis=RedisHealth(status="disconnected", mode=mode, error=error.reason),
+                ai=provider_health(app_settings),
             )
             return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
         body = HealthResponse(
             status="healthy",
             version=VERSION,
             redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3)),
+            ai=provider_health(app_settings),
         )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 

@@ -116,8 +116,9 @@ class KeySpace:
 
     @property
     def control(self) -> str:
-        """Channel on which instances tell each other to stop an answer."""
-        return f"{self.prefix}:control"
+        """Channel on which instances tell each other to stop an answer. `#` cannot occur in a session
+        id, so no session's channel can be this one."""
+        return f"{self.prefix}#control"
 
     def channel(self, session_id: str) -> str:
         """The PubSub channel on which a session's answers stream."""
