@@ -156,13 +156,14 @@ def build_lifespan(settings: Settings) -> Any:
                 "history lives only as long as this process and no other process can subscribe"
             )
         redis = create_redis(settings)
-        keys = KeySpace(settings.redis_key_prefix)
+        keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         history = HistoryStore(
             redis,
             keys,
             ttl=settings.chat_history_ttl,
             max_messages=settings.max_history_messages,
             timeout=settings.redis_timeout,
+            wait_replicas=settings.redis_wait_replicas,
         )
         registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
@@ -349,7 +350,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AnswerFinished, on_answer_finished)
     app.add_exception_handler(MessageConflict, on_message_conflict)
     app.include_router(openai_router)
-    keys = KeySpace(settings.redis_key_prefix)
+    keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
     async def root() -> ServiceInfo:
