@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -250,7 +251,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 expose_headers=["X-Request-ID"],
             )
         )
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
+    app = FastAPIOffline(
         title="AI Chat Service",
         version=VERSION,
         summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
