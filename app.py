@@ -38,6 +38,7 @@ from models import (
     stream_event_schema,
 )
 from redis_client import EventWriter, HistoryStore, KeySpace, RedisUnavailable, create_redis
+from ui import add_ui
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("chat.access")
@@ -264,6 +265,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RedisUnavailable, on_redis_unavailable)
     app.add_exception_handler(ServiceUnavailable, on_service_unavailable)
+    add_ui(app)
     keys = KeySpace(settings.redis_key_prefix)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
