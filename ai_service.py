@@ -8,15 +8,19 @@ events (`start`, `chunk`..., then `end` or `error`) on the session's channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+import orjson
 
 from models import (
+    AnswerState,
     ChatAccepted,
     ChatRequest,
     ChatTurn,
@@ -27,20 +31,25 @@ from models import (
     EventBase,
     FinishReason,
     StartEvent,
+    StreamEvent,
     Usage,
     new_message_id,
     utc_now,
 )
-from redis_client import Command, EventWriter, HistoryStore, KeySpace, RedisUnavailable
+from redis_client import AnswerRegistry, Command, CommandBatcher, HistoryStore, KeySpace, RedisUnavailable
 
 if TYPE_CHECKING:
     from config import Settings
 
 __all__ = [
+    "AnswerError",
+    "AnswerFinished",
+    "AnswerNotFound",
     "AnswerSource",
     "ChatService",
     "Completion",
     "ConversationMessage",
+    "MessageConflict",
     "ServiceUnavailable",
     "SimulatedAnswerSource",
 ]
@@ -87,6 +96,22 @@ class AnswerError(Exception):
 
 class ServiceUnavailable(Exception):
     """The service is shutting down and takes no new chats."""
+
+
+class AnswerNotFound(Exception):
+    """No answer has this message id (or it has expired)."""
+
+
+class AnswerFinished(Exception):
+    """The answer has already ended; `state` says how."""
+
+    def __init__(self, state: AnswerState) -> None:
+        super().__init__(f"answer {state.message_id} has already ended")
+        self.state = state
+
+
+class MessageConflict(Exception):
+    """A client-chosen message id is already used by another session."""
 
 
 # --- The simulated model -------------------------------------------------------------------------
@@ -230,6 +255,10 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    # Commands to send with the answer's next event (its `start` entry id, once known).
+    piggyback: list[Command] = field(default_factory=list)
+    # Why the task was cancelled: a Stop, or shutdown.
+    stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
 
 
 class ChatService:
@@ -240,12 +269,14 @@ class ChatService:
         settings: Settings,
         *,
         history: HistoryStore,
-        writer: EventWriter,
+        registry: AnswerRegistry,
+        writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
     ) -> None:
         self._settings = settings
         self._history = history
+        self._registry = registry
         self._writer = writer
         self._keys = keys
         self.source = source
@@ -256,27 +287,92 @@ class ChatService:
     def active_answers(self) -> int:
         return len(self._answers)
 
-    async def submit(self, request: ChatRequest) -> ChatAccepted:
-        """Store the user's turn and start the answer; return at once."""
+    def _accepted(self, state: AnswerState) -> ChatAccepted:
+        return ChatAccepted(
+            status=state.status,
+            message_id=state.message_id,
+            session_id=state.session_id,
+            channel=self._keys.channel(state.session_id),
+            stream_url=f"/stream/{state.session_id}?message_id={state.message_id}",
+            finish_reason=state.finish_reason,
+        )
+
+    async def submit(self, request: ChatRequest) -> tuple[ChatAccepted, bool]:
+        """Store the user's turn and start the answer; return at once.
+
+        Returns the answer's state and whether this call started it: a repeated `message_id` returns
+        the existing answer's state and starts nothing.
+        """
         if not self._accepting:
             raise ServiceUnavailable("the service is shutting down")
-        message_id = new_message_id()
-        # The user turn is stored before 202 is answered: an accepted chat is always in history.
-        await self._history.append(request.session_id, ChatTurn.user(request, message_id))
-        conversation = await self._conversation(request.session_id)
+        message_id = str(request.message_id) if request.message_id else new_message_id()
+        session_id = request.session_id
+        existing = await self._registry.claim(message_id, session_id)
+        if existing is not None:
+            if existing.session_id != session_id:
+                raise MessageConflict("this message_id belongs to another session")
+            return self._accepted(existing), False
+        try:
+            # The user turn is stored before 202 is answered: an accepted chat is always in history.
+            await self._history.append(session_id, ChatTurn.user(request, message_id))
+            conversation = await self._conversation(session_id)
+        except RedisUnavailable:
+            with contextlib.suppress(RedisUnavailable):
+                await self._registry.release(message_id)
+            raise
         answer = Answer(
             message_id=message_id,
-            session_id=request.session_id,
+            session_id=session_id,
             user_id=request.user_id,
-            channel=self._keys.channel(request.session_id),
+            channel=self._keys.channel(session_id),
         )
         self._answers[message_id] = answer
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
-        return ChatAccepted(message_id=message_id, session_id=request.session_id, channel=answer.channel)
+        state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
+        return self._accepted(state), True
 
     async def _conversation(self, session_id: str) -> list[ConversationMessage]:
         turns = await self._history.read(session_id)
         return [ConversationMessage(role=turn.role, content=turn.content) for turn in turns]
+
+    async def cancel(self, message_id: str) -> AnswerState:
+        """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
+        if the instance running it has not confirmed within two seconds)."""
+        state = await self._registry.get(message_id)
+        if state is None:
+            raise AnswerNotFound(message_id)
+        if state.status != "streaming":
+            raise AnswerFinished(state)
+        if not self.stop_local(message_id):
+            await self._writer.execute(
+                [("PUBLISH", self._keys.control, orjson.dumps({"cancel": message_id}))]
+            )
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            current = await self._registry.get(message_id)
+            if current is not None and current.status != "streaming":
+                return current
+        return state
+
+    def stop_local(self, message_id: str) -> bool:
+        """Cancel the answer if this instance runs it."""
+        answer = self._answers.get(message_id)
+        if answer is None or answer.task is None or answer.task.done():
+            return False
+        answer.stop_reason = "cancelled"
+        answer.task.cancel()
+        return True
+
+    def on_control(self, data: bytes) -> None:
+        """A message on the control channel, from any instance."""
+        try:
+            command = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            logger.warning("ignoring an unreadable control message")
+            return
+        if isinstance(command, dict) and isinstance(command.get("cancel"), str):
+            self.stop_local(command["cancel"])
 
     async def shutdown(self) -> None:
         """Take no new chats; let running answers finish within the grace period, then end the rest."""
@@ -290,6 +386,7 @@ class ChatService:
         _, pending = await asyncio.wait(running, timeout=self._settings.shutdown_grace_seconds)
         for answer in list(self._answers.values()):
             if answer.task is not None and answer.task in pending:
+                answer.stop_reason = "shutdown"
                 answer.task.cancel()
         if pending:
             logger.warning("ending %d answers still running at shutdown", len(pending))
@@ -297,13 +394,21 @@ class ChatService:
 
     # -- one answer --
 
-    def _event_commands(self, answer: Answer, payload: bytes) -> list[Command]:
-        return [("PUBLISH", answer.channel, payload)]
+    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> list[Any]:
+        """Append the event to the session's replay log and publish it, after any `extra` commands.
 
-    async def _publish(self, answer: Answer, event: StartEvent | ChunkEvent | EndEvent | ErrorEvent) -> None:
-        await self._writer.write(
-            self._event_commands(answer, event.model_dump_json(exclude_none=True).encode())
-        )
+        XADD comes before PUBLISH so that a reader woken by the PUBLISH finds the entry in the log.
+        """
+        payload = event.model_dump_json(exclude_none=True).encode()
+        events = self._keys.events(answer.session_id)
+        commands: list[Command] = [*extra, *answer.piggyback]
+        answer.piggyback = []
+        commands.append(("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload))
+        if event.type != "chunk":
+            # The log lives as long as the history; a chunk's XADD keeps the TTL its `start` set.
+            commands.append(("EXPIRE", events, self._settings.chat_history_ttl))
+        commands.append(("PUBLISH", answer.channel, payload))
+        return await self._writer.execute(commands)
 
     @staticmethod
     def _event(answer: Answer, kind: type[E], **fields: object) -> E:
@@ -321,60 +426,73 @@ class ChatService:
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
         try:
-            await self._publish(answer, self._event(answer, StartEvent))
+            replies = await self._publish(answer, self._event(answer, StartEvent))
+            start_id = bytes(replies[0]).decode()
+            answer.piggyback = self._registry.started_commands(answer.session_id, answer.message_id, start_id)
             async for delta in self.source.stream(conversation, completion):
                 if not delta:
                     continue
                 answer.seq += 1
                 answer.parts.append(delta)
                 await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
-            await self._finish(answer, completion.finish_reason, completion.usage)
+            await self._end(answer, completion.finish_reason, usage=completion.usage)
         except asyncio.CancelledError:
-            # Only this service cancels answer tasks (at shutdown), and it awaits them: the task
-            # ends normally once the partial answer is stored.
-            await self._end_early(answer, "shutdown", "shutdown", "the service is shutting down")
+            # Only this service cancels answer tasks (Stop, shutdown), and it awaits them: the task
+            # ends normally once the partial answer is stored and the stream is ended.
+            if answer.stop_reason == "cancelled":
+                await self._end(answer, "cancelled")
+            else:
+                await self._end(answer, "shutdown", error=("shutdown", "the service is shutting down"))
         except AnswerError as error:
             logger.warning(
                 "answer failed message_id=%s code=%s: %s", answer.message_id, error.code, error.message
             )
-            await self._end_early(answer, "error", error.code, error.message)
+            await self._end(answer, "error", error=(error.code, error.message))
         except RedisUnavailable as error:
             logger.error("answer lost Redis message_id=%s: %s", answer.message_id, error.reason)
-            await self._end_early(answer, "error", "redis_unavailable", "Redis became unavailable")
+            await self._end(answer, "error", error=("redis_unavailable", "Redis became unavailable"))
         except Exception:
             logger.exception("answer failed message_id=%s", answer.message_id)
-            await self._end_early(answer, "error", "internal_error", "the answer failed")
+            await self._end(answer, "error", error=("internal_error", "the answer failed"))
         finally:
             self._answers.pop(answer.message_id, None)
             logger.info(
                 "answer ended message_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,
-                answer.seq,
+                len(answer.parts),
                 (time.perf_counter() - answer.started) * 1000,
             )
 
-    async def _finish(self, answer: Answer, finish_reason: FinishReason, usage: Usage | None) -> None:
+    async def _end(
+        self,
+        answer: Answer,
+        finish_reason: FinishReason,
+        *,
+        usage: Usage | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
-        # History first, then `end`: a client that reads history on `end` finds the turn.
-        await self._writer.write(self._history.append_commands(answer.session_id, turn))
-        answer.seq += 1
-        await self._publish(
-            answer,
-            self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage),
-        )
-
-    async def _end_early(self, answer: Answer, finish_reason: FinishReason, code: str, message: str) -> None:
-        """Store what was written so far and end the stream with an `error` event."""
         try:
-            content = "".join(answer.parts)
-            turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason)
-            await self._writer.write(self._history.append_commands(answer.session_id, turn))
-            answer.seq += 1
-            await self._publish(
-                answer, self._event(answer, ErrorEvent, error=ErrorInfo(code=code, message=message))
+            # History first, in its own round trip, then the terminal event: a client that reads
+            # history on `end` finds the turn.
+            await self._writer.execute(
+                [
+                    *self._history.append_commands(answer.session_id, turn),
+                    *self._registry.finished_commands(answer.session_id, answer.message_id, finish_reason),
+                ]
             )
-        except RedisUnavailable as error:
+            answer.seq += 1
+            event: StreamEvent
+            if error is None:
+                event = self._event(
+                    answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage
+                )
+            else:
+                event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
+            await self._publish(answer, event)
+        except RedisUnavailable as failure:
             logger.error(
-                "could not store the end of answer message_id=%s: %s", answer.message_id, error.reason
+                "could not store the end of answer message_id=%s: %s", answer.message_id, failure.reason
             )

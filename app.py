@@ -6,29 +6,40 @@ import logging
 import re
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypedDict, cast
 
 import uvicorn
 from asgi_correlation_id import CorrelationIdFilter, CorrelationIdMiddleware
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
+from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ai_service import ChatService, ServiceUnavailable, SimulatedAnswerSource
+from ai_service import (
+    AnswerFinished,
+    AnswerNotFound,
+    ChatService,
+    MessageConflict,
+    ServiceUnavailable,
+    SimulatedAnswerSource,
+)
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
 from models import (
     ID_PATTERN,
+    AnswerState,
     ChatAccepted,
     ChatRequest,
+    ConflictResponse,
     ErrorResponse,
     HealthResponse,
     HistoryResponse,
@@ -37,13 +48,22 @@ from models import (
     StatusResponse,
     stream_event_schema,
 )
-from redis_client import EventWriter, HistoryStore, KeySpace, RedisUnavailable, create_redis
+from redis_client import (
+    AnswerRegistry,
+    CommandBatcher,
+    HistoryStore,
+    KeySpace,
+    RedisUnavailable,
+    create_redis,
+)
+from streaming import StreamHub, session_events
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("chat.access")
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,128}$"
+ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
 
 # --- Logging -------------------------------------------------------------------------------------
@@ -123,6 +143,8 @@ class RequestLogMiddleware:
 class State(TypedDict):
     chat_service: ChatService
     history: HistoryStore
+    registry: AnswerRegistry
+    hub: StreamHub
     settings: Settings
 
 
@@ -143,16 +165,38 @@ def build_lifespan(settings: Settings) -> Any:
             max_messages=settings.max_history_messages,
             timeout=settings.redis_timeout,
         )
-        writer = EventWriter(redis, timeout=settings.redis_timeout)
-        writer.start()
+        registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
+        writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
+        reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
         source = SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
-        service = ChatService(settings, history=history, writer=writer, keys=keys, source=source)
+        service = ChatService(
+            settings, history=history, registry=registry, writer=writer, keys=keys, source=source
+        )
+        hub = StreamHub(
+            redis,
+            keys,
+            reader,
+            poll_interval=settings.sse_poll_seconds,
+            listener_limit=settings.sse_queue_limit,
+            on_control=service.on_control,
+        )
+        writer.start()
+        reader.start()
+        await hub.start()
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
         try:
-            yield {"chat_service": service, "history": history, "settings": settings}
+            yield {
+                "chat_service": service,
+                "history": history,
+                "registry": registry,
+                "hub": hub,
+                "settings": settings,
+            }
         finally:
             await service.shutdown()
+            await hub.close()
             await writer.close()
+            await reader.close()
             await redis.aclose()
             logger.info("%s stopped", SERVICE_NAME)
 
@@ -171,9 +215,20 @@ def get_app_settings(request: Request) -> Settings:
     return cast(Settings, request.state.settings)
 
 
+def get_registry(request: Request) -> AnswerRegistry:
+    return cast(AnswerRegistry, request.state.registry)
+
+
+def get_hub(request: Request) -> StreamHub:
+    return cast(StreamHub, request.state.hub)
+
+
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
+HubDep = Annotated[StreamHub, Depends(get_hub)]
+MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
 ]
@@ -222,6 +277,25 @@ async def on_service_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return error_response(503, "shutting_down", str(exc))
 
 
+async def on_answer_not_found(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(404, "not_found", "No such answer")
+
+
+async def on_answer_finished(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AnswerFinished)
+    body = ConflictResponse.model_validate(
+        {
+            "error": {"code": "already_finished", "message": "The answer has already ended"},
+            "state": exc.state.model_dump(),
+        }
+    )
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=409)
+
+
+async def on_message_conflict(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, "message_id_conflict", str(exc))
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Invalid input: the body names each bad field."},
     503: {"model": ErrorResponse, "description": "Redis is unavailable, or the service is shutting down."},
@@ -265,6 +339,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RedisUnavailable, on_redis_unavailable)
     app.add_exception_handler(ServiceUnavailable, on_service_unavailable)
+    app.add_exception_handler(AnswerNotFound, on_answer_not_found)
+    app.add_exception_handler(AnswerFinished, on_answer_finished)
+    app.add_exception_handler(MessageConflict, on_message_conflict)
     add_ui(app)
     keys = KeySpace(settings.redis_key_prefix)
 
@@ -312,11 +389,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/chat",
         status_code=202,
         response_model=ChatAccepted,
+        response_model_exclude_none=True,
         summary="Send a message and stream the answer",
         tags=["chat"],
-        responses=ERRORS,
+        responses={
+            200: {
+                "model": ChatAccepted,
+                "description": "A repeated message_id: the existing answer's state.",
+            },
+            409: {"model": ErrorResponse, "description": "The message_id belongs to another session."},
+            **ERRORS,
+        },
     )
-    async def chat(request: ChatRequest, service: ChatServiceDep, app_settings: SettingsDep) -> ChatAccepted:
+    async def chat(
+        request: ChatRequest, response: Response, service: ChatServiceDep, app_settings: SettingsDep
+    ) -> ChatAccepted:
         """Store the message, start the answer in the background, and return where it streams."""
         if len(request.message) > app_settings.max_message_length:
             raise RequestValidationError(
@@ -328,7 +415,82 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     }
                 ]
             )
-        return await service.submit(request)
+        accepted, started = await service.submit(request)
+        if not started:
+            response.status_code = 200
+        return accepted
+
+    @app.post(
+        "/chat/{message_id}/cancel",
+        response_model=AnswerState,
+        response_model_exclude_none=True,
+        summary="Stop an answer",
+        tags=["chat"],
+        responses={
+            404: {"model": ErrorResponse, "description": "No such answer."},
+            409: {"model": ConflictResponse, "description": "The answer has already ended."},
+            **ERRORS,
+        },
+    )
+    async def cancel(message_id: MessageIdPath, service: ChatServiceDep) -> AnswerState:
+        """Stop the answer on whichever instance runs it; the partial answer is stored as `cancelled`."""
+        return await service.cancel(str(message_id))
+
+    @app.get(
+        "/stream/{session_id}",
+        summary="Follow a session's answers (Server-Sent Events)",
+        tags=["chat"],
+        response_class=EventSourceResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": "`id:` the log entry id, `event:` the type, `data:` the event's JSON.",
+            },
+            404: {"model": ErrorResponse, "description": "message_id is not an answer of this session."},
+            **ERRORS,
+        },
+    )
+    async def stream(
+        session_id: SessionIdPath,
+        hub: HubDep,
+        registry: RegistryDep,
+        app_settings: SettingsDep,
+        message_id: Annotated[
+            uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Query(
+                pattern=ENTRY_ID_PATTERN,
+                description="Resume after this event (for clients that cannot set headers).",
+            ),
+        ] = None,
+        last_event_id_header: Annotated[
+            str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False)
+        ] = None,
+    ) -> EventSourceResponse:
+        """Replay what the client missed from the session's log, then stream live events."""
+        message_start = None
+        message_finished = False
+        if message_id is not None:
+            state = await registry.get(str(message_id))
+            if state is None or state.session_id != session_id:
+                raise AnswerNotFound(str(message_id))
+            message_start = await registry.start_id(str(message_id))
+            message_finished = state.status != "streaming"
+        events = session_events(
+            hub,
+            session_id,
+            last_event_id=last_event_id_header or last_event_id,
+            message_id=str(message_id) if message_id else None,
+            message_start=message_start,
+            message_finished=message_finished,
+        )
+        return EventSourceResponse(
+            events,
+            ping=app_settings.sse_ping_seconds,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.get(
         "/history/{session_id}",

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     chat_history_ttl: int = Field(default=86_400, ge=1)
     max_history_messages: int = Field(default=1000, ge=2, le=100_000)
 
+    # Replay log and Server-Sent Events
+    stream_maxlen: int = Field(default=1000, ge=10, le=1_000_000)
+    sse_ping_seconds: float = Field(default=15.0, gt=0, le=300)
+    sse_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    sse_queue_limit: int = Field(default=1000, ge=10, le=1_000_000)
+
     # Simulated model pacing
     stream_delay: float = Field(default=0.1, ge=0, le=10)
     chunk_delay: float = Field(default=0.05, ge=0, le=10)

@@ -21,6 +21,16 @@ UserId = Annotated[
 
 Role = Literal["user", "assistant"]
 FinishReason = Literal["stop", "length", "cancelled", "error", "shutdown"]
+AnswerStatus = Literal["streaming", "completed", "cancelled", "failed"]
+
+
+def status_of(finish_reason: FinishReason) -> AnswerStatus:
+    """The final status of an answer that ended for this reason."""
+    if finish_reason in ("stop", "length"):
+        return "completed"
+    if finish_reason == "cancelled":
+        return "cancelled"
+    return "failed"
 
 
 def utc_now() -> datetime:
@@ -45,6 +55,13 @@ class ChatRequest(BaseModel):
         description="The user's message: not blank, at most MAX_MESSAGE_LENGTH (default 8000) characters.",
     )
     user_id: UserId
+    message_id: uuid.UUID | None = Field(
+        default=None,
+        description=(
+            "Your own id for this message, for safe retries: repeating a POST with the same id returns "
+            "the same answer's state and never starts a second answer."
+        ),
+    )
 
     @field_validator("message")
     @classmethod
@@ -55,7 +72,7 @@ class ChatRequest(BaseModel):
 
 
 class ChatAccepted(BaseModel):
-    """The answer has started; it streams on `channel`."""
+    """The answer has started (a repeated `message_id` gets its current state); it streams on `channel`."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -65,15 +82,29 @@ class ChatAccepted(BaseModel):
                     "message_id": "6f1c3f7e-8a49-4d0e-9b8e-2f7f5a1c9d10",
                     "session_id": "test123",
                     "channel": "chat:test123",
+                    "stream_url": "/stream/test123?message_id=6f1c3f7e-8a49-4d0e-9b8e-2f7f5a1c9d10",
                 }
             ]
         }
     )
 
-    status: Literal["streaming"] = "streaming"
+    status: AnswerStatus = Field(
+        default="streaming", description="`streaming` for a new answer; a repeated message_id gets its state."
+    )
     message_id: str = Field(description="Id of the assistant answer being streamed.")
     session_id: str
     channel: str = Field(description="Redis PubSub channel on which the answer's events are published.")
+    stream_url: str = Field(description="Server-Sent Events URL that follows this answer to its end.")
+    finish_reason: FinishReason | None = Field(default=None, description="Set once the answer has ended.")
+
+
+class AnswerState(BaseModel):
+    """Where an answer stands."""
+
+    message_id: str
+    session_id: str
+    status: AnswerStatus
+    finish_reason: FinishReason | None = None
 
 
 class Usage(BaseModel):
@@ -197,6 +228,12 @@ class ErrorResponse(BaseModel):
     )
 
     error: ErrorDetail
+
+
+class ConflictResponse(ErrorResponse):
+    """The answer has already ended: the error, and the answer's final state."""
+
+    state: AnswerState
 
 
 # --- The stream contract: one JSON object per PubSub message -------------------------------------

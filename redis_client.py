@@ -11,24 +11,25 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import fakeredis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models import ChatTurn
+from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, status_of
 
 if TYPE_CHECKING:
     from config import Settings
 
 __all__ = [
+    "AnswerRegistry",
     "Command",
-    "EventWriter",
+    "CommandBatcher",
     "HistoryStore",
     "KeySpace",
     "RedisUnavailable",
@@ -70,8 +71,11 @@ def create_redis(settings: Settings) -> Redis:
     """
     if settings.embedded_redis:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
-    return Redis.from_url(
+    # A blocking pool: a burst of requests waits for a free connection instead of failing with
+    # "Too many connections"; the deadline in `bounded()` still caps the wait.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_dsn(),
+        timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
@@ -82,6 +86,7 @@ def create_redis(settings: Settings) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         decode_responses=False,
     )
+    return Redis.from_pool(pool)
 
 
 class KeySpace:
@@ -96,6 +101,23 @@ class KeySpace:
 
     def history(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:history"
+
+    def events(self, session_id: str) -> str:
+        """The session's replay log: a Redis Stream of every event published on its channel."""
+        return f"{self.prefix}:{{{session_id}}}:events"
+
+    def active(self, session_id: str) -> str:
+        """Hash of the session's running answers: message id -> entry id of its `start` event."""
+        return f"{self.prefix}:{{{session_id}}}:active"
+
+    def message(self, message_id: str) -> str:
+        """Hash of one answer's state (session, status, finish reason, start entry id)."""
+        return f"{self.prefix}:message:{{{message_id}}}"
+
+    @property
+    def control(self) -> str:
+        """Channel on which instances tell each other to stop an answer."""
+        return f"{self.prefix}:control"
 
     def channel(self, session_id: str) -> str:
         """The PubSub channel on which a session's answers stream."""
@@ -154,10 +176,10 @@ class HistoryStore:
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
         return turns
 
-    async def clear(self, session_id: str) -> bool:
+    async def clear(self, session_id: str) -> None:
+        """Delete the session's history and its replay log."""
         async with bounded(self._timeout):
-            deleted: int = await self._redis.delete(self._keys.history(session_id))
-        return deleted > 0
+            await self._redis.delete(self._keys.history(session_id), self._keys.events(session_id))
 
     async def ping(self) -> float:
         """Round trip of a PING, in milliseconds."""
@@ -167,16 +189,88 @@ class HistoryStore:
         return (time.perf_counter() - started) * 1000
 
 
-class EventWriter:
-    """Writes commands to Redis in batches.
+class AnswerRegistry:
+    """Each answer's state in Redis, shared by every instance: what makes sends idempotent and lets
+    any instance stop or follow an answer that another one runs."""
+
+    def __init__(self, redis: Redis, keys: KeySpace, *, ttl: int, timeout: float) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl = ttl
+        self._timeout = timeout
+
+    async def claim(self, message_id: str, session_id: str) -> AnswerState | None:
+        """Record a new answer; if the id is taken, return the existing answer's state instead."""
+        key = self._keys.message(message_id)
+        # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(key, "session_id", session_id)
+            pipe.hsetnx(key, "status", "streaming")
+            pipe.expire(key, self._ttl)
+            won, _, _ = await pipe.execute()
+        if won:
+            return None
+        existing = await self.get(message_id)
+        # The winner may not have written its status yet: it is streaming.
+        return existing or AnswerState(message_id=message_id, session_id=session_id, status="streaming")
+
+    async def release(self, message_id: str) -> None:
+        """Forget a claim whose answer never started (its user turn could not be stored)."""
+        async with bounded(self._timeout):
+            await self._redis.delete(self._keys.message(message_id))
+
+    async def get(self, message_id: str) -> AnswerState | None:
+        async with bounded(self._timeout):
+            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.message(message_id)))
+        if not fields or b"session_id" not in fields:
+            return None
+        status = fields.get(b"status", b"streaming").decode()
+        finish_reason = fields.get(b"finish_reason")
+        return AnswerState.model_validate(
+            {
+                "message_id": message_id,
+                "session_id": fields[b"session_id"].decode(),
+                "status": status,
+                "finish_reason": finish_reason.decode() if finish_reason else None,
+            }
+        )
+
+    async def start_id(self, message_id: str) -> str | None:
+        """The replay-log entry id of the answer's `start` event, once known."""
+        async with bounded(self._timeout):
+            value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "start_id"))
+        return value.decode() if value else None
+
+    def started_commands(self, session_id: str, message_id: str, start_id: str) -> list[Command]:
+        active = self._keys.active(session_id)
+        return [
+            ("HSET", self._keys.message(message_id), "start_id", start_id),
+            ("HSET", active, message_id, start_id),
+            ("EXPIRE", active, self._ttl),
+        ]
+
+    def finished_commands(
+        self, session_id: str, message_id: str, finish_reason: FinishReason
+    ) -> list[Command]:
+        status: AnswerStatus = status_of(finish_reason)
+        return [
+            ("HSET", self._keys.message(message_id), "status", status, "finish_reason", finish_reason),
+            ("HDEL", self._keys.active(session_id), message_id),
+        ]
+
+
+class CommandBatcher:
+    """Sends commands to Redis in batches, over one connection at a time.
 
     Everything submitted while a batch is in flight goes out together in the next pipeline, so many
-    concurrent answers share one round trip instead of paying one each. Batches are sent one at a
-    time and in submission order, which keeps each answer's events in order on its channel.
+    concurrent answers (or SSE clients) share one round trip and one connection instead of paying one
+    each. Batches are sent one at a time and in submission order, which keeps each answer's events in
+    order on its channel.
     """
 
-    def __init__(self, redis: Redis, *, timeout: float) -> None:
+    def __init__(self, redis: Redis, *, timeout: float, name: str) -> None:
         self._redis = redis
+        self._name = name
         self._timeout = timeout
         self._pending: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]] = []
         self._wakeup = asyncio.Event()
@@ -184,7 +278,7 @@ class EventWriter:
         self._closing = False
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="event-writer")
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def close(self) -> None:
         """Send what is pending, then stop."""
@@ -195,10 +289,10 @@ class EventWriter:
         await self._task
         self._task = None
 
-    async def write(self, commands: Sequence[Command]) -> list[Any]:
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Send the commands in the next batch; return their replies or raise `RedisUnavailable`."""
         if self._task is None or self._closing:
-            raise RuntimeError("the event writer is not running")
+            raise RuntimeError(f"{self._name} is not running")
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending.append((commands, future))
         self._wakeup.set()
@@ -225,7 +319,7 @@ class EventWriter:
         except Exception as error:
             reason = error.reason if isinstance(error, RedisUnavailable) else describe(error)
             if not isinstance(error, RedisUnavailable):
-                logger.exception("event batch failed")
+                logger.exception("%s: batch failed", self._name)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(RedisUnavailable(reason))

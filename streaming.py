@@ -1,0 +1,376 @@
+"""The Server-Sent Events relay: replay from a session's log, then live events.
+
+PubSub is at-most-once, so it is used here only as a doorbell. Every event also lands in the session's
+replay log (a Redis Stream), and the log is what SSE clients are sent: after a wake-up from PubSub, a
+periodic poll, or a reconnect, the hub reads the log from the last entry it saw, so a lost PubSub
+message delays an event by at most `SSE_POLL_SECONDS` but never loses it.
+
+One `StreamHub` per process holds one PubSub connection and reads the logs through one batched
+pipeline, whatever the number of SSE clients: connections to Redis do not grow with clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sse_starlette import ServerSentEvent
+
+from redis_client import CommandBatcher, KeySpace, RedisUnavailable
+
+__all__ = ["Entry", "Listener", "StreamHub", "parse_entry_id", "session_events"]
+
+logger = logging.getLogger(__name__)
+
+EntryKey = tuple[int, int]
+TERMINAL = frozenset({"end", "error"})
+PAGE = 500
+
+
+def parse_entry_id(entry_id: str) -> EntryKey:
+    """`1700000000000-3` -> (1700000000000, 3), the order Redis gives stream entries."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event read back from a session's replay log."""
+
+    id: str
+    key: EntryKey
+    type: str
+    message_id: str
+    payload: bytes
+
+    @classmethod
+    def from_reply(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+        payload = fields[b"e"]
+        event = orjson.loads(payload)
+        text_id = entry_id.decode()
+        return cls(text_id, parse_entry_id(text_id), event["type"], event["message_id"], payload)
+
+
+@dataclass(eq=False, slots=True)
+class Listener:
+    """One SSE client's inbox. When a slow client lets it fill up, it is marked `lagged` and emptied:
+    the client then catches up from the replay log instead of holding memory."""
+
+    limit: int
+    entries: deque[Entry] = field(default_factory=deque)
+    lagged: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, entry: Entry) -> None:
+        if len(self.entries) >= self.limit:
+            self.entries.clear()
+            self.lagged = True
+        else:
+            self.entries.append(entry)
+        self.wakeup.set()
+
+    async def wait(self) -> None:
+        await self.wakeup.wait()
+        self.wakeup.clear()
+
+
+@dataclass(eq=False, slots=True)
+class SessionFeed:
+    """The live events of one session, fanned out to the local listeners that follow it."""
+
+    session_id: str
+    channel: str
+    listeners: set[Listener] = field(default_factory=set)
+    last: str | None = None  # the newest log entry dispatched; None until the feed has read its position
+    fetching: bool = False
+    dirty: bool = False
+    open_answers: set[str] = field(default_factory=set)
+
+
+class StreamHub:
+    """Per-process relay between the sessions' Redis logs and the SSE clients of this process."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeySpace,
+        reader: CommandBatcher,
+        *,
+        poll_interval: float,
+        listener_limit: int,
+        on_control: Callable[[bytes], None],
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._reader = reader
+        self._poll_interval = poll_interval
+        self._listener_limit = listener_limit
+        self._on_control = on_control
+        self._feeds: dict[str, SessionFeed] = {}
+        self._by_channel: dict[bytes, SessionFeed] = {}
+        self._pubsub = redis.pubsub()
+        self._subscribe_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._fetches: set[asyncio.Task[None]] = set()
+        self.connected = False
+
+    @property
+    def listener_count(self) -> int:
+        return sum(len(feed.listeners) for feed in self._feeds.values())
+
+    async def start(self) -> None:
+        """Subscribe and start relaying; if Redis is down, keep trying in the background."""
+        await self._resubscribe()
+        if not self.connected:
+            logger.warning("stream hub cannot subscribe yet; retrying in the background")
+        self._task = asyncio.create_task(self._run(), name="stream-hub")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for fetch in list(self._fetches):
+            fetch.cancel()
+        await asyncio.gather(*self._fetches, return_exceptions=True)
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- following a session --
+
+    @asynccontextmanager
+    async def listen(self, session_id: str) -> AsyncIterator[Listener]:
+        """Follow a session's live events for as long as the block runs."""
+        listener = Listener(limit=self._listener_limit)
+        feed = self._feeds.get(session_id)
+        if feed is None:
+            feed = SessionFeed(session_id, self._keys.channel(session_id))
+            self._feeds[session_id] = feed
+            self._by_channel[feed.channel.encode()] = feed
+            feed.listeners.add(listener)
+            try:
+                async with self._subscribe_lock:
+                    await self._pubsub.subscribe(feed.channel)
+                newest = await self.newest_id(session_id)
+            except BaseException:
+                self._release(feed, listener)
+                raise
+            feed.last = newest or "0-0"
+            if feed.dirty:
+                self._notify(feed)
+        else:
+            feed.listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            self._release(feed, listener)
+
+    def _release(self, feed: SessionFeed, listener: Listener) -> None:
+        feed.listeners.discard(listener)
+        if feed.listeners or self._feeds.get(feed.session_id) is not feed:
+            return
+        del self._feeds[feed.session_id]
+        del self._by_channel[feed.channel.encode()]
+        task = asyncio.create_task(self._unsubscribe(feed.channel), name="stream-hub-unsubscribe")
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        try:
+            async with self._subscribe_lock:
+                if channel.encode() not in self._by_channel:
+                    await self._pubsub.unsubscribe(channel)
+        except (RedisError, OSError) as error:
+            logger.debug("unsubscribe from %s failed: %s", channel, error)
+
+    # -- reading the log --
+
+    async def read_after(self, session_id: str, after: str, *, inclusive: bool = False) -> list[Entry]:
+        """Every entry after `after` (or from it, when inclusive), oldest first."""
+        entries: list[Entry] = []
+        start = after if inclusive else f"({after}"
+        while True:
+            (page,) = await self._reader.execute(
+                [("XRANGE", self._keys.events(session_id), start, "+", "COUNT", PAGE)]
+            )
+            entries.extend(Entry.from_reply(entry_id, fields) for entry_id, fields in page)
+            if len(page) < PAGE:
+                return entries
+            start = f"({entries[-1].id}"
+
+    async def bounds(self, session_id: str) -> tuple[str | None, str | None]:
+        """The oldest and newest entry ids of the session's log (None when it is empty)."""
+        key = self._keys.events(session_id)
+        first, last = await self._reader.execute(
+            [("XRANGE", key, "-", "+", "COUNT", 1), ("XREVRANGE", key, "+", "-", "COUNT", 1)]
+        )
+        return (first[0][0].decode() if first else None, last[0][0].decode() if last else None)
+
+    async def newest_id(self, session_id: str) -> str | None:
+        return (await self.bounds(session_id))[1]
+
+    async def active_starts(self, session_id: str) -> list[str]:
+        """Entry ids of the `start` events of the session's running answers."""
+        (values,) = await self._reader.execute([("HVALS", self._keys.active(session_id))])
+        return [value.decode() for value in values]
+
+    # -- the PubSub doorbell --
+
+    async def _run(self) -> None:
+        last_poll = time.monotonic()
+        backoff = 0.1
+        while True:
+            if not self.connected:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                await self._resubscribe()
+                continue
+            try:
+                message = await self._pubsub.get_message(timeout=self._poll_interval)
+                self.connected = True
+                backoff = 0.1
+            except (RedisError, OSError) as error:
+                logger.warning("stream hub lost its PubSub connection: %s", type(error).__name__)
+                self.connected = False
+                continue
+            if message is not None:
+                self._handle(message)
+            if time.monotonic() - last_poll >= self._poll_interval:
+                last_poll = time.monotonic()
+                for feed in self._feeds.values():
+                    if feed.open_answers:
+                        self._notify(feed)
+
+    async def _resubscribe(self) -> None:
+        """After a lost connection: subscribe again, then read every feed's log for what was missed."""
+        try:
+            async with self._subscribe_lock:
+                await self._pubsub.subscribe(
+                    self._keys.control, *(feed.channel for feed in self._feeds.values())
+                )
+        except (RedisError, OSError):
+            return
+        self.connected = True
+        logger.info("stream hub resubscribed to %d sessions", len(self._feeds))
+        for feed in self._feeds.values():
+            self._notify(feed)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        channel = message["channel"]
+        if kind == "message" and channel == self._keys.control.encode():
+            self._on_control(message["data"])
+            return
+        feed = self._by_channel.get(channel)
+        # A `subscribe` confirmation also rings: redis-py resubscribes by itself after a reconnect,
+        # and anything published while the connection was down must be read from the log.
+        if feed is not None and kind in ("message", "subscribe"):
+            self._notify(feed)
+
+    def _notify(self, feed: SessionFeed) -> None:
+        if feed.fetching or feed.last is None:
+            feed.dirty = True
+            return
+        feed.fetching = True
+        task = asyncio.create_task(self._fetch(feed), name=f"stream-hub-fetch-{feed.session_id}")
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(self, feed: SessionFeed) -> None:
+        try:
+            while True:
+                feed.dirty = False
+                assert feed.last is not None
+                for entry in await self.read_after(feed.session_id, feed.last):
+                    feed.last = entry.id
+                    if entry.type in TERMINAL:
+                        feed.open_answers.discard(entry.message_id)
+                    else:
+                        feed.open_answers.add(entry.message_id)
+                    for listener in feed.listeners:
+                        listener.push(entry)
+                if not feed.dirty:
+                    return
+        except RedisUnavailable as error:
+            logger.warning("could not read the log of session %s: %s", feed.session_id, error.reason)
+        finally:
+            feed.fetching = False
+
+
+def _sse(entry: Entry) -> ServerSentEvent:
+    return ServerSentEvent(data=entry.payload.decode(), event=entry.type, id=entry.id)
+
+
+def _reset(session_id: str, newest: str | None) -> ServerSentEvent:
+    data = orjson.dumps(
+        {"type": "reset", "session_id": session_id, "reason": "events were missed: reload the history"}
+    ).decode()
+    return ServerSentEvent(data=data, event="reset", id=newest)
+
+
+async def session_events(
+    hub: StreamHub,
+    session_id: str,
+    *,
+    last_event_id: str | None = None,
+    message_id: str | None = None,
+    message_start: str | None = None,
+    message_finished: bool = False,
+) -> AsyncIterator[ServerSentEvent]:
+    """A session's events for one SSE client: what it missed from the log, then live ones.
+
+    - `last_event_id`: resume exactly after that entry; when the log no longer reaches back that far,
+      a `reset` event tells the client to reload history, then live events follow.
+    - `message_id` (with its `message_start` entry id): only that answer, closing after its end.
+    - neither: the running answers from their `start`, then everything live.
+    """
+    async with hub.listen(session_id) as listener:
+        oldest, newest = await hub.bounds(session_id)
+        resume_from = last_event_id or message_start
+        replay: list[Entry] = []
+        # Entries up to `last_sent` are not sent again: what the client had, or what came before it.
+        last_sent = (0, 0)
+        if resume_from is not None and (
+            oldest is None or parse_entry_id(resume_from) < parse_entry_id(oldest)
+        ):
+            yield _reset(session_id, newest)
+            if message_id is not None and message_finished:
+                return
+            if newest is not None:
+                last_sent = parse_entry_id(newest)
+        elif last_event_id is not None:
+            replay = await hub.read_after(session_id, last_event_id)
+        elif message_start is not None:
+            replay = await hub.read_after(session_id, message_start, inclusive=True)
+        else:
+            starts = await hub.active_starts(session_id)
+            if starts:
+                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id), inclusive=True)
+            elif newest is not None:
+                last_sent = parse_entry_id(newest)
+        pending = replay
+        while True:
+            for entry in pending:
+                if entry.key <= last_sent or (message_id is not None and entry.message_id != message_id):
+                    continue
+                last_sent = entry.key
+                yield _sse(entry)
+                if message_id is not None and entry.type in TERMINAL:
+                    return
+            await listener.wait()
+            if listener.lagged:
+                listener.lagged = False
+                listener.entries.clear()
+                after = f"{last_sent[0]}-{last_sent[1]}"
+                pending = await hub.read_after(session_id, after)
+            else:
+                pending = list(listener.entries)
+                listener.entries.clear()
