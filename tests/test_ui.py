@@ -270,6 +270,7 @@ def test_page_sends_a_message_and_shows_the_streamed_answer(tab: Tab) -> None:
     expect(user_turn).to_have_text(["How do streaming answers work in this chat service?"])
     assert tab.blocked == []
     assert tab.errors == []
+    assert tab.console_errors == []
 
 
 def test_answer_continues_where_it_was_after_a_reload(tab: Tab) -> None:
@@ -288,6 +289,7 @@ def test_answer_continues_where_it_was_after_a_reload(tab: Tab) -> None:
     expect(tab.page.locator(".msg[data-role='assistant']")).to_have_count(1)
     assert tab.blocked == []
     assert tab.errors == []
+    assert tab.console_errors == []
 
 
 def test_stop_ends_the_answer_as_cancelled(tab: Tab) -> None:
@@ -307,6 +309,7 @@ def test_stop_ends_the_answer_as_cancelled(tab: Tab) -> None:
     assert partial == answer["content"]
     assert tab.blocked == []
     assert tab.errors == []
+    assert tab.console_errors == []
 
 
 def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
@@ -330,3 +333,4 @@ def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
     expect(answer.locator(".content")).to_have_text(stored_answer(tab, session_id)["content"])
     assert tab.blocked == []
     assert tab.errors == []
+    assert tab.console_errors == []
