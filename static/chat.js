@@ -283,6 +283,7 @@ function applyEvent(v, type, data) {
     case "start":
       if (answer && answer.lastSeq >= 0) return;
       turn.answer = { ...answer, content: "", state: "streaming", lastSeq: 0, done: false, note: "" };
+      if (!turn.user) loadHistory(v); // sent from another tab or client: the question is in history
       break;
     case "chunk": {
       const current = answer || { content: "", lastSeq: -1 };
@@ -299,7 +300,7 @@ function applyEvent(v, type, data) {
     }
     case "end":
       turn.answer = finished(data.content, data.finish_reason);
-      if (!turn.user) loadHistory(v); // sent from elsewhere: fetch the question too
+      if (!turn.user) loadHistory(v);
       break;
     case "error":
       turn.answer = {

@@ -334,3 +334,41 @@ def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
     assert tab.blocked == []
     assert tab.errors == []
     assert tab.console_errors == []
+
+
+def test_a_second_tab_on_the_session_follows_the_answer_live(tab: Tab) -> None:
+    session_id = open_chat(tab, "ui-user")
+    follower = tab.page.context.new_page()
+    follower.on("console", lambda m: tab.console_errors.append(m.text) if m.type == "error" else None)
+    follower.goto(f"/ui#session={session_id}")
+    expect(follower.locator("#connection")).to_have_attribute("data-state", "live")
+
+    send(tab, "What does a second tab see?")
+
+    expect(follower.locator(".msg[data-role='user'] .content")).to_have_text(["What does a second tab see?"])
+    answer = follower.locator(".msg[data-role='assistant']")
+    expect(answer).to_have_attribute("data-state", "done", timeout=ANSWER_TIMEOUT_MS)
+    expect(answer.locator(".content")).to_have_text(stored_answer(tab, session_id)["content"])
+    assert tab.blocked == []
+    assert tab.console_errors == []
+
+
+def test_new_chat_starts_a_session_and_the_list_goes_back_to_the_old_one(tab: Tab) -> None:
+    first = open_chat(tab, "ui-user")
+    send(tab, "Remember this first session.")
+    first_answer = answer_text_when(tab, "done")
+
+    tab.page.get_by_role("button", name="New chat").click()
+
+    expect(tab.page.locator("#session-id")).not_to_have_text(first)
+    second = tab.page.locator("#session-id").inner_text()
+    expect(tab.page.locator(".msg")).to_have_count(0)
+    sessions = tab.page.get_by_role("navigation", name="Sessions")
+    expect(sessions.locator(f"button[data-session-id='{second}']")).to_have_attribute("aria-current", "true")
+
+    sessions.get_by_role("button", name="Remember this first session.").click()
+
+    expect(tab.page.locator("#session-id")).to_have_text(first)
+    expect(tab.page.locator(".msg[data-role='assistant'] .content")).to_have_text([first_answer])
+    assert tab.blocked == []
+    assert tab.console_errors == []
