@@ -7,9 +7,13 @@ request the browser makes to a host other than the service is recorded and abort
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -372,3 +376,82 @@ def test_new_chat_starts_a_session_and_the_list_goes_back_to_the_old_one(tab: Ta
     expect(tab.page.locator(".msg[data-role='assistant'] .content")).to_have_text([first_answer])
     assert tab.blocked == []
     assert tab.console_errors == []
+
+
+class CuttableProxy:
+    """A TCP relay in front of the service whose open connections a test can cut, as a network drop
+    would: the browser sees its EventSource fail and reconnects by itself, with `Last-Event-ID`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.requests = bytearray()  # everything browsers sent, to check the headers they resent
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.open += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if record:
+                    with self.lock:
+                        self.requests += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self.lock:
+            cut, self.open = self.open, []
+        for sock in cut:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+@pytest.fixture
+def proxy(live_server: LiveServer) -> Iterator[CuttableProxy]:
+    relay = CuttableProxy(int(urlsplit(live_server.url).port or 0))
+    yield relay
+    relay.close()
+
+
+def test_answer_resumes_after_the_network_drops(tab: Tab, proxy: CuttableProxy) -> None:
+    tab.page.goto(f"http://127.0.0.1:{proxy.port}/ui")
+    session_id = tab.page.locator("#session-id").inner_text()
+    send(tab, "What happens when the connection drops mid-answer?")
+    wait_for_streamed_words(tab, 3)
+
+    proxy.cut()
+
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    final = answer_text_when(tab, "done")
+    assert final == stored_answer(tab, session_id)["content"]
+    # EventSource's own reconnect, resuming after the last event it had.
+    assert re.search(
+        rb"GET /stream/[^ ]+ HTTP/1.1\r\n(?:[^\r]+\r\n)*?last-event-id: \d+-\d+\r\n", proxy.requests, re.I
+    )
+    expect(tab.page.locator(".msg[data-role='assistant']")).to_have_count(1)
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "live")
+    assert tab.blocked == []
+    assert tab.errors == []
