@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -255,8 +255,8 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-    # Commands to send with the answer's next event (its `start` entry id, once known).
-    piggyback: list[Command] = field(default_factory=list)
+    # A replay-log position at or before the answer's first event.
+    since: str = "0-0"
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
 
@@ -314,7 +314,7 @@ class ChatService:
             return self._accepted(existing), False
         try:
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
-            await self._history.append(session_id, ChatTurn.user(request, message_id))
+            since = await self._history.append(session_id, ChatTurn.user(request, message_id))
             conversation = await self._conversation(session_id)
         except RedisUnavailable:
             with contextlib.suppress(RedisUnavailable):
@@ -325,6 +325,7 @@ class ChatService:
             session_id=session_id,
             user_id=request.user_id,
             channel=self._keys.channel(session_id),
+            since=since,
         )
         self._answers[message_id] = answer
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
@@ -394,21 +395,20 @@ class ChatService:
 
     # -- one answer --
 
-    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> list[Any]:
+    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         """Append the event to the session's replay log and publish it, after any `extra` commands.
 
         XADD comes before PUBLISH so that a reader woken by the PUBLISH finds the entry in the log.
         """
         payload = event.model_dump_json(exclude_none=True).encode()
         events = self._keys.events(answer.session_id)
-        commands: list[Command] = [*extra, *answer.piggyback]
-        answer.piggyback = []
+        commands: list[Command] = list(extra)
         commands.append(("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload))
         if event.type != "chunk":
             # The log lives as long as the history; a chunk's XADD keeps the TTL its `start` set.
             commands.append(("EXPIRE", events, self._settings.chat_history_ttl))
         commands.append(("PUBLISH", answer.channel, payload))
-        return await self._writer.execute(commands)
+        await self._writer.execute(commands)
 
     @staticmethod
     def _event(answer: Answer, kind: type[E], **fields: object) -> E:
@@ -426,9 +426,11 @@ class ChatService:
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
         try:
-            replies = await self._publish(answer, self._event(answer, StartEvent))
-            start_id = bytes(replies[0]).decode()
-            answer.piggyback = self._registry.started_commands(answer.session_id, answer.message_id, start_id)
+            await self._publish(
+                answer,
+                self._event(answer, StartEvent),
+                *self._registry.starting_commands(answer.session_id, answer.message_id, answer.since),
+            )
             async for delta in self.source.stream(conversation, completion):
                 if not delta:
                     continue

@@ -470,20 +470,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ] = None,
     ) -> EventSourceResponse:
         """Replay what the client missed from the session's log, then stream live events."""
-        message_start = None
+        message_since = None
         message_finished = False
         if message_id is not None:
             state = await registry.get(str(message_id))
             if state is None or state.session_id != session_id:
                 raise AnswerNotFound(str(message_id))
-            message_start = await registry.start_id(str(message_id))
+            message_since = await registry.since(str(message_id))
             message_finished = state.status != "streaming"
         events = session_events(
             hub,
             session_id,
             last_event_id=last_event_id_header or last_event_id,
             message_id=str(message_id) if message_id else None,
-            message_start=message_start,
+            message_since=message_since,
             message_finished=message_finished,
         )
         return EventSourceResponse(

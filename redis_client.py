@@ -157,12 +157,16 @@ class HistoryStore:
             ("EXPIRE", key, self._ttl),
         ]
 
-    async def append(self, session_id: str, turn: ChatTurn) -> None:
+    async def append(self, session_id: str, turn: ChatTurn) -> str:
+        """Store the turn; return a position in the session's replay log that precedes every event
+        written after this call (`<Redis time in ms>-0`: stream ids come from the same clock)."""
         # MULTI/EXEC: when Redis refuses the RPUSH (out of memory) nothing of the turn is applied.
         async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             for command in self.append_commands(session_id, turn):
                 pipe.execute_command(*command)
-            await pipe.execute()
+            pipe.time()
+            *_, (seconds, microseconds) = await pipe.execute()
+        return f"{seconds * 1000 + microseconds // 1000}-0"
 
     async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
         start = -limit if limit else 0
@@ -235,17 +239,20 @@ class AnswerRegistry:
             }
         )
 
-    async def start_id(self, message_id: str) -> str | None:
-        """The replay-log entry id of the answer's `start` event, once known."""
+    async def since(self, message_id: str) -> str | None:
+        """A replay-log position at or before the answer's `start` event, once it is starting."""
         async with bounded(self._timeout):
-            value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "start_id"))
+            value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "since"))
         return value.decode() if value else None
 
-    def started_commands(self, session_id: str, message_id: str, start_id: str) -> list[Command]:
+    def starting_commands(self, session_id: str, message_id: str, since: str) -> list[Command]:
+        """Record where the answer's events begin in the log. Sent before its `start` is appended, so
+        a reader that finds the answer here finds its `start` at or after `since`, and a reader that
+        does not will see the `start` arrive live."""
         active = self._keys.active(session_id)
         return [
-            ("HSET", self._keys.message(message_id), "start_id", start_id),
-            ("HSET", active, message_id, start_id),
+            ("HSET", self._keys.message(message_id), "since", since),
+            ("HSET", active, message_id, since),
             ("EXPIRE", active, self._ttl),
         ]
 

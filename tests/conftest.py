@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,12 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 
 from app import create_app
 from config import Settings
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -175,3 +180,90 @@ def app_client() -> AppClient:
             yield client
 
     return run
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    """Run the app on a real uvicorn server in this event loop (streaming needs a real socket)."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn exited before it started")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class ServiceProcess:
+    """`python app.py` as a separate process, the way users and the Dockerfile start it."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the service's logging.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the service_process fixture
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.process.returncode}: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("app.py did not become healthy within 20s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def output(self) -> str:
+        """Everything the service has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@pytest.fixture
+def service_process() -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `python app.py` processes; every one is stopped when the test ends."""
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> ServiceProcess:
+        service = ServiceProcess(**env)
+        started.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in started:
+        if service.process is not None and service.process.poll() is None:
+            service.stop(signal.SIGKILL)
+        service.log.close()
