@@ -1,8 +1,9 @@
-"""The chat page (`/ui`) and the offline docs in headless Chromium: Debian's chromium, driven by Playwright.
+"""The chat page (`/ui`) and the offline docs: served in-process, then used in headless Chromium.
 
-The service runs as `python app.py` (the Docker image's start command) on a free loopback port, on the
-embedded Redis, with the model paced slowly enough to reload or stop in the middle of an answer. Every
-request the browser makes to a host other than the service is recorded and aborted.
+The browser tests drive Debian's chromium through Playwright. There the service runs as `python app.py`
+(the Docker image's start command) on a free loopback port, on the embedded Redis, with the model paced
+slowly enough to reload or stop in the middle of an answer. Every request the browser makes to a host
+other than the service is recorded and aborted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,8 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.conftest import free_port, need
-
-pytestmark = pytest.mark.browser
+from config import Settings
+from tests.conftest import AppClient, free_port, need
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -167,9 +167,50 @@ def tab(browser: Browser, live_server: LiveServer) -> Iterator[Tab]:
         context.close()
 
 
+# --- Served in-process -----------------------------------------------------------------------------
+
+
+async def test_chat_page_and_its_assets_are_served_from_the_service(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_client(make_settings()) as client:
+        page = await client.get("/ui")
+        script = await client.get("/ui/chat.js")
+        style = await client.get("/ui/chat.css")
+        schema = (await client.get("/openapi.json")).json()
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'src="ui/chat.js"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert script.headers["cache-control"] == "no-cache"
+    assert style.status_code == 200
+    assert not any(path.startswith("/ui") for path in schema["paths"])
+
+
+async def test_docs_keep_their_paths_and_load_nothing_from_a_cdn(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_client(make_settings()) as client:
+        docs = await client.get("/docs")
+        redoc = await client.get("/redoc")
+        schema = await client.get("/openapi.json")
+        bundle = await client.get("/static-offline-docs/swagger-ui-bundle.js")
+
+    assert schema.status_code == 200
+    assert bundle.status_code == 200
+    for page in (docs, redoc):
+        assert page.status_code == 200
+        assert "https://" not in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
 # --- Offline docs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.browser
 def test_swagger_ui_renders_operations_with_other_hosts_blocked(tab: Tab) -> None:
     tab.page.goto("/docs")
 
@@ -185,6 +226,7 @@ def test_swagger_ui_renders_operations_with_other_hosts_blocked(tab: Tab) -> Non
     assert tab.console_errors == []
 
 
+@pytest.mark.browser
 def test_redoc_renders_operations_with_other_hosts_blocked(tab: Tab) -> None:
     tab.page.goto("/redoc")
 
@@ -195,13 +237,6 @@ def test_redoc_renders_operations_with_other_hosts_blocked(tab: Tab) -> None:
     assert "/static-offline-docs/redoc.standalone.js" in tab.served
     # ReDoc's menu logo points at cdn.redoc.ly; the docs' content policy stops it in the browser.
     assert all("cdn.redoc.ly" in error and "Content Security Policy" in error for error in tab.console_errors)
-
-
-def test_docs_and_openapi_keep_their_paths(live_server: LiveServer) -> None:
-    for path in ("/docs", "/redoc", "/openapi.json"):
-        assert httpx.get(f"{live_server.url}{path}", timeout=5).status_code == 200
-    for path in ("/docs", "/redoc"):
-        assert "cdn." not in httpx.get(f"{live_server.url}{path}", timeout=5).text
 
 
 # --- The chat page --------------------------------------------------------------------------------
@@ -257,6 +292,7 @@ def stored_answer(tab: Tab, session_id: str) -> dict[str, Any]:
     return answers[0]
 
 
+@pytest.mark.browser
 def test_page_sends_a_message_and_shows_the_streamed_answer(tab: Tab) -> None:
     session_id = open_chat(tab, "ui-user")
 
@@ -277,6 +313,7 @@ def test_page_sends_a_message_and_shows_the_streamed_answer(tab: Tab) -> None:
     assert tab.console_errors == []
 
 
+@pytest.mark.browser
 def test_answer_continues_where_it_was_after_a_reload(tab: Tab) -> None:
     session_id = open_chat(tab, "ui-user")
     send(tab, "Tell me about resumable streams and Redis replay logs, please.")
@@ -296,6 +333,7 @@ def test_answer_continues_where_it_was_after_a_reload(tab: Tab) -> None:
     assert tab.console_errors == []
 
 
+@pytest.mark.browser
 def test_stop_ends_the_answer_as_cancelled(tab: Tab) -> None:
     session_id = open_chat(tab, "ui-user")
     send(tab, "Explain the history of distributed systems in great detail.")
@@ -316,6 +354,7 @@ def test_stop_ends_the_answer_as_cancelled(tab: Tab) -> None:
     assert tab.console_errors == []
 
 
+@pytest.mark.browser
 def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
     session_id = "ui-history-test"
     accepted = httpx.post(
@@ -340,6 +379,7 @@ def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
     assert tab.console_errors == []
 
 
+@pytest.mark.browser
 def test_a_second_tab_on_the_session_follows_the_answer_live(tab: Tab) -> None:
     session_id = open_chat(tab, "ui-user")
     follower = tab.page.context.new_page()
@@ -357,6 +397,7 @@ def test_a_second_tab_on_the_session_follows_the_answer_live(tab: Tab) -> None:
     assert tab.console_errors == []
 
 
+@pytest.mark.browser
 def test_new_chat_starts_a_session_and_the_list_goes_back_to_the_old_one(tab: Tab) -> None:
     first = open_chat(tab, "ui-user")
     send(tab, "Remember this first session.")
@@ -436,6 +477,7 @@ def proxy(live_server: LiveServer) -> Iterator[CuttableProxy]:
     relay.close()
 
 
+@pytest.mark.browser
 def test_answer_resumes_after_the_network_drops(tab: Tab, proxy: CuttableProxy) -> None:
     tab.page.goto(f"http://127.0.0.1:{proxy.port}/ui")
     session_id = tab.page.locator("#session-id").inner_text()
