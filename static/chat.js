@@ -49,6 +49,27 @@ function save(key, value) {
   }
 }
 
+// Stream tokens (issue #5) are per tab: sessionStorage, so a reload keeps them and other tabs do not.
+function tokenKey(sessionId) {
+  return `chat.streamToken.${sessionId}`;
+}
+
+function loadToken(sessionId) {
+  try {
+    return sessionStorage.getItem(tokenKey(sessionId));
+  } catch {
+    return null;
+  }
+}
+
+function saveToken(sessionId, token) {
+  try {
+    sessionStorage.setItem(tokenKey(sessionId), token);
+  } catch {
+    // Kept in memory for this visit.
+  }
+}
+
 // crypto.randomUUID exists only in secure contexts; the service may well be on plain http.
 function uuid4() {
   const b = crypto.getRandomValues(new Uint8Array(16));
@@ -173,7 +194,7 @@ function openSession(sessionId) {
     turns: new Map(), // message_id -> { user, answer, li }
     source: null,
     lastEventId: null,
-    streamToken: sessionStorage.getItem(`chat.streamToken.${sessionId}`),
+    streamToken: loadToken(sessionId),
     historyReady: false,
     historyLoading: null,
     historyAgain: false,
@@ -487,7 +508,7 @@ async function send() {
     if (accepted && accepted.stream_token && accepted.stream_token !== v.streamToken) {
       // The service hands out a token for the stream (issue #5): reconnect with it, from where we were.
       v.streamToken = accepted.stream_token;
-      sessionStorage.setItem(`chat.streamToken.${v.sessionId}`, v.streamToken);
+      saveToken(v.sessionId, v.streamToken);
       if (!v.closed) connect(v);
     }
   } catch (error) {
