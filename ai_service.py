@@ -255,7 +255,7 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-    # A replay-log position at or before the answer's first event.
+    # The replay-log entry after which this answer's events begin.
     since: str = "0-0"
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"

@@ -158,15 +158,16 @@ class HistoryStore:
         ]
 
     async def append(self, session_id: str, turn: ChatTurn) -> str:
-        """Store the turn; return a position in the session's replay log that precedes every event
-        written after this call (`<Redis time in ms>-0`: stream ids come from the same clock)."""
+        """Store the turn; return the newest entry id of the session's replay log at that moment
+        (`0-0` when empty): every event written after this call comes after it."""
         # MULTI/EXEC: when Redis refuses the RPUSH (out of memory) nothing of the turn is applied.
+        # All keys share the session's hash tag, so this is one slot on a cluster too.
         async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             for command in self.append_commands(session_id, turn):
                 pipe.execute_command(*command)
-            pipe.time()
-            *_, (seconds, microseconds) = await pipe.execute()
-        return f"{seconds * 1000 + microseconds // 1000}-0"
+            pipe.execute_command("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1)
+            *_, newest = await pipe.execute()
+        return bytes(newest[0][0]).decode() if newest else "0-0"
 
     async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
         start = -limit if limit else 0
@@ -240,15 +241,15 @@ class AnswerRegistry:
         )
 
     async def since(self, message_id: str) -> str | None:
-        """A replay-log position at or before the answer's `start` event, once it is starting."""
+        """The replay-log entry after which the answer's events begin, once it is starting."""
         async with bounded(self._timeout):
             value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "since"))
         return value.decode() if value else None
 
     def starting_commands(self, session_id: str, message_id: str, since: str) -> list[Command]:
-        """Record where the answer's events begin in the log. Sent before its `start` is appended, so
-        a reader that finds the answer here finds its `start` at or after `since`, and a reader that
-        does not will see the `start` arrive live."""
+        """Record after which log entry the answer's events begin. Sent before its `start` is
+        appended, so a reader that finds the answer here finds its `start` after `since`, and a reader
+        that does not will see the `start` arrive live."""
         active = self._keys.active(session_id)
         return [
             ("HSET", self._keys.message(message_id), "since", since),

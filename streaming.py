@@ -193,10 +193,10 @@ class StreamHub:
 
     # -- reading the log --
 
-    async def read_after(self, session_id: str, after: str, *, inclusive: bool = False) -> list[Entry]:
-        """Every entry after `after` (or from it, when inclusive), oldest first."""
+    async def read_after(self, session_id: str, after: str) -> list[Entry]:
+        """Every entry after `after`, oldest first."""
         entries: list[Entry] = []
-        start = after if inclusive else f"({after}"
+        start = f"({after}"
         while True:
             (page,) = await self._reader.execute(
                 [("XRANGE", self._keys.events(session_id), start, "+", "COUNT", PAGE)]
@@ -218,7 +218,7 @@ class StreamHub:
         return (await self.bounds(session_id))[1]
 
     async def active_starts(self, session_id: str) -> list[str]:
-        """Entry ids of the `start` events of the session's running answers."""
+        """For each running answer of the session, the log entry after which its events begin."""
         (values,) = await self._reader.execute([("HVALS", self._keys.active(session_id))])
         return [value.decode() for value in values]
 
@@ -329,8 +329,8 @@ async def session_events(
 
     - `last_event_id`: resume exactly after that entry; when the log no longer reaches back that far,
       a `reset` event tells the client to reload history, then live events follow.
-    - `message_id` (with `message_since`, a log position at or before its `start`): only that answer,
-      from its `start`, closing after its end.
+    - `message_id` (with `message_since`, the log entry after which its events begin): only that
+      answer, from its `start`, closing after its end.
     - neither: the running answers from their `start`, then everything live.
 
     The listener is registered before the log is read, so every entry is either in the replay or
@@ -352,11 +352,7 @@ async def session_events(
             else:
                 replay = await hub.read_after(session_id, last_event_id)
         elif message_since is not None:
-            replay = [
-                entry
-                for entry in await hub.read_after(session_id, message_since, inclusive=True)
-                if wanted(entry)
-            ]
+            replay = [entry for entry in await hub.read_after(session_id, message_since) if wanted(entry)]
             # Its events are in the log but not its start (trimmed), or the log no longer has it at all.
             reset = (bool(replay) and replay[0].type != "start") or (not replay and message_finished)
             if reset:
@@ -364,7 +360,7 @@ async def session_events(
         else:
             starts = await hub.active_starts(session_id)
             if starts:
-                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id), inclusive=True)
+                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id))
             elif newest is not None:
                 last_sent = parse_entry_id(newest)
         if reset:
