@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 from sse_starlette import EventSourceResponse
@@ -57,6 +58,7 @@ from redis_client import (
     create_redis,
 )
 from streaming import StreamHub, session_events
+from ui import add_ui
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("chat.access")
@@ -334,7 +336,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 expose_headers=["X-Request-ID"],
             )
         )
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
+    app = FastAPIOffline(
         title="AI Chat Service",
         version=VERSION,
         summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
@@ -350,6 +353,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AnswerFinished, on_answer_finished)
     app.add_exception_handler(MessageConflict, on_message_conflict)
     app.include_router(openai_router)
+    add_ui(app)
     keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
