@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from redis.asyncio.cluster import ClusterPubSub
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from sse_starlette import ServerSentEvent
 
@@ -121,6 +121,7 @@ class StreamHub:
         self._subscribe_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
+        self._shard_readers: dict[str, asyncio.Task[None]] = {}
         self.connected = False
 
     @property
@@ -139,9 +140,10 @@ class StreamHub:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for fetch in list(self._fetches):
-            fetch.cancel()
-        await asyncio.gather(*self._fetches, return_exceptions=True)
+        pending = [*self._fetches, *self._shard_readers.values()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- following a session --
@@ -254,6 +256,9 @@ class StreamHub:
 
     async def _subscribe(self, *channels: str) -> None:
         if self._keys.sharded:
+            assert isinstance(self._redis, RedisCluster)
+            # The cluster's slot map is needed to pick each channel's node; this loads it once.
+            await self._redis.initialize()
             await self._pubsub.ssubscribe(*channels)
         else:
             await self._pubsub.subscribe(*channels)
@@ -266,10 +271,37 @@ class StreamHub:
 
     async def _next_message(self) -> dict[str, Any] | None:
         if self._keys.sharded:
-            assert isinstance(self._pubsub, ClusterPubSub)
-            return await self._pubsub.get_sharded_message(timeout=self._poll_interval)
+            # Each shard's connection is read by its own task (`_read_shard`): asking them in turn
+            # would hold every message behind the others' timeouts.
+            self._start_shard_readers()
+            await asyncio.sleep(self._poll_interval)
+            return None
         message = await self._pubsub.get_message(timeout=self._poll_interval)
         return cast(dict[str, Any] | None, message)
+
+    def _start_shard_readers(self) -> None:
+        assert isinstance(self._pubsub, ClusterPubSub)
+        for name in self._pubsub.node_pubsub_mapping:
+            if name not in self._shard_readers:
+                task = asyncio.create_task(self._read_shard(name), name=f"stream-hub-shard-{name}")
+                self._shard_readers[name] = task
+
+    async def _read_shard(self, name: str) -> None:
+        assert isinstance(self._pubsub, ClusterPubSub)
+        assert isinstance(self._redis, RedisCluster)
+        node = self._redis.get_node(node_name=name)
+        try:
+            while name in self._pubsub.node_pubsub_mapping:
+                message = await self._pubsub.get_sharded_message(
+                    target_node=node, timeout=self._poll_interval
+                )
+                if message is not None:
+                    self._handle(message)
+        except (RedisError, RedisClusterException, OSError) as error:
+            logger.warning("stream hub lost its PubSub connection to %s: %s", name, type(error).__name__)
+            self.connected = False
+        finally:
+            del self._shard_readers[name]
 
     async def _resubscribe(self) -> None:
         """After a lost connection: subscribe again, then read every feed's log for what was missed."""
