@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     redis_sentinel_master: str = "mymaster"
     redis_sentinel_password: SecretStr | None = None
     # Replicas that must confirm a user turn before the chat is accepted (WAIT), so a failover
-    # cannot lose a turn answered with 202. 0: do not wait.
+    # cannot lose a turn answered with 202; every attached replica when fewer are attached. 0: off.
     redis_wait_replicas: int = Field(default=0, ge=0, le=16)
 
     # History

@@ -208,8 +208,8 @@ class HistoryStore:
         """Store the turn; return the newest entry id of the session's replay log at that moment
         (`0-0` when empty): every event written after this call comes after it.
 
-        With `wait_replicas`, return only once that many replicas hold the turn (WAIT), so a
-        failover cannot lose it.
+        With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every
+        attached replica if fewer are attached, so a failover cannot lose it.
         """
         async with bounded(self._timeout):
             if not self._wait_replicas:
@@ -219,8 +219,12 @@ class HistoryStore:
             async with cast(Redis, self._redis).client() as connection:
                 newest = await self._append(connection, session_id, turn)
                 acked = await connection.wait(self._wait_replicas, int(self._timeout * 500))
-            if acked < self._wait_replicas:
-                raise RedisUnavailable("no replica confirmed the write in time")
+                if acked < self._wait_replicas:
+                    # Fewer replicas than asked for may be attached (right after a failover there is
+                    # none until one is re-attached): every attached replica must still confirm.
+                    attached = int((await connection.info("replication")).get("connected_slaves", 0))
+                    if acked < min(self._wait_replicas, attached):
+                        raise RedisUnavailable("no replica confirmed the write in time")
             return newest
 
     async def _append(self, redis: RedisClient, session_id: str, turn: ChatTurn) -> str:
