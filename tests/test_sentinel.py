@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from config import Settings
 from tests.conftest import ServiceProcess, need
 from tests.topologies import SentinelServers
 
@@ -109,3 +111,27 @@ async def test_failover_loses_no_accepted_turn_and_service_recovers(
             stored |= {turn["message_id"] for turn in history["messages"] if turn["role"] == "user"}
         missing = set(accepted) - stored
         assert not missing, f"{len(missing)} of {len(accepted)} accepted turns were lost in the failover"
+
+
+def test_sentinel_settings_parse_host_port_pairs(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(redis_sentinels="10.0.0.1:26379, sentinel-b:26380")
+    assert settings.redis_sentinels == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+    assert not settings.embedded_redis
+    assert settings.redis_location() == "sentinel://10.0.0.1:26379,sentinel-b:26380/mymaster/0"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"redis_sentinels": "nohost"}, "host:port"),
+        ({"redis_sentinels": "a:99999"}, "host:port"),
+        ({"redis_cluster": True}, "REDIS_CLUSTER needs"),
+        ({"redis_cluster": True, "redis_host": "a", "redis_sentinels": "a:1"}, "cannot be used together"),
+        ({"redis_cluster": True, "redis_host": "a", "redis_wait_replicas": 1}, "not supported"),
+    ],
+)
+def test_inconsistent_topology_settings_are_refused(
+    make_settings: Callable[..., Settings], values: dict[str, object], complaint: str
+) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        make_settings(**values)
