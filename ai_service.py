@@ -14,7 +14,8 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -53,6 +54,7 @@ __all__ = [
     "MessageConflict",
     "ServiceUnavailable",
     "SimulatedAnswerSource",
+    "build_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,8 +83,12 @@ class AnswerSource(Protocol):
 
     def stream(
         self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
-        """Yield the answer to the conversation's last message as text deltas."""
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer to the conversation's last message as text deltas.
+
+        A generator, so that its caller can close it (`aclose`) the moment an answer is cancelled and
+        the source can release what it holds, such as an HTTP stream to a model server, at once.
+        """
         ...
 
 
@@ -230,7 +236,7 @@ class SimulatedAnswerSource:
 
     async def stream(
         self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         words = compose_answer(conversation).split(" ")
         loop = asyncio.get_running_loop()
         # Paced against a schedule, not by sleeping after each chunk: the time the consumer takes to
@@ -244,6 +250,40 @@ class SimulatedAnswerSource:
                 await asyncio.sleep(max(0.0, due - loop.time()))
             yield (" " if start else "") + " ".join(piece)
         completion.finish_reason = "stop"
+
+
+# --- What the model is sent ----------------------------------------------------------------------
+
+
+def build_context(
+    earlier: Sequence[ConversationMessage],
+    message: str,
+    *,
+    system_prompt: str,
+    max_messages: int,
+    max_chars: int,
+) -> list[ConversationMessage]:
+    """The conversation a model answers: the system prompt, recent turns, then the new message.
+
+    Of the `earlier` turns (oldest first) at most `max_messages` of the most recent are kept, and only as
+    many as fit in `max_chars` together with the system prompt and the message; the oldest go first.
+    The system prompt and the new message are always sent. Empty turns (an answer that failed before its
+    first token) are skipped, and an answer whose question was dropped goes too, so the turns sent start
+    with a user's: some chat templates refuse anything else.
+    """
+    budget = max_chars - len(system_prompt) - len(message)
+    candidates = [turn for turn in earlier if turn.content][-max_messages:] if max_messages else []
+    kept: list[ConversationMessage] = []
+    for turn in reversed(candidates):
+        budget -= len(turn.content)
+        if budget < 0:
+            break
+        kept.append(turn)
+    kept.reverse()
+    while kept and kept[0].role == "assistant":
+        kept.pop(0)
+    system = [ConversationMessage(role="system", content=system_prompt)] if system_prompt else []
+    return [*system, *kept, ConversationMessage(role="user", content=message)]
 
 
 # --- Streaming machinery -------------------------------------------------------------------------
@@ -261,10 +301,11 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-    # A replay-log position at or before the answer's first event.
+    # The replay-log entry after which this answer's events begin.
     since: str = "0-0"
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
+    listener: asyncio.Queue[StreamEvent | None] | None = None
 
 
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
@@ -315,11 +356,22 @@ class ChatService:
             finish_reason=state.finish_reason,
         )
 
-    async def submit(self, request: ChatRequest) -> tuple[ChatAccepted, bool]:
+    async def submit(
+        self,
+        request: ChatRequest,
+        *,
+        context: Sequence[ConversationMessage] | None = None,
+        listener: asyncio.Queue[StreamEvent | None] | None = None,
+    ) -> tuple[ChatAccepted, bool]:
         """Store the user's turn and start the answer; return at once.
 
         Returns the answer's state and whether this call started it: a repeated `message_id` returns
         the existing answer's state and starts nothing.
+
+        For in-process callers such as the OpenAI-compatible API: `context` is the conversation to
+        answer, in place of the one built from the session's history; `listener` receives every event
+        of the answer as it is published (in `seq` order, ending with its `end` or `error`, which it
+        receives even when Redis refuses the event), then `None` once the answer's task is over.
         """
         if not self._accepting:
             raise ServiceUnavailable("the service is shutting down")
@@ -332,10 +384,7 @@ class ChatService:
             return self._accepted(existing), False
         try:
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
-            since, recent = await self._history.append_and_recent(
-                self._writer, session_id, ChatTurn.user(request, message_id), CONTEXT_TURNS
-            )
-            conversation = [ConversationMessage(role=role, content=content) for role, content in recent]
+            since, conversation = await self._store_and_read(request, message_id, context)
         except RedisUnavailable:
             with contextlib.suppress(RedisUnavailable):
                 await self._registry.release(message_id)
@@ -346,11 +395,41 @@ class ChatService:
             user_id=request.user_id,
             channel=self._keys.channel(session_id),
             since=since,
+            listener=listener,
         )
         self._answers[message_id] = answer
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
+        if listener is not None:
+            # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
+            answer.task.add_done_callback(lambda _: listener.put_nowait(None))
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
+
+    async def _store_and_read(
+        self, request: ChatRequest, message_id: str, context: Sequence[ConversationMessage] | None
+    ) -> tuple[str, list[ConversationMessage]]:
+        """Store the user's turn; return where the answer's events will begin in the replay log, and
+        the conversation to answer (`context`, or one built from the session's recent turns)."""
+        settings = self._settings
+        turn = ChatTurn.user(request, message_id)
+        if context is not None:
+            return await self._history.append(request.session_id, turn), list(context)
+        # One more than the limit: the newest turn read is usually the user turn just stored.
+        since, turns = await self._history.append_and_recent(
+            self._writer, request.session_id, turn, settings.max_context_messages + 1
+        )
+        earlier = [
+            ConversationMessage(role=role, content=content)
+            for turn_id, role, content in turns
+            if turn_id != message_id
+        ]
+        return since, build_context(
+            earlier,
+            request.message,
+            system_prompt=settings.system_prompt,
+            max_messages=settings.max_context_messages,
+            max_chars=settings.max_context_chars,
+        )
 
     async def cancel(self, message_id: str) -> AnswerState:
         """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
@@ -362,7 +441,7 @@ class ChatService:
             raise AnswerFinished(state)
         if not self.stop_local(message_id):
             await self._writer.execute(
-                [("PUBLISH", self._keys.control, orjson.dumps({"cancel": message_id}))]
+                [(self._keys.publish, self._keys.control, orjson.dumps({"cancel": message_id}))]
             )
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
@@ -413,6 +492,8 @@ class ChatService:
 
     async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         """Append the event to the session's replay log and publish it, after any `extra` commands."""
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
         payload = event.model_dump_json(exclude_none=True).encode()
         await self._writer.execute([*extra, *self._event_commands(answer, payload, refresh_ttl=True)])
 
@@ -424,7 +505,7 @@ class ChatService:
         return [
             ("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload),
             *([("EXPIRE", events, self._settings.chat_history_ttl)] if refresh_ttl else []),
-            ("PUBLISH", answer.channel, payload),
+            (self._keys.publish, answer.channel, payload),
         ]
 
     @staticmethod
@@ -454,17 +535,25 @@ class ChatService:
             # order, and every one is confirmed before the answer is stored and ended.
             in_flight: deque[asyncio.Future[list[Any]]] = deque()
             try:
-                async for delta in self.source.stream(conversation, completion):
-                    if not delta:
-                        continue
-                    answer.seq += 1
-                    answer.parts.append(delta)
-                    payload = ChunkEvent.fast_json(header, answer.seq, delta)
-                    in_flight.append(
-                        self._writer.submit(self._event_commands(answer, payload, refresh_ttl=False))
-                    )
-                    while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
-                        await in_flight.popleft()
+                # aclosing: a cancelled answer closes its source (and the source its upstream stream)
+                # at once, even when the cancel lands while a chunk is being published.
+                async with aclosing(self.source.stream(conversation, completion)) as deltas:
+                    async for delta in deltas:
+                        if not delta:
+                            continue
+                        answer.seq += 1
+                        answer.parts.append(delta)
+                        if answer.listener is None:
+                            payload = ChunkEvent.fast_json(header, answer.seq, delta)
+                        else:  # an in-process listener (the /v1 API) takes the event itself
+                            event = self._event(answer, ChunkEvent, content=delta)
+                            answer.listener.put_nowait(event)
+                            payload = event.model_dump_json(exclude_none=True).encode()
+                        in_flight.append(
+                            self._writer.submit(self._event_commands(answer, payload, refresh_ttl=False))
+                        )
+                        while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
+                            await in_flight.popleft()
                 while in_flight:
                     await in_flight.popleft()
             finally:
@@ -509,6 +598,12 @@ class ChatService:
         """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
+        answer.seq += 1
+        event: StreamEvent
+        if error is None:
+            event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
+        else:
+            event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
         try:
             # History first, in its own round trip, then the terminal event: a client that reads
             # history on `end` finds the turn.
@@ -518,16 +613,17 @@ class ChatService:
                     *self._registry.finished_commands(answer.session_id, answer.message_id, finish_reason),
                 ]
             )
-            answer.seq += 1
-            event: StreamEvent
-            if error is None:
-                event = self._event(
-                    answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage
-                )
-            else:
-                event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
-            await self._publish(answer, event)
         except RedisUnavailable as failure:
             logger.error(
                 "could not store the end of answer message_id=%s: %s", answer.message_id, failure.reason
+            )
+            if answer.listener is not None:
+                # Nothing reached Redis, but the in-process listener still learns how the answer ended.
+                answer.listener.put_nowait(event)
+            return
+        try:
+            await self._publish(answer, event)
+        except RedisUnavailable as failure:
+            logger.error(
+                "could not publish the end of answer message_id=%s: %s", answer.message_id, failure.reason
             )

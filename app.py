@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 from sse_starlette import EventSourceResponse
@@ -32,7 +33,6 @@ from ai_service import (
     ChatService,
     MessageConflict,
     ServiceUnavailable,
-    SimulatedAnswerSource,
 )
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
 from models import (
@@ -49,6 +49,8 @@ from models import (
     StatusResponse,
     stream_event_schema,
 )
+from openai_api import router as openai_router
+from providers import close_answer_source, create_answer_source, provider_health
 from redis_client import (
     AnswerRegistry,
     CommandBatcher,
@@ -58,6 +60,7 @@ from redis_client import (
     create_redis,
 )
 from streaming import StreamHub, session_events
+from ui import add_ui
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("chat.access")
@@ -157,25 +160,21 @@ def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> An
                 "history lives only as long as this process and no other process can subscribe"
             )
         redis = create_redis(settings)
-        keys = KeySpace(settings.redis_key_prefix)
+        keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         history = HistoryStore(
             redis,
             keys,
             ttl=settings.chat_history_ttl,
             max_messages=settings.max_history_messages,
             timeout=settings.redis_timeout,
+            wait_replicas=settings.redis_wait_replicas,
         )
         registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
         reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
+        answer_source = source or create_answer_source(settings)
         service = ChatService(
-            settings,
-            history=history,
-            registry=registry,
-            writer=writer,
-            keys=keys,
-            source=source
-            or SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay),
+            settings, history=history, registry=registry, writer=writer, keys=keys, source=answer_source
         )
         hub = StreamHub(
             redis,
@@ -205,6 +204,7 @@ def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> An
         finally:
             await service.shutdown()
             await hub.close()
+            await close_answer_source(answer_source)
             await writer.close()
             await reader.close()
             await redis.aclose()
@@ -338,11 +338,19 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID"],
+                allow_headers=[
+                    "Content-Type",
+                    "Authorization",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "Last-Event-ID",
+                    "X-Session-Id",
+                ],
                 expose_headers=["X-Request-ID"],
             )
         )
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
+    app = FastAPIOffline(
         title="AI Chat Service",
         version=VERSION,
         summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
@@ -357,7 +365,9 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     app.add_exception_handler(AnswerNotFound, on_answer_not_found)
     app.add_exception_handler(AnswerFinished, on_answer_finished)
     app.add_exception_handler(MessageConflict, on_message_conflict)
-    keys = KeySpace(settings.redis_key_prefix)
+    app.include_router(openai_router)
+    add_ui(app)
+    keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
     async def root() -> ServiceInfo:
@@ -390,12 +400,14 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 status="unhealthy",
                 version=VERSION,
                 redis=RedisHealth(status="disconnected", mode=mode, error=error.reason),
+                ai=provider_health(app_settings),
             )
             return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
         body = HealthResponse(
             status="healthy",
             version=VERSION,
             redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3)),
+            ai=provider_health(app_settings),
         )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 

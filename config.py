@@ -6,13 +6,15 @@ from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "format_validation_error", "get_settings"]
 
 VERSION = "1.0.0"
 SERVICE_NAME = "ai-chat-service"
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
@@ -43,6 +45,15 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=2.0, gt=0, le=60)
     redis_max_connections: int = Field(default=64, ge=4, le=10_000)
     redis_key_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.\-]{1,32}$")
+    # Redis Cluster: REDIS_URL (or REDIS_HOST/PORT) names any node; answers use sharded PubSub.
+    redis_cluster: bool = False
+    # Sentinel: the sentinels to ask for the master named REDIS_SENTINEL_MASTER.
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: SecretStr | None = None
+    # Replicas that must confirm a user turn before the chat is accepted (WAIT), so a failover
+    # cannot lose a turn answered with 202; every attached replica when fewer are attached. 0: off.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
 
     # History
     chat_history_ttl: int = Field(default=86_400, ge=1)
@@ -57,6 +68,22 @@ class Settings(BaseSettings):
     # Simulated model pacing
     stream_delay: float = Field(default=0.1, ge=0, le=10)
     chunk_delay: float = Field(default=0.05, ge=0, le=10)
+
+    # The model: the simulated one, or any server speaking OpenAI's Chat Completions API
+    ai_provider: Literal["simulated", "openai"] = "simulated"
+    openai_base_url: str = Field(default=OPENAI_BASE_URL, min_length=1)
+    openai_api_key: SecretStr | None = None
+    ai_model: str = Field(default="gpt-4o-mini", min_length=1, max_length=256)
+    ai_temperature: float | None = Field(default=None, ge=0, le=2)
+    ai_max_tokens: int | None = Field(default=None, ge=1)
+    ai_timeout: float = Field(default=60.0, gt=0, le=3600)
+    ai_max_retries: int = Field(default=2, ge=0, le=10)
+    ai_stream_usage: bool = True
+
+    # What the model is sent: the system prompt, then recent turns within both limits, then the message
+    system_prompt: str = "You are a helpful assistant."
+    max_context_messages: int = Field(default=20, ge=0, le=10_000)
+    max_context_chars: int = Field(default=32_000, ge=1, le=10_000_000)
 
     # Inputs and lifecycle
     max_message_length: int = Field(default=8000, ge=1, le=1_000_000)
@@ -78,6 +105,31 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        sentinels = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port pairs, got {item!r}")
+            sentinels.append((host, int(port)))
+        return sentinels
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> Settings:
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS cannot be used together")
+        if self.redis_cluster and self.redis_wait_replicas:
+            raise ValueError("REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER")
+        if self.redis_cluster and self.embedded_redis:
+            raise ValueError("REDIS_CLUSTER needs REDIS_URL or REDIS_HOST naming a cluster node")
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -86,10 +138,42 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis:// or rediss://")
         return value
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, for example http://localhost:11434/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _key_for_openai(self) -> Settings:
+        # Local servers (Ollama, vLLM, llama.cpp) take any key; OpenAI itself does not answer without one.
+        if (
+            self.ai_provider == "openai"
+            and self.openai_api_key is None
+            and urlsplit(self.openai_base_url).hostname == urlsplit(OPENAI_BASE_URL).hostname
+        ):
+            raise ValueError("OPENAI_API_KEY must be set when AI_PROVIDER=openai talks to api.openai.com")
+        return self
+
+    @property
+    def served_model(self) -> str:
+        """The model answers come from, as `/health` and `/v1/models` name it."""
+        return self.ai_model if self.ai_provider == "openai" else "simulated"
+
+    def model_location(self) -> str:
+        """Where the model server is, fit for a log line or a response: no credentials, no query."""
+        if self.ai_provider != "openai":
+            return "in-process"
+        parts = urlsplit(self.openai_base_url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
     @property
     def embedded_redis(self) -> bool:
         """True when no Redis server is configured and the in-process one is used."""
-        return self.redis_url is None and not self.redis_host
+        return self.redis_url is None and not self.redis_host and not self.redis_sentinels
 
     def redis_dsn(self) -> str:
         """The URL the Redis client connects to. It may hold the password: never log it."""
@@ -103,6 +187,9 @@ class Settings(BaseSettings):
         """Where Redis is, fit for a log line or a response: no credentials."""
         if self.embedded_redis:
             return "embedded"
+        if self.redis_sentinels:
+            sentinels = ",".join(f"{host}:{port}" for host, port in self.redis_sentinels)
+            return f"sentinel://{sentinels}/{self.redis_sentinel_master}/{self.redis_db}"
         if self.redis_url is not None:
             parts = urlsplit(self.redis_url.get_secret_value())
             return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
@@ -119,6 +206,8 @@ def format_validation_error(error: ValidationError) -> str:
     """One line per bad variable, naming it and saying why, without echoing secret values."""
     lines = []
     for item in error.errors(include_input=False, include_url=False):
-        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
-        lines.append(f"invalid configuration: {name}: {item['msg']}")
+        if item["loc"]:
+            lines.append(f"invalid configuration: {str(item['loc'][0]).upper()}: {item['msg']}")
+        else:  # a check across variables names them in its message
+            lines.append(f"invalid configuration: {item['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

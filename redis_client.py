@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any, cast
 import fakeredis
 import hiredis
 import orjson
-from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, Role, status_of
@@ -35,6 +36,7 @@ __all__ = [
     "CommandBatcher",
     "HistoryStore",
     "KeySpace",
+    "RedisClient",
     "RedisUnavailable",
     "create_redis",
     "pack",
@@ -67,28 +69,55 @@ def describe(error: BaseException) -> str:
     return f"Redis error ({type(error).__name__})"
 
 
-def create_redis(settings: Settings) -> Redis:
-    """One client, with its own connection pool, for the whole process.
+RedisClient = Redis | RedisCluster
+
+
+def create_redis(settings: Settings) -> RedisClient:
+    """One client, with its own connection pool(s), for the whole process.
 
     With no Redis configured the client talks to an embedded in-process server (fakeredis), so the
-    service runs on a fresh machine; its data lives as long as the process.
+    service runs on a fresh machine; its data lives as long as the process. Otherwise: one server,
+    a cluster (REDIS_CLUSTER), or a master found through sentinels (REDIS_SENTINELS).
     """
     if settings.embedded_redis:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+    connection: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        # A blip (a restart, a failover, a killed connection) is retried quickly; a longer outage
+        # still fails within REDIS_TIMEOUT because every call is also bounded by `bounded()`.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        "decode_responses": False,
+    }
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_dsn(), max_connections=settings.redis_max_connections, **connection
+        )
+    connection["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+    if settings.redis_sentinels:
+        sentinel_password = settings.redis_sentinel_password
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            settings.redis_sentinels,
+            sentinel_kwargs={
+                "socket_timeout": settings.redis_timeout,
+                "password": sentinel_password.get_secret_value() if sentinel_password else None,
+            },
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            db=settings.redis_db,
+            max_connections=settings.redis_max_connections,
+            **connection,
+        )
+        # The pool asks the sentinels for the master on every new connection, so after a failover
+        # the retried command (and every later one) reaches the new master.
+        return cast(Redis, sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis))
     # A blocking pool: a burst of requests waits for a free connection instead of failing with
     # "Too many connections"; the deadline in `bounded()` still caps the wait.
     pool = BlockingConnectionPool.from_url(
         settings.redis_dsn(),
         timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
         max_connections=settings.redis_max_connections,
-        # A blip (a restart, a failover, a killed connection) is retried quickly; a longer outage
-        # still fails within REDIS_TIMEOUT because every call is also bounded by `bounded()`.
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        decode_responses=False,
+        **connection,
     )
     return Redis.from_pool(pool)
 
@@ -100,8 +129,12 @@ class KeySpace:
     one session's keys share a slot and can be written in one pipeline on a cluster.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, sharded: bool = False) -> None:
         self.prefix = prefix
+        # On a cluster, answers use sharded PubSub (SPUBLISH/SSUBSCRIBE): a message goes only to
+        # the shard owning its channel's slot instead of being broadcast to every node.
+        self.sharded = sharded
+        self.publish = "SPUBLISH" if sharded else "PUBLISH"
 
     def history(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:history"
@@ -120,16 +153,20 @@ class KeySpace:
 
     @property
     def control(self) -> str:
-        """Channel on which instances tell each other to stop an answer."""
-        return f"{self.prefix}:control"
+        """Channel on which instances tell each other to stop an answer. `#` cannot occur in a session
+        id, so no session's channel can be this one."""
+        return f"{self.prefix}#control"
 
     def channel(self, session_id: str) -> str:
-        """The PubSub channel on which a session's answers stream."""
+        """The PubSub channel on which a session's answers stream. On a cluster it carries the
+        session's hash tag, so it lives on the slot (and node) of the session's keys."""
+        if self.sharded:
+            return f"{self.prefix}:{{{session_id}}}"
         return f"{self.prefix}:{session_id}"
 
     @property
     def channel_pattern(self) -> str:
-        return f"{self.prefix}:{{session_id}}"
+        return f"{self.prefix}:{{{{session_id}}}}" if self.sharded else f"{self.prefix}:{{session_id}}"
 
 
 @asynccontextmanager
@@ -138,15 +175,25 @@ async def bounded(seconds: float) -> AsyncIterator[None]:
     try:
         async with asyncio.timeout(seconds):
             yield
-    except (TimeoutError, RedisError, OSError) as error:
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as error:
         raise RedisUnavailable(describe(error)) from None
 
 
 class HistoryStore:
     """A session's turns: one Redis list per session, one JSON object per turn, oldest first."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl: int, max_messages: int, timeout: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: KeySpace,
+        *,
+        ttl: int,
+        max_messages: int,
+        timeout: float,
+        wait_replicas: int = 0,
+    ) -> None:
         self._redis = redis
+        self._wait_replicas = wait_replicas
         self._keys = keys
         self._ttl = ttl
         self._max_messages = max_messages
@@ -162,28 +209,60 @@ class HistoryStore:
         ]
 
     async def append(self, session_id: str, turn: ChatTurn) -> str:
-        """Store the turn; return a position in the session's replay log that precedes every event
-        written after this call (`<Redis time in ms>-0`: stream ids come from the same clock)."""
+        """Store the turn; return the newest entry id of the session's replay log at that moment
+        (`0-0` when empty): every event written after this call comes after it.
+
+        With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every
+        attached replica if fewer are attached, so a failover cannot lose it.
+        """
+        async with bounded(self._timeout):
+            if not self._wait_replicas:
+                return await self._append(self._redis, session_id, turn)
+            # WAIT counts the writes of its own connection: hold one connection for both. (Settings
+            # refuse REDIS_WAIT_REPLICAS on a cluster.)
+            async with cast(Redis, self._redis).client() as connection:
+                newest = await self._append(connection, session_id, turn)
+                acked = await connection.wait(self._wait_replicas, int(self._timeout * 500))
+                if acked < self._wait_replicas:
+                    # Fewer replicas than asked for may be attached (right after a failover there is
+                    # none until one is re-attached): every attached replica must still confirm.
+                    attached = int((await connection.info("replication")).get("connected_slaves", 0))
+                    if acked < min(self._wait_replicas, attached):
+                        raise RedisUnavailable("no replica confirmed the write in time")
+            return newest
+
+    async def _append(self, redis: RedisClient, session_id: str, turn: ChatTurn) -> str:
         # MULTI/EXEC: when Redis refuses the RPUSH (out of memory) nothing of the turn is applied.
-        async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
+        # All keys share the session's hash tag, so this is one slot on a cluster too.
+        async with redis.pipeline(transaction=True) as pipe:
             for command in self.append_commands(session_id, turn):
                 pipe.execute_command(*command)
-            pipe.time()
-            *_, (seconds, microseconds) = await pipe.execute()
-        return f"{seconds * 1000 + microseconds // 1000}-0"
+            pipe.execute_command("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1)
+            *_, newest = await pipe.execute()
+        return bytes(newest[0][0]).decode() if newest else "0-0"
 
     async def append_and_recent(
         self, writer: CommandBatcher, session_id: str, turn: ChatTurn, recent: int
-    ) -> tuple[str, list[tuple[Role, str]]]:
-        """`append`, and the `recent` newest turns (this one included) as (role, content), in one
-        transaction sent through `writer`: one round trip shared with other requests, where `append`
-        then `read` cost two of their own and validated every turn of the session (issue #6)."""
+    ) -> tuple[str, list[tuple[str, Role, str]]]:
+        """`append`, and the `recent` newest turns (this one included) as (message_id, role, content).
+
+        One transaction sent through `writer`: a round trip shared with other requests, where `append`
+        then `read` cost two of their own and validated every turn with pydantic (issue #6). With
+        `wait_replicas`, WAIT must follow the write on its own connection: that path stays as it was.
+        """
+        if self._wait_replicas or isinstance(self._redis, RedisCluster):
+            # On a cluster the writer's batches go through redis-py's cluster pipeline, which takes
+            # no MULTI: the turn is appended in its own transaction, then read.
+            since = await self.append(session_id, turn)
+            return since, [
+                (item.message_id, item.role, item.content) for item in await self.read(session_id, recent)
+            ]
         key = self._keys.history(session_id)
         replies = await writer.execute(
             [
                 ("MULTI",),
                 *self.append_commands(session_id, turn),
-                ("TIME",),
+                ("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1),
                 ("LRANGE", key, -recent, -1),
                 ("EXEC",),
             ]
@@ -196,15 +275,15 @@ class HistoryStore:
         failure = next((reply for reply in result if isinstance(reply, Exception)), None)
         if failure is not None:
             raise RedisUnavailable(describe(failure))
-        *_, (seconds, microseconds), raw = result
-        turns: list[tuple[Role, str]] = []
+        *_, newest, raw = result
+        turns: list[tuple[str, Role, str]] = []
         for item in raw:
             try:
                 stored = orjson.loads(item)
-                turns.append((stored["role"], stored["content"]))
+                turns.append((stored["message_id"], stored["role"], stored["content"]))
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
-        return f"{int(seconds) * 1000 + int(microseconds) // 1000}-0", turns
+        return (bytes(newest[0][0]).decode() if newest else "0-0"), turns
 
     async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
         start = -limit if limit else 0
@@ -235,7 +314,7 @@ class AnswerRegistry:
     """Each answer's state in Redis, shared by every instance: what makes sends idempotent and lets
     any instance stop or follow an answer that another one runs."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl: int, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, keys: KeySpace, *, ttl: int, timeout: float) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl
@@ -290,15 +369,15 @@ class AnswerRegistry:
         )
 
     async def since(self, message_id: str) -> str | None:
-        """A replay-log position at or before the answer's `start` event, once it is starting."""
+        """The replay-log entry after which the answer's events begin, once it is starting."""
         async with bounded(self._timeout):
             value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "since"))
         return value.decode() if value else None
 
     def starting_commands(self, session_id: str, message_id: str, since: str) -> list[Command]:
-        """Record where the answer's events begin in the log. Sent before its `start` is appended, so
-        a reader that finds the answer here finds its `start` at or after `since`, and a reader that
-        does not will see the `start` arrive live."""
+        """Record after which log entry the answer's events begin. Sent before its `start` is
+        appended, so a reader that finds the answer here finds its `start` after `since`, and a reader
+        that does not will see the `start` arrive live."""
         active = self._keys.active(session_id)
         return [
             ("HSET", self._keys.message(message_id), "since", since),
@@ -342,7 +421,7 @@ class CommandBatcher:
     redis-py's converted forms): an XRANGE entry is `[id, [field, value, ...]]`, TIME is two bytes.
     """
 
-    def __init__(self, redis: Redis, *, timeout: float, name: str) -> None:
+    def __init__(self, redis: RedisClient, *, timeout: float, name: str) -> None:
         self._redis = redis
         self._name = name
         self._timeout = timeout
@@ -391,12 +470,9 @@ class CommandBatcher:
             await self._flush(batch)
 
     async def _flush(self, batch: list[tuple[Sequence[Command], asyncio.Future[list[Any]]]]) -> None:
-        count = sum(len(commands) for commands, _ in batch)
         try:
             async with bounded(self._timeout):
-                replies = await self._round_trip(
-                    pack(command for commands, _ in batch for command in commands), count
-                )
+                replies = await self._round_trip([command for commands, _ in batch for command in commands])
         except Exception as error:
             # The connection's state is unknown (replies half read): the next batch opens a new one.
             await self._disconnect()
@@ -407,6 +483,9 @@ class CommandBatcher:
                 if not future.done():
                     future.set_exception(RedisUnavailable(reason))
             return
+        if any(isinstance(reply, Exception) and str(reply).startswith("READONLY") for reply in replies):
+            # A failover made this server a replica: the next batch asks the sentinels for the master.
+            await self._disconnect()
         offset = 0
         for commands, future in batch:
             mine = replies[offset : offset + len(commands)]
@@ -419,7 +498,15 @@ class CommandBatcher:
             else:
                 future.set_result(mine)
 
-    async def _round_trip(self, data: bytes, count: int) -> list[Any]:
+    async def _round_trip(self, commands: list[Command]) -> list[Any]:
+        if isinstance(self._redis, RedisCluster):
+            # A cluster's pipeline sends each command to the node owning its slot.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return await pipe.execute(raise_on_error=False)
+        data = pack(commands)
+        count = len(commands)
         if self._connection is None:
             # From the client's pool settings (address, credentials, TLS, database), but not borrowed
             # from the pool: this connection stays with the batcher.

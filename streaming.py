@@ -18,14 +18,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 from sse_starlette import ServerSentEvent
 
-from redis_client import CommandBatcher, KeySpace, RedisUnavailable
+from redis_client import CommandBatcher, KeySpace, RedisClient, RedisUnavailable
 
 __all__ = ["Entry", "Listener", "StreamHub", "parse_entry_id", "session_events"]
 
@@ -53,9 +53,10 @@ class Entry:
     payload: bytes
 
     @classmethod
-    def from_reply(cls, entry_id: bytes, fields: list[bytes]) -> Entry:
-        """From an XRANGE reply's entry as Redis sends it: its id, then `[field, value, ...]`."""
-        payload = fields[fields.index(b"e") + 1]
+    def from_reply(cls, entry_id: bytes, fields: list[bytes] | dict[bytes, bytes]) -> Entry:
+        """From an XRANGE reply's entry: its id, then `[field, value, ...]` as Redis sends it (or, from a
+        cluster's pipeline, redis-py's dict of them)."""
+        payload = fields[b"e"] if isinstance(fields, dict) else fields[fields.index(b"e") + 1]
         event = orjson.loads(payload)
         text_id = entry_id.decode()
         return cls(text_id, parse_entry_id(text_id), event["type"], event["message_id"], payload)
@@ -102,7 +103,7 @@ class StreamHub:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: KeySpace,
         reader: CommandBatcher,
         *,
@@ -122,6 +123,7 @@ class StreamHub:
         self._subscribe_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
+        self._shard_readers: dict[str, asyncio.Task[None]] = {}
         self.connected = False
 
     @property
@@ -140,9 +142,10 @@ class StreamHub:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for fetch in list(self._fetches):
-            fetch.cancel()
-        await asyncio.gather(*self._fetches, return_exceptions=True)
+        pending = [*self._fetches, *self._shard_readers.values()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- following a session --
@@ -159,7 +162,7 @@ class StreamHub:
             feed.listeners.add(listener)
             try:
                 async with self._subscribe_lock:
-                    await self._pubsub.subscribe(feed.channel)
+                    await self._subscribe(feed.channel)
                 newest = await self.newest_id(session_id)
             except BaseException:
                 self._release(feed, listener)
@@ -188,16 +191,16 @@ class StreamHub:
         try:
             async with self._subscribe_lock:
                 if channel.encode() not in self._by_channel:
-                    await self._pubsub.unsubscribe(channel)
-        except (RedisError, OSError) as error:
+                    await self._unsubscribe_now(channel)
+        except (RedisError, RedisClusterException, OSError) as error:
             logger.debug("unsubscribe from %s failed: %s", channel, error)
 
     # -- reading the log --
 
-    async def read_after(self, session_id: str, after: str, *, inclusive: bool = False) -> list[Entry]:
-        """Every entry after `after` (or from it, when inclusive), oldest first."""
+    async def read_after(self, session_id: str, after: str) -> list[Entry]:
+        """Every entry after `after`, oldest first."""
         entries: list[Entry] = []
-        start = after if inclusive else f"({after}"
+        start = f"({after}"
         while True:
             (page,) = await self._reader.execute(
                 [("XRANGE", self._keys.events(session_id), start, "+", "COUNT", PAGE)]
@@ -219,7 +222,7 @@ class StreamHub:
         return (await self.bounds(session_id))[1]
 
     async def active_starts(self, session_id: str) -> list[str]:
-        """Entry ids of the `start` events of the session's running answers."""
+        """For each running answer of the session, the log entry after which its events begin."""
         (values,) = await self._reader.execute([("HVALS", self._keys.active(session_id))])
         return [value.decode() for value in values]
 
@@ -235,10 +238,10 @@ class StreamHub:
                 await self._resubscribe()
                 continue
             try:
-                message = await self._pubsub.get_message(timeout=self._poll_interval)
+                message = await self._next_message()
                 self.connected = True
                 backoff = 0.1
-            except (RedisError, OSError) as error:
+            except (RedisError, RedisClusterException, OSError) as error:
                 logger.warning("stream hub lost its PubSub connection: %s", type(error).__name__)
                 self.connected = False
                 continue
@@ -250,14 +253,64 @@ class StreamHub:
                     if feed.open_answers:
                         self._notify(feed)
 
+    # On a cluster every channel is sharded (SSUBSCRIBE goes to the node owning the channel's slot);
+    # elsewhere plain SUBSCRIBE, so `redis-cli SUBSCRIBE chat:<session>` sees the same messages.
+
+    async def _subscribe(self, *channels: str) -> None:
+        if self._keys.sharded:
+            assert isinstance(self._redis, RedisCluster)
+            # The cluster's slot map is needed to pick each channel's node; this loads it once.
+            await self._redis.initialize()
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            await self._pubsub.subscribe(*channels)
+
+    async def _unsubscribe_now(self, channel: str) -> None:
+        if self._keys.sharded:
+            await self._pubsub.sunsubscribe(channel)
+        else:
+            await self._pubsub.unsubscribe(channel)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        if self._keys.sharded:
+            # Each shard's connection is read by its own task (`_read_shard`): asking them in turn
+            # would hold every message behind the others' timeouts.
+            self._start_shard_readers()
+            await asyncio.sleep(self._poll_interval)
+            return None
+        message = await self._pubsub.get_message(timeout=self._poll_interval)
+        return cast(dict[str, Any] | None, message)
+
+    def _start_shard_readers(self) -> None:
+        assert isinstance(self._pubsub, ClusterPubSub)
+        for name in self._pubsub.node_pubsub_mapping:
+            if name not in self._shard_readers:
+                task = asyncio.create_task(self._read_shard(name), name=f"stream-hub-shard-{name}")
+                self._shard_readers[name] = task
+
+    async def _read_shard(self, name: str) -> None:
+        assert isinstance(self._pubsub, ClusterPubSub)
+        assert isinstance(self._redis, RedisCluster)
+        node = self._redis.get_node(node_name=name)
+        try:
+            while name in self._pubsub.node_pubsub_mapping:
+                message = await self._pubsub.get_sharded_message(
+                    target_node=node, timeout=self._poll_interval
+                )
+                if message is not None:
+                    self._handle(message)
+        except (RedisError, RedisClusterException, OSError) as error:
+            logger.warning("stream hub lost its PubSub connection to %s: %s", name, type(error).__name__)
+            self.connected = False
+        finally:
+            del self._shard_readers[name]
+
     async def _resubscribe(self) -> None:
         """After a lost connection: subscribe again, then read every feed's log for what was missed."""
         try:
             async with self._subscribe_lock:
-                await self._pubsub.subscribe(
-                    self._keys.control, *(feed.channel for feed in self._feeds.values())
-                )
-        except (RedisError, OSError):
+                await self._subscribe(self._keys.control, *(feed.channel for feed in self._feeds.values()))
+        except (RedisError, RedisClusterException, OSError):
             return
         self.connected = True
         logger.info("stream hub resubscribed to %d sessions", len(self._feeds))
@@ -267,13 +320,13 @@ class StreamHub:
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         channel = message["channel"]
-        if kind == "message" and channel == self._keys.control.encode():
+        if kind in ("message", "smessage") and channel == self._keys.control.encode():
             self._on_control(message["data"])
             return
         feed = self._by_channel.get(channel)
         # A `subscribe` confirmation also rings: redis-py resubscribes by itself after a reconnect,
         # and anything published while the connection was down must be read from the log.
-        if feed is not None and kind in ("message", "subscribe"):
+        if feed is not None and kind in ("message", "subscribe", "smessage", "ssubscribe"):
             self._notify(feed)
 
     def _notify(self, feed: SessionFeed) -> None:
@@ -330,8 +383,8 @@ async def session_events(
 
     - `last_event_id`: resume exactly after that entry; when the log no longer reaches back that far,
       a `reset` event tells the client to reload history, then live events follow.
-    - `message_id` (with `message_since`, a log position at or before its `start`): only that answer,
-      from its `start`, closing after its end.
+    - `message_id` (with `message_since`, the log entry after which its events begin): only that
+      answer, from its `start`, closing after its end.
     - neither: the running answers from their `start`, then everything live.
 
     The listener is registered before the log is read, so every entry is either in the replay or
@@ -353,11 +406,7 @@ async def session_events(
             else:
                 replay = await hub.read_after(session_id, last_event_id)
         elif message_since is not None:
-            replay = [
-                entry
-                for entry in await hub.read_after(session_id, message_since, inclusive=True)
-                if wanted(entry)
-            ]
+            replay = [entry for entry in await hub.read_after(session_id, message_since) if wanted(entry)]
             # Its events are in the log but not its start (trimmed), or the log no longer has it at all.
             reset = (bool(replay) and replay[0].type != "start") or (not replay and message_finished)
             if reset:
@@ -365,7 +414,7 @@ async def session_events(
         else:
             starts = await hub.active_starts(session_id)
             if starts:
-                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id), inclusive=True)
+                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id))
             elif newest is not None:
                 last_sent = parse_entry_id(newest)
         if reset:

@@ -1,8 +1,8 @@
-"""Shared fixtures: settings, the app in-process, and real redis-server processes on free ports."""
+"""Shared fixtures: settings, the app in-process, real redis-server processes on free ports, and a
+scriptable OpenAI-compatible model server on loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 
 from app import create_app
 from config import Settings
+from tests.openai_server import OpenAIServer, serve
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +70,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 self.directory,
+                "--logfile",
+                "redis.log",
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -78,7 +80,8 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                log = Path(self.directory, "redis.log").read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log[-1:]}")
             try:
                 if self.cli("PING") == "PONG":
                     return
@@ -182,27 +185,6 @@ def app_client() -> AppClient:
     return run
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    """Run the app on a real uvicorn server in this event loop (streaming needs a real socket)."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn exited before it started")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 class ServiceProcess:
     """`python app.py` as a separate process, the way users and the Dockerfile start it."""
 
@@ -267,3 +249,39 @@ def service_process() -> Iterator[Callable[..., ServiceProcess]]:
         if service.process is not None and service.process.poll() is None:
             service.stop(signal.SIGKILL)
         service.log.close()
+
+
+@pytest.fixture(scope="session")
+def shared_model_server() -> Iterator[OpenAIServer]:
+    server = OpenAIServer()
+    with serve(server, lifespan="off") as url:
+        server.url = f"{url}/v1"
+        yield server
+
+
+@pytest.fixture
+def model_server(shared_model_server: OpenAIServer) -> OpenAIServer:
+    """The OpenAI-compatible model server, with nothing scripted and nothing recorded yet."""
+    shared_model_server.reset()
+    return shared_model_server
+
+
+@pytest.fixture
+def openai_settings(
+    make_settings: Callable[..., Settings], model_server: OpenAIServer
+) -> Callable[..., Settings]:
+    """Settings for AI_PROVIDER=openai against the test model server; no retries unless asked for."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "ai_provider": "openai",
+            "openai_base_url": model_server.url,
+            "openai_api_key": model_server.api_key,
+            "ai_model": "test-model",
+            "ai_timeout": 5,
+            "ai_max_retries": 0,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import resource
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -13,10 +14,20 @@ import pytest
 import redis.asyncio as aioredis
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from app import create_app
 from config import Settings
-from tests.conftest import RedisServer, ServiceProcess, serve
+from tests.conftest import RedisServer, ServiceProcess
+from tests.openai_server import serve
 
 pytestmark = pytest.mark.redis
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on a real uvicorn server (SSE needs a real socket), and a client bound to it."""
+    with serve(create_app(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
+            yield client
 
 
 async def post_chat(client: httpx.AsyncClient, session_id: str, **extra: Any) -> dict[str, Any]:
@@ -78,7 +89,7 @@ async def test_resume_with_last_event_id_delivers_the_rest_exactly_once(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         message_id = (await post_chat(client, "resume"))["message_id"]
         url = f"/stream/resume?message_id={message_id}"
         first = await collect(
@@ -97,7 +108,7 @@ async def test_resume_by_query_parameter_follows_the_session(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         await post_chat(client, "follow")
         first = await collect(client, "/stream/follow", until=lambda event: event.event == "chunk")
         rest = await collect(client, f"/stream/follow?last_event_id={first[-1].id}")
@@ -109,7 +120,7 @@ async def test_client_connecting_mid_answer_gets_it_from_its_start(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.02)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         message_id = (await post_chat(client, "late"))["message_id"]
         while await log_length(redis_server.url, "late") < 6:
             await asyncio.sleep(0.01)
@@ -125,7 +136,7 @@ async def test_resume_from_an_id_the_log_no_longer_holds_sends_reset_then_live(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         await post_chat(client, "old")
         await collect(client, "/stream/old")  # the first answer is in the log
         second = asyncio.create_task(
@@ -145,7 +156,7 @@ async def test_leaving_listener_does_not_stop_the_answer(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         message_id = (await post_chat(client, "leave"))["message_id"]
         await collect(
             client, f"/stream/leave?message_id={message_id}", until=lambda event: event.event == "chunk"
@@ -161,7 +172,7 @@ async def test_stream_sends_keepalive_comments(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, sse_ping_seconds=0.2)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         async with client.stream("GET", "/stream/quiet") as response:
             assert response.headers["cache-control"] == "no-cache"
             assert response.headers["x-accel-buffering"] == "no"
@@ -177,7 +188,7 @@ async def test_stream_rejects_unknown_or_foreign_message_and_bad_event_ids(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         message_id = (await post_chat(client, "mine"))["message_id"]
         assert (await client.get(f"/stream/mine?message_id={uuid.uuid4()}")).status_code == 404
         foreign = await client.get(f"/stream/other?message_id={message_id}")
@@ -192,7 +203,7 @@ async def test_stop_stores_the_partial_answer_and_ends_the_stream(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.05)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         message_id = (await post_chat(client, "stop"))["message_id"]
         url = f"/stream/stop?message_id={message_id}"
         await collect(client, url, until=lambda event: event.event == "chunk" and event.json()["seq"] == 2)
@@ -221,7 +232,7 @@ async def test_same_message_id_sent_twice_at_once_starts_one_answer(
     make_settings: Callable[..., Settings], redis_server: RedisServer
 ) -> None:
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=20) as client:
+    async with running(settings, timeout=20) as client:
         message_id = str(uuid.uuid4())
         body = {"session_id": "idem", "message": "Hello there", "user_id": "u1", "message_id": message_id}
         first, second = await asyncio.gather(client.post("/chat", json=body), client.post("/chat", json=body))
@@ -245,7 +256,7 @@ async def test_sse_survives_pubsub_connections_being_killed(
     make_settings: Callable[..., Settings], own_redis: RedisServer
 ) -> None:
     settings = make_settings(redis_url=own_redis.url, stream_delay=0.03, sse_poll_seconds=0.5)
-    async with serve(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with running(settings, timeout=30) as client:
         sessions = [f"kill{i}" for i in range(5)]
         ids = [(await post_chat(client, session))["message_id"] for session in sessions]
         readers = [
