@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
-from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,7 +58,8 @@ from redis_client import (
     RedisUnavailable,
     create_redis,
 )
-from streaming import StreamHub, session_events
+from sse import EventStreamResponse, SessionStream
+from streaming import StreamHub
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> An
             poll_interval=settings.sse_poll_seconds,
             listener_limit=settings.sse_queue_limit,
             on_control=service.on_control,
+            ping_interval=settings.sse_ping_seconds,
         )
         writer.start()
         reader.start()
@@ -466,7 +467,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         "/stream/{session_id}",
         summary="Follow a session's answers (Server-Sent Events)",
         tags=["chat"],
-        response_class=EventSourceResponse,
+        response_class=EventStreamResponse,
         responses={
             200: {
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -480,7 +481,6 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         session_id: SessionIdPath,
         hub: HubDep,
         registry: RegistryDep,
-        app_settings: SettingsDep,
         message_id: Annotated[
             uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
         ] = None,
@@ -494,7 +494,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         last_event_id_header: Annotated[
             str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False)
         ] = None,
-    ) -> EventSourceResponse:
+    ) -> EventStreamResponse:
         """Replay what the client missed from the session's log, then stream live events."""
         message_since = None
         message_finished = False
@@ -504,7 +504,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 raise AnswerNotFound(str(message_id))
             message_since = await registry.since(str(message_id))
             message_finished = state.status != "streaming"
-        events = session_events(
+        stream = SessionStream(
             hub,
             session_id,
             last_event_id=last_event_id_header or last_event_id,
@@ -512,11 +512,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             message_since=message_since,
             message_finished=message_finished,
         )
-        return EventSourceResponse(
-            events,
-            ping=app_settings.sse_ping_seconds,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStreamResponse(stream, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(
         "/history/{session_id}",

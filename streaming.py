@@ -23,11 +23,11 @@ from typing import Any, cast
 import orjson
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
-from sse_starlette import ServerSentEvent
+from sse_starlette.sse import AppStatus
 
 from redis_client import CommandBatcher, KeySpace, RedisClient, RedisUnavailable
 
-__all__ = ["Entry", "Listener", "StreamHub", "parse_entry_id", "session_events"]
+__all__ = ["TERMINAL", "Entry", "Listener", "StreamHub", "parse_entry_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,21 @@ class Entry:
 @dataclass(eq=False, slots=True)
 class Listener:
     """One SSE client's inbox. When a slow client lets it fill up, it is marked `lagged` and emptied:
-    the client then catches up from the replay log instead of holding memory."""
+    the client then catches up from the replay log instead of holding memory.
+
+    Thousands of idle clients each hold one: it is kept small (a future only while waiting, no
+    asyncio.Event, no timer of its own: the hub tells it when a keepalive is due).
+    """
 
     limit: int
     entries: deque[Entry] = field(default_factory=deque)
     lagged: bool = False
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    ping_due: bool = False
+    # loop.time() of the last thing sent to the client, for keepalives
+    active: float = 0.0
+    woken: bool = False
+    waiter: asyncio.Future[None] | None = None
 
     def push(self, entry: Entry) -> None:
         if len(self.entries) >= self.limit:
@@ -78,11 +87,27 @@ class Listener:
             self.lagged = True
         else:
             self.entries.append(entry)
-        self.wakeup.set()
+        self.wake()
+
+    def close(self) -> None:
+        """The client left, or the server is stopping: its stream ends at its next wake-up."""
+        self.closed = True
+        self.wake()
+
+    def wake(self) -> None:
+        self.woken = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     async def wait(self) -> None:
-        await self.wakeup.wait()
-        self.wakeup.clear()
+        """Until something is pushed, a keepalive is due, or the listener is closed."""
+        if not self.woken:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self.woken = False
 
 
 @dataclass(eq=False, slots=True)
@@ -110,8 +135,11 @@ class StreamHub:
         poll_interval: float,
         listener_limit: int,
         on_control: Callable[[bytes], None],
+        ping_interval: float = 15.0,
     ) -> None:
         self._redis = redis
+        self._ping_interval = ping_interval
+        self._pinger: asyncio.Task[None] | None = None
         self._keys = keys
         self._reader = reader
         self._poll_interval = poll_interval
@@ -136,8 +164,32 @@ class StreamHub:
         if not self.connected:
             logger.warning("stream hub cannot subscribe yet; retrying in the background")
         self._task = asyncio.create_task(self._run(), name="stream-hub")
+        self._pinger = asyncio.create_task(self._ping(), name="stream-hub-ping")
+
+    async def _ping(self) -> None:
+        """Tell each listener idle for `ping_interval` to send a keepalive: one timer for all clients."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._ping_interval / 4)
+            due = loop.time() - self._ping_interval
+            for feed in self._feeds.values():
+                for listener in feed.listeners:
+                    if listener.active <= due:
+                        listener.ping_due = True
+                        listener.wake()
+
+    def close_listeners(self) -> None:
+        """End every client's stream: the server is stopping, and waits for its connections."""
+        for feed in self._feeds.values():
+            for listener in feed.listeners:
+                listener.close()
 
     async def close(self) -> None:
+        self.close_listeners()
+        if self._pinger is not None:
+            self._pinger.cancel()
+            await asyncio.gather(self._pinger, return_exceptions=True)
+            self._pinger = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -153,7 +205,7 @@ class StreamHub:
     @asynccontextmanager
     async def listen(self, session_id: str) -> AsyncIterator[Listener]:
         """Follow a session's live events for as long as the block runs."""
-        listener = Listener(limit=self._listener_limit)
+        listener = Listener(limit=self._listener_limit, active=asyncio.get_running_loop().time())
         feed = self._feeds.get(session_id)
         if feed is None:
             feed = SessionFeed(session_id, self._keys.channel(session_id))
@@ -232,6 +284,8 @@ class StreamHub:
         last_poll = time.monotonic()
         backoff = 0.1
         while True:
+            if AppStatus.should_exit:  # uvicorn got SIGTERM or SIGINT (sse-starlette watches for it)
+                self.close_listeners()
             if not self.connected:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -357,86 +411,3 @@ class StreamHub:
             logger.warning("could not read the log of session %s: %s", feed.session_id, error.reason)
         finally:
             feed.fetching = False
-
-
-def _sse(entry: Entry) -> ServerSentEvent:
-    return ServerSentEvent(data=entry.payload.decode(), event=entry.type, id=entry.id)
-
-
-def _reset(session_id: str, newest: str | None) -> ServerSentEvent:
-    data = orjson.dumps(
-        {"type": "reset", "session_id": session_id, "reason": "events were missed: reload the history"}
-    ).decode()
-    return ServerSentEvent(data=data, event="reset", id=newest)
-
-
-async def session_events(
-    hub: StreamHub,
-    session_id: str,
-    *,
-    last_event_id: str | None = None,
-    message_id: str | None = None,
-    message_since: str | None = None,
-    message_finished: bool = False,
-) -> AsyncIterator[ServerSentEvent]:
-    """A session's events for one SSE client: what it missed from the log, then live ones.
-
-    - `last_event_id`: resume exactly after that entry; when the log no longer reaches back that far,
-      a `reset` event tells the client to reload history, then live events follow.
-    - `message_id` (with `message_since`, the log entry after which its events begin): only that
-      answer, from its `start`, closing after its end.
-    - neither: the running answers from their `start`, then everything live.
-
-    The listener is registered before the log is read, so every entry is either in the replay or
-    arrives live; entries are sent in log order, each at most once.
-    """
-
-    def wanted(entry: Entry) -> bool:
-        return message_id is None or entry.message_id == message_id
-
-    async with hub.listen(session_id) as listener:
-        oldest, newest = await hub.bounds(session_id)
-        replay: list[Entry] = []
-        # Entries up to `last_sent` are never sent: what the client had, or what came before it.
-        last_sent = (0, 0)
-        reset = False
-        if last_event_id is not None:
-            if oldest is None or parse_entry_id(last_event_id) < parse_entry_id(oldest):
-                reset = True
-            else:
-                replay = await hub.read_after(session_id, last_event_id)
-        elif message_since is not None:
-            replay = [entry for entry in await hub.read_after(session_id, message_since) if wanted(entry)]
-            # Its events are in the log but not its start (trimmed), or the log no longer has it at all.
-            reset = (bool(replay) and replay[0].type != "start") or (not replay and message_finished)
-            if reset:
-                replay = []
-        else:
-            starts = await hub.active_starts(session_id)
-            if starts:
-                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id))
-            elif newest is not None:
-                last_sent = parse_entry_id(newest)
-        if reset:
-            yield _reset(session_id, newest)
-            if message_id is not None and message_finished:
-                return
-            if newest is not None:
-                last_sent = parse_entry_id(newest)
-        pending = replay
-        while True:
-            for entry in pending:
-                if entry.key <= last_sent or not wanted(entry):
-                    continue
-                last_sent = entry.key
-                yield _sse(entry)
-                if message_id is not None and entry.type in TERMINAL:
-                    return
-            await listener.wait()
-            if listener.lagged:
-                listener.lagged = False
-                listener.entries.clear()
-                pending = await hub.read_after(session_id, f"{last_sent[0]}-{last_sent[1]}")
-            else:
-                pending = list(listener.entries)
-                listener.entries.clear()

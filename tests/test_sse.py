@@ -1,0 +1,60 @@
+"""The SSE response: a client that leaves is let go, and SIGTERM ends the open streams."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from app import create_app
+from config import Settings
+from tests.conftest import RedisServer, ServiceProcess
+from tests.openai_server import serve
+
+pytestmark = pytest.mark.redis
+
+
+def subscribers(redis_server: RedisServer, channel: str) -> int:
+    return int(redis_server.cli("PUBSUB", "NUMSUB", channel).split()[-1])
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_a_client_that_leaves_is_let_go(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url)
+    with serve(create_app(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            async with client.stream("GET", "/stream/leaving") as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                assert await until(lambda: subscribers(redis_server, "chat:leaving") == 1)
+            # The hub follows a session only while a client does: once the client is gone, so is the
+            # subscription, and everything the client held with it.
+            assert await until(lambda: subscribers(redis_server, "chat:leaving") == 0)
+
+
+async def test_sigterm_ends_open_streams_and_the_service_exits(
+    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+) -> None:
+    service = service_process(REDIS_URL=redis_server.url)
+    async with httpx.AsyncClient(base_url=service.url, timeout=20) as client:
+        async with client.stream("GET", "/stream/open") as response:
+            assert response.status_code == 200
+            assert await until(lambda: subscribers(redis_server, "chat:open") == 1)
+            assert service.process is not None
+            service.process.send_signal(signal.SIGTERM)
+            body = b"".join([piece async for piece in response.aiter_bytes()])
+        assert b"event:" not in body
+    assert service.stop(timeout=15) in (0, -signal.SIGTERM)
+    assert "stopped" in service.output()
