@@ -138,7 +138,14 @@ class Server:
             "--http",
             "httptools",
         ]
-        command += ["--no-access-log", "--log-level", "warning", "--workers", str(self.workers)]
+        command += [
+            "--no-access-log",
+            "--no-proxy-headers",
+            "--log-level",
+            "warning",
+            "--workers",
+            str(self.workers),
+        ]
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,

@@ -121,4 +121,23 @@ def create() -> FastAPI:
             gc.collect()
         return {"lag": monitor.summary(), "rss_bytes": rss_bytes(), "tasks": len(asyncio.all_tasks())}
 
+    if os.environ.get("BENCH_TRACEMALLOC"):  # for finding where memory goes: not used by the scenarios
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
+        snapshots: list[tracemalloc.Snapshot] = []
+
+        @app.get("/_bench/allocations", include_in_schema=False)
+        async def allocations(group: str = "traceback") -> list[str]:
+            gc.collect()
+            snapshots.append(tracemalloc.take_snapshot())
+            if len(snapshots) < 2:
+                return []
+            diff = snapshots[-1].compare_to(snapshots[-2], "traceback" if group == "traceback" else "lineno")
+            lines = []
+            for stat in diff[:40]:
+                lines.append(f"{stat.size_diff / 1024:.0f} KiB in {stat.count_diff} blocks")
+                lines += [f"    {frame}" for frame in stat.traceback.format()[-12:]]
+            return lines
+
     return app
