@@ -560,14 +560,26 @@ def main() -> None:
         sys.stderr.write(format_validation_error(error) + "\n")
         raise SystemExit(2) from None
     configure_logging(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-    )
+    server: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+    }
+    if settings.web_concurrency > 1:
+        # Worker processes import the app themselves (issue #6): each builds its own from the
+        # environment, with its own event loop, Redis connections and stream hub.
+        uvicorn.run("app:worker_app", factory=True, workers=settings.web_concurrency, **server)
+    else:
+        uvicorn.run(create_app(settings), **server)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `python app.py` with WEB_CONCURRENCY above 1."""
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     debug: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Worker processes of `python app.py`, one per core to use. Every feature works across workers
+    # through Redis, so more than one needs a Redis server, not the embedded one.
+    web_concurrency: int = Field(default=1, ge=1, le=64)
 
     # Redis. Neither REDIS_URL nor REDIS_HOST set: the embedded in-process Redis.
     redis_url: SecretStr | None = None
@@ -128,6 +131,10 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER")
         if self.redis_cluster and self.embedded_redis:
             raise ValueError("REDIS_CLUSTER needs REDIS_URL or REDIS_HOST naming a cluster node")
+        if self.web_concurrency > 1 and self.embedded_redis:
+            raise ValueError(
+                "WEB_CONCURRENCY above 1 needs REDIS_URL or REDIS_HOST: the embedded Redis is in one process"
+            )
         return self
 
     @field_validator("redis_url")
