@@ -26,6 +26,23 @@ def free_port() -> int:
         return port
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
 class RedisServer:
     def __init__(self, directory: Path) -> None:
         self.port = free_port()
@@ -77,6 +94,9 @@ class RedisServer:
             if line.startswith(f"{field}:"):
                 return line.split(":", 1)[1].strip()
         raise KeyError(field)
+
+    def cpu_seconds(self) -> float:
+        return float(self.info("cpu", "used_cpu_sys")) + float(self.info("cpu", "used_cpu_user"))
 
     def connected_clients(self) -> int:
         return int(self.info("clients", "connected_clients"))
@@ -167,6 +187,10 @@ class Server:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"{self.target} did not start within 30s; see {self.log_path}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its worker processes."""
+        return sum(_cpu_seconds(pid) for pid in [self.pid, *_children(self.pid)])
 
     def rss_bytes(self) -> int:
         with open(f"/proc/{self.pid}/statm") as statm:

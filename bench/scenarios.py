@@ -111,7 +111,9 @@ async def open_connections(port: int, count: int) -> list[HttpConnection]:
 # --- a. POST /chat against the HTTP ceiling ------------------------------------------------------
 
 
-async def post_load(port: int, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
+async def post_load(
+    port: int, concurrency: int, seconds: float, warmup: float, server: Server, redis: RedisServer
+) -> dict[str, float]:
     """`concurrency` keep-alive connections POSTing /chat back to back for `seconds` after a warm-up."""
     connections = await open_connections(port, concurrency)
     latencies: list[float] = []
@@ -133,14 +135,27 @@ async def post_load(port: int, concurrency: int, seconds: float, warmup: float) 
                 failures += status not in (200, 202)
             sent += 1
 
+    cpu: dict[str, float] = {}
+
+    def cpu_now() -> tuple[float, float, float]:
+        return server.cpu_seconds(), redis.cpu_seconds(), time.process_time()
+
     async def clock() -> float:
         nonlocal recording
         await asyncio.sleep(warmup)
         recording = True
         measured_from = time.perf_counter()
+        before = await asyncio.to_thread(cpu_now)
         await asyncio.sleep(seconds)
+        after = await asyncio.to_thread(cpu_now)
         recording = False
-        return time.perf_counter() - measured_from
+        window = time.perf_counter() - measured_from
+        # Cores each process kept busy: on a 2-core machine they add up to at most 2.
+        for name, start, end in zip(
+            ("server_cores", "redis_cores", "loadgen_cores"), before, after, strict=True
+        ):
+            cpu[name] = round((end - start) / window, 2)
+        return window
 
     workers = [asyncio.create_task(worker(i, c)) for i, c in enumerate(connections)]
     window = await clock()
@@ -153,6 +168,7 @@ async def post_load(port: int, concurrency: int, seconds: float, warmup: float) 
         "p50_ms": ms(quantile(latencies, 0.5)),
         "p99_ms": ms(quantile(latencies, 0.99)),
         "failures": failures,
+        **cpu,
     }
 
 
@@ -162,14 +178,18 @@ async def scenario_a(run: Run, levels: list[int], workers: int = 1) -> dict[str,
     ceiling = run.ceiling(workers)
     try:
         for level in levels:
-            result["ceiling"].append(await post_load(ceiling.port, level, seconds, warmup))
+            result["ceiling"].append(
+                await post_load(ceiling.port, level, seconds, warmup, ceiling, run.redis)
+            )
     finally:
         run.stop(ceiling)
     # One short chunk per answer: this scenario measures the request path; b to f measure streaming.
     service = run.service(workers, BENCH_CHUNKS="1")
     try:
         for level in levels:
-            result["service"].append(await post_load(service.port, level, seconds, warmup))
+            result["service"].append(
+                await post_load(service.port, level, seconds, warmup, service, run.redis)
+            )
             await asyncio.sleep(0.5)  # let the last answers end
     finally:
         run.stop(service)
