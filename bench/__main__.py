@@ -94,6 +94,10 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
+    written = orjson.loads(out.read_bytes())["scenarios"]
+    missing = sorted(name for name in only if name in "abcde" and not written.get(name))
+    if missing:  # what CI's smoke run asserts: every scenario ran and wrote its figures
+        raise SystemExit(f"bench: no figures for scenario {', '.join(missing)}")
     sys.stdout.write(report.table(figures) + "\n")
     sys.stdout.write(f"figures written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}\n")
     if not smoke and {"a", "c"} <= only:

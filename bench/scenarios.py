@@ -252,7 +252,6 @@ async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
     counter.expected = answers * chunks
     subscriber = await Subscriber.open(run.redis.port, "chat:*", counter)
     try:
-        baseline = (await service_stats(service))["tasks"]
         connections = await open_connections(service.port, 16)
 
         async def post(index: int) -> None:
@@ -260,6 +259,7 @@ async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
                 await connections[index].request(post_request("/chat", chat_body(f"b{n}")))
 
         await restart_lag(service)
+        baseline = (await service_stats(service))["tasks"]
         await asyncio.gather(*(post(i) for i in range(len(connections))))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(counter.done.wait(), 120)
@@ -418,7 +418,7 @@ async def scenario_d(run: Run, answers: int) -> dict[str, Any]:
         warm = await open_connections(service.port, 8)
         for index, connection in enumerate(warm):
             await connection.request(post_request("/chat", chat_body(f"dwarm{index}")))
-        await asyncio.sleep(6)
+        await asyncio.sleep(run.seconds(6))  # until the warm-up answers have ended
         idle = await service_stats(service, collect=True)
         ends = 0
         lateness.clear()
