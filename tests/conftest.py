@@ -224,6 +224,18 @@ async def wait_for_history(
             await asyncio.sleep(0.01)
 
 
+async def wait_for_answer(
+    client: httpx.AsyncClient, session_id: str, message_id: str, timeout: float = 10
+) -> Json:
+    """Poll the history API until the assistant turn of `message_id` is stored; return the history."""
+    async with asyncio.timeout(timeout):
+        while True:
+            body: Json = (await client.get(f"/history/{session_id}")).json()
+            if any(m["role"] == "assistant" and m["message_id"] == message_id for m in body["messages"]):
+                return body
+            await asyncio.sleep(0.01)
+
+
 def ended(events: list[Json]) -> bool:
     return bool(events) and events[-1]["type"] in {"end", "error"}
 
