@@ -149,6 +149,9 @@ def test_the_password_never_shows_in_location_or_repr(
         ("LOG_LEVEL", "nonsense"),
         ("LOG_FORMAT", "xml"),
         ("REDIS_URL", "http://x"),
+        ("REDIS_URL", "redis://localhost:abc/0"),
+        ("REDIS_URL", "redis://localhost:99999/0"),
+        ("REDIS_URL", "redis://localhost:0/0"),
         ("STREAM_DELAY", "-0.1"),
         ("MAX_MESSAGE_LENGTH", "0"),
     ],
@@ -173,7 +176,12 @@ def test_a_bad_redis_url_error_does_not_echo_the_password(monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("PORT", "abc"), ("CHAT_HISTORY_TTL", "-1"), ("REDIS_URL", f"http://:{SECRET}@x")],
+    [
+        ("PORT", "abc"),
+        ("CHAT_HISTORY_TTL", "-1"),
+        ("REDIS_URL", f"http://:{SECRET}@x"),
+        ("REDIS_URL", f"redis://:{SECRET}@localhost:port/0"),
+    ],
 )
 def test_python_app_py_with_a_bad_value_exits_with_one_line_and_no_traceback(
     tmp_path: Path, name: str, value: str
