@@ -17,8 +17,8 @@ import fakeredis
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, OutOfMemoryError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models import ChatTurn
@@ -52,6 +52,12 @@ def describe(error: BaseException) -> str:
     """A short, credential-free reason for a Redis failure (driver messages can name hosts)."""
     if isinstance(error, TimeoutError | RedisTimeoutError):
         return "Redis did not answer in time"
+    # redis-py maps OOM, NOAUTH and WRONGPASS replies to these classes and strips the code from the text;
+    # AuthenticationError is a ConnectionError, so it is told apart first.
+    if isinstance(error, OutOfMemoryError):
+        return "Redis is out of memory"
+    if isinstance(error, AuthenticationError):
+        return "Redis refused the credentials"
     if isinstance(error, RedisConnectionError):
         return "cannot connect to Redis"
     text = str(error)
