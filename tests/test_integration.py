@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from config import Settings
 from models import ChatTurn
@@ -285,29 +286,42 @@ async def test_a_wrong_password_is_503_and_never_shown(
         health = await client.get("/health")
         chat = await client.post("/chat", json=CHAT)
     assert health.status_code == 503
+    assert health.json()["redis"]["error"] == "Redis refused the credentials"
     assert_redis_unavailable(chat, locked_redis)
     for text in (health.text, chat.text, caplog.text):
         assert "wrong-pw" not in text
 
 
-async def test_json_logs_carry_the_request_id_and_never_the_password(
-    start_service: Callable[..., ServiceProcess], locked_redis: RedisServer
+@pytest.fixture
+def small_redis() -> Iterator[RedisServer]:
+    """A redis-server with 4 MB of memory that refuses writes when full, for this test alone."""
+    server = start_redis("--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    yield server
+    server.cleanup()
+
+
+async def fill_up(redis: Redis) -> None:
+    """Write 200 kB values until Redis refuses one for lack of memory."""
+    for number in range(1000):
+        try:
+            await redis.set(f"filler:{number}", b"x" * 200_000)
+        except OutOfMemoryError:
+            return
+    raise AssertionError("Redis never ran out of memory")
+
+
+async def test_a_full_redis_refuses_the_chat_with_503_and_stores_nothing(
+    make_settings: Callable[..., Settings], app_client: AppClient, small_redis: RedisServer
 ) -> None:
-    service = start_service(
-        REDIS_URL=locked_redis.url, LOG_FORMAT="json", LOG_LEVEL="DEBUG", STREAM_DELAY="0", CHUNK_DELAY="0"
-    )
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
-        accepted = await http.post("/chat", json=CHAT, headers={"X-Request-ID": "trace-me-42"})
-        await wait_for_history(http, "test123")
-    assert accepted.status_code == 202
-    lines = [json.loads(line) for line in service.stderr.splitlines() if line.strip()]
-    access = [line for line in lines if line["name"] == "chat.access" and line["request_id"] == "trace-me-42"]
-    assert len(access) == 1
-    assert (access[0]["method"], access[0]["path"], access[0]["status"]) == ("POST", "/chat", 202)
-    answer_lines = [line["message"] for line in lines if accepted.json()["message_id"] in line["message"]]
-    assert any("answer started" in message for message in answer_lines)
-    assert any("answer ended" in message and "chunks=" in message for message in answer_lines)
-    assert "right-pw" not in service.stderr
+    async with Redis.from_url(small_redis.url) as redis:
+        await fill_up(redis)
+        async with app_client(make_settings(redis_url=small_redis.url)) as client:
+            chat = await client.post("/chat", json=CHAT)
+            health = await client.get("/health")
+        assert await redis.exists(HISTORY_KEY) == 0  # MULTI/EXEC: no half-written turn
+    assert_redis_unavailable(chat, small_redis)
+    assert "out of memory" in chat.json()["error"]["message"]
+    assert health.status_code == 200  # Redis answers; it is full, not down
 
 
 # --- Shutdown of a real process ------------------------------------------------------------------

@@ -14,8 +14,8 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, OutOfMemoryError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from config import Settings
 from models import ChatTurn
@@ -329,6 +329,12 @@ async def test_bounded_turns_a_deadline_into_redis_unavailable() -> None:
         (ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "out of memory"),
         (ResponseError("WRONGPASS invalid username-password pair"), "refused the credentials"),
         (TimeoutError(), "did not answer in time"),
+        # What redis-py really raises for OOM and WRONGPASS replies: the code is gone from the text.
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "out of memory"),
+        (
+            AuthenticationError("invalid username-password pair or user is disabled."),
+            "refused the credentials",
+        ),
     ],
 )
 def test_failure_reasons_are_short_and_name_no_host(error: Exception, reason: str) -> None:
