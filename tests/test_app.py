@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from app import get_history
+from ai_service import ServiceUnavailable
+from app import get_chat_service, get_history
 from config import VERSION, Settings
+from models import ChatAccepted, ChatRequest
 from tests.conftest import CHAT, AppClient, Json, wait_for_history
 
 ID_129 = "x" * 129
@@ -224,6 +226,22 @@ async def test_an_unexpected_exception_is_a_500_json_without_internals(
     assert logged, "the failure must be logged with its traceback"
     assert logged[0].exc_info is not None
     assert isinstance(logged[0].exc_info[1], RuntimeError)
+
+
+class StoppingService:
+    """A chat service that has begun shutting down."""
+
+    async def submit(self, request: ChatRequest) -> ChatAccepted:
+        raise ServiceUnavailable("the service is shutting down")
+
+
+async def test_a_chat_during_shutdown_is_503_shutting_down(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_client(make_settings(), overrides={get_chat_service: StoppingService}) as client:
+        response = await client.post("/chat", json=CHAT)
+    assert response.status_code == 503
+    assert response.json() == {"error": {"code": "shutting_down", "message": "the service is shutting down"}}
 
 
 # --- Headers -------------------------------------------------------------------------------------
