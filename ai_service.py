@@ -230,6 +230,7 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    finishing: bool = False
 
 
 class ChatService:
@@ -289,7 +290,9 @@ class ChatService:
         )
         _, pending = await asyncio.wait(running, timeout=self._settings.shutdown_grace_seconds)
         for answer in list(self._answers.values()):
-            if answer.task is not None and answer.task in pending:
+            # A finishing answer is complete: cancelling it would store it twice and send `error` after
+            # `end`. Its last two writes are bounded by REDIS_TIMEOUT, so waiting for it cannot hang.
+            if answer.task is not None and answer.task in pending and not answer.finishing:
                 answer.task.cancel()
         if pending:
             logger.warning("ending %d answers still running at shutdown", len(pending))
@@ -356,6 +359,7 @@ class ChatService:
     async def _finish(self, answer: Answer, finish_reason: FinishReason, usage: Usage | None) -> None:
         content = "".join(answer.parts)
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
+        answer.finishing = True
         # History first, then `end`: a client that reads history on `end` finds the turn.
         await self._writer.write(self._history.append_commands(answer.session_id, turn))
         answer.seq += 1
