@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import fakeredis
 import pytest
@@ -23,7 +24,7 @@ from ai_service import (
 )
 from config import Settings
 from models import ChatRequest
-from redis_client import EventWriter, HistoryStore, KeySpace
+from redis_client import Command, EventWriter, HistoryStore, KeySpace
 from tests.conftest import Json, assert_well_formed, read_answers
 
 KEYS = KeySpace("chat")
@@ -200,12 +201,15 @@ RunService = Callable[..., AbstractAsyncContextManager[Harness]]
 def run_service(make_settings: Callable[..., Settings]) -> RunService:
     @asynccontextmanager
     async def run(
-        source: ScriptedSource | SimulatedAnswerSource, **overrides: object
+        source: ScriptedSource | SimulatedAnswerSource,
+        *,
+        writer_class: type[EventWriter] = EventWriter,
+        **overrides: object,
     ) -> AsyncIterator[Harness]:
         settings = make_settings(**overrides)
         redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
         history = HistoryStore(redis, KEYS, ttl=60, max_messages=100, timeout=2)
-        writer = EventWriter(redis, timeout=2)
+        writer = writer_class(redis, timeout=2)
         writer.start()
         service = ChatService(settings, history=history, writer=writer, keys=KEYS, source=source)
         try:
@@ -302,6 +306,45 @@ async def test_shutdown_lets_answers_finish_within_the_grace_period(run_service:
     assert events[-1]["type"] == "end"
     assert events[-1]["content"] == "abc"
     assert waited < 10  # it returned once the answer ended, not after the 30s grace
+
+
+class SlowHistoryReplyWriter(EventWriter):
+    """The reply to the first assistant-turn write comes back 0.5s late, as from a busy Redis."""
+
+    slowed = False
+
+    async def write(self, commands: Sequence[Command]) -> list[Any]:
+        replies = await super().write(commands)
+        if commands[0][0] == "RPUSH" and not self.slowed:
+            self.slowed = True
+            await asyncio.sleep(0.5)
+        return replies
+
+
+async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_service: RunService) -> None:
+    # The grace period (0.2s) runs out while the complete answer's history write is in flight.
+    async with (
+        run_service(
+            ScriptedSource(["Hello", " world"]),
+            writer_class=SlowHistoryReplyWriter,
+            shutdown_grace_seconds=0.2,
+        ) as harness,
+        harness.redis.pubsub() as pubsub,
+    ):
+        await pubsub.subscribe(KEYS.channel("s1"))
+        accepted = await harness.service.submit(ChatRequest(session_id="s1", message="Hi", user_id="user1"))
+        async with asyncio.timeout(10):
+            await harness.service.shutdown()
+        events = (await read_answers(pubsub, {accepted.message_id}))[accepted.message_id]
+        await asyncio.sleep(0.1)  # anything published after the terminal event would arrive by now
+        late = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        turns = await harness.history.read("s1")
+    assert_well_formed(events, accepted.message_id)
+    assert late is None, "no event may follow an answer's end"
+    assistant = [turn for turn in turns if turn.role == "assistant"]
+    assert len(assistant) == 1, [(turn.content, turn.finish_reason) for turn in assistant]
+    assert events[-1]["type"] == "end"
+    assert (assistant[0].content, assistant[0].finish_reason) == ("Hello world", "stop")
 
 
 async def test_no_chat_is_accepted_after_shutdown(run_service: RunService) -> None:
