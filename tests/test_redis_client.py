@@ -247,8 +247,9 @@ async def test_close_sends_what_is_pending_then_refuses_writes(fake: Redis) -> N
     writer = await started_writer(fake)
     pending = [asyncio.ensure_future(writer.write([("RPUSH", "k", str(n))])) for n in range(10)]
     await asyncio.sleep(0)
-    await writer.close()
-    await asyncio.gather(*pending)
+    async with asyncio.timeout(5):
+        await writer.close()
+        await asyncio.gather(*pending)
     assert await fake.llen("k") == 10
     with pytest.raises(RuntimeError):
         await writer.write([("INCR", "n")])
