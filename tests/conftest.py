@@ -31,6 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real redis-server (a `*_redis` fixture), so `-m "not redis"` works."""
+    for item in items:
+        if any(name.endswith("_redis") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -288,7 +295,7 @@ class ServiceProcess:
     def __init__(self, directory: Path, **variables: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.stderr_path = directory / "service.stderr"
+        self.stderr_path = directory / f"service-{self.port}.stderr"
         env = service_environment(HOST="127.0.0.1", PORT=str(self.port), **variables)
         with self.stderr_path.open("wb") as stderr:
             # The working directory is the test's, so no .env of the checkout is read.

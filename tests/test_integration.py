@@ -33,8 +33,6 @@ from tests.conftest import (
     wait_for_history,
 )
 
-pytestmark = pytest.mark.redis
-
 HISTORY_KEY = "chat:{test123}:history"
 QUESTION = "How do I configure Kubernetes autoscaling?"
 
@@ -322,6 +320,26 @@ async def test_a_full_redis_refuses_the_chat_with_503_and_stores_nothing(
     assert_redis_unavailable(chat, small_redis)
     assert "out of memory" in chat.json()["error"]["message"]
     assert health.status_code == 200  # Redis answers; it is full, not down
+
+
+async def test_json_logs_carry_the_request_id_and_never_the_password(
+    start_service: Callable[..., ServiceProcess], locked_redis: RedisServer
+) -> None:
+    service = start_service(
+        REDIS_URL=locked_redis.url, LOG_FORMAT="json", LOG_LEVEL="DEBUG", STREAM_DELAY="0", CHUNK_DELAY="0"
+    )
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+        accepted = await http.post("/chat", json=CHAT, headers={"X-Request-ID": "trace-me-42"})
+        await wait_for_history(http, "test123")
+    assert accepted.status_code == 202
+    lines = [json.loads(line) for line in service.stderr.splitlines() if line.strip()]
+    access = [line for line in lines if line["name"] == "chat.access" and line["request_id"] == "trace-me-42"]
+    assert len(access) == 1
+    assert (access[0]["method"], access[0]["path"], access[0]["status"]) == ("POST", "/chat", 202)
+    answer_lines = [line["message"] for line in lines if accepted.json()["message_id"] in line["message"]]
+    assert any("answer started" in message for message in answer_lines)
+    assert any("answer ended" in message and "chunks=" in message for message in answer_lines)
+    assert "right-pw" not in service.stderr
 
 
 # --- Shutdown of a real process ------------------------------------------------------------------

@@ -146,13 +146,11 @@ async def test_embedded_redis_answers_ping(make_settings: Callable[..., Settings
 # --- History TTL on a real server ----------------------------------------------------------------
 
 
-@pytest.mark.redis
 async def test_history_ttl_is_set_on_first_append(real: Redis) -> None:
     await history_on(real).append("s1", turn(1))
     assert TTL - 5 <= await real.ttl(KEYS.history("s1")) <= TTL
 
 
-@pytest.mark.redis
 async def test_history_ttl_is_refreshed_on_every_append(real: Redis) -> None:
     history = history_on(real)
     await history.append("s1", turn(1))
@@ -161,7 +159,6 @@ async def test_history_ttl_is_refreshed_on_every_append(real: Redis) -> None:
     assert await real.ttl(KEYS.history("s1")) > TTL - 5
 
 
-@pytest.mark.redis
 async def test_writer_appends_refresh_the_ttl_too(real: Redis) -> None:
     history = history_on(real)
     await history.append("s1", turn(1))
@@ -175,7 +172,6 @@ async def test_writer_appends_refresh_the_ttl_too(real: Redis) -> None:
     assert await real.llen(KEYS.history("s1")) == 2
 
 
-@pytest.mark.redis
 async def test_every_chat_key_has_a_ttl(real: Redis) -> None:
     history = history_on(real, max_messages=2)
     writer = await started_writer(real)
@@ -255,7 +251,6 @@ async def test_close_sends_what_is_pending_then_refuses_writes(fake: Redis) -> N
         await writer.write([("INCR", "n")])
 
 
-@pytest.mark.redis
 async def test_writer_raises_redis_unavailable_when_redis_is_down(
     own_redis: RedisServer, settings_for: Callable[[RedisServer], Settings]
 ) -> None:
@@ -275,7 +270,6 @@ async def test_writer_raises_redis_unavailable_when_redis_is_down(
 # --- Deadlines -----------------------------------------------------------------------------------
 
 
-@pytest.mark.redis
 async def test_history_calls_fail_fast_when_redis_is_down(
     own_redis: RedisServer, settings_for: Callable[[RedisServer], Settings]
 ) -> None:
@@ -292,7 +286,6 @@ async def test_history_calls_fail_fast_when_redis_is_down(
         await redis.aclose()
 
 
-@pytest.mark.redis
 async def test_a_stalled_redis_gives_redis_unavailable_within_the_timeout(
     own_redis: RedisServer, settings_for: Callable[[RedisServer], Settings]
 ) -> None:
