@@ -300,6 +300,8 @@ class Answer:
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
     listener: asyncio.Queue[StreamEvent | None] | None = None
+    # Set once the answer is being stored: Stop and shutdown then let it end by itself.
+    finishing: bool = False
 
 
 class ChatService:
@@ -429,12 +431,13 @@ class ChatService:
         return state
 
     def stop_local(self, message_id: str) -> bool:
-        """Cancel the answer if this instance runs it."""
+        """Cancel the answer if this instance runs it (one already being stored ends by itself)."""
         answer = self._answers.get(message_id)
         if answer is None or answer.task is None or answer.task.done():
             return False
-        answer.stop_reason = "cancelled"
-        answer.task.cancel()
+        if not answer.finishing:
+            answer.stop_reason = "cancelled"
+            answer.task.cancel()
         return True
 
     def on_control(self, data: bytes) -> None:
@@ -458,7 +461,9 @@ class ChatService:
         )
         _, pending = await asyncio.wait(running, timeout=self._settings.shutdown_grace_seconds)
         for answer in list(self._answers.values()):
-            if answer.task is not None and answer.task in pending:
+            # A finishing answer is complete: cancelling it would store it twice and send `error` after
+            # `end`. Its last two writes are bounded by REDIS_TIMEOUT, so waiting for it cannot hang.
+            if answer.task is not None and answer.task in pending and not answer.finishing:
                 answer.stop_reason = "shutdown"
                 answer.task.cancel()
         if pending:
@@ -553,6 +558,7 @@ class ChatService:
         """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
+        answer.finishing = True
         answer.seq += 1
         event: StreamEvent
         if error is None:

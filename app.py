@@ -256,7 +256,14 @@ def _field_name(location: tuple[int | str, ...] | list[int | str]) -> str:
 
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    fields = [{"field": _field_name(error["loc"]), "message": error["msg"]} for error in exc.errors()]
+    fields = [
+        # Invalid JSON is located by character offset (`("body", 15)`), which names no field.
+        {
+            "field": "body" if error["type"] == "json_invalid" else _field_name(error["loc"]),
+            "message": error["msg"],
+        }
+        for error in exc.errors()
+    ]
     summary = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
     return error_response(422, "invalid_request", f"Invalid request: {summary}", fields=fields)
 

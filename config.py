@@ -134,8 +134,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         # Checked by hand rather than as RedisDsn so that a bad URL's error never echoes the password.
-        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+        if value is None:
+            return value
+        url = value.get_secret_value()
+        if not url.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
+        try:
+            port = urlsplit(url).port
+        except ValueError:  # not a number, or out of range: the client would crash start-up later
+            port = 0
+        if port == 0:
+            raise ValueError("has an invalid port")
         return value
 
     @field_validator("openai_base_url")
