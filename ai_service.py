@@ -45,6 +45,7 @@ __all__ = [
     "AnswerError",
     "AnswerFinished",
     "AnswerNotFound",
+    "AnswerObserver",
     "AnswerSource",
     "ChatService",
     "Completion",
@@ -82,6 +83,18 @@ class AnswerSource(Protocol):
         self, conversation: Sequence[ConversationMessage], completion: Completion
     ) -> AsyncIterator[str]:
         """Yield the answer to the conversation's last message as text deltas."""
+        ...
+
+
+class AnswerObserver(Protocol):
+    """Told about each answer's life, on the event loop; must not block or raise (metrics, limits)."""
+
+    def answer_started(self, answer: Answer) -> None: ...
+
+    def chunk_published(self, answer: Answer) -> None: ...
+
+    def answer_ended(self, answer: Answer) -> None:
+        """Called once per answer however it ends; `answer.finish_reason` is set when it was stored."""
         ...
 
 
@@ -259,6 +272,9 @@ class Answer:
     piggyback: list[Command] = field(default_factory=list)
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
+    # How it ended, once it has: for observers.
+    finish_reason: FinishReason | None = None
+    error_code: str | None = None
 
 
 class ChatService:
@@ -273,8 +289,10 @@ class ChatService:
         writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
+        observers: Sequence[AnswerObserver] = (),
     ) -> None:
         self._settings = settings
+        self._observers = tuple(observers)
         self._history = history
         self._registry = registry
         self._writer = writer
@@ -327,6 +345,7 @@ class ChatService:
             channel=self._keys.channel(session_id),
         )
         self._answers[message_id] = answer
+        self._notify("answer_started", answer)
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
@@ -392,6 +411,15 @@ class ChatService:
             logger.warning("ending %d answers still running at shutdown", len(pending))
             await asyncio.wait(pending)
 
+    def _notify(
+        self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
+    ) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, hook)(answer)
+            except Exception:
+                logger.exception("answer observer %s failed", hook)
+
     # -- one answer --
 
     async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> list[Any]:
@@ -435,6 +463,7 @@ class ChatService:
                 answer.seq += 1
                 answer.parts.append(delta)
                 await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
+                self._notify("chunk_published", answer)
             await self._end(answer, completion.finish_reason, usage=completion.usage)
         except asyncio.CancelledError:
             # Only this service cancels answer tasks (Stop, shutdown), and it awaits them: the task
@@ -456,6 +485,7 @@ class ChatService:
             await self._end(answer, "error", error=("internal_error", "the answer failed"))
         finally:
             self._answers.pop(answer.message_id, None)
+            self._notify("answer_ended", answer)
             logger.info(
                 "answer ended message_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,
@@ -473,6 +503,7 @@ class ChatService:
     ) -> None:
         """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
+        answer.error_code = error[0] if error else None
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
         try:
             # History first, in its own round trip, then the terminal event: a client that reads
@@ -483,6 +514,7 @@ class ChatService:
                     *self._registry.finished_commands(answer.session_id, answer.message_id, finish_reason),
                 ]
             )
+            answer.finish_reason = finish_reason
             answer.seq += 1
             event: StreamEvent
             if error is None:
