@@ -17,8 +17,8 @@ import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, status_of
@@ -55,6 +55,11 @@ def describe(error: BaseException) -> str:
         return "Redis did not answer in time"
     if isinstance(error, RedisConnectionError):
         return "cannot connect to Redis"
+    # redis-py strips the reply's prefix ("OOM ...") from the message of the errors it maps to types.
+    if isinstance(error, OutOfMemoryError):
+        return "Redis is out of memory"
+    if isinstance(error, AuthenticationError | NoPermissionError):
+        return "Redis refused the credentials"
     text = str(error)
     if text.startswith("OOM"):
         return "Redis is out of memory"
