@@ -57,6 +57,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# How long an answer keeps trying to store its end while Redis is unavailable.
+END_RETRY_SECONDS = 15.0
+
 E = TypeVar("E", bound=EventBase)
 
 
@@ -505,26 +508,55 @@ class ChatService:
         content = "".join(answer.parts)
         answer.error_code = error[0] if error else None
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
-        try:
-            # History first, in its own round trip, then the terminal event: a client that reads
-            # history on `end` finds the turn.
-            await self._writer.execute(
-                [
-                    *self._history.append_commands(answer.session_id, turn),
-                    *self._registry.finished_commands(answer.session_id, answer.message_id, finish_reason),
-                ]
-            )
-            answer.finish_reason = finish_reason
-            answer.seq += 1
-            event: StreamEvent
-            if error is None:
-                event = self._event(
-                    answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage
+        event: StreamEvent | None = None
+        # Redis may be down for a moment (a restart, a pause, a failover): keep trying to store the end
+        # until it is back, so that the answer is not left `streaming` with no turn and no end (#5).
+        deadline = time.monotonic() + END_RETRY_SECONDS
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if event is None:
+                    if attempt == 1 or not await self._end_stored(answer):
+                        # History first, in its own round trip, then the terminal event: a client
+                        # that reads history on `end` finds the turn.
+                        await self._writer.execute(
+                            [
+                                *self._history.append_commands(answer.session_id, turn),
+                                *self._registry.finished_commands(
+                                    answer.session_id, answer.message_id, finish_reason
+                                ),
+                            ]
+                        )
+                    answer.finish_reason = finish_reason
+                    answer.seq += 1
+                    if error is None:
+                        event = self._event(
+                            answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage
+                        )
+                    else:
+                        event = self._event(
+                            answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1])
+                        )
+                await self._publish(answer, event)
+                return
+            except RedisUnavailable as failure:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "could not store the end of answer message_id=%s: %s",
+                        answer.message_id,
+                        failure.reason,
+                    )
+                    return
+                logger.warning(
+                    "retrying the end of answer message_id=%s: %s", answer.message_id, failure.reason
                 )
-            else:
-                event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
-            await self._publish(answer, event)
-        except RedisUnavailable as failure:
-            logger.error(
-                "could not store the end of answer message_id=%s: %s", answer.message_id, failure.reason
-            )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _end_stored(self, answer: Answer) -> bool:
+        """Whether an earlier, timed-out attempt to store the answer's end landed after all (a
+        timeout does not mean Redis did not apply it): then it must not be stored twice."""
+        state = await self._registry.get(answer.message_id)
+        return state is not None and state.status != "streaming"
