@@ -623,6 +623,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise AnswerNotFound(str(message_id))
             message_start = await registry.start_id(str(message_id))
             message_finished = state.status != "streaming"
+            if message_start is None and not message_finished:
+                # The start's entry id is recorded with the answer's next event, so a client that
+                # comes right after `start` would miss it: read this answer's events from the
+                # oldest entry instead (None when the log is empty: nothing of it is written yet).
+                message_start, _ = await hub.bounds(session_id)
         events = session_events(
             hub,
             session_id,
