@@ -13,9 +13,10 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import orjson
 
@@ -53,6 +54,7 @@ __all__ = [
     "MessageConflict",
     "ServiceUnavailable",
     "SimulatedAnswerSource",
+    "build_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,8 +86,12 @@ class AnswerSource(Protocol):
 
     def stream(
         self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
-        """Yield the answer to the conversation's last message as text deltas."""
+    ) -> AsyncGenerator[str, None]:
+        """Yield the answer to the conversation's last message as text deltas.
+
+        A generator, so that its caller can close it (`aclose`) the moment an answer is cancelled and
+        the source can release what it holds, such as an HTTP stream to a model server, at once.
+        """
         ...
 
 
@@ -245,7 +251,7 @@ class SimulatedAnswerSource:
 
     async def stream(
         self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         words = compose_answer(conversation).split(" ")
         for start in range(0, len(words), self.words_per_chunk):
             piece = words[start : start + self.words_per_chunk]
@@ -254,6 +260,40 @@ class SimulatedAnswerSource:
                 await asyncio.sleep(pause)
             yield (" " if start else "") + " ".join(piece)
         completion.finish_reason = "stop"
+
+
+# --- What the model is sent ----------------------------------------------------------------------
+
+
+def build_context(
+    earlier: Sequence[ConversationMessage],
+    message: str,
+    *,
+    system_prompt: str,
+    max_messages: int,
+    max_chars: int,
+) -> list[ConversationMessage]:
+    """The conversation a model answers: the system prompt, recent turns, then the new message.
+
+    Of the `earlier` turns (oldest first) at most `max_messages` of the most recent are kept, and only as
+    many as fit in `max_chars` together with the system prompt and the message; the oldest go first.
+    The system prompt and the new message are always sent. Empty turns (an answer that failed before its
+    first token) are skipped, and an answer whose question was dropped goes too, so the turns sent start
+    with a user's: some chat templates refuse anything else.
+    """
+    budget = max_chars - len(system_prompt) - len(message)
+    candidates = [turn for turn in earlier if turn.content][-max_messages:] if max_messages else []
+    kept: list[ConversationMessage] = []
+    for turn in reversed(candidates):
+        budget -= len(turn.content)
+        if budget < 0:
+            break
+        kept.append(turn)
+    kept.reverse()
+    while kept and kept[0].role == "assistant":
+        kept.pop(0)
+    system = [ConversationMessage(role="system", content=system_prompt)] if system_prompt else []
+    return [*system, *kept, ConversationMessage(role="user", content=message)]
 
 
 # --- Streaming machinery -------------------------------------------------------------------------
@@ -271,13 +311,14 @@ class Answer:
     seq: int = 0
     parts: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-    # Commands to send with the answer's next event (its `start` entry id, once known).
-    piggyback: list[Command] = field(default_factory=list)
+    # The replay-log entry after which this answer's events begin.
+    since: str = "0-0"
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
     # How it ended, once it has: for observers.
     finish_reason: FinishReason | None = None
     error_code: str | None = None
+    listener: asyncio.Queue[StreamEvent | None] | None = None
 
 
 class ChatService:
@@ -318,11 +359,22 @@ class ChatService:
             finish_reason=state.finish_reason,
         )
 
-    async def submit(self, request: ChatRequest) -> tuple[ChatAccepted, bool]:
+    async def submit(
+        self,
+        request: ChatRequest,
+        *,
+        context: Sequence[ConversationMessage] | None = None,
+        listener: asyncio.Queue[StreamEvent | None] | None = None,
+    ) -> tuple[ChatAccepted, bool]:
         """Store the user's turn and start the answer; return at once.
 
         Returns the answer's state and whether this call started it: a repeated `message_id` returns
         the existing answer's state and starts nothing.
+
+        For in-process callers such as the OpenAI-compatible API: `context` is the conversation to
+        answer, in place of the one built from the session's history; `listener` receives every event
+        of the answer as it is published (in `seq` order, ending with its `end` or `error`, which it
+        receives even when Redis refuses the event), then `None` once the answer's task is over.
         """
         if not self._accepting:
             raise ServiceUnavailable("the service is shutting down")
@@ -335,8 +387,11 @@ class ChatService:
             return self._accepted(existing), False
         try:
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
-            await self._history.append(session_id, ChatTurn.user(request, message_id))
-            conversation = await self._conversation(session_id)
+            since = await self._history.append(session_id, ChatTurn.user(request, message_id))
+            if context is not None:
+                conversation = list(context)
+            else:
+                conversation = await self._conversation(request, message_id)
         except RedisUnavailable:
             with contextlib.suppress(RedisUnavailable):
                 await self._registry.release(message_id)
@@ -346,16 +401,34 @@ class ChatService:
             session_id=session_id,
             user_id=request.user_id,
             channel=self._keys.channel(session_id),
+            since=since,
+            listener=listener,
         )
         self._answers[message_id] = answer
         self._notify("answer_started", answer)
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
+        if listener is not None:
+            # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
+            answer.task.add_done_callback(lambda _: listener.put_nowait(None))
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
 
-    async def _conversation(self, session_id: str) -> list[ConversationMessage]:
-        turns = await self._history.read(session_id)
-        return [ConversationMessage(role=turn.role, content=turn.content) for turn in turns]
+    async def _conversation(self, request: ChatRequest, message_id: str) -> list[ConversationMessage]:
+        settings = self._settings
+        # One more than the limit: the newest turn read is usually the user turn just stored.
+        turns = await self._history.read(request.session_id, limit=settings.max_context_messages + 1)
+        earlier = [
+            ConversationMessage(role=turn.role, content=turn.content)
+            for turn in turns
+            if turn.message_id != message_id
+        ]
+        return build_context(
+            earlier,
+            request.message,
+            system_prompt=settings.system_prompt,
+            max_messages=settings.max_context_messages,
+            max_chars=settings.max_context_chars,
+        )
 
     async def cancel(self, message_id: str) -> AnswerState:
         """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
@@ -425,21 +498,25 @@ class ChatService:
 
     # -- one answer --
 
-    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> list[Any]:
+    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         """Append the event to the session's replay log and publish it, after any `extra` commands.
 
         XADD comes before PUBLISH so that a reader woken by the PUBLISH finds the entry in the log.
         """
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
+        await self._write_event(answer, event, *extra)
+
+    async def _write_event(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         payload = event.model_dump_json(exclude_none=True).encode()
         events = self._keys.events(answer.session_id)
-        commands: list[Command] = [*extra, *answer.piggyback]
-        answer.piggyback = []
+        commands: list[Command] = list(extra)
         commands.append(("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload))
         if event.type != "chunk":
             # The log lives as long as the history; a chunk's XADD keeps the TTL its `start` set.
             commands.append(("EXPIRE", events, self._settings.chat_history_ttl))
         commands.append(("PUBLISH", answer.channel, payload))
-        return await self._writer.execute(commands)
+        await self._writer.execute(commands)
 
     @staticmethod
     def _event(answer: Answer, kind: type[E], **fields: object) -> E:
@@ -457,16 +534,21 @@ class ChatService:
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
         try:
-            replies = await self._publish(answer, self._event(answer, StartEvent))
-            start_id = bytes(replies[0]).decode()
-            answer.piggyback = self._registry.started_commands(answer.session_id, answer.message_id, start_id)
-            async for delta in self.source.stream(conversation, completion):
-                if not delta:
-                    continue
-                answer.seq += 1
-                answer.parts.append(delta)
-                await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
-                self._notify("chunk_published", answer)
+            await self._publish(
+                answer,
+                self._event(answer, StartEvent),
+                *self._registry.starting_commands(answer.session_id, answer.message_id, answer.since),
+            )
+            # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
+            # once, even when the cancel lands while a chunk is being published.
+            async with aclosing(self.source.stream(conversation, completion)) as deltas:
+                async for delta in deltas:
+                    if not delta:
+                        continue
+                    answer.seq += 1
+                    answer.parts.append(delta)
+                    await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
+                    self._notify("chunk_published", answer)
             await self._end(answer, completion.finish_reason, usage=completion.usage)
         except asyncio.CancelledError:
             # Only this service cancels answer tasks (Stop, shutdown), and it awaits them: the task
@@ -506,57 +588,77 @@ class ChatService:
     ) -> None:
         """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
-        answer.error_code = error[0] if error else None
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
-        event: StreamEvent | None = None
-        # Redis may be down for a moment (a restart, a pause, a failover): keep trying to store the end
-        # until it is back, so that the answer is not left `streaming` with no turn and no end (#5).
+        answer.seq += 1
+        event: StreamEvent
+        if error is None:
+            event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
+        else:
+            event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
+        answer.error_code = error[0] if error else None
+        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
+        # so that the answer is not left `streaming` with no turn and no terminal event (#5).
         deadline = time.monotonic() + END_RETRY_SECONDS
+        if not await self._retrying(
+            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
+        ):
+            if answer.listener is not None:
+                # Nothing reached Redis, but the in-process listener still learns how the answer ended.
+                answer.listener.put_nowait(event)
+            return
+        answer.finish_reason = finish_reason
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
+        # A retried publish may add the terminal event twice if a timed-out one landed late; a
+        # client following the answer stops at the first.
+        await self._retrying(answer, deadline, "publish", lambda _: self._write_event(answer, event))
+
+    async def _store_end(self, answer: Answer, turn: ChatTurn, attempt: int) -> None:
+        # After a timeout, check whether the earlier attempt landed after all (a timeout does not
+        # mean Redis did not apply it): the turn must not be stored twice.
+        if attempt > 1:
+            state = await self._registry.get(answer.message_id)
+            if state is not None and state.status != "streaming":
+                return
+        # History first, in its own round trip, then the terminal event: a client that reads
+        # history on `end` finds the turn.
+        assert turn.finish_reason is not None
+        await self._writer.execute(
+            [
+                *self._history.append_commands(answer.session_id, turn),
+                *self._registry.finished_commands(answer.session_id, answer.message_id, turn.finish_reason),
+            ]
+        )
+
+    async def _retrying(
+        self,
+        answer: Answer,
+        deadline: float,
+        what: str,
+        step: Callable[[int], Awaitable[None]],
+    ) -> bool:
+        """Run `step` until it gets through to Redis, backing off, until `deadline`; False if it never did."""
         delay = 0.1
         attempt = 0
         while True:
             attempt += 1
             try:
-                if event is None:
-                    if attempt == 1 or not await self._end_stored(answer):
-                        # History first, in its own round trip, then the terminal event: a client
-                        # that reads history on `end` finds the turn.
-                        await self._writer.execute(
-                            [
-                                *self._history.append_commands(answer.session_id, turn),
-                                *self._registry.finished_commands(
-                                    answer.session_id, answer.message_id, finish_reason
-                                ),
-                            ]
-                        )
-                    answer.finish_reason = finish_reason
-                    answer.seq += 1
-                    if error is None:
-                        event = self._event(
-                            answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage
-                        )
-                    else:
-                        event = self._event(
-                            answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1])
-                        )
-                await self._publish(answer, event)
-                return
+                await step(attempt)
+                return True
             except RedisUnavailable as failure:
                 if time.monotonic() + delay > deadline:
                     logger.error(
-                        "could not store the end of answer message_id=%s: %s",
+                        "could not %s the end of answer message_id=%s: %s",
+                        what,
                         answer.message_id,
                         failure.reason,
                     )
-                    return
+                    return False
                 logger.warning(
-                    "retrying the end of answer message_id=%s: %s", answer.message_id, failure.reason
+                    "retrying to %s the end of answer message_id=%s: %s",
+                    what,
+                    answer.message_id,
+                    failure.reason,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    async def _end_stored(self, answer: Answer) -> bool:
-        """Whether an earlier, timed-out attempt to store the answer's end landed after all (a
-        timeout does not mean Redis did not apply it): then it must not be stored twice."""
-        state = await self._registry.get(answer.message_id)
-        return state is not None and state.status != "streaming"

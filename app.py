@@ -31,7 +31,6 @@ from ai_service import (
     ChatService,
     MessageConflict,
     ServiceUnavailable,
-    SimulatedAnswerSource,
 )
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
 from health import PubSubProbe
@@ -51,6 +50,8 @@ from models import (
     StatusResponse,
     stream_event_schema,
 )
+from openai_api import router as openai_router
+from providers import close_answer_source, create_answer_source, provider_health
 from redis_client import (
     AnswerRegistry,
     CommandBatcher,
@@ -61,6 +62,7 @@ from redis_client import (
 )
 from security import (
     AccessControl,
+    AccessDep,
     BodyLimitMiddleware,
     Overloaded,
     PrincipalDep,
@@ -69,6 +71,7 @@ from security import (
     SessionNotFound,
     StreamPrincipalDep,
     Unauthorized,
+    require_key,
 )
 from streaming import StreamHub, session_events
 
@@ -186,7 +189,7 @@ def build_lifespan(settings: Settings, metrics: Metrics) -> Any:
         registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
         reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
-        source = SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
+        source = create_answer_source(settings)
         access = AccessControl(settings, redis, keys)
         service = ChatService(
             settings,
@@ -226,6 +229,7 @@ def build_lifespan(settings: Settings, metrics: Metrics) -> Any:
             await service.shutdown()
             await access.close()
             await hub.close()
+            await close_answer_source(source)
             await writer.close()
             await reader.close()
             await redis.aclose()
@@ -255,10 +259,6 @@ def get_hub(request: Request) -> StreamHub:
     return cast(StreamHub, request.state.hub)
 
 
-def get_access(request: Request) -> AccessControl:
-    return cast(AccessControl, request.state.access)
-
-
 def get_probe(request: Request) -> PubSubProbe:
     return cast(PubSubProbe, request.state.probe)
 
@@ -268,7 +268,6 @@ HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
 HubDep = Annotated[StreamHub, Depends(get_hub)]
-AccessDep = Annotated[AccessControl, Depends(get_access)]
 ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
 MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
@@ -302,7 +301,7 @@ async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
     response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
@@ -370,6 +369,7 @@ async def on_overloaded(_: Request, exc: Exception) -> JSONResponse:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body cannot be read (not UTF-8 JSON)."},
     401: {"model": ErrorResponse, "description": "API keys are on and no valid key was sent."},
     422: {"model": ErrorResponse, "description": "Invalid input: the body names each bad field."},
     503: {"model": ErrorResponse, "description": "Redis is unavailable, or the service is shutting down."},
@@ -405,7 +405,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID"],
+                allow_headers=[
+                    "Content-Type",
+                    "Authorization",
+                    "X-API-Key",
+                    "X-Request-ID",
+                    "Last-Event-ID",
+                    "X-Session-Id",
+                ],
                 expose_headers=["X-Request-ID"],
             )
         )
@@ -429,6 +436,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(SessionForbidden, on_session_forbidden)
     app.add_exception_handler(RateLimited, on_rate_limited)
     app.add_exception_handler(Overloaded, on_overloaded)
+    # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).
+    app.include_router(openai_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
     keys = KeySpace(settings.redis_key_prefix)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
@@ -477,12 +486,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 status="unhealthy",
                 version=VERSION,
                 redis=RedisHealth(status="disconnected", mode=mode, error=reason),
+                ai=provider_health(app_settings),
             )
             return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
         body = HealthResponse(
             status="healthy",
             version=VERSION,
             redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3), pubsub="ok"),
+            ai=provider_health(app_settings),
         )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 
@@ -615,25 +626,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
         await access.check_session(principal, session_id)
-        message_start = None
+        message_since = None
         message_finished = False
         if message_id is not None:
             state = await registry.get(str(message_id))
             if state is None or state.session_id != session_id:
                 raise AnswerNotFound(str(message_id))
-            message_start = await registry.start_id(str(message_id))
+            message_since = await registry.since(str(message_id))
             message_finished = state.status != "streaming"
-            if message_start is None and not message_finished:
-                # The start's entry id is recorded with the answer's next event, so a client that
-                # comes right after `start` would miss it: read this answer's events from the
-                # oldest entry instead (None when the log is empty: nothing of it is written yet).
-                message_start, _ = await hub.bounds(session_id)
         events = session_events(
             hub,
             session_id,
             last_event_id=last_event_id_header or last_event_id,
             message_id=str(message_id) if message_id else None,
-            message_start=message_start,
+            message_since=message_since,
             message_finished=message_finished,
         )
         return EventSourceResponse(

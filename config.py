@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "format_validation_error", "get_settings"]
@@ -17,6 +17,7 @@ VERSION = "1.0.0"
 SERVICE_NAME = "ai-chat-service"
 
 KEY_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
 
@@ -61,6 +62,22 @@ class Settings(BaseSettings):
     # Simulated model pacing
     stream_delay: float = Field(default=0.1, ge=0, le=10)
     chunk_delay: float = Field(default=0.05, ge=0, le=10)
+
+    # The model: the simulated one, or any server speaking OpenAI's Chat Completions API
+    ai_provider: Literal["simulated", "openai"] = "simulated"
+    openai_base_url: str = Field(default=OPENAI_BASE_URL, min_length=1)
+    openai_api_key: SecretStr | None = None
+    ai_model: str = Field(default="gpt-4o-mini", min_length=1, max_length=256)
+    ai_temperature: float | None = Field(default=None, ge=0, le=2)
+    ai_max_tokens: int | None = Field(default=None, ge=1)
+    ai_timeout: float = Field(default=60.0, gt=0, le=3600)
+    ai_max_retries: int = Field(default=2, ge=0, le=10)
+    ai_stream_usage: bool = True
+
+    # What the model is sent: the system prompt, then recent turns within both limits, then the message
+    system_prompt: str = "You are a helpful assistant."
+    max_context_messages: int = Field(default=20, ge=0, le=10_000)
+    max_context_chars: int = Field(default=32_000, ge=1, le=10_000_000)
 
     # Inputs and lifecycle
     max_message_length: int = Field(default=8000, ge=1, le=1_000_000)
@@ -134,6 +151,38 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis:// or rediss://")
         return value
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, for example http://localhost:11434/v1")
+        return value
+
+    @model_validator(mode="after")
+    def _key_for_openai(self) -> Settings:
+        # Local servers (Ollama, vLLM, llama.cpp) take any key; OpenAI itself does not answer without one.
+        if (
+            self.ai_provider == "openai"
+            and self.openai_api_key is None
+            and urlsplit(self.openai_base_url).hostname == urlsplit(OPENAI_BASE_URL).hostname
+        ):
+            raise ValueError("OPENAI_API_KEY must be set when AI_PROVIDER=openai talks to api.openai.com")
+        return self
+
+    @property
+    def served_model(self) -> str:
+        """The model answers come from, as `/health` and `/v1/models` name it."""
+        return self.ai_model if self.ai_provider == "openai" else "simulated"
+
+    def model_location(self) -> str:
+        """Where the model server is, fit for a log line or a response: no credentials, no query."""
+        if self.ai_provider != "openai":
+            return "in-process"
+        parts = urlsplit(self.openai_base_url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
     @property
     def embedded_redis(self) -> bool:
         """True when no Redis server is configured and the in-process one is used."""
@@ -167,6 +216,8 @@ def format_validation_error(error: ValidationError) -> str:
     """One line per bad variable, naming it and saying why, without echoing secret values."""
     lines = []
     for item in error.errors(include_input=False, include_url=False):
-        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
-        lines.append(f"invalid configuration: {name}: {item['msg']}")
+        if item["loc"]:
+            lines.append(f"invalid configuration: {str(item['loc'][0]).upper()}: {item['msg']}")
+        else:  # a check across variables names them in its message
+            lines.append(f"invalid configuration: {item['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

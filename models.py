@@ -20,13 +20,15 @@ UserId = Annotated[
 ]
 
 Role = Literal["user", "assistant"]
-FinishReason = Literal["stop", "length", "cancelled", "error", "shutdown"]
+# `stop`, `length` and `content_filter` are the model's own endings; the others end an answer early and
+# mark its stored text incomplete: `error` (the model or Redis failed), `shutdown`, `cancelled`.
+FinishReason = Literal["stop", "length", "content_filter", "cancelled", "error", "shutdown"]
 AnswerStatus = Literal["streaming", "completed", "cancelled", "failed"]
 
 
 def status_of(finish_reason: FinishReason) -> AnswerStatus:
     """The final status of an answer that ended for this reason."""
-    if finish_reason in ("stop", "length"):
+    if finish_reason in ("stop", "length", "content_filter"):
         return "completed"
     if finish_reason == "cancelled":
         return "cancelled"
@@ -196,10 +198,21 @@ class RedisHealth(BaseModel):
     error: str | None = Field(default=None, description="Why Redis is unreachable, when it is.")
 
 
+class AIHealth(BaseModel):
+    """Which model answers. Not probed: a health check must not spend tokens or wait on a model server."""
+
+    provider: Literal["simulated", "openai"]
+    model: str = Field(examples=["gpt-4o-mini"])
+    base_url: str | None = Field(
+        default=None, description="The model server, for `openai`; never with credentials."
+    )
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "unhealthy"]
     version: str
     redis: RedisHealth
+    ai: AIHealth | None = Field(default=None, description="The model provider answers come from.")
 
 
 class LivenessResponse(BaseModel):

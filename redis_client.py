@@ -121,8 +121,9 @@ class KeySpace:
 
     @property
     def control(self) -> str:
-        """Channel on which instances tell each other to stop an answer."""
-        return f"{self.prefix}:control"
+        """Channel on which instances tell each other to stop an answer. `#` cannot occur in a session
+        id, so no session's channel can be this one."""
+        return f"{self.prefix}#control"
 
     def channel(self, session_id: str) -> str:
         """The PubSub channel on which a session's answers stream."""
@@ -162,12 +163,17 @@ class HistoryStore:
             ("EXPIRE", key, self._ttl),
         ]
 
-    async def append(self, session_id: str, turn: ChatTurn) -> None:
+    async def append(self, session_id: str, turn: ChatTurn) -> str:
+        """Store the turn; return the newest entry id of the session's replay log at that moment
+        (`0-0` when empty): every event written after this call comes after it."""
         # MULTI/EXEC: when Redis refuses the RPUSH (out of memory) nothing of the turn is applied.
+        # All keys share the session's hash tag, so this is one slot on a cluster too.
         async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             for command in self.append_commands(session_id, turn):
                 pipe.execute_command(*command)
-            await pipe.execute()
+            pipe.execute_command("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1)
+            *_, newest = await pipe.execute()
+        return bytes(newest[0][0]).decode() if newest else "0-0"
 
     async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
         start = -limit if limit else 0
@@ -240,17 +246,20 @@ class AnswerRegistry:
             }
         )
 
-    async def start_id(self, message_id: str) -> str | None:
-        """The replay-log entry id of the answer's `start` event, once known."""
+    async def since(self, message_id: str) -> str | None:
+        """The replay-log entry after which the answer's events begin, once it is starting."""
         async with bounded(self._timeout):
-            value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "start_id"))
+            value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "since"))
         return value.decode() if value else None
 
-    def started_commands(self, session_id: str, message_id: str, start_id: str) -> list[Command]:
+    def starting_commands(self, session_id: str, message_id: str, since: str) -> list[Command]:
+        """Record after which log entry the answer's events begin. Sent before its `start` is
+        appended, so a reader that finds the answer here finds its `start` after `since`, and a reader
+        that does not will see the `start` arrive live."""
         active = self._keys.active(session_id)
         return [
-            ("HSET", self._keys.message(message_id), "start_id", start_id),
-            ("HSET", active, message_id, start_id),
+            ("HSET", self._keys.message(message_id), "since", since),
+            ("HSET", active, message_id, since),
             ("EXPIRE", active, self._ttl),
         ]
 

@@ -19,7 +19,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import orjson
 from fastapi import Depends, Query, Request
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessControl",
+    "AccessDep",
     "BodyLimitMiddleware",
     "Overloaded",
     "Principal",
@@ -413,7 +414,7 @@ class AccessControl:
             await self.rate_limiter.hit(principal, user_id)
 
     async def submit(
-        self, principal: Principal, request: ChatRequest, service: ChatService
+        self, principal: Principal, request: ChatRequest, service: ChatService, **options: Any
     ) -> tuple[ChatAccepted, bool]:
         """Admit a chat through every check, cheapest first, then submit it to the service.
 
@@ -427,7 +428,7 @@ class AccessControl:
             await self.rate_limit(principal, request.user_id)
             await self.claim_session(principal, request.session_id)
             if self.slots is None:
-                accepted, started = await service.submit(request)
+                accepted, started = await service.submit(request, **options)
             else:
                 if request.message_id is None:
                     request = request.model_copy(update={"message_id": uuid.uuid4()})
@@ -435,7 +436,7 @@ class AccessControl:
                 taken = await self.slots.acquire(principal, request.user_id, message_id)
                 started = False
                 try:
-                    accepted, started = await service.submit(request)
+                    accepted, started = await service.submit(request, **options)
                 finally:
                     if taken and not started:
                         await self.slots.release(message_id)
@@ -505,6 +506,7 @@ def _valid_id(value: str) -> bool:
     return re.fullmatch(ID_PATTERN, value) is not None
 
 
+AccessDep = Annotated[AccessControl, Depends(get_access)]
 PrincipalDep = Annotated[Principal, Depends(require_key)]
 StreamPrincipalDep = Annotated[Principal, Depends(require_stream_access)]
 

@@ -193,10 +193,10 @@ class StreamHub:
 
     # -- reading the log --
 
-    async def read_after(self, session_id: str, after: str, *, inclusive: bool = False) -> list[Entry]:
-        """Every entry after `after` (or from it, when inclusive), oldest first."""
+    async def read_after(self, session_id: str, after: str) -> list[Entry]:
+        """Every entry after `after`, oldest first."""
         entries: list[Entry] = []
-        start = after if inclusive else f"({after}"
+        start = f"({after}"
         while True:
             (page,) = await self._reader.execute(
                 [("XRANGE", self._keys.events(session_id), start, "+", "COUNT", PAGE)]
@@ -218,7 +218,7 @@ class StreamHub:
         return (await self.bounds(session_id))[1]
 
     async def active_starts(self, session_id: str) -> list[str]:
-        """Entry ids of the `start` events of the session's running answers."""
+        """For each running answer of the session, the log entry after which its events begin."""
         (values,) = await self._reader.execute([("HVALS", self._keys.active(session_id))])
         return [value.decode() for value in values]
 
@@ -322,44 +322,57 @@ async def session_events(
     *,
     last_event_id: str | None = None,
     message_id: str | None = None,
-    message_start: str | None = None,
+    message_since: str | None = None,
     message_finished: bool = False,
 ) -> AsyncIterator[ServerSentEvent]:
     """A session's events for one SSE client: what it missed from the log, then live ones.
 
     - `last_event_id`: resume exactly after that entry; when the log no longer reaches back that far,
       a `reset` event tells the client to reload history, then live events follow.
-    - `message_id` (with its `message_start` entry id): only that answer, closing after its end.
+    - `message_id` (with `message_since`, the log entry after which its events begin): only that
+      answer, from its `start`, closing after its end.
     - neither: the running answers from their `start`, then everything live.
+
+    The listener is registered before the log is read, so every entry is either in the replay or
+    arrives live; entries are sent in log order, each at most once.
     """
+
+    def wanted(entry: Entry) -> bool:
+        return message_id is None or entry.message_id == message_id
+
     async with hub.listen(session_id) as listener:
         oldest, newest = await hub.bounds(session_id)
-        resume_from = last_event_id or message_start
         replay: list[Entry] = []
-        # Entries up to `last_sent` are not sent again: what the client had, or what came before it.
+        # Entries up to `last_sent` are never sent: what the client had, or what came before it.
         last_sent = (0, 0)
-        if resume_from is not None and (
-            oldest is None or parse_entry_id(resume_from) < parse_entry_id(oldest)
-        ):
+        reset = False
+        if last_event_id is not None:
+            if oldest is None or parse_entry_id(last_event_id) < parse_entry_id(oldest):
+                reset = True
+            else:
+                replay = await hub.read_after(session_id, last_event_id)
+        elif message_since is not None:
+            replay = [entry for entry in await hub.read_after(session_id, message_since) if wanted(entry)]
+            # Its events are in the log but not its start (trimmed), or the log no longer has it at all.
+            reset = (bool(replay) and replay[0].type != "start") or (not replay and message_finished)
+            if reset:
+                replay = []
+        else:
+            starts = await hub.active_starts(session_id)
+            if starts:
+                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id))
+            elif newest is not None:
+                last_sent = parse_entry_id(newest)
+        if reset:
             yield _reset(session_id, newest)
             if message_id is not None and message_finished:
                 return
             if newest is not None:
                 last_sent = parse_entry_id(newest)
-        elif last_event_id is not None:
-            replay = await hub.read_after(session_id, last_event_id)
-        elif message_start is not None:
-            replay = await hub.read_after(session_id, message_start, inclusive=True)
-        else:
-            starts = await hub.active_starts(session_id)
-            if starts:
-                replay = await hub.read_after(session_id, min(starts, key=parse_entry_id), inclusive=True)
-            elif newest is not None:
-                last_sent = parse_entry_id(newest)
         pending = replay
         while True:
             for entry in pending:
-                if entry.key <= last_sent or (message_id is not None and entry.message_id != message_id):
+                if entry.key <= last_sent or not wanted(entry):
                     continue
                 last_sent = entry.key
                 yield _sse(entry)
@@ -369,8 +382,7 @@ async def session_events(
             if listener.lagged:
                 listener.lagged = False
                 listener.entries.clear()
-                after = f"{last_sent[0]}-{last_sent[1]}"
-                pending = await hub.read_after(session_id, after)
+                pending = await hub.read_after(session_id, f"{last_sent[0]}-{last_sent[1]}")
             else:
                 pending = list(listener.entries)
                 listener.entries.clear()

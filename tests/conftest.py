@@ -1,11 +1,14 @@
-"""Shared fixtures: settings, the app in-process, and real redis-server processes on free ports."""
+"""Shared fixtures: settings, the app in-process, real redis-server processes on free ports, and a
+scriptable OpenAI-compatible model server on loopback."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,8 +22,10 @@ from asgi_lifespan import LifespanManager
 
 from app import create_app
 from config import Settings
+from tests.openai_server import OpenAIServer, serve
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -175,3 +180,105 @@ def app_client() -> AppClient:
             yield client
 
     return run
+
+
+class ServiceProcess:
+    """`python app.py` as a separate process, the way users and the Dockerfile start it."""
+
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the service's logging.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the service_process fixture
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.process.returncode}: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("app.py did not become healthy within 20s")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def output(self) -> str:
+        """Everything the service has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+@pytest.fixture
+def service_process() -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `python app.py` processes; every one is stopped when the test ends."""
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> ServiceProcess:
+        service = ServiceProcess(**env)
+        started.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in started:
+        if service.process is not None and service.process.poll() is None:
+            service.stop(signal.SIGKILL)
+        service.log.close()
+
+
+@pytest.fixture(scope="session")
+def shared_model_server() -> Iterator[OpenAIServer]:
+    server = OpenAIServer()
+    with serve(server, lifespan="off") as url:
+        server.url = f"{url}/v1"
+        yield server
+
+
+@pytest.fixture
+def model_server(shared_model_server: OpenAIServer) -> OpenAIServer:
+    """The OpenAI-compatible model server, with nothing scripted and nothing recorded yet."""
+    shared_model_server.reset()
+    return shared_model_server
+
+
+@pytest.fixture
+def openai_settings(
+    make_settings: Callable[..., Settings], model_server: OpenAIServer
+) -> Callable[..., Settings]:
+    """Settings for AI_PROVIDER=openai against the test model server; no retries unless asked for."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "ai_provider": "openai",
+            "openai_base_url": model_server.url,
+            "openai_api_key": model_server.api_key,
+            "ai_model": "test-model",
+            "ai_timeout": 5,
+            "ai_max_retries": 0,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build

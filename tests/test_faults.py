@@ -104,7 +104,7 @@ async def test_oom_refuses_chats_with_503_and_leaves_no_half_written_turn(
         assert (await client.post("/chat", json=chat("full"))).status_code == 202
 
         async def answered() -> bool:
-            return (await client.get("/history/full")).json()["count"] == 2
+            return bool((await client.get("/history/full")).json()["count"] == 2)
 
         assert await eventually(answered, 5)
         own_redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")

@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from config import Settings
 from tests.conftest import AppClient, RedisServer
@@ -39,6 +41,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(service
     schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
     tested = []
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
         operation = result.ok()
         # A session's stream without message_id never ends by design; its inputs are fuzzed below.
         if operation.path == "/stream/{session_id}":
@@ -56,7 +59,14 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(service
                 suppress_health_check=list(HealthCheck),
             )
             def check(case: Any) -> None:
-                case.call_and_validate(base_url=service.url, headers=AUTH, timeout=10)
+                case.call_and_validate(
+                    base_url=service.url,
+                    headers=AUTH,
+                    timeout=10,
+                    # Schema-valid is not always acceptable: e.g. /v1 needs the last message to be
+                    # the user's, which JSON Schema cannot say; such a request gets a documented 400.
+                    excluded_checks=[positive_data_acceptance],
+                )
 
             try:
                 check()

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-import ai_service
-from ai_service import AnswerError, Completion, ConversationMessage
 from config import Settings
 from tests.conftest import AppClient, RedisServer, start_redis
+from tests.openai_server import OpenAIServer, Reply
 
 pytestmark = pytest.mark.redis
 
@@ -31,38 +30,25 @@ def locked_redis() -> Iterator[RedisServer]:
     server.cleanup()
 
 
-class FlakyProvider:
-    """An answer source whose upstream fails on messages that ask it to."""
-
-    name = "flaky"
-
-    async def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncIterator[str]:
-        yield "Partial answer"
-        await asyncio.sleep(0.05)
-        if "fail" in conversation[-1].content:
-            raise AnswerError("upstream_error", "the model provider answered 502")
-        yield " and the rest."
-
-
 async def test_failures_leave_no_traceback_password_or_key_in_bodies_or_logs(
-    make_settings: Callable[..., Settings],
+    openai_settings: Callable[..., Settings],
+    model_server: OpenAIServer,
     app_client: AppClient,
     locked_redis: RedisServer,
     caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(ai_service, "SimulatedAnswerSource", lambda **_: FlakyProvider())
-    monkeypatch.setattr("app.SimulatedAnswerSource", lambda **_: FlakyProvider())
+    # The model provider fails: refuses outright, then drops the stream mid-answer.
+    model_server.script(
+        Reply(status=500, message="upstream exploded"),
+        Reply(tokens=("Partial", " answer", " never", " finished"), delay=0.05, drop_after=2),
+    )
     url = f"redis://app:{PASSWORD}@127.0.0.1:{locked_redis.port}/0"
-    settings = make_settings(
+    settings = openai_settings(
         api_keys=f"main:{KEY},other:{OTHER_KEY}",
         redis_url=url,
         redis_timeout=0.5,
         rate_limit="100/minute",
         max_streams_per_user=50,
-        chunk_delay=0.05,
     )
     bodies: list[str] = []
 
@@ -74,10 +60,11 @@ async def test_failures_leave_no_traceback_password_or_key_in_bodies_or_logs(
     caplog.set_level(logging.DEBUG)
     async with app_client(settings) as client:
         chat = {"session_id": "h1", "message": "please fail", "user_id": "u"}
-        assert (await call(client, "POST", "/chat", json=chat, headers=AUTH)).status_code == 202
-        await asyncio.sleep(0.3)  # the provider fails
+        for _ in range(2):
+            assert (await call(client, "POST", "/chat", json=chat, headers=AUTH)).status_code == 202
+            await asyncio.sleep(0.5)  # the provider fails
         history = await call(client, "GET", "/history/h1", headers=AUTH)
-        assert history.json()["messages"][-1]["finish_reason"] == "error"
+        assert [turn.get("finish_reason") for turn in history.json()["messages"]][1::2] == ["error", "error"]
         await call(client, "GET", "/history/h1", headers={"Authorization": f"Bearer {KEY[:-1]}"})
         await call(client, "GET", "/history/h1", headers={"X-API-Key": OTHER_KEY})
 
@@ -106,10 +93,12 @@ async def test_failures_leave_no_traceback_password_or_key_in_bodies_or_logs(
     assert any(body.startswith("503") for body in bodies)
     assert any(record.levelno >= logging.WARNING for record in caplog.records)
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-    lines = [formatter.format(record) for record in caplog.records]
+    # The service runs in-process here, so uvicorn's records are the fake model server's own.
+    lines = [formatter.format(record) for record in caplog.records if not record.name.startswith("uvicorn")]
     for text in bodies + lines:
         assert "Traceback" not in text, text
         assert PASSWORD not in text, text
         assert KEY not in text, text
         assert OTHER_KEY not in text, text
         assert KEY[:-1] not in text, text
+        assert model_server.api_key not in text, text

@@ -115,7 +115,7 @@ def test_metrics_add_up_every_worker_with_several_uvicorn_workers(
         # Each worker counted its own share, and /metrics (answered by one of them) added them up.
         shares = []
         for path in multiproc_dir.glob("counter_*.db"):
-            merged = MultiProcessCollector.merge([str(path)], accumulate=True)
+            merged = MultiProcessCollector.merge([str(path)], accumulate=True)  # type: ignore[no-untyped-call]
             shares.append(value(_exposition(merged), "chat_http_requests_total", route="/health"))
         assert sorted(share > 0 for share in shares) == [True, True]
     finally:

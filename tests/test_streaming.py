@@ -1,0 +1,333 @@
+"""Server-Sent Events: replay, resume, reset, Stop, idempotent sends, and many clients."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from app import create_app
+from config import Settings
+from tests.conftest import RedisServer, ServiceProcess
+from tests.openai_server import serve
+
+pytestmark = pytest.mark.redis
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on a real uvicorn server (SSE needs a real socket), and a client bound to it."""
+    with serve(create_app(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
+            yield client
+
+
+async def post_chat(client: httpx.AsyncClient, session_id: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "session_id": session_id,
+        "message": "How do streams survive dropped connections?",
+        "user_id": "u1",
+    }
+    response = await client.post("/chat", json={**body, **extra})
+    assert response.status_code in (200, 202), response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def collect(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    until: Callable[[ServerSentEvent], bool] = lambda event: event.event in ("end", "error"),
+) -> list[ServerSentEvent]:
+    """Read SSE events from `url` until `until` says stop (by default, an answer's terminal event)."""
+    events: list[ServerSentEvent] = []
+    async with asyncio.timeout(30), aconnect_sse(client, "GET", url, headers=dict(headers or {})) as source:
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        async for event in source.aiter_sse():
+            events.append(event)
+            if until(event):
+                break
+    return events
+
+
+async def stored_answer(client: httpx.AsyncClient, session_id: str, message_id: str) -> dict[str, Any]:
+    history = (await client.get(f"/history/{session_id}")).json()
+    for turn in history["messages"]:
+        if turn["role"] == "assistant" and turn["message_id"] == message_id:
+            found: dict[str, Any] = turn
+            return found
+    raise AssertionError(f"no stored answer {message_id} in {history}")
+
+
+def seqs(events: list[ServerSentEvent]) -> list[int]:
+    return [int(event.json()["seq"]) for event in events if event.event != "reset"]
+
+
+def chunk_text(events: list[ServerSentEvent]) -> str:
+    return "".join(event.json()["content"] for event in events if event.event == "chunk")
+
+
+async def log_length(url: str, session_id: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return int(await client.xlen(f"chat:{{{session_id}}}:events"))
+    finally:
+        await client.aclose()
+
+
+async def test_resume_with_last_event_id_delivers_the_rest_exactly_once(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
+    async with running(settings, timeout=20) as client:
+        message_id = (await post_chat(client, "resume"))["message_id"]
+        url = f"/stream/resume?message_id={message_id}"
+        first = await collect(
+            client, url, until=lambda event: event.event == "chunk" and event.json()["seq"] == 3
+        )
+        rest = await collect(client, url, headers={"Last-Event-ID": first[-1].id})
+
+        assert seqs(first) == [0, 1, 2, 3]
+        assert seqs(rest) == list(range(4, 4 + len(rest)))
+        assert rest[-1].event == "end"
+        stored = await stored_answer(client, "resume", message_id)
+        assert chunk_text(first + rest) == stored["content"] == rest[-1].json()["content"]
+
+
+async def test_resume_by_query_parameter_follows_the_session(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
+    async with running(settings, timeout=20) as client:
+        await post_chat(client, "follow")
+        first = await collect(client, "/stream/follow", until=lambda event: event.event == "chunk")
+        rest = await collect(client, f"/stream/follow?last_event_id={first[-1].id}")
+        assert seqs(first + rest) == list(range(len(first + rest)))
+        assert rest[-1].event == "end"
+
+
+async def test_client_connecting_mid_answer_gets_it_from_its_start(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.02)
+    async with running(settings, timeout=20) as client:
+        message_id = (await post_chat(client, "late"))["message_id"]
+        while await log_length(redis_server.url, "late") < 6:
+            await asyncio.sleep(0.01)
+        events = await collect(client, "/stream/late")
+
+        assert events[0].event == "start"
+        assert seqs(events) == list(range(len(events)))
+        stored = await stored_answer(client, "late", message_id)
+        assert chunk_text(events) == stored["content"]
+
+
+async def test_resume_from_an_id_the_log_no_longer_holds_sends_reset_then_live(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
+    async with running(settings, timeout=20) as client:
+        await post_chat(client, "old")
+        await collect(client, "/stream/old")  # the first answer is in the log
+        second = asyncio.create_task(
+            collect(client, "/stream/old?last_event_id=1-0", until=lambda event: event.event == "end")
+        )
+        await asyncio.sleep(0.2)
+        message_id = (await post_chat(client, "old"))["message_id"]
+        events = await second
+
+        assert events[0].event == "reset"
+        live = events[1:]
+        assert {event.json()["message_id"] for event in live} == {message_id}
+        assert seqs(live) == list(range(len(live)))
+
+
+async def test_leaving_listener_does_not_stop_the_answer(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
+    async with running(settings, timeout=20) as client:
+        message_id = (await post_chat(client, "leave"))["message_id"]
+        await collect(
+            client, f"/stream/leave?message_id={message_id}", until=lambda event: event.event == "chunk"
+        )
+        replay = await collect(client, f"/stream/leave?message_id={message_id}")
+        stored = await stored_answer(client, "leave", message_id)
+        assert stored["finish_reason"] == "stop"
+        assert seqs(replay) == list(range(len(replay)))
+        assert chunk_text(replay) == stored["content"]
+
+
+async def test_stream_sends_keepalive_comments(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, sse_ping_seconds=0.2)
+    async with running(settings, timeout=20) as client:
+        async with client.stream("GET", "/stream/quiet") as response:
+            assert response.headers["cache-control"] == "no-cache"
+            assert response.headers["x-accel-buffering"] == "no"
+            text = ""
+            async for piece in response.aiter_text():
+                text += piece
+                if text.count(": ping") >= 2:
+                    break
+        assert text.count(": ping") >= 2
+
+
+async def test_stream_rejects_unknown_or_foreign_message_and_bad_event_ids(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url)
+    async with running(settings, timeout=20) as client:
+        message_id = (await post_chat(client, "mine"))["message_id"]
+        assert (await client.get(f"/stream/mine?message_id={uuid.uuid4()}")).status_code == 404
+        foreign = await client.get(f"/stream/other?message_id={message_id}")
+        assert foreign.status_code == 404
+        assert foreign.json()["error"]["code"] == "not_found"
+        assert (await client.get("/stream/mine?last_event_id=abc")).status_code == 422
+        assert (await client.get("/stream/mine", headers={"Last-Event-ID": "1-0 OR 1=1"})).status_code == 422
+        assert (await client.get("/stream/mine?message_id=not-a-uuid")).status_code == 422
+
+
+async def test_stop_stores_the_partial_answer_and_ends_the_stream(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.05)
+    async with running(settings, timeout=20) as client:
+        message_id = (await post_chat(client, "stop"))["message_id"]
+        url = f"/stream/stop?message_id={message_id}"
+        await collect(client, url, until=lambda event: event.event == "chunk" and event.json()["seq"] == 2)
+        cancelled = await client.post(f"/chat/{message_id}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+
+        events = await collect(client, url)
+        end = events[-1]
+        assert end.event == "end"
+        assert end.json()["finish_reason"] == "cancelled"
+        stored = await stored_answer(client, "stop", message_id)
+        assert stored["finish_reason"] == "cancelled"
+        assert stored["content"] == end.json()["content"] == chunk_text(events)
+        assert 0 < len(stored["content"]) < 200
+
+        again = await client.post(f"/chat/{message_id}/cancel")
+        assert again.status_code == 409
+        assert again.json()["state"]["status"] == "cancelled"
+        missing = await client.post(f"/chat/{uuid.uuid4()}/cancel")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+
+
+async def test_same_message_id_sent_twice_at_once_starts_one_answer(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, stream_delay=0.01)
+    async with running(settings, timeout=20) as client:
+        message_id = str(uuid.uuid4())
+        body = {"session_id": "idem", "message": "Hello there", "user_id": "u1", "message_id": message_id}
+        first, second = await asyncio.gather(client.post("/chat", json=body), client.post("/chat", json=body))
+        assert sorted([first.status_code, second.status_code]) == [200, 202]
+        assert first.json()["message_id"] == second.json()["message_id"] == message_id
+
+        events = await collect(client, f"/stream/idem?message_id={message_id}")
+        assert [event.event for event in events].count("start") == 1
+        history = (await client.get("/history/idem")).json()
+        assert [turn["role"] for turn in history["messages"]] == ["user", "assistant"]
+
+        repeat = await client.post("/chat", json=body)
+        assert repeat.status_code == 200
+        assert repeat.json()["status"] == "completed"
+        assert repeat.json()["finish_reason"] == "stop"
+        elsewhere = await client.post("/chat", json={**body, "session_id": "other"})
+        assert elsewhere.status_code == 409
+
+
+async def test_sse_survives_pubsub_connections_being_killed(
+    make_settings: Callable[..., Settings], own_redis: RedisServer
+) -> None:
+    settings = make_settings(redis_url=own_redis.url, stream_delay=0.03, sse_poll_seconds=0.5)
+    async with running(settings, timeout=30) as client:
+        sessions = [f"kill{i}" for i in range(5)]
+        ids = [(await post_chat(client, session))["message_id"] for session in sessions]
+        readers = [
+            asyncio.create_task(collect(client, f"/stream/{session}?message_id={message_id}"))
+            for session, message_id in zip(sessions, ids, strict=True)
+        ]
+        for _ in range(3):
+            await asyncio.sleep(0.3)
+            assert int(own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub")) >= 1
+        results = await asyncio.gather(*readers)
+
+        for session, message_id, events in zip(sessions, ids, results, strict=True):
+            assert seqs(events) == list(range(len(events)))
+            assert events[-1].event == "end"
+            stored = await stored_answer(client, session, message_id)
+            assert chunk_text(events) == stored["content"]
+
+
+async def test_thousand_sse_clients_share_a_few_redis_connections(
+    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    service = service_process(REDIS_URL=redis_server.url, STREAM_DELAY="0.01", CHUNK_DELAY="0")
+    sessions = [f"crowd{i}" for i in range(10)]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=limits) as client:
+        baseline = int(redis_server.cli("INFO", "clients").split("connected_clients:")[1].split()[0])
+        readers = [
+            asyncio.create_task(collect(client, f"/stream/{sessions[i % len(sessions)]}"))
+            for i in range(1000)
+        ]
+        await asyncio.sleep(3)  # let every client connect; late ones replay from `start` anyway
+        ids = {session: (await post_chat(client, session))["message_id"] for session in sessions}
+        results = await asyncio.gather(*readers)
+        during = int(redis_server.cli("INFO", "clients").split("connected_clients:")[1].split()[0])
+
+        for i, events in enumerate(results):
+            session = sessions[i % len(sessions)]
+            assert events[0].event == "start"
+            assert {event.json()["message_id"] for event in events} == {ids[session]}
+            assert seqs(events) == list(range(len(events)))
+        assert during - baseline <= 4
+
+
+async def test_two_instances_post_on_one_stream_and_cancel_on_the_other(
+    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+) -> None:
+    env = {"REDIS_URL": redis_server.url, "STREAM_DELAY": "0.05", "CHUNK_DELAY": "0"}
+    first, second = service_process(**env), service_process(**env)
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=20) as one,
+        httpx.AsyncClient(base_url=second.url, timeout=20) as two,
+    ):
+        message_id = (await post_chat(one, "pair"))["message_id"]
+        url = f"/stream/pair?message_id={message_id}"
+        seen = await collect(
+            two, url, until=lambda event: event.event == "chunk" and event.json()["seq"] == 2
+        )
+        assert seqs(seen) == [0, 1, 2]
+        cancelled = await two.post(f"/chat/{message_id}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        events = await collect(two, url)
+        assert events[-1].json()["finish_reason"] == "cancelled"
+        assert (await stored_answer(one, "pair", message_id))["finish_reason"] == "cancelled"
+
+        repeated = str(uuid.uuid4())
+        body = {"session_id": "pair2", "message": "Hi", "user_id": "u1", "message_id": repeated}
+        a, b = await asyncio.gather(one.post("/chat", json=body), two.post("/chat", json=body))
+        assert sorted([a.status_code, b.status_code]) == [200, 202]
+        await collect(one, f"/stream/pair2?message_id={repeated}")
+        history = (await two.get("/history/pair2")).json()
+        assert [turn["role"] for turn in history["messages"]] == ["user", "assistant"]
