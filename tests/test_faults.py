@@ -230,15 +230,17 @@ def test_a_slow_sse_reader_past_the_pubsub_buffer_limit_gets_every_event(own_red
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting, to count
             sock.connect(("127.0.0.1", service.port))
             sock.sendall(b"GET /stream/slow HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
-            time.sleep(0.3)  # subscribed
+            sock.settimeout(10)
+            received = b""
+            while b"\r\n\r\n" not in received:  # the response has begun: the stream follows the session
+                received += sock.recv(4096)
+            time.sleep(0.5)
             answers = 40
             for index in range(answers):
                 message = f"Question {index} about throughput, buffers and backpressure in streaming"
                 response = httpx.post(f"{service.url}/chat", json=chat("slow", message), timeout=10)
                 assert response.status_code == 202
             time.sleep(2)  # not reading: everything piles up behind us
-            received = b""
-            sock.settimeout(10)
             deadline = time.monotonic() + 30
             while received.count(b"event: end") < answers and time.monotonic() < deadline:
                 received += sock.recv(65536)
