@@ -14,6 +14,7 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin app
 COPY --chown=10001:10001 *.py ./
+COPY --chown=10001:10001 static ./static
 
 USER 10001
 EXPOSE 8000

@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The browser tests drive Debian's chromium: Playwright's own browser download needs hosts that a
+# closed network (CI here) cannot reach. tests/test_ui.py reads the same variable.
+CHROMIUM_PATH ?= /usr/bin/chromium
+export CHROMIUM_PATH
 
-.PHONY: run test lint typecheck format pytest bench clean
+.PHONY: run test lint typecheck format pytest browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +36,18 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev
+pytest: $(VENV)/.dev browser
 	$(BIN)/pytest
+
+## browser: install Debian's chromium for the browser tests when it is missing (as root, or with sudo).
+## When it cannot be installed the browser tests skip, saying why; under CI=true they fail.
+browser:
+	@test -x "$(CHROMIUM_PATH)" || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "could not install chromium: the browser tests cannot run" >&2; }
 
 format: $(VENV)/.dev
 	$(BIN)/ruff format .

@@ -440,7 +440,7 @@ class ChatService:
             raise AnswerFinished(state)
         if not self.stop_local(message_id):
             await self._writer.execute(
-                [("PUBLISH", self._keys.control, orjson.dumps({"cancel": message_id}))]
+                [(self._keys.publish, self._keys.control, orjson.dumps({"cancel": message_id}))]
             )
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
@@ -515,7 +515,7 @@ class ChatService:
         if event.type != "chunk":
             # The log lives as long as the history; a chunk's XADD keeps the TTL its `start` set.
             commands.append(("EXPIRE", events, self._settings.chat_history_ttl))
-        commands.append(("PUBLISH", answer.channel, payload))
+        commands.append((self._keys.publish, answer.channel, payload))
         await self._writer.execute(commands)
 
     @staticmethod

@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 from sse_starlette import EventSourceResponse
@@ -74,6 +75,7 @@ from security import (
     require_key,
 )
 from streaming import StreamHub, session_events
+from ui import add_ui
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("chat.access")
@@ -178,13 +180,14 @@ def build_lifespan(settings: Settings, metrics: Metrics) -> Any:
                 "history lives only as long as this process and no other process can subscribe"
             )
         redis = create_redis(settings)
-        keys = KeySpace(settings.redis_key_prefix)
+        keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         history = HistoryStore(
             redis,
             keys,
             ttl=settings.chat_history_ttl,
             max_messages=settings.max_history_messages,
             timeout=settings.redis_timeout,
+            wait_replicas=settings.redis_wait_replicas,
         )
         registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
@@ -416,7 +419,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 expose_headers=["X-Request-ID"],
             )
         )
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
+    app = FastAPIOffline(
         title="AI Chat Service",
         version=VERSION,
         summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
@@ -438,7 +442,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Overloaded, on_overloaded)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).
     app.include_router(openai_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
-    keys = KeySpace(settings.redis_key_prefix)
+    add_ui(app)
+    keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
 
     @app.get("/", response_model=ServiceInfo, summary="Service information", tags=["service"])
     async def root() -> ServiceInfo:

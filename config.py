@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(default=2.0, gt=0, le=60)
     redis_max_connections: int = Field(default=64, ge=4, le=10_000)
     redis_key_prefix: str = Field(default="chat", pattern=r"^[A-Za-z0-9_.\-]{1,32}$")
+    # Redis Cluster: REDIS_URL (or REDIS_HOST/PORT) names any node; answers use sharded PubSub.
+    redis_cluster: bool = False
+    # Sentinel: the sentinels to ask for the master named REDIS_SENTINEL_MASTER.
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: SecretStr | None = None
+    # Replicas that must confirm a user turn before the chat is accepted (WAIT), so a failover
+    # cannot lose a turn answered with 202; every attached replica when fewer are attached. 0: off.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
 
     # History
     chat_history_ttl: int = Field(default=86_400, ge=1)
@@ -143,6 +152,31 @@ class Settings(BaseSettings):
                 raise ValueError("must look like 30/minute (or several: 30/minute;500/hour)") from None
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        sentinels = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port pairs, got {item!r}")
+            sentinels.append((host, int(port)))
+        return sentinels
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> Settings:
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS cannot be used together")
+        if self.redis_cluster and self.redis_wait_replicas:
+            raise ValueError("REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER")
+        if self.redis_cluster and self.embedded_redis:
+            raise ValueError("REDIS_CLUSTER needs REDIS_URL or REDIS_HOST naming a cluster node")
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -186,7 +220,7 @@ class Settings(BaseSettings):
     @property
     def embedded_redis(self) -> bool:
         """True when no Redis server is configured and the in-process one is used."""
-        return self.redis_url is None and not self.redis_host
+        return self.redis_url is None and not self.redis_host and not self.redis_sentinels
 
     def redis_dsn(self) -> str:
         """The URL the Redis client connects to. It may hold the password: never log it."""
@@ -200,6 +234,9 @@ class Settings(BaseSettings):
         """Where Redis is, fit for a log line or a response: no credentials."""
         if self.embedded_redis:
             return "embedded"
+        if self.redis_sentinels:
+            sentinels = ",".join(f"{host}:{port}" for host, port in self.redis_sentinels)
+            return f"sentinel://{sentinels}/{self.redis_sentinel_master}/{self.redis_db}"
         if self.redis_url is not None:
             parts = urlsplit(self.redis_url.get_secret_value())
             return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"

@@ -18,7 +18,7 @@ import orjson
 from redis_client import KeySpace, RedisUnavailable, bounded
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis_client import RedisClient
 
 __all__ = ["PubSubProbe"]
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 class PubSubProbe:
     """Round trips through the hub's control-channel subscription."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, keys: KeySpace, *, timeout: float) -> None:
         self._redis = redis
         self._keys = keys
         self._timeout = timeout
@@ -58,7 +58,10 @@ class PubSubProbe:
         self._waiting[token] = future
         try:
             async with bounded(self._timeout):
-                await self._redis.publish(self._keys.control, orjson.dumps({"probe": token}))
+                # PUBLISH, or SPUBLISH on a cluster: the way the hub's control subscription hears.
+                await self._redis.execute_command(
+                    self._keys.publish, self._keys.control, orjson.dumps({"probe": token})
+                )
                 await future
         except RedisUnavailable as error:
             raise RedisUnavailable(f"PubSub round trip failed: {error.reason}") from None

@@ -14,10 +14,17 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import fakeredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,6 +39,7 @@ __all__ = [
     "CommandBatcher",
     "HistoryStore",
     "KeySpace",
+    "RedisClient",
     "RedisUnavailable",
     "create_redis",
 ]
@@ -68,28 +76,55 @@ def describe(error: BaseException) -> str:
     return f"Redis error ({type(error).__name__})"
 
 
-def create_redis(settings: Settings) -> Redis:
-    """One client, with its own connection pool, for the whole process.
+RedisClient = Redis | RedisCluster
+
+
+def create_redis(settings: Settings) -> RedisClient:
+    """One client, with its own connection pool(s), for the whole process.
 
     With no Redis configured the client talks to an embedded in-process server (fakeredis), so the
-    service runs on a fresh machine; its data lives as long as the process.
+    service runs on a fresh machine; its data lives as long as the process. Otherwise: one server,
+    a cluster (REDIS_CLUSTER), or a master found through sentinels (REDIS_SENTINELS).
     """
     if settings.embedded_redis:
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=False)
+    connection: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        # A blip (a restart, a failover, a killed connection) is retried quickly; a longer outage
+        # still fails within REDIS_TIMEOUT because every call is also bounded by `bounded()`.
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        "decode_responses": False,
+    }
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_dsn(), max_connections=settings.redis_max_connections, **connection
+        )
+    connection["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+    if settings.redis_sentinels:
+        sentinel_password = settings.redis_sentinel_password
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            settings.redis_sentinels,
+            sentinel_kwargs={
+                "socket_timeout": settings.redis_timeout,
+                "password": sentinel_password.get_secret_value() if sentinel_password else None,
+            },
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            db=settings.redis_db,
+            max_connections=settings.redis_max_connections,
+            **connection,
+        )
+        # The pool asks the sentinels for the master on every new connection, so after a failover
+        # the retried command (and every later one) reaches the new master.
+        return cast(Redis, sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis))
     # A blocking pool: a burst of requests waits for a free connection instead of failing with
     # "Too many connections"; the deadline in `bounded()` still caps the wait.
     pool = BlockingConnectionPool.from_url(
         settings.redis_dsn(),
         timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
         health_check_interval=30,
         max_connections=settings.redis_max_connections,
-        # A blip (a restart, a failover, a killed connection) is retried quickly; a longer outage
-        # still fails within REDIS_TIMEOUT because every call is also bounded by `bounded()`.
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        decode_responses=False,
+        **connection,
     )
     return Redis.from_pool(pool)
 
@@ -101,8 +136,12 @@ class KeySpace:
     one session's keys share a slot and can be written in one pipeline on a cluster.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, sharded: bool = False) -> None:
         self.prefix = prefix
+        # On a cluster, answers use sharded PubSub (SPUBLISH/SSUBSCRIBE): a message goes only to
+        # the shard owning its channel's slot instead of being broadcast to every node.
+        self.sharded = sharded
+        self.publish = "SPUBLISH" if sharded else "PUBLISH"
 
     def history(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:history"
@@ -126,12 +165,15 @@ class KeySpace:
         return f"{self.prefix}#control"
 
     def channel(self, session_id: str) -> str:
-        """The PubSub channel on which a session's answers stream."""
+        """The PubSub channel on which a session's answers stream. On a cluster it carries the
+        session's hash tag, so it lives on the slot (and node) of the session's keys."""
+        if self.sharded:
+            return f"{self.prefix}:{{{session_id}}}"
         return f"{self.prefix}:{session_id}"
 
     @property
     def channel_pattern(self) -> str:
-        return f"{self.prefix}:{{session_id}}"
+        return f"{self.prefix}:{{{{session_id}}}}" if self.sharded else f"{self.prefix}:{{session_id}}"
 
 
 @asynccontextmanager
@@ -140,15 +182,25 @@ async def bounded(seconds: float) -> AsyncIterator[None]:
     try:
         async with asyncio.timeout(seconds):
             yield
-    except (TimeoutError, RedisError, OSError) as error:
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as error:
         raise RedisUnavailable(describe(error)) from None
 
 
 class HistoryStore:
     """A session's turns: one Redis list per session, one JSON object per turn, oldest first."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl: int, max_messages: int, timeout: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: KeySpace,
+        *,
+        ttl: int,
+        max_messages: int,
+        timeout: float,
+        wait_replicas: int = 0,
+    ) -> None:
         self._redis = redis
+        self._wait_replicas = wait_replicas
         self._keys = keys
         self._ttl = ttl
         self._max_messages = max_messages
@@ -165,10 +217,31 @@ class HistoryStore:
 
     async def append(self, session_id: str, turn: ChatTurn) -> str:
         """Store the turn; return the newest entry id of the session's replay log at that moment
-        (`0-0` when empty): every event written after this call comes after it."""
+        (`0-0` when empty): every event written after this call comes after it.
+
+        With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every
+        attached replica if fewer are attached, so a failover cannot lose it.
+        """
+        async with bounded(self._timeout):
+            if not self._wait_replicas:
+                return await self._append(self._redis, session_id, turn)
+            # WAIT counts the writes of its own connection: hold one connection for both. (Settings
+            # refuse REDIS_WAIT_REPLICAS on a cluster.)
+            async with cast(Redis, self._redis).client() as connection:
+                newest = await self._append(connection, session_id, turn)
+                acked = await connection.wait(self._wait_replicas, int(self._timeout * 500))
+                if acked < self._wait_replicas:
+                    # Fewer replicas than asked for may be attached (right after a failover there is
+                    # none until one is re-attached): every attached replica must still confirm.
+                    attached = int((await connection.info("replication")).get("connected_slaves", 0))
+                    if acked < min(self._wait_replicas, attached):
+                        raise RedisUnavailable("no replica confirmed the write in time")
+            return newest
+
+    async def _append(self, redis: RedisClient, session_id: str, turn: ChatTurn) -> str:
         # MULTI/EXEC: when Redis refuses the RPUSH (out of memory) nothing of the turn is applied.
         # All keys share the session's hash tag, so this is one slot on a cluster too.
-        async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
+        async with redis.pipeline(transaction=True) as pipe:
             for command in self.append_commands(session_id, turn):
                 pipe.execute_command(*command)
             pipe.execute_command("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1)
@@ -204,7 +277,7 @@ class AnswerRegistry:
     """Each answer's state in Redis, shared by every instance: what makes sends idempotent and lets
     any instance stop or follow an answer that another one runs."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl: int, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, keys: KeySpace, *, ttl: int, timeout: float) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl
@@ -282,7 +355,7 @@ class CommandBatcher:
     order on its channel.
     """
 
-    def __init__(self, redis: Redis, *, timeout: float, name: str) -> None:
+    def __init__(self, redis: RedisClient, *, timeout: float, name: str) -> None:
         self._redis = redis
         self._name = name
         self._timeout = timeout

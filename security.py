@@ -25,19 +25,20 @@ import orjson
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import Redis
 
 from models import ID_PATTERN
 from redis_client import KeySpace, RedisUnavailable, bounded
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from ai_service import Answer, ChatService
     from config import Settings
     from models import ChatAccepted, ChatRequest
+    from redis_client import RedisClient
 
 __all__ = [
     "AccessControl",
@@ -172,7 +173,7 @@ class SessionOwners:
     """The key that created each session, stored beside the session's keys (same hash tag) with the
     history's TTL, refreshed on every chat."""
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, ttl: int, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, keys: KeySpace, *, ttl: int, timeout: float) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl = ttl
@@ -235,7 +236,9 @@ class StreamSlots:
     again. Plain MULTI/EXEC, no Lua, so it also runs on the embedded Redis.
     """
 
-    def __init__(self, redis: Redis, keys: KeySpace, *, limit: int, lease: float, timeout: float) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: KeySpace, *, limit: int, lease: float, timeout: float
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self.limit = limit
@@ -325,7 +328,7 @@ class StreamSlots:
 class AccessControl:
     """Keys, tokens, ownership and limits of one process, owned by the lifespan."""
 
-    def __init__(self, settings: Settings, redis: Redis, keys: KeySpace) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient, keys: KeySpace) -> None:
         self.keyring = KeyRing(
             {name: key.get_secret_value().encode() for name, key in settings.api_keys.items()}
         )
@@ -344,15 +347,23 @@ class AccessControl:
         if settings.rate_limit:
             storage: Storage
             if settings.embedded_redis:
-                storage = (
-                    MemoryStorage()
-                )  # the embedded Redis has no Lua; one process, so memory is shared enough
+                # The embedded Redis has no Lua; it serves one process, so memory is as shared.
+                storage = MemoryStorage()
+            elif settings.redis_cluster:
+                # A cluster client has no single pool to share: limits makes its own, to the same nodes.
+                scheme, _, rest = settings.redis_dsn().partition("://")
+                storage = RedisClusterStorage(
+                    f"async+redis+cluster://{rest}",
+                    implementation="redispy",
+                    key_prefix=f"{keys.prefix}:ratelimit",
+                    ssl=scheme == "rediss",
+                )
             else:
                 storage = RedisStorage(
                     "async+redis://",
                     implementation="redispy",
                     key_prefix=f"{keys.prefix}:ratelimit",
-                    connection_pool=redis.connection_pool,  # type: ignore[arg-type]
+                    connection_pool=cast(Redis, redis).connection_pool,  # type: ignore[arg-type]
                 )
             self.rate_limiter = RateLimiter(
                 storage, parse_many(settings.rate_limit), timeout=settings.redis_timeout

@@ -18,14 +18,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 from sse_starlette import ServerSentEvent
 
-from redis_client import CommandBatcher, KeySpace, RedisUnavailable
+from redis_client import CommandBatcher, KeySpace, RedisClient, RedisUnavailable
 
 __all__ = ["Entry", "Listener", "StreamHub", "parse_entry_id", "session_events"]
 
@@ -101,7 +101,7 @@ class StreamHub:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: KeySpace,
         reader: CommandBatcher,
         *,
@@ -121,6 +121,7 @@ class StreamHub:
         self._subscribe_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._fetches: set[asyncio.Task[None]] = set()
+        self._shard_readers: dict[str, asyncio.Task[None]] = {}
         self.connected = False
 
     @property
@@ -139,9 +140,10 @@ class StreamHub:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        for fetch in list(self._fetches):
-            fetch.cancel()
-        await asyncio.gather(*self._fetches, return_exceptions=True)
+        pending = [*self._fetches, *self._shard_readers.values()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- following a session --
@@ -158,7 +160,7 @@ class StreamHub:
             feed.listeners.add(listener)
             try:
                 async with self._subscribe_lock:
-                    await self._pubsub.subscribe(feed.channel)
+                    await self._subscribe(feed.channel)
                 newest = await self.newest_id(session_id)
             except BaseException:
                 self._release(feed, listener)
@@ -187,8 +189,8 @@ class StreamHub:
         try:
             async with self._subscribe_lock:
                 if channel.encode() not in self._by_channel:
-                    await self._pubsub.unsubscribe(channel)
-        except (RedisError, OSError) as error:
+                    await self._unsubscribe_now(channel)
+        except (RedisError, RedisClusterException, OSError) as error:
             logger.debug("unsubscribe from %s failed: %s", channel, error)
 
     # -- reading the log --
@@ -234,10 +236,10 @@ class StreamHub:
                 await self._resubscribe()
                 continue
             try:
-                message = await self._pubsub.get_message(timeout=self._poll_interval)
+                message = await self._next_message()
                 self.connected = True
                 backoff = 0.1
-            except (RedisError, OSError) as error:
+            except (RedisError, RedisClusterException, OSError) as error:
                 logger.warning("stream hub lost its PubSub connection: %s", type(error).__name__)
                 self.connected = False
                 continue
@@ -249,14 +251,64 @@ class StreamHub:
                     if feed.open_answers:
                         self._notify(feed)
 
+    # On a cluster every channel is sharded (SSUBSCRIBE goes to the node owning the channel's slot);
+    # elsewhere plain SUBSCRIBE, so `redis-cli SUBSCRIBE chat:<session>` sees the same messages.
+
+    async def _subscribe(self, *channels: str) -> None:
+        if self._keys.sharded:
+            assert isinstance(self._redis, RedisCluster)
+            # The cluster's slot map is needed to pick each channel's node; this loads it once.
+            await self._redis.initialize()
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            await self._pubsub.subscribe(*channels)
+
+    async def _unsubscribe_now(self, channel: str) -> None:
+        if self._keys.sharded:
+            await self._pubsub.sunsubscribe(channel)
+        else:
+            await self._pubsub.unsubscribe(channel)
+
+    async def _next_message(self) -> dict[str, Any] | None:
+        if self._keys.sharded:
+            # Each shard's connection is read by its own task (`_read_shard`): asking them in turn
+            # would hold every message behind the others' timeouts.
+            self._start_shard_readers()
+            await asyncio.sleep(self._poll_interval)
+            return None
+        message = await self._pubsub.get_message(timeout=self._poll_interval)
+        return cast(dict[str, Any] | None, message)
+
+    def _start_shard_readers(self) -> None:
+        assert isinstance(self._pubsub, ClusterPubSub)
+        for name in self._pubsub.node_pubsub_mapping:
+            if name not in self._shard_readers:
+                task = asyncio.create_task(self._read_shard(name), name=f"stream-hub-shard-{name}")
+                self._shard_readers[name] = task
+
+    async def _read_shard(self, name: str) -> None:
+        assert isinstance(self._pubsub, ClusterPubSub)
+        assert isinstance(self._redis, RedisCluster)
+        node = self._redis.get_node(node_name=name)
+        try:
+            while name in self._pubsub.node_pubsub_mapping:
+                message = await self._pubsub.get_sharded_message(
+                    target_node=node, timeout=self._poll_interval
+                )
+                if message is not None:
+                    self._handle(message)
+        except (RedisError, RedisClusterException, OSError) as error:
+            logger.warning("stream hub lost its PubSub connection to %s: %s", name, type(error).__name__)
+            self.connected = False
+        finally:
+            del self._shard_readers[name]
+
     async def _resubscribe(self) -> None:
         """After a lost connection: subscribe again, then read every feed's log for what was missed."""
         try:
             async with self._subscribe_lock:
-                await self._pubsub.subscribe(
-                    self._keys.control, *(feed.channel for feed in self._feeds.values())
-                )
-        except (RedisError, OSError):
+                await self._subscribe(self._keys.control, *(feed.channel for feed in self._feeds.values()))
+        except (RedisError, RedisClusterException, OSError):
             return
         self.connected = True
         logger.info("stream hub resubscribed to %d sessions", len(self._feeds))
@@ -266,13 +318,13 @@ class StreamHub:
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         channel = message["channel"]
-        if kind == "message" and channel == self._keys.control.encode():
+        if kind in ("message", "smessage") and channel == self._keys.control.encode():
             self._on_control(message["data"])
             return
         feed = self._by_channel.get(channel)
         # A `subscribe` confirmation also rings: redis-py resubscribes by itself after a reconnect,
         # and anything published while the connection was down must be read from the log.
-        if feed is not None and kind in ("message", "subscribe"):
+        if feed is not None and kind in ("message", "subscribe", "smessage", "ssubscribe"):
             self._notify(feed)
 
     def _notify(self, feed: SessionFeed) -> None:

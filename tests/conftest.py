@@ -70,6 +70,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 self.directory,
+                "--logfile",
+                "redis.log",
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -78,7 +80,8 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                log = Path(self.directory, "redis.log").read_text(errors="replace").strip().splitlines()
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log[-1:]}")
             try:
                 if self.cli("PING") == "PONG":
                     return

@@ -1,0 +1,589 @@
+// The chat page: sessions, sending, the streamed answer, Stop, and resuming after a reload.
+//
+// On opening a session the page connects to GET /stream/{session_id} and, once connected, reads
+// GET /history/{session_id}. Without a Last-Event-ID the stream replays a running answer from its
+// `start`, so an answer that was mid-way when the page (re)loaded continues where it was. History is
+// authoritative for finished answers; stream events are deduplicated by message_id and seq, so
+// nothing shows twice. Only the public API is used (issue #3, part 6).
+
+const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+const EVENT_TYPES = ["start", "chunk", "end", "error", "reset"];
+const MAX_SESSIONS = 50;
+const HISTORY_FALLBACK_MS = 1500; // read history even if the stream does not connect by then
+const STORAGE = { sessions: "chat.sessions", user: "chat.userId", apiKey: "chat.apiKey" };
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  sessionList: $("session-list"),
+  newSession: $("new-session"),
+  openForm: $("open-session"),
+  openInput: $("open-session-id"),
+  sessionId: $("session-id"),
+  connection: $("connection"),
+  messages: $("messages"),
+  form: $("send-form"),
+  userId: $("user-id"),
+  message: $("message"),
+  send: $("send"),
+  stop: $("stop"),
+  formError: $("form-error"),
+  apiKey: $("api-key"),
+};
+
+// --- Storage: localStorage can be unavailable (private modes); the page then works without memory. ---
+
+function load(key, fallback) {
+  try {
+    const raw = localStorage.getItem(key);
+    return raw === null ? fallback : JSON.parse(raw);
+  } catch {
+    return fallback;
+  }
+}
+
+function save(key, value) {
+  try {
+    localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    // Not persisted; the page keeps working for this visit.
+  }
+}
+
+// Stream tokens (issue #5) are per tab: sessionStorage, so a reload keeps them and other tabs do not.
+function tokenKey(sessionId) {
+  return `chat.streamToken.${sessionId}`;
+}
+
+function loadToken(sessionId) {
+  try {
+    return sessionStorage.getItem(tokenKey(sessionId));
+  } catch {
+    return null;
+  }
+}
+
+function saveToken(sessionId, token) {
+  try {
+    sessionStorage.setItem(tokenKey(sessionId), token);
+  } catch {
+    // Kept in memory for this visit.
+  }
+}
+
+// crypto.randomUUID exists only in secure contexts; the service may well be on plain http.
+function uuid4() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// --- HTTP ---------------------------------------------------------------------------------------
+
+// Relative to the page (/ui), so the page also works behind a proxy that adds a path prefix.
+function apiUrl(path, params) {
+  const url = new URL(path, document.baseURI);
+  for (const [name, value] of Object.entries(params || {})) {
+    if (value !== null && value !== undefined && value !== "") url.searchParams.set(name, value);
+  }
+  return url.toString();
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  const key = els.apiKey.value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(apiUrl(path), {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => null);
+  if (!response.ok) {
+    const message = data && data.error && data.error.message ? data.error.message : response.statusText;
+    throw new ApiError(response.status, message || `HTTP ${response.status}`);
+  }
+  return data;
+}
+
+// The client chooses the message_id, so a retry after a dropped connection or a 503 can never start a
+// second answer: the service treats the same id as the same message.
+async function postChat(body) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api("chat", { method: "POST", body });
+    } catch (error) {
+      const retriable = !(error instanceof ApiError) || [502, 503, 504].includes(error.status);
+      if (!retriable || attempt >= 3) throw error;
+      await sleep(500 * attempt);
+    }
+  }
+}
+
+// --- Sessions -----------------------------------------------------------------------------------
+
+function sessions() {
+  const list = load(STORAGE.sessions, []);
+  return Array.isArray(list) ? list.filter((s) => s && ID_PATTERN.test(s.id)) : [];
+}
+
+function rememberSession(id, title) {
+  const list = sessions();
+  const existing = list.find((s) => s.id === id);
+  const entry = { id, title: title || (existing && existing.title) || "", used: Date.now() };
+  const rest = list.filter((s) => s.id !== id);
+  save(STORAGE.sessions, [entry, ...rest].slice(0, MAX_SESSIONS));
+  renderSessions();
+}
+
+function renderSessions() {
+  const current = view && view.sessionId;
+  els.sessionList.replaceChildren(
+    ...sessions().map((s) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = s.title || s.id;
+      button.title = s.id;
+      button.dataset.sessionId = s.id;
+      if (s.id === current) button.setAttribute("aria-current", "true");
+      button.addEventListener("click", () => navigate(s.id));
+      item.append(button);
+      return item;
+    }),
+  );
+}
+
+function newSessionId() {
+  return `s-${uuid4()}`;
+}
+
+function sessionFromHash() {
+  const id = new URLSearchParams(location.hash.slice(1)).get("session");
+  return id && ID_PATTERN.test(id) ? id : null;
+}
+
+// The session lives in the URL's hash: a reload stays in it, and two tabs can hold two sessions.
+function navigate(id) {
+  if (location.hash !== `#session=${encodeURIComponent(id)}`) {
+    location.hash = `session=${encodeURIComponent(id)}`; // hashchange opens it
+  } else if (!view || view.sessionId !== id) {
+    openSession(id);
+  }
+}
+
+// --- One open session: its turns, its stream ---------------------------------------------------
+
+let view = null;
+
+function openSession(sessionId) {
+  if (view) closeView(view);
+  view = {
+    sessionId,
+    turns: new Map(), // message_id -> { user, answer, li }
+    source: null,
+    lastEventId: null,
+    streamToken: loadToken(sessionId),
+    historyReady: false,
+    historyLoading: null,
+    historyAgain: false,
+    buffer: [],
+    retryMs: 1000,
+    retryTimer: null,
+    fallbackTimer: null,
+    closed: false,
+  };
+  els.messages.replaceChildren();
+  els.sessionId.textContent = sessionId;
+  els.formError.textContent = "";
+  rememberSession(sessionId);
+  updateStop();
+  connect(view);
+  const v = view;
+  v.fallbackTimer = setTimeout(() => {
+    if (!v.historyReady) loadHistory(v);
+  }, HISTORY_FALLBACK_MS);
+}
+
+function closeView(v) {
+  v.closed = true;
+  clearTimeout(v.retryTimer);
+  clearTimeout(v.fallbackTimer);
+  if (v.source) v.source.close();
+  v.source = null;
+}
+
+function setConnection(state, text) {
+  els.connection.dataset.state = state;
+  els.connection.textContent = text;
+}
+
+function connect(v) {
+  if (v.closed) return;
+  if (v.source) v.source.close();
+  clearTimeout(v.retryTimer);
+  // EventSource resends Last-Event-ID itself on its automatic reconnects; a new EventSource (after a
+  // fatal error, or with a new token) carries it in the query instead.
+  const source = new EventSource(
+    apiUrl(`stream/${encodeURIComponent(v.sessionId)}`, {
+      last_event_id: v.lastEventId,
+      token: v.streamToken,
+    }),
+  );
+  v.source = source;
+  source.addEventListener("open", () => {
+    if (v.source !== source) return;
+    v.retryMs = 1000;
+    setConnection("live", "live");
+    // Without a position in the stream, events may have been missed: read history, now that the
+    // stream is connected and will deliver anything that ends from here on.
+    if (v.lastEventId === null) loadHistory(v);
+  });
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (event) => {
+      if (v.source !== source) return;
+      // A connection failure is also an `error` event, but a plain Event without data.
+      if (type === "error" && !(event instanceof MessageEvent)) {
+        onConnectionError(v, source);
+        return;
+      }
+      onStreamEvent(v, type, event);
+    });
+  }
+}
+
+function onConnectionError(v, source) {
+  if (source.readyState === EventSource.CLOSED) {
+    // A fatal answer (an HTTP error status): the browser will not retry, so the page does, backing off.
+    setConnection("offline", "offline, retrying");
+    if (!v.historyReady) loadHistory(v);
+    v.retryTimer = setTimeout(() => connect(v), v.retryMs);
+    v.retryMs = Math.min(v.retryMs * 2, 15000);
+  } else {
+    setConnection("reconnecting", "reconnecting");
+  }
+}
+
+function onStreamEvent(v, type, event) {
+  let data;
+  try {
+    data = JSON.parse(event.data);
+  } catch {
+    return;
+  }
+  if (event.lastEventId) v.lastEventId = event.lastEventId;
+  if (!v.historyReady) {
+    v.buffer.push([type, data]);
+    return;
+  }
+  applyEvent(v, type, data);
+}
+
+function applyEvent(v, type, data) {
+  if (type === "reset") {
+    // The service no longer has the events after our position: history has what ended meanwhile.
+    loadHistory(v);
+    return;
+  }
+  if (!data || typeof data.message_id !== "string") return;
+  const turn = ensureTurn(v, data.message_id);
+  const answer = turn.answer;
+  if (answer && answer.done) return; // finished (from history or an earlier end): nothing to add
+  switch (type) {
+    case "start":
+      if (answer && answer.lastSeq >= 0) return;
+      turn.answer = { ...answer, content: "", state: "streaming", lastSeq: 0, done: false, note: "" };
+      if (!turn.user) loadHistory(v); // sent from another tab or client: the question is in history
+      break;
+    case "chunk": {
+      const current = answer || { content: "", lastSeq: -1 };
+      if (data.seq <= current.lastSeq) return; // already shown
+      turn.answer = {
+        ...current,
+        content: current.content + (data.content || ""),
+        lastSeq: data.seq,
+        state: "streaming",
+        done: false,
+        note: "",
+      };
+      break;
+    }
+    case "end":
+      turn.answer = finished(data.content, data.finish_reason);
+      if (!turn.user) loadHistory(v);
+      break;
+    case "error":
+      turn.answer = {
+        content: (answer && answer.content) || "",
+        state: "error",
+        done: true,
+        note: `Error: ${(data.error && data.error.message) || "the answer failed"}`,
+      };
+      break;
+    default:
+      return;
+  }
+  renderTurn(v, turn);
+  updateStop();
+}
+
+function finished(content, finishReason) {
+  const notes = {
+    stop: ["done", ""],
+    cancelled: ["cancelled", "Stopped"],
+    length: ["done", "Cut short: the length limit was reached"],
+    shutdown: ["error", "Interrupted: the service restarted"],
+    error: ["error", "Error: the answer failed"],
+  };
+  const [state, note] = notes[finishReason] || ["done", ""];
+  return { content: content || "", state, finishReason, note, done: true, lastSeq: Infinity };
+}
+
+async function loadHistory(v) {
+  if (v.historyLoading) {
+    v.historyAgain = true;
+    return v.historyLoading;
+  }
+  v.historyLoading = (async () => {
+    do {
+      v.historyAgain = false;
+      try {
+        const body = await api(`history/${encodeURIComponent(v.sessionId)}`);
+        if (v.closed) return;
+        applyHistory(v, body.messages || []);
+      } catch (error) {
+        if (v.closed) return;
+        els.formError.textContent = `Could not load the history: ${error.message}`;
+      }
+      v.historyReady = true;
+      for (const [type, data] of v.buffer.splice(0)) applyEvent(v, type, data);
+    } while (v.historyAgain && !v.closed);
+  })();
+  try {
+    await v.historyLoading;
+  } finally {
+    v.historyLoading = null;
+  }
+}
+
+function applyHistory(v, messages) {
+  const order = [];
+  for (const m of messages) {
+    const turn = ensureTurn(v, m.message_id);
+    if (!order.includes(turn)) order.push(turn);
+    if (m.role === "user") {
+      turn.user = { content: m.content, userId: m.user_id };
+    } else if (m.role === "assistant") {
+      turn.answer = finished(m.content, m.finish_reason);
+    }
+  }
+  // History order first, then turns known only from the stream or from this page's own sends.
+  for (const turn of v.turns.values()) if (!order.includes(turn)) order.push(turn);
+  for (const turn of order) {
+    renderTurn(v, turn);
+    els.messages.append(turn.li);
+  }
+  updateStop();
+  scrollToEnd(true);
+}
+
+function ensureTurn(v, messageId) {
+  let turn = v.turns.get(messageId);
+  if (!turn) {
+    const li = document.createElement("li");
+    li.className = "turn";
+    li.dataset.messageId = messageId;
+    turn = { messageId, user: null, answer: null, li, accepted: false };
+    v.turns.set(messageId, turn);
+    els.messages.append(li);
+  }
+  return turn;
+}
+
+function bubble(li, role) {
+  let el = li.querySelector(`.msg[data-role="${role}"]`);
+  if (!el) {
+    el = document.createElement("div");
+    el.className = "msg";
+    el.dataset.role = role;
+    el.dataset.messageId = li.dataset.messageId;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Assistant";
+    const content = document.createElement("p");
+    content.className = "content";
+    const note = document.createElement("p");
+    note.className = "note";
+    el.append(who, content, note);
+    if (role === "user") li.prepend(el);
+    else li.append(el);
+  }
+  return el;
+}
+
+function renderTurn(v, turn) {
+  const nearEnd = isNearEnd();
+  if (turn.user) {
+    const el = bubble(turn.li, "user");
+    el.querySelector(".content").textContent = turn.user.content;
+    el.querySelector(".note").textContent = turn.user.note || "";
+  }
+  if (turn.answer) {
+    const el = bubble(turn.li, "assistant");
+    el.dataset.state = turn.answer.state;
+    if (turn.answer.finishReason) el.dataset.finishReason = turn.answer.finishReason;
+    el.setAttribute("aria-busy", String(turn.answer.state === "streaming" || turn.answer.state === "pending"));
+    el.querySelector(".content").textContent = turn.answer.content;
+    el.querySelector(".note").textContent = turn.answer.note || "";
+  }
+  scrollToEnd(nearEnd);
+}
+
+function isNearEnd() {
+  const m = els.messages;
+  return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
+}
+
+function scrollToEnd(when) {
+  if (when) els.messages.scrollTop = els.messages.scrollHeight;
+}
+
+// --- Send and Stop -------------------------------------------------------------------------------
+
+// The answer Stop acts on: the newest one still running that the service has accepted.
+function runningTurn() {
+  if (!view) return null;
+  let found = null;
+  for (const turn of view.turns.values()) {
+    const a = turn.answer;
+    if (a && !a.done && (a.state === "streaming" || (a.state === "pending" && turn.accepted))) found = turn;
+  }
+  return found;
+}
+
+function updateStop() {
+  const turn = runningTurn();
+  els.stop.hidden = !turn;
+  if (turn) els.stop.dataset.messageId = turn.messageId;
+  else delete els.stop.dataset.messageId;
+}
+
+async function send() {
+  els.formError.textContent = "";
+  const v = view;
+  const text = els.message.value;
+  const userId = els.userId.value.trim();
+  if (!ID_PATTERN.test(userId)) {
+    els.formError.textContent = "User id: 1 to 128 letters, digits or _ . : -";
+    els.userId.focus();
+    return;
+  }
+  if (!text.trim()) {
+    els.message.focus();
+    return;
+  }
+  save(STORAGE.user, userId);
+  const messageId = uuid4();
+  const turn = ensureTurn(v, messageId);
+  turn.user = { content: text, userId };
+  turn.answer = { content: "", state: "pending", lastSeq: -1, done: false, note: "" };
+  renderTurn(v, turn);
+  scrollToEnd(true);
+  els.message.value = "";
+  rememberSession(v.sessionId, sessions().find((s) => s.id === v.sessionId)?.title || text.slice(0, 60));
+  try {
+    const accepted = await postChat({ session_id: v.sessionId, message: text, user_id: userId, message_id: messageId });
+    turn.accepted = true;
+    if (accepted && accepted.stream_token && accepted.stream_token !== v.streamToken) {
+      // The service hands out a token for the stream (issue #5): reconnect with it, from where we were.
+      v.streamToken = accepted.stream_token;
+      saveToken(v.sessionId, v.streamToken);
+      if (!v.closed) connect(v);
+    }
+  } catch (error) {
+    turn.user.note = `Not sent: ${error.message}`;
+    turn.answer = null;
+    turn.li.querySelector('.msg[data-role="assistant"]')?.remove();
+    if (!v.closed && els.message.value === "") els.message.value = text; // let the user try again
+  }
+  if (!v.closed) {
+    renderTurn(v, turn);
+    updateStop();
+  }
+}
+
+async function stop() {
+  const turn = runningTurn();
+  if (!turn) return;
+  const v = view;
+  els.stop.disabled = true;
+  try {
+    await api(`chat/${encodeURIComponent(turn.messageId)}/cancel`, { method: "POST" });
+    // The stream brings the `end` with finish_reason "cancelled"; if it does not come (the stream is
+    // down), history has the stored partial answer.
+    setTimeout(() => {
+      if (!v.closed && turn.answer && !turn.answer.done) loadHistory(v);
+    }, 3000);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 409) {
+      loadHistory(v); // it had already finished: show how
+    } else {
+      els.formError.textContent = `Could not stop the answer: ${error.message}`;
+    }
+  } finally {
+    els.stop.disabled = false;
+  }
+}
+
+// --- Start --------------------------------------------------------------------------------------
+
+function init() {
+  const storedUser = load(STORAGE.user, "");
+  els.userId.value = ID_PATTERN.test(storedUser) ? storedUser : `user-${uuid4().slice(0, 8)}`;
+  save(STORAGE.user, els.userId.value);
+  els.apiKey.value = load(STORAGE.apiKey, "");
+  els.userId.addEventListener("change", () => {
+    if (ID_PATTERN.test(els.userId.value.trim())) save(STORAGE.user, els.userId.value.trim());
+  });
+  els.apiKey.addEventListener("change", () => save(STORAGE.apiKey, els.apiKey.value.trim()));
+  els.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  els.message.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      els.form.requestSubmit();
+    }
+  });
+  els.stop.addEventListener("click", stop);
+  els.newSession.addEventListener("click", () => navigate(newSessionId()));
+  els.openForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = els.openInput.value.trim();
+    if (ID_PATTERN.test(id)) {
+      els.openInput.value = "";
+      navigate(id);
+    }
+  });
+  window.addEventListener("hashchange", () => {
+    const id = sessionFromHash();
+    if (id && (!view || view.sessionId !== id)) openSession(id);
+  });
+  const id = sessionFromHash() || (sessions()[0] && sessions()[0].id) || newSessionId();
+  history.replaceState(null, "", `#session=${encodeURIComponent(id)}`);
+  openSession(id);
+}
+
+init();

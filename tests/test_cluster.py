@@ -1,0 +1,120 @@
+"""The main flows on a real three-master Redis Cluster, with sharded PubSub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from config import Settings
+from tests.conftest import ServiceProcess, need
+from tests.test_streaming import chunk_text, collect, post_chat, running, seqs, stored_answer
+from tests.topologies import ClusterServers
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[ClusterServers]:
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
+    cluster = ClusterServers()
+    try:
+        cluster.start()
+    except (OSError, RuntimeError) as error:
+        cluster.cleanup()
+        need(False, f"cannot start a Redis Cluster: {error}")
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
+def cluster(shared_cluster: ClusterServers) -> ClusterServers:
+    shared_cluster.flush()
+    return shared_cluster
+
+
+async def test_walkthrough_on_a_cluster_streams_on_the_sessions_shard(
+    make_settings: Callable[..., Settings], cluster: ClusterServers
+) -> None:
+    settings = make_settings(redis_url=cluster.url, redis_cluster=True, stream_delay=0.01)
+    client = RedisCluster.from_url(cluster.url)
+    try:
+        pubsub = client.pubsub()
+        # The README's cluster contract: SSUBSCRIBE to the returned channel, on the node owning its slot.
+        await client.initialize()
+        await pubsub.ssubscribe("chat:{walk}")
+        async with running(settings, timeout=20) as http:
+            assert (await http.get("/health")).json()["status"] == "healthy"
+            accepted = await post_chat(http, "walk")
+            assert accepted["channel"] == "chat:{walk}"
+            events: list[dict[str, object]] = []
+            async with asyncio.timeout(20):
+                while not events or events[-1]["type"] != "end":
+                    message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1)
+                    if message is not None:
+                        events.append(json.loads(message["data"]))
+            stored = await stored_answer(http, "walk", accepted["message_id"])
+            history = (await http.get("/history/walk")).json()
+        assert [event["seq"] for event in events] == list(range(len(events)))
+        assert "".join(str(event["content"]) for event in events[1:-1]) == stored["content"]
+        assert [turn["role"] for turn in history["messages"]] == ["user", "assistant"]
+        assert await client.ttl("chat:{walk}:history") == settings.chat_history_ttl
+        assert 0 < await client.ttl("chat:{walk}:events") <= settings.chat_history_ttl
+        await pubsub.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_sse_resume_and_stop_on_a_cluster(
+    make_settings: Callable[..., Settings], cluster: ClusterServers
+) -> None:
+    settings = make_settings(redis_url=cluster.url, redis_cluster=True, stream_delay=0.03)
+    async with running(settings, timeout=20) as client:
+        message_id = (await post_chat(client, "resume"))["message_id"]
+        url = f"/stream/resume?message_id={message_id}"
+        first = await collect(
+            client, url, until=lambda event: event.event == "chunk" and event.json()["seq"] == 2
+        )
+        cancelled = await client.post(f"/chat/{message_id}/cancel")
+        assert cancelled.json().get("status") == "cancelled", cancelled.text
+        rest = await collect(client, url, headers={"Last-Event-ID": first[-1].id})
+
+        assert seqs(first + rest) == list(range(len(first + rest)))
+        assert rest[-1].event == "end"
+        assert rest[-1].json()["finish_reason"] == "cancelled"
+        stored = await stored_answer(client, "resume", message_id)
+        assert stored["content"] == chunk_text(first + rest)
+
+
+async def test_two_instances_on_a_cluster(
+    cluster: ClusterServers, service_process: Callable[..., ServiceProcess]
+) -> None:
+    env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "STREAM_DELAY": "0.05", "CHUNK_DELAY": "0"}
+    first, second = service_process(**env), service_process(**env)
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=20) as one,
+        httpx.AsyncClient(base_url=second.url, timeout=20) as two,
+    ):
+        sessions = [f"pair{i}" for i in range(4)]  # spread over the shards
+        ids = [(await post_chat(one, session))["message_id"] for session in sessions]
+        streams = [
+            await collect(two, f"/stream/{session}?message_id={message_id}")
+            for session, message_id in zip(sessions[1:], ids[1:], strict=True)
+        ]
+        for events in streams:
+            assert events[-1].event == "end"
+            assert seqs(events) == list(range(len(events)))
+
+        message_id = (await post_chat(one, "stop"))["message_id"]
+        await collect(
+            two, f"/stream/stop?message_id={message_id}", until=lambda event: event.event == "chunk"
+        )
+        cancelled = await two.post(f"/chat/{message_id}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        assert (await stored_answer(one, "stop", message_id))["finish_reason"] == "cancelled"
