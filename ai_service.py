@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
@@ -46,6 +46,7 @@ __all__ = [
     "AnswerError",
     "AnswerFinished",
     "AnswerNotFound",
+    "AnswerObserver",
     "AnswerSource",
     "ChatService",
     "Completion",
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# How long an answer keeps trying to store its end while Redis is unavailable.
+END_RETRY_SECONDS = 15.0
 
 E = TypeVar("E", bound=EventBase)
 
@@ -88,6 +92,18 @@ class AnswerSource(Protocol):
         A generator, so that its caller can close it (`aclose`) the moment an answer is cancelled and
         the source can release what it holds, such as an HTTP stream to a model server, at once.
         """
+        ...
+
+
+class AnswerObserver(Protocol):
+    """Told about each answer's life, on the event loop; must not block or raise (metrics, limits)."""
+
+    def answer_started(self, answer: Answer) -> None: ...
+
+    def chunk_published(self, answer: Answer) -> None: ...
+
+    def answer_ended(self, answer: Answer) -> None:
+        """Called once per answer however it ends; `answer.finish_reason` is set when it was stored."""
         ...
 
 
@@ -299,6 +315,9 @@ class Answer:
     since: str = "0-0"
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
+    # How it ended, once it has: for observers.
+    finish_reason: FinishReason | None = None
+    error_code: str | None = None
     listener: asyncio.Queue[StreamEvent | None] | None = None
     # Set once the answer is being stored: Stop and shutdown then let it end by itself.
     finishing: bool = False
@@ -316,8 +335,10 @@ class ChatService:
         writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
+        observers: Sequence[AnswerObserver] = (),
     ) -> None:
         self._settings = settings
+        self._observers = tuple(observers)
         self._history = history
         self._registry = registry
         self._writer = writer
@@ -386,6 +407,7 @@ class ChatService:
             listener=listener,
         )
         self._answers[message_id] = answer
+        self._notify("answer_started", answer)
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
         if listener is not None:
             # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
@@ -470,6 +492,15 @@ class ChatService:
             logger.warning("ending %d answers still running at shutdown", len(pending))
             await asyncio.wait(pending)
 
+    def _notify(
+        self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
+    ) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, hook)(answer)
+            except Exception:
+                logger.exception("answer observer %s failed", hook)
+
     # -- one answer --
 
     async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
@@ -479,6 +510,9 @@ class ChatService:
         """
         if answer.listener is not None:
             answer.listener.put_nowait(event)
+        await self._write_event(answer, event, *extra)
+
+    async def _write_event(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         payload = event.model_dump_json(exclude_none=True).encode()
         events = self._keys.events(answer.session_id)
         commands: list[Command] = list(extra)
@@ -519,6 +553,7 @@ class ChatService:
                     answer.seq += 1
                     answer.parts.append(delta)
                     await self._publish(answer, self._event(answer, ChunkEvent, content=delta))
+                    self._notify("chunk_published", answer)
             await self._end(answer, completion.finish_reason, usage=completion.usage)
         except asyncio.CancelledError:
             # Only this service cancels answer tasks (Stop, shutdown), and it awaits them: the task
@@ -540,6 +575,7 @@ class ChatService:
             await self._end(answer, "error", error=("internal_error", "the answer failed"))
         finally:
             self._answers.pop(answer.message_id, None)
+            self._notify("answer_ended", answer)
             logger.info(
                 "answer ended message_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,
@@ -565,26 +601,70 @@ class ChatService:
             event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
         else:
             event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
-        try:
-            # History first, in its own round trip, then the terminal event: a client that reads
-            # history on `end` finds the turn.
-            await self._writer.execute(
-                [
-                    *self._history.append_commands(answer.session_id, turn),
-                    *self._registry.finished_commands(answer.session_id, answer.message_id, finish_reason),
-                ]
-            )
-        except RedisUnavailable as failure:
-            logger.error(
-                "could not store the end of answer message_id=%s: %s", answer.message_id, failure.reason
-            )
+        answer.error_code = error[0] if error else None
+        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
+        # so that the answer is not left `streaming` with no turn and no terminal event (#5).
+        deadline = time.monotonic() + END_RETRY_SECONDS
+        if not await self._retrying(
+            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
+        ):
             if answer.listener is not None:
                 # Nothing reached Redis, but the in-process listener still learns how the answer ended.
                 answer.listener.put_nowait(event)
             return
-        try:
-            await self._publish(answer, event)
-        except RedisUnavailable as failure:
-            logger.error(
-                "could not publish the end of answer message_id=%s: %s", answer.message_id, failure.reason
-            )
+        answer.finish_reason = finish_reason
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
+        # A retried publish may add the terminal event twice if a timed-out one landed late; a
+        # client following the answer stops at the first.
+        await self._retrying(answer, deadline, "publish", lambda _: self._write_event(answer, event))
+
+    async def _store_end(self, answer: Answer, turn: ChatTurn, attempt: int) -> None:
+        # After a timeout, check whether the earlier attempt landed after all (a timeout does not
+        # mean Redis did not apply it): the turn must not be stored twice.
+        if attempt > 1:
+            state = await self._registry.get(answer.message_id)
+            if state is not None and state.status != "streaming":
+                return
+        # History first, in its own round trip, then the terminal event: a client that reads
+        # history on `end` finds the turn.
+        assert turn.finish_reason is not None
+        await self._writer.execute(
+            [
+                *self._history.append_commands(answer.session_id, turn),
+                *self._registry.finished_commands(answer.session_id, answer.message_id, turn.finish_reason),
+            ]
+        )
+
+    async def _retrying(
+        self,
+        answer: Answer,
+        deadline: float,
+        what: str,
+        step: Callable[[int], Awaitable[None]],
+    ) -> bool:
+        """Run `step` until it gets through to Redis, backing off, until `deadline`; False if it never did."""
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await step(attempt)
+                return True
+            except RedisUnavailable as failure:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "could not %s the end of answer message_id=%s: %s",
+                        what,
+                        answer.message_id,
+                        failure.reason,
+                    )
+                    return False
+                logger.warning(
+                    "retrying to %s the end of answer message_id=%s: %s",
+                    what,
+                    answer.message_id,
+                    failure.reason,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)

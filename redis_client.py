@@ -18,7 +18,13 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, OutOfMemoryError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -59,7 +65,7 @@ def describe(error: BaseException) -> str:
     # AuthenticationError is a ConnectionError, so it is told apart first.
     if isinstance(error, OutOfMemoryError):
         return "Redis is out of memory"
-    if isinstance(error, AuthenticationError):
+    if isinstance(error, AuthenticationError | NoPermissionError):
         return "Redis refused the credentials"
     if isinstance(error, RedisConnectionError):
         return "cannot connect to Redis"

@@ -231,6 +231,8 @@ async def test_an_unexpected_exception_is_a_500_json_without_internals(
 class StoppingService:
     """A chat service that has begun shutting down."""
 
+    active_answers = 0
+
     async def submit(self, request: ChatRequest) -> ChatAccepted:
         raise ServiceUnavailable("the service is shutting down")
 
@@ -313,6 +315,8 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
     assert set(operations) == {
         ("GET", "/"),
         ("GET", "/health"),
+        ("GET", "/health/live"),
+        ("GET", "/metrics"),
         ("POST", "/chat"),
         ("GET", "/history/{session_id}"),
         ("DELETE", "/history/{session_id}"),
