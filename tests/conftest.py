@@ -287,73 +287,93 @@ def assert_well_formed(events: list[Json], message_id: str) -> None:
 
 
 def service_environment(**variables: str) -> dict[str, str]:
-    """The process environment for a `python app.py` child: ours without the service's variables."""
-    env = {name: value for name, value in os.environ.items() if name.upper() not in SETTINGS_VARIABLES}
+    """The process environment for a service child: ours without the service's variables."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in SETTINGS_VARIABLES and not name.startswith("PROMETHEUS_")
+    }
     env.update(variables)
     return env
 
 
 class ServiceProcess:
-    """`python app.py` as a real uvicorn process on a free port; stderr goes to a file to read later."""
+    """The service as a real process on a free port (`python app.py`, or uvicorn with several workers),
+    run from an empty folder (no `.env` of the checkout is read) and logging to a file."""
 
-    def __init__(self, directory: Path, **variables: str) -> None:
+    def __init__(self, variables: Mapping[str, str] | None = None, *, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.stderr_path = directory / f"service-{self.port}.stderr"
-        env = service_environment(HOST="127.0.0.1", PORT=str(self.port), **variables)
-        with self.stderr_path.open("wb") as stderr:
-            # The working directory is the test's, so no .env of the checkout is read.
+        self.directory = Path(tempfile.mkdtemp(prefix="service-"))
+        self.log_path = self.directory / "service.log"
+        self.env = service_environment(HOST="127.0.0.1", PORT=str(self.port), **(variables or {}))
+        if workers == 1:
+            self.command = [sys.executable, str(ROOT / "app.py")]
+        else:
+            self.command = [
+                sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--app-dir", str(ROOT),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-access-log",
+            ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready: str = "/health/live", timeout: float = 20) -> None:
+        """Start the process and wait until `ready` answers 200."""
+        with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py")],
-                cwd=directory,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
+                self.command, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_healthy(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.stderr}")
+                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"the service was not healthy within {timeout}s:\n{self.stderr}")
+        raise RuntimeError(f"{ready} did not answer 200 within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Everything the service has logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def stderr(self) -> str:
+        return self.output()
 
     def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> int:
+        assert self.process is not None
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
 
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
 
 @pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start `python app.py` with these variables and wait until /health is 200; killed after the test."""
+def start_service() -> Iterator[Callable[..., ServiceProcess]]:
+    """Start the service with these variables and wait until /health is 200; cleaned up after the test."""
     started: list[ServiceProcess] = []
 
-    def start(**variables: str) -> ServiceProcess:
-        service = ServiceProcess(tmp_path, **variables)
+    def start(*, workers: int = 1, **variables: str) -> ServiceProcess:
+        service = ServiceProcess(variables, workers=workers)
         started.append(service)
-        service.wait_healthy()
+        service.start(ready="/health")
         return service
 
     yield start
     for service in started:
-        service.kill()
+        service.cleanup()
 
 
 @pytest.fixture(scope="session")

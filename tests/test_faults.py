@@ -15,8 +15,7 @@ import pytest
 import redis
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer, start_redis
-from tests.service_process import ServiceProcess
+from tests.conftest import AppClient, RedisServer, ServiceProcess, start_redis
 
 pytestmark = pytest.mark.redis
 

@@ -16,8 +16,7 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer
-from tests.service_process import ServiceProcess
+from tests.conftest import AppClient, RedisServer, ServiceProcess
 
 KEY = "fuzz-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -15,8 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer
-from tests.service_process import ServiceProcess
+from tests.conftest import AppClient, RedisServer, ServiceProcess
 
 KEY = "metrics-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

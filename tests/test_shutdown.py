@@ -11,8 +11,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import RedisServer
-from tests.service_process import ServiceProcess
+from tests.conftest import RedisServer, ServiceProcess
 
 pytestmark = pytest.mark.redis
 
