@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -47,6 +47,7 @@ __all__ = [
     "AnswerError",
     "AnswerFinished",
     "AnswerNotFound",
+    "AnswerObserver",
     "AnswerSource",
     "ChatService",
     "Completion",
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# How long an answer keeps trying to store its end while Redis is unavailable.
+END_RETRY_SECONDS = 15.0
 
 E = TypeVar("E", bound=EventBase)
 
@@ -89,6 +93,18 @@ class AnswerSource(Protocol):
         A generator, so that its caller can close it (`aclose`) the moment an answer is cancelled and
         the source can release what it holds, such as an HTTP stream to a model server, at once.
         """
+        ...
+
+
+class AnswerObserver(Protocol):
+    """Told about each answer's life, on the event loop; must not block or raise (metrics, limits)."""
+
+    def answer_started(self, answer: Answer) -> None: ...
+
+    def chunk_published(self, answer: Answer) -> None: ...
+
+    def answer_ended(self, answer: Answer) -> None:
+        """Called once per answer however it ends; `answer.finish_reason` is set when it was stored."""
         ...
 
 
@@ -305,7 +321,12 @@ class Answer:
     since: str = "0-0"
     # Why the task was cancelled: a Stop, or shutdown.
     stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
+    # How it ended, once it has: for observers.
+    finish_reason: FinishReason | None = None
+    error_code: str | None = None
     listener: asyncio.Queue[StreamEvent | None] | None = None
+    # Set once the answer is being stored: Stop and shutdown then let it end by itself.
+    finishing: bool = False
 
 
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
@@ -332,8 +353,10 @@ class ChatService:
         writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
+        observers: Sequence[AnswerObserver] = (),
     ) -> None:
         self._settings = settings
+        self._observers = tuple(observers)
         self._history = history
         self._registry = registry
         self._writer = writer
@@ -398,6 +421,7 @@ class ChatService:
             listener=listener,
         )
         self._answers[message_id] = answer
+        self._notify("answer_started", answer)
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
         if listener is not None:
             # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
@@ -452,12 +476,13 @@ class ChatService:
         return state
 
     def stop_local(self, message_id: str) -> bool:
-        """Cancel the answer if this instance runs it."""
+        """Cancel the answer if this instance runs it (one already being stored ends by itself)."""
         answer = self._answers.get(message_id)
         if answer is None or answer.task is None or answer.task.done():
             return False
-        answer.stop_reason = "cancelled"
-        answer.task.cancel()
+        if not answer.finishing:
+            answer.stop_reason = "cancelled"
+            answer.task.cancel()
         return True
 
     def on_control(self, data: bytes) -> None:
@@ -481,12 +506,23 @@ class ChatService:
         )
         _, pending = await asyncio.wait(running, timeout=self._settings.shutdown_grace_seconds)
         for answer in list(self._answers.values()):
-            if answer.task is not None and answer.task in pending:
+            # A finishing answer is complete: cancelling it would store it twice and send `error` after
+            # `end`. Its last two writes are bounded by REDIS_TIMEOUT, so waiting for it cannot hang.
+            if answer.task is not None and answer.task in pending and not answer.finishing:
                 answer.stop_reason = "shutdown"
                 answer.task.cancel()
         if pending:
             logger.warning("ending %d answers still running at shutdown", len(pending))
             await asyncio.wait(pending)
+
+    def _notify(
+        self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
+    ) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, hook)(answer)
+            except Exception:
+                logger.exception("answer observer %s failed", hook)
 
     # -- one answer --
 
@@ -494,6 +530,9 @@ class ChatService:
         """Append the event to the session's replay log and publish it, after any `extra` commands."""
         if answer.listener is not None:
             answer.listener.put_nowait(event)
+        await self._write_event(answer, event, *extra)
+
+    async def _write_event(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         payload = event.model_dump_json(exclude_none=True).encode()
         await self._writer.execute([*extra, *self._event_commands(answer, payload, refresh_ttl=True)])
 
@@ -552,6 +591,7 @@ class ChatService:
                         in_flight.append(
                             self._writer.submit(self._event_commands(answer, payload, refresh_ttl=False))
                         )
+                        self._notify("chunk_published", answer)
                         while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
                             await in_flight.popleft()
                 while in_flight:
@@ -580,6 +620,7 @@ class ChatService:
             await self._end(answer, "error", error=("internal_error", "the answer failed"))
         finally:
             self._answers.pop(answer.message_id, None)
+            self._notify("answer_ended", answer)
             logger.info(
                 "answer ended message_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,
@@ -598,32 +639,77 @@ class ChatService:
         """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
         turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
+        answer.finishing = True
         answer.seq += 1
         event: StreamEvent
         if error is None:
             event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
         else:
             event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
-        try:
-            # History first, in its own round trip, then the terminal event: a client that reads
-            # history on `end` finds the turn.
-            await self._writer.execute(
-                [
-                    *self._history.append_commands(answer.session_id, turn),
-                    *self._registry.finished_commands(answer.session_id, answer.message_id, finish_reason),
-                ]
-            )
-        except RedisUnavailable as failure:
-            logger.error(
-                "could not store the end of answer message_id=%s: %s", answer.message_id, failure.reason
-            )
+        answer.error_code = error[0] if error else None
+        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
+        # so that the answer is not left `streaming` with no turn and no terminal event (#5).
+        deadline = time.monotonic() + END_RETRY_SECONDS
+        if not await self._retrying(
+            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
+        ):
             if answer.listener is not None:
                 # Nothing reached Redis, but the in-process listener still learns how the answer ended.
                 answer.listener.put_nowait(event)
             return
-        try:
-            await self._publish(answer, event)
-        except RedisUnavailable as failure:
-            logger.error(
-                "could not publish the end of answer message_id=%s: %s", answer.message_id, failure.reason
-            )
+        answer.finish_reason = finish_reason
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
+        # A retried publish may add the terminal event twice if a timed-out one landed late; a
+        # client following the answer stops at the first.
+        await self._retrying(answer, deadline, "publish", lambda _: self._write_event(answer, event))
+
+    async def _store_end(self, answer: Answer, turn: ChatTurn, attempt: int) -> None:
+        # After a timeout, check whether the earlier attempt landed after all (a timeout does not
+        # mean Redis did not apply it): the turn must not be stored twice.
+        if attempt > 1:
+            state = await self._registry.get(answer.message_id)
+            if state is not None and state.status != "streaming":
+                return
+        # History first, in its own round trip, then the terminal event: a client that reads
+        # history on `end` finds the turn.
+        assert turn.finish_reason is not None
+        await self._writer.execute(
+            [
+                *self._history.append_commands(answer.session_id, turn),
+                *self._registry.finished_commands(answer.session_id, answer.message_id, turn.finish_reason),
+            ]
+        )
+
+    async def _retrying(
+        self,
+        answer: Answer,
+        deadline: float,
+        what: str,
+        step: Callable[[int], Awaitable[None]],
+    ) -> bool:
+        """Run `step` until it gets through to Redis, backing off, until `deadline`; False if it never did."""
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await step(attempt)
+                return True
+            except RedisUnavailable as failure:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "could not %s the end of answer message_id=%s: %s",
+                        what,
+                        answer.message_id,
+                        failure.reason,
+                    )
+                    return False
+                logger.warning(
+                    "retrying to %s the end of answer message_id=%s: %s",
+                    what,
+                    answer.message_id,
+                    failure.reason,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)

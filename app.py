@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -34,6 +35,8 @@ from ai_service import (
     ServiceUnavailable,
 )
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
+from health import PubSubProbe
+from metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from models import (
     ID_PATTERN,
     AnswerState,
@@ -43,6 +46,7 @@ from models import (
     ErrorResponse,
     HealthResponse,
     HistoryResponse,
+    LivenessResponse,
     RedisHealth,
     ServiceInfo,
     StatusResponse,
@@ -58,6 +62,19 @@ from redis_client import (
     RedisUnavailable,
     create_redis,
 )
+from security import (
+    AccessControl,
+    AccessDep,
+    BodyLimitMiddleware,
+    Overloaded,
+    PrincipalDep,
+    RateLimited,
+    SessionForbidden,
+    SessionNotFound,
+    StreamPrincipalDep,
+    Unauthorized,
+    require_key,
+)
 from sse import EventStreamResponse, SessionStream
 from streaming import StreamHub
 from ui import add_ui
@@ -67,6 +84,8 @@ access_logger = logging.getLogger("chat.access")
 
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,128}$"
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+# /health answers within this many seconds, whatever Redis does.
+HEALTH_TIMEOUT = 1.5
 
 
 # --- Logging -------------------------------------------------------------------------------------
@@ -149,9 +168,12 @@ class State(TypedDict):
     registry: AnswerRegistry
     hub: StreamHub
     settings: Settings
+    access: AccessControl
+    metrics: Metrics
+    probe: PubSubProbe
 
 
-def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> Any:
+def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         if settings.embedded_redis:
@@ -173,18 +195,27 @@ def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> An
         writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
         reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
         answer_source = source or create_answer_source(settings)
+        access = AccessControl(settings, redis, keys)
         service = ChatService(
-            settings, history=history, registry=registry, writer=writer, keys=keys, source=answer_source
+            settings,
+            history=history,
+            registry=registry,
+            writer=writer,
+            keys=keys,
+            source=answer_source,
+            observers=[metrics, *([access.slots] if access.slots else [])],
         )
+        probe = PubSubProbe(redis, keys, timeout=min(settings.redis_timeout, HEALTH_TIMEOUT))
         hub = StreamHub(
             redis,
             keys,
             reader,
             poll_interval=settings.sse_poll_seconds,
             listener_limit=settings.sse_queue_limit,
-            on_control=service.on_control,
+            on_control=probe.wrap(service.on_control),
             ping_interval=settings.sse_ping_seconds,
         )
+        access.start()
         writer.start()
         reader.start()
         await hub.start()
@@ -201,14 +232,19 @@ def build_lifespan(settings: Settings, source: AnswerSource | None = None) -> An
                 "registry": registry,
                 "hub": hub,
                 "settings": settings,
+                "access": access,
+                "metrics": metrics,
+                "probe": probe,
             }
         finally:
             await service.shutdown()
+            await access.close()
             await hub.close()
             await close_answer_source(answer_source)
             await writer.close()
             await reader.close()
             await redis.aclose()
+            metrics.close()
             gc.unfreeze()
             logger.info("%s stopped", SERVICE_NAME)
 
@@ -237,11 +273,16 @@ async def get_hub(request: Request) -> StreamHub:
     return cast(StreamHub, request.state.hub)
 
 
+async def get_probe(request: Request) -> PubSubProbe:
+    return cast(PubSubProbe, request.state.probe)
+
+
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
 HubDep = Annotated[StreamHub, Depends(get_hub)]
+ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
 MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
@@ -251,11 +292,11 @@ SessionIdPath = Annotated[
 # --- Errors --------------------------------------------------------------------------------------
 
 
-def error_response(status_code: int, code: str, message: str, **extra: Any) -> JSONResponse:
+def error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = ErrorResponse.model_validate({"error": {"code": code, "message": message, **extra}})
-    return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status_code, headers=extra.pop("headers", None)
-    )
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)
 
 
 def _field_name(location: tuple[int | str, ...] | list[int | str]) -> str:
@@ -267,14 +308,21 @@ def _field_name(location: tuple[int | str, ...] | list[int | str]) -> str:
 
 async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    fields = [{"field": _field_name(error["loc"]), "message": error["msg"]} for error in exc.errors()]
+    fields = [
+        # Invalid JSON is located by character offset (`("body", 15)`), which names no field.
+        {
+            "field": "body" if error["type"] == "json_invalid" else _field_name(error["loc"]),
+            "message": error["msg"],
+        }
+        for error in exc.errors()
+    ]
     summary = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
     return error_response(422, "invalid_request", f"Invalid request: {summary}", fields=fields)
 
 
 async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
+    codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
     response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
@@ -310,9 +358,48 @@ async def on_message_conflict(_: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "message_id_conflict", str(exc))
 
 
+async def on_unauthorized(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unauthorized)
+    return error_response(
+        401, "unauthorized", exc.message, headers={"WWW-Authenticate": f'Bearer realm="{SERVICE_NAME}"'}
+    )
+
+
+async def on_session_not_found(_: Request, exc: Exception) -> JSONResponse:
+    # The same answer for a session that does not exist and for another key's session.
+    return error_response(404, "not_found", "No such session")
+
+
+async def on_session_forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return error_response(403, "session_forbidden", "This session belongs to another API key")
+
+
+async def on_rate_limited(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimited)
+    return error_response(429, "rate_limited", exc.message, headers={"Retry-After": str(exc.retry_after)})
+
+
+async def on_overloaded(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Overloaded)
+    return error_response(
+        503,
+        "overloaded",
+        "The service is at capacity; try again shortly",
+        headers={"Retry-After": str(exc.retry_after)},
+    )
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body cannot be read (not UTF-8 JSON)."},
+    401: {"model": ErrorResponse, "description": "API keys are on and no valid key was sent."},
     422: {"model": ErrorResponse, "description": "Invalid input: the body names each bad field."},
     503: {"model": ErrorResponse, "description": "Redis is unavailable, or the service is shutting down."},
+}
+NO_SESSION: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorResponse,
+        "description": "With API keys on: the session does not exist, or belongs to another key.",
+    }
 }
 
 
@@ -325,13 +412,16 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`).
     """
     settings = settings or get_settings()
+    metrics = Metrics()
     middleware = [
         Middleware(
             CorrelationIdMiddleware,
             header_name="X-Request-ID",
             validator=lambda value: bool(re.fullmatch(REQUEST_ID_PATTERN, value)),
         ),
+        Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(RequestLogMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
     ]
     if settings.cors_origins:
         middleware.append(
@@ -355,7 +445,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         title="AI Chat Service",
         version=VERSION,
         summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
-        lifespan=build_lifespan(settings, source),
+        lifespan=build_lifespan(settings, metrics, source),
         middleware=middleware,
         debug=False,
     )
@@ -366,7 +456,13 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     app.add_exception_handler(AnswerNotFound, on_answer_not_found)
     app.add_exception_handler(AnswerFinished, on_answer_finished)
     app.add_exception_handler(MessageConflict, on_message_conflict)
-    app.include_router(openai_router)
+    app.add_exception_handler(Unauthorized, on_unauthorized)
+    app.add_exception_handler(SessionNotFound, on_session_not_found)
+    app.add_exception_handler(SessionForbidden, on_session_forbidden)
+    app.add_exception_handler(RateLimited, on_rate_limited)
+    app.add_exception_handler(Overloaded, on_overloaded)
+    # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).
+    app.include_router(openai_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
     add_ui(app)
     keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
 
@@ -384,33 +480,62 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             channel_pattern=keys.channel_pattern,
         )
 
+    @app.get("/health/live", response_model=LivenessResponse, summary="Liveness", tags=["service"])
+    async def liveness() -> LivenessResponse:
+        """The process answers. Touches nothing else: for a liveness probe that restarts a wedged process."""
+        return LivenessResponse(status="alive", version=VERSION)
+
     @app.get(
         "/health",
         response_model=HealthResponse,
-        summary="Health check",
+        response_model_exclude_none=True,
+        summary="Readiness: Redis and this process's PubSub subscription",
         tags=["service"],
-        responses={503: {"model": HealthResponse, "description": "Redis does not answer."}},
+        responses={503: {"model": HealthResponse, "description": "Redis or PubSub does not answer."}},
     )
-    async def health(history: HistoryDep, app_settings: SettingsDep) -> JSONResponse:
-        """Service status and Redis connectivity; 503 when Redis does not answer in time."""
+    async def health(
+        history: HistoryDep, hub: HubDep, probe: ProbeDep, app_settings: SettingsDep
+    ) -> JSONResponse:
+        """Healthy when Redis answers a PING and a message published on the control channel comes back
+        through this process's own subscription; otherwise 503, within two seconds."""
         mode = "embedded" if app_settings.embedded_redis else "redis"
         try:
-            latency = await history.ping()
-        except RedisUnavailable as error:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                latency = await history.ping()
+                if not hub.connected:
+                    raise RedisUnavailable("the PubSub subscription is down")
+                await probe.round_trip()
+        except (RedisUnavailable, TimeoutError) as error:
+            reason = error.reason if isinstance(error, RedisUnavailable) else "Redis did not answer in time"
+            metrics.redis_errors.labels("health").inc()
             body = HealthResponse(
                 status="unhealthy",
                 version=VERSION,
-                redis=RedisHealth(status="disconnected", mode=mode, error=error.reason),
+                redis=RedisHealth(status="disconnected", mode=mode, error=reason),
                 ai=provider_health(app_settings),
             )
             return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
         body = HealthResponse(
             status="healthy",
             version=VERSION,
-            redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3)),
+            redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3), pubsub="ok"),
             ai=provider_health(app_settings),
         )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        tags=["service"],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics."},
+            401: ERRORS[401],
+        },
+    )
+    async def prometheus_metrics(_: PrincipalDep) -> Response:
+        """Metrics in the Prometheus text format (with several workers, every worker's)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/chat",
@@ -424,12 +549,23 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 "model": ChatAccepted,
                 "description": "A repeated message_id: the existing answer's state.",
             },
+            403: {"model": ErrorResponse, "description": "The session belongs to another API key."},
             409: {"model": ErrorResponse, "description": "The message_id belongs to another session."},
+            413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
+            429: {
+                "model": ErrorResponse,
+                "description": "RATE_LIMIT or MAX_STREAMS_PER_USER reached; see `Retry-After`.",
+            },
             **ERRORS,
         },
     )
     async def chat(
-        request: ChatRequest, response: Response, service: ChatServiceDep, app_settings: SettingsDep
+        request: ChatRequest,
+        response: Response,
+        principal: PrincipalDep,
+        service: ChatServiceDep,
+        access: AccessDep,
+        app_settings: SettingsDep,
     ) -> ChatAccepted:
         """Store the message, start the answer in the background, and return where it streams."""
         if len(request.message) > app_settings.max_message_length:
@@ -442,7 +578,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                     }
                 ]
             )
-        accepted, started = await service.submit(request)
+        accepted, started = await access.submit(principal, request, service)
         if not started:
             response.status_code = 200
         return accepted
@@ -454,13 +590,23 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         summary="Stop an answer",
         tags=["chat"],
         responses={
-            404: {"model": ErrorResponse, "description": "No such answer."},
+            404: {"model": ErrorResponse, "description": "No such answer (or another key's)."},
             409: {"model": ConflictResponse, "description": "The answer has already ended."},
             **ERRORS,
         },
     )
-    async def cancel(message_id: MessageIdPath, service: ChatServiceDep) -> AnswerState:
+    async def cancel(
+        message_id: MessageIdPath,
+        principal: PrincipalDep,
+        service: ChatServiceDep,
+        registry: RegistryDep,
+        access: AccessDep,
+    ) -> AnswerState:
         """Stop the answer on whichever instance runs it; the partial answer is stored as `cancelled`."""
+        if principal.key_name is not None:
+            state = await registry.get(str(message_id))
+            if state is None or not await access.owners.owns(state.session_id, principal.key_name):
+                raise AnswerNotFound(str(message_id))
         return await service.cancel(str(message_id))
 
     @app.get(
@@ -473,12 +619,18 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 "description": "`id:` the log entry id, `event:` the type, `data:` the event's JSON.",
             },
-            404: {"model": ErrorResponse, "description": "message_id is not an answer of this session."},
+            404: {
+                "model": ErrorResponse,
+                "description": "message_id is not an answer of this session; with API keys on, the "
+                "session does not exist or belongs to another key.",
+            },
             **ERRORS,
         },
     )
     async def stream(
         session_id: SessionIdPath,
+        principal: StreamPrincipalDep,
+        access: AccessDep,
         hub: HubDep,
         registry: RegistryDep,
         message_id: Annotated[
@@ -495,7 +647,10 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False)
         ] = None,
     ) -> EventStreamResponse:
-        """Replay what the client missed from the session's log, then stream live events."""
+        """Replay what the client missed from the session's log, then stream live events.
+
+        Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
+        await access.check_session(principal, session_id)
         message_since = None
         message_finished = False
         if message_id is not None:
@@ -512,7 +667,11 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             message_since=message_since,
             message_finished=message_finished,
         )
-        return EventStreamResponse(stream, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventStreamResponse(
+            stream,
+            metrics.track_sse(aiter(stream)),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.get(
         "/history/{session_id}",
@@ -520,16 +679,19 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         response_model_exclude_none=True,
         summary="Get a session's history",
         tags=["history"],
-        responses=ERRORS,
+        responses={**ERRORS, **NO_SESSION},
     )
     async def get_session_history(
         session_id: SessionIdPath,
+        principal: PrincipalDep,
+        access: AccessDep,
         history: HistoryDep,
         limit: Annotated[
             int | None, Query(ge=1, le=100_000, description="Only the most recent N turns.")
         ] = None,
     ) -> HistoryResponse:
-        """The session's turns, oldest first; an unknown session has an empty history."""
+        """The session's turns, oldest first; an unknown session has an empty history (404 with API keys)."""
+        await access.check_session(principal, session_id)
         messages = await history.read(session_id, limit)
         return HistoryResponse(session_id=session_id, messages=messages, count=len(messages))
 
@@ -538,10 +700,13 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         response_model=StatusResponse,
         summary="Clear a session's history",
         tags=["history"],
-        responses=ERRORS,
+        responses={**ERRORS, **NO_SESSION},
     )
-    async def clear_session_history(session_id: SessionIdPath, history: HistoryDep) -> StatusResponse:
-        """Delete every stored turn of the session."""
+    async def clear_session_history(
+        session_id: SessionIdPath, principal: PrincipalDep, access: AccessDep, history: HistoryDep
+    ) -> StatusResponse:
+        """Delete every stored turn of the session (it stays its key's until its TTL runs out)."""
+        await access.check_session(principal, session_id)
         await history.clear(session_id)
         return StatusResponse(message=f"History cleared for session {session_id}")
 

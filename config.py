@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -14,6 +16,7 @@ __all__ = ["Settings", "format_validation_error", "get_settings"]
 VERSION = "1.0.0"
 SERVICE_NAME = "ai-chat-service"
 
+KEY_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
@@ -92,6 +95,18 @@ class Settings(BaseSettings):
     max_message_length: int = Field(default=8000, ge=1, le=1_000_000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
 
+    # Access control (security.py). API_KEYS unset: the service is open.
+    api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    stream_token_secret: SecretStr | None = None
+    stream_token_ttl: int = Field(default=3600, ge=10, le=7 * 86_400)
+
+    # Limits (0 or unset: no limit)
+    rate_limit: str | None = None
+    max_streams_per_user: int = Field(default=0, ge=0)
+    max_active_streams: int = Field(default=0, ge=0)
+    stream_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -106,6 +121,38 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        # `name:key,name:key`. Errors name the entry's position, never the key itself.
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for position, item in enumerate((part.strip() for part in value.split(",")), start=1):
+            if not item:
+                continue
+            name, separator, key = item.partition(":")
+            if not separator or not re.fullmatch(KEY_NAME_PATTERN, name):
+                raise ValueError(f"entry {position} is not name:key (name: letters, digits, _ . -)")
+            if len(key) < 16:
+                raise ValueError(f"the key of {name!r} is shorter than 16 characters")
+            if name in keys:
+                raise ValueError(f"the name {name!r} is used twice")
+            keys[name] = key
+        return keys
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _check_rate_limit(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError("must look like 30/minute (or several: 30/minute;500/hour)") from None
         return value
 
     @field_validator("redis_sentinels", mode="before")
@@ -141,8 +188,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         # Checked by hand rather than as RedisDsn so that a bad URL's error never echoes the password.
-        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+        if value is None:
+            return value
+        url = value.get_secret_value()
+        if not url.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
+        try:
+            port = urlsplit(url).port
+        except ValueError:  # not a number, or out of range: the client would crash start-up later
+            port = 0
+        if port == 0:
+            raise ValueError("has an invalid port")
         return value
 
     @field_validator("openai_base_url")

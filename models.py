@@ -99,6 +99,13 @@ class ChatAccepted(BaseModel):
     channel: str = Field(description="Redis PubSub channel on which the answer's events are published.")
     stream_url: str = Field(description="Server-Sent Events URL that follows this answer to its end.")
     finish_reason: FinishReason | None = Field(default=None, description="Set once the answer has ended.")
+    stream_token: str | None = Field(
+        default=None,
+        description=(
+            "With API keys on: a short-lived token for `GET /stream/{session_id}?token=...`, for clients "
+            "such as a browser's EventSource that cannot send the key. Good for this session only."
+        ),
+    )
 
 
 class AnswerState(BaseModel):
@@ -186,6 +193,9 @@ class RedisHealth(BaseModel):
     status: Literal["connected", "disconnected"]
     mode: Literal["redis", "embedded"]
     latency_ms: float | None = Field(default=None, description="PING round trip, in milliseconds.")
+    pubsub: Literal["ok"] | None = Field(
+        default=None, description="A probe came back through this process's PubSub subscription."
+    )
     error: str | None = Field(default=None, description="Why Redis is unreachable, when it is.")
 
 
@@ -204,6 +214,11 @@ class HealthResponse(BaseModel):
     version: str
     redis: RedisHealth
     ai: AIHealth | None = Field(default=None, description="The model provider answers come from.")
+
+
+class LivenessResponse(BaseModel):
+    status: Literal["alive"]
+    version: str
 
 
 class ServiceInfo(BaseModel):

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.exceptions import HTTPException
 
 from ai_service import (
     AnswerError,
@@ -37,6 +38,7 @@ from ai_service import (
 from config import Settings
 from models import ID_PATTERN, ChatRequest, ChunkEvent, EndEvent, ErrorEvent, StreamEvent, Usage
 from redis_client import RedisUnavailable
+from security import AccessDep, PrincipalDep
 
 __all__ = ["router"]
 
@@ -209,6 +211,9 @@ class OpenAIRoute(APIRoute):
                 return await handler(request)
             except OpenAIAPIError as error:
                 return error.response()
+            except HTTPException as error:
+                # FastAPI's own refusals, such as a body that is not UTF-8: OpenAI's shape here too.
+                return OpenAIAPIError(error.status_code, str(error.detail)).response()
             except RequestValidationError as error:
                 errors = error.errors()
                 param = (_location(errors[0]["loc"]) or None) if errors else None
@@ -391,12 +396,15 @@ async def create_chat_completion(
     body: ChatCompletionRequest,
     service: ChatServiceDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
+    access: AccessDep,
     session_id: SessionHeader = None,
 ) -> Response:
     """Answer the conversation, whole or streamed, as OpenAI's Chat Completions API does."""
     conversation, message = _conversation(body.messages, settings)
     completion = Completion()
     if session_id is None:
+        await access.rate_limit(principal, body.user or DEFAULT_USER_ID)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         deltas = service.source.stream(conversation, completion)
     else:
@@ -405,7 +413,8 @@ async def create_chat_completion(
         except ValidationError as error:
             raise OpenAIAPIError(400, f"Invalid user: {error.errors()[0]['msg']}", param="user") from None
         events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
-        accepted, _ = await service.submit(chat, context=conversation, listener=events)
+        # Through the same checks as POST /chat: owner, rate and stream limits.
+        accepted, _ = await access.submit(principal, chat, service, context=conversation, listener=events)
         completion_id = f"chatcmpl-{accepted.message_id}"
         deltas = _relay(events, completion)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

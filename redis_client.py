@@ -21,8 +21,15 @@ from redis.asyncio import BlockingConnectionPool, Connection, Redis, RedisCluste
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, Role, status_of
@@ -59,6 +66,12 @@ def describe(error: BaseException) -> str:
     """A short, credential-free reason for a Redis failure (driver messages can name hosts)."""
     if isinstance(error, TimeoutError | RedisTimeoutError):
         return "Redis did not answer in time"
+    # redis-py maps OOM, NOAUTH and WRONGPASS replies to these classes and strips the code from the text;
+    # AuthenticationError is a ConnectionError, so it is told apart first.
+    if isinstance(error, OutOfMemoryError):
+        return "Redis is out of memory"
+    if isinstance(error, AuthenticationError | NoPermissionError):
+        return "Redis refused the credentials"
     if isinstance(error, RedisConnectionError):
         return "cannot connect to Redis"
     text = str(error)

@@ -148,10 +148,16 @@ class EventStreamResponse(StreamingResponse):
     """Sends a `SessionStream` as `text/event-stream`, and ends it when the client leaves."""
 
     def __init__(
-        self, stream: SessionStream, status_code: int = 200, headers: Mapping[str, str] | None = None
+        self,
+        stream: SessionStream,
+        events: AsyncIterator[bytes] | None = None,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """`events`: the stream's events, when a wrapper (metrics) iterates it; the stream itself
+        otherwise."""
         self._stream = stream
-        super().__init__(aiter(stream), status_code, headers, media_type="text/event-stream")
+        super().__init__(events or aiter(stream), status_code, headers, media_type="text/event-stream")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

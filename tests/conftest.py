@@ -1,8 +1,9 @@
-"""Shared fixtures: settings, the app in-process, real redis-server processes on free ports, and a
-scriptable OpenAI-compatible model server on loopback."""
+"""Shared fixtures: settings, the app in-process, and real redis-server processes on free ports."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -11,14 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from redis.asyncio.client import PubSub
 
 from app import create_app
 from config import Settings
@@ -26,6 +28,15 @@ from tests.openai_server import OpenAIServer, serve
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ROOT = Path(__file__).resolve().parent.parent
+# Every variable the service reads: cleared for tests so the developer's environment cannot leak in.
+SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real redis-server (a `*_redis` fixture), so `-m "not redis"` works."""
+    for item in items:
+        if any(name.endswith("_redis") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
 
 
 def free_port() -> int:
@@ -46,15 +57,17 @@ def need(condition: bool, reason: str) -> None:
 class RedisServer:
     """A real redis-server on a free loopback port, owned by one test or session."""
 
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, password: str | None = None) -> None:
         self.port = free_port()
         self.extra_args = extra_args
+        self.password = password
         self.directory = tempfile.mkdtemp(prefix="redis-test-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -72,6 +85,7 @@ class RedisServer:
                 self.directory,
                 "--logfile",
                 "redis.log",
+                *(["--requirepass", self.password] if self.password else []),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -101,12 +115,15 @@ class RedisServer:
         self.process = None
 
     def cli(self, *args: str) -> str:
+        # REDISCLI_AUTH rather than -a: the password stays off the command line and its warning.
+        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
         result = subprocess.run(
             ["redis-cli", "-p", str(self.port), *args],
             capture_output=True,
             text=True,
             timeout=5,
             check=True,
+            env=env,
         )
         return result.stdout.strip()
 
@@ -115,9 +132,9 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_redis(*extra_args: str) -> RedisServer:
+def start_redis(*extra_args: str, password: str | None = None) -> RedisServer:
     need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer(*extra_args)
+    server = RedisServer(*extra_args, password=password)
     try:
         server.start()
     except (OSError, RuntimeError) as error:
@@ -149,12 +166,19 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
-    """Settings for a test: fast pacing, no `.env`, embedded Redis unless a URL is given."""
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No service variable in the environment and no `.env` in the working directory."""
     monkeypatch.chdir(tmp_path)  # a developer's .env in the checkout must not leak into tests
     for name in list(os.environ):
-        if name.startswith(("REDIS_", "AI_", "OPENAI_", "API_KEYS", "RATE_", "MAX_")):
+        if name.startswith(("REDIS_", "AI_", "OPENAI_", "API_KEYS", "RATE_", "MAX_")) or (
+            name.upper() in SETTINGS_VARIABLES
+        ):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def make_settings(clean_env: None) -> Callable[..., Settings]:
+    """Settings for a test: fast pacing, no `.env`, embedded Redis unless a URL is given."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {"stream_delay": 0, "chunk_delay": 0, "shutdown_grace_seconds": 2}
@@ -164,7 +188,12 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
     return build
 
 
-AppClient = Callable[[Settings], AbstractAsyncContextManager[httpx.AsyncClient]]
+class AppClient(Protocol):
+    """Starts the app in-process for some settings, optionally with dependencies swapped."""
+
+    def __call__(
+        self, settings: Settings, *, overrides: Mapping[Callable[..., Any], Callable[..., Any]] | None = None
+    ) -> AbstractAsyncContextManager[httpx.AsyncClient]: ...
 
 
 @pytest.fixture
@@ -172,8 +201,11 @@ def app_client() -> AppClient:
     """Run the app in-process with its lifespan entered; yield an HTTP client bound to it."""
 
     @asynccontextmanager
-    async def run(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async def run(
+        settings: Settings, *, overrides: Mapping[Callable[..., Any], Callable[..., Any]] | None = None
+    ) -> AsyncIterator[httpx.AsyncClient]:
         app = create_app(settings)
+        app.dependency_overrides.update(overrides or {})
         async with (
             LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
             httpx.AsyncClient(
@@ -185,70 +217,163 @@ def app_client() -> AppClient:
     return run
 
 
+# --- Helpers shared by the flow tests ------------------------------------------------------------
+
+Json = dict[str, Any]
+CHAT = {"session_id": "test123", "message": "Hello!", "user_id": "user1"}
+
+
+async def wait_for_history(
+    client: httpx.AsyncClient, session_id: str, turns: int = 2, timeout: float = 10
+) -> Json:
+    """Poll the history API until the session has `turns` turns (an answer has landed); return it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            body: Json = (await client.get(f"/history/{session_id}")).json()
+            if body["count"] >= turns:
+                return body
+            await asyncio.sleep(0.01)
+
+
+async def wait_for_answer(
+    client: httpx.AsyncClient, session_id: str, message_id: str, timeout: float = 10
+) -> Json:
+    """Poll the history API until the assistant turn of `message_id` is stored; return the history."""
+    async with asyncio.timeout(timeout):
+        while True:
+            body: Json = (await client.get(f"/history/{session_id}")).json()
+            if any(m["role"] == "assistant" and m["message_id"] == message_id for m in body["messages"]):
+                return body
+            await asyncio.sleep(0.01)
+
+
+def ended(events: list[Json]) -> bool:
+    return bool(events) and events[-1]["type"] in {"end", "error"}
+
+
+async def read_answers(
+    pubsub: PubSub,
+    message_ids: set[str] | list[str],
+    *,
+    until: Callable[[list[Json]], bool] = ended,
+    timeout: float = 20,
+) -> dict[str, list[Json]]:
+    """Collect the events of these answers from a subscribed PubSub until `until` holds for each.
+
+    Returns each answer's events in arrival order; by default reads until each has ended.
+    """
+    events: dict[str, list[Json]] = {message_id: [] for message_id in message_ids}
+    async with asyncio.timeout(timeout):
+        while not all(until(answer) for answer in events.values()):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            event: Json = json.loads(message["data"])
+            if event["message_id"] in events:
+                events[event["message_id"]].append(event)
+    return events
+
+
+def assert_well_formed(events: list[Json], message_id: str) -> None:
+    """One answer's events as the stream contract promises: start, chunks, then one end or error."""
+    assert {event["message_id"] for event in events} == {message_id}
+    assert [event["seq"] for event in events] == list(range(len(events))), "seq is not 0..n"
+    assert events[0]["type"] == "start"
+    assert [event["type"] for event in events[1:-1]] == ["chunk"] * (len(events) - 2)
+    assert events[-1]["type"] in {"end", "error"}
+    text = "".join(event["content"] for event in events if event["type"] == "chunk")
+    if events[-1]["type"] == "end":
+        assert events[-1]["content"] == text
+
+
+def service_environment(**variables: str) -> dict[str, str]:
+    """The process environment for a service child: ours without the service's variables."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in SETTINGS_VARIABLES and not name.startswith("PROMETHEUS_")
+    }
+    env.update(variables)
+    return env
+
+
 class ServiceProcess:
-    """`python app.py` as a separate process, the way users and the Dockerfile start it."""
+    """The service as a real process on a free port (`python app.py`, or uvicorn with several workers),
+    run from an empty folder (no `.env` of the checkout is read) and logging to a file."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, variables: Mapping[str, str] | None = None, *, workers: int = 1) -> None:
         self.port = free_port()
-        self.env = {**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env}
-        self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
-        # A file, not a pipe: a pipe nobody reads fills up and blocks the service's logging.
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the service_process fixture
+        self.directory = Path(tempfile.mkdtemp(prefix="service-"))
+        self.log_path = self.directory / "service.log"
+        self.env = service_environment(HOST="127.0.0.1", PORT=str(self.port), **(variables or {}))
+        if workers == 1:
+            self.command = [sys.executable, str(ROOT / "app.py")]
+        else:
+            self.command = [
+                sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--app-dir", str(ROOT),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-access-log",
+            ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
-            env=self.env,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
+    def start(self, ready: str = "/health/live", timeout: float = 20) -> None:
+        """Start the process and wait until `ready` answers 200."""
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}: {self.output()}")
+                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
                     return
-            except httpx.HTTPError:
+            except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError("app.py did not become healthy within 20s")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        raise RuntimeError(f"{ready} did not answer 200 within {timeout}s:\n{self.output()}")
 
     def output(self) -> str:
         """Everything the service has logged so far."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def stderr(self) -> str:
+        return self.output()
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture
-def service_process() -> Iterator[Callable[..., ServiceProcess]]:
-    """Start `python app.py` processes; every one is stopped when the test ends."""
+def start_service() -> Iterator[Callable[..., ServiceProcess]]:
+    """Start the service with these variables and wait until /health is 200; cleaned up after the test."""
     started: list[ServiceProcess] = []
 
-    def start(**env: str) -> ServiceProcess:
-        service = ServiceProcess(**env)
+    def start(*, workers: int = 1, **variables: str) -> ServiceProcess:
+        service = ServiceProcess(variables, workers=workers)
         started.append(service)
-        service.start()
+        service.start(ready="/health")
         return service
 
     yield start
     for service in started:
-        if service.process is not None and service.process.poll() is None:
-            service.stop(signal.SIGKILL)
-        service.log.close()
+        service.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -92,10 +92,10 @@ async def test_sse_resume_and_stop_on_a_cluster(
 
 
 async def test_two_instances_on_a_cluster(
-    cluster: ClusterServers, service_process: Callable[..., ServiceProcess]
+    cluster: ClusterServers, start_service: Callable[..., ServiceProcess]
 ) -> None:
     env = {"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true", "STREAM_DELAY": "0.05", "CHUNK_DELAY": "0"}
-    first, second = service_process(**env), service_process(**env)
+    first, second = start_service(**env), start_service(**env)
     async with (
         httpx.AsyncClient(base_url=first.url, timeout=20) as one,
         httpx.AsyncClient(base_url=second.url, timeout=20) as two,

@@ -18,9 +18,8 @@ from config import Settings, format_validation_error
 from models import ChatRequest, ChatTurn, ChunkEvent, EndEvent, ErrorEvent, StartEvent, StreamEvent, Usage
 from providers import close_answer_source, create_answer_source
 from redis_client import AnswerRegistry, CommandBatcher, HistoryStore, KeySpace, create_redis
-from tests.conftest import AppClient, RedisServer
+from tests.conftest import AppClient, RedisServer, wait_for_history
 from tests.openai_server import OpenAIServer, Reply
-from tests.test_app import wait_for_answer
 
 SettingsFactory = Callable[..., Settings]
 
@@ -417,9 +416,9 @@ async def test_app_answers_from_the_configured_model_server(
         health = (await client.get("/health")).json()
         accepted = await client.post("/chat", json={"session_id": "wired", "message": "Hi!", "user_id": "u1"})
         assert accepted.status_code == 202
-        history = await wait_for_answer(client, "wired")
+        history = await wait_for_history(client, "wired")
     assert health["ai"] == {"provider": "openai", "model": "test-model", "base_url": model_server.url}
-    answer = history["messages"][1]  # type: ignore[index]
+    answer = history["messages"][1]
     assert answer["content"] == "Hello there, friend."
     assert answer["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert sent(model_server) == [

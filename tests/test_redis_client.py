@@ -1,16 +1,361 @@
-"""The batched writer's own wire path: RESP packing, and replies as Redis sends them."""
+"""Redis access: key names, history (order, trimming, TTL), the batched event writer, and deadlines.
+
+Unit behaviour runs on fakeredis; TTLs, outages and stalls run against a real redis-server.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import fakeredis
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Connection, Redis
+from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, OutOfMemoryError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from redis_client import Command, CommandBatcher, RedisUnavailable, pack
+from config import Settings
+from models import ChatTurn
+from redis_client import (
+    Command,
+    CommandBatcher,
+    HistoryStore,
+    KeySpace,
+    RedisClient,
+    RedisUnavailable,
+    bounded,
+    create_redis,
+    describe,
+    pack,
+)
 from tests.conftest import RedisServer
+
+KEYS = KeySpace("chat")
+TTL = 300
+
+
+def turn(number: int) -> ChatTurn:
+    return ChatTurn.assistant(f"m-{number}", f"turn {number}", "user1", "stop")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Redis]:
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+async def real(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(redis_server.url)
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+def settings_for(make_settings: Callable[..., Settings]) -> Callable[[RedisServer], Settings]:
+    """Settings pointing at a real server, with a short REDIS_TIMEOUT so outages show quickly."""
+    return lambda server: make_settings(redis_url=server.url, redis_timeout=0.5)
+
+
+def history_on(redis: RedisClient, *, max_messages: int = 1000, timeout: float = 2) -> HistoryStore:
+    return HistoryStore(redis, KEYS, ttl=TTL, max_messages=max_messages, timeout=timeout)
+
+
+async def started_writer(redis: RedisClient, timeout: float = 2) -> CommandBatcher:
+    writer = CommandBatcher(redis, timeout=timeout, name="event-writer")
+    writer.start()
+    return writer
+
+
+# --- Key names -----------------------------------------------------------------------------------
+
+
+def test_history_key_carries_the_session_as_a_cluster_hash_tag() -> None:
+    key = KEYS.history("test123")
+    assert key == "chat:{test123}:history"
+    assert key_slot(key.encode()) == key_slot(b"test123")
+
+
+def test_channel_and_its_pattern_follow_the_prefix() -> None:
+    keys = KeySpace("tenant-a")
+    assert keys.channel("test123") == "tenant-a:test123"
+    assert keys.channel_pattern == "tenant-a:{session_id}"
+    assert keys.history("s").startswith("tenant-a:")
+
+
+# --- History on fakeredis ------------------------------------------------------------------------
+
+
+async def test_history_append_keeps_order(fake: Redis) -> None:
+    history = history_on(fake)
+    for number in range(5):
+        await history.append("s1", turn(number))
+    assert [t.message_id for t in await history.read("s1")] == [f"m-{n}" for n in range(5)]
+
+
+async def test_history_is_trimmed_to_the_most_recent_turns(fake: Redis) -> None:
+    history = history_on(fake, max_messages=3)
+    for number in range(7):
+        await history.append("s1", turn(number))
+    assert [t.message_id for t in await history.read("s1")] == ["m-4", "m-5", "m-6"]
+    assert await fake.llen(KEYS.history("s1")) == 3
+
+
+async def test_history_limit_returns_the_most_recent_oldest_first(fake: Redis) -> None:
+    history = history_on(fake)
+    for number in range(5):
+        await history.append("s1", turn(number))
+    assert [t.message_id for t in await history.read("s1", limit=2)] == ["m-3", "m-4"]
+    assert len(await history.read("s1", limit=50)) == 5
+
+
+async def test_sessions_do_not_share_history(fake: Redis) -> None:
+    history = history_on(fake)
+    await history.append("a", turn(1))
+    await history.append("b", turn(2))
+    assert [t.message_id for t in await history.read("a")] == ["m-1"]
+    assert await history.read("unknown") == []
+
+
+async def test_an_unreadable_entry_is_skipped_not_fatal(fake: Redis) -> None:
+    history = history_on(fake)
+    await history.append("s1", turn(1))
+    await fake.rpush(KEYS.history("s1"), b"{not json")
+    await history.append("s1", turn(2))
+    assert [t.message_id for t in await history.read("s1")] == ["m-1", "m-2"]
+
+
+async def test_clear_deletes_the_history_and_the_replay_log(fake: Redis) -> None:
+    history = history_on(fake)
+    await history.append("s1", turn(1))
+    await fake.xadd(KEYS.events("s1"), {"e": b"{}"})
+    await history.clear("s1")
+    assert await history.read("s1") == []
+    assert await fake.exists(KEYS.history("s1"), KEYS.events("s1")) == 0
+    await history.clear("s1")  # clearing an empty session is fine
+
+
+async def test_embedded_redis_answers_ping(make_settings: Callable[..., Settings]) -> None:
+    redis = create_redis(make_settings())
+    try:
+        assert await history_on(redis).ping() >= 0
+    finally:
+        await redis.aclose()
+
+
+# --- History TTL on a real server ----------------------------------------------------------------
+
+
+async def test_history_ttl_is_set_on_first_append(real: Redis) -> None:
+    await history_on(real).append("s1", turn(1))
+    assert TTL - 5 <= await real.ttl(KEYS.history("s1")) <= TTL
+
+
+async def test_history_ttl_is_refreshed_on_every_append(real: Redis) -> None:
+    history = history_on(real)
+    await history.append("s1", turn(1))
+    await real.expire(KEYS.history("s1"), 5)
+    await history.append("s1", turn(2))
+    assert await real.ttl(KEYS.history("s1")) > TTL - 5
+
+
+async def test_writer_appends_refresh_the_ttl_too(real: Redis) -> None:
+    history = history_on(real)
+    await history.append("s1", turn(1))
+    await real.expire(KEYS.history("s1"), 5)
+    writer = await started_writer(real)
+    try:
+        await writer.execute(history.append_commands("s1", turn(2)))
+    finally:
+        await writer.close()
+    assert await real.ttl(KEYS.history("s1")) > TTL - 5
+    assert await real.llen(KEYS.history("s1")) == 2
+
+
+async def test_every_chat_key_has_a_ttl(real: Redis) -> None:
+    history = history_on(real, max_messages=2)
+    writer = await started_writer(real)
+    try:
+        for session in ("a", "b", "c"):
+            await history.append(session, turn(1))
+            await writer.execute(history.append_commands(session, turn(2)))
+            await writer.execute(history.append_commands(session, turn(3)))  # trims
+            await writer.execute([("PUBLISH", KEYS.channel(session), b"{}")])
+    finally:
+        await writer.close()
+    keys = [key async for key in real.scan_iter(match="chat:*")]
+    assert len(keys) == 3
+    for key in keys:
+        assert await real.ttl(key) > 0, key
+
+
+# --- The batched event writer --------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_pipelines(fake: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counted where the batcher sends a batch: it writes its own pipelined buffer (issue #6), not
+    # through redis-py's pipeline object.
+    pipelines = 0
+    round_trip = CommandBatcher._round_trip
+
+    async def counting_round_trip(self: CommandBatcher, commands: list[Command]) -> list[Any]:
+        nonlocal pipelines
+        pipelines += 1
+        return await round_trip(self, commands)
+
+    monkeypatch.setattr(CommandBatcher, "_round_trip", counting_round_trip)
+    writer = await started_writer(fake)
+    try:
+        replies = await asyncio.gather(*(writer.execute([("INCR", f"counter:{n}")]) for n in range(50)))
+    finally:
+        await writer.close()
+    assert replies == [[1]] * 50
+    # One pipeline per write would be 50 round trips; batching sends them together.
+    assert 1 <= pipelines <= 3
+
+
+async def test_writes_keep_submission_order_and_get_their_own_replies(fake: Redis) -> None:
+    writer = await started_writer(fake)
+    try:
+        replies = await asyncio.gather(*(writer.execute([("RPUSH", "ordered", str(n))]) for n in range(100)))
+    finally:
+        await writer.close()
+    assert await fake.lrange("ordered", 0, -1) == [str(n).encode() for n in range(100)]
+    assert replies == [[n + 1] for n in range(100)]
+
+
+async def test_a_failing_command_fails_only_its_own_write(fake: Redis) -> None:
+    await fake.rpush("a-list", "x")
+    writer = await started_writer(fake)
+    try:
+        results = await asyncio.gather(
+            writer.execute([("INCR", "n")]),
+            writer.execute([("INCR", "a-list")]),  # WRONGTYPE
+            writer.execute([("INCR", "n")]),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert results[0] == [1]
+    assert isinstance(results[1], RedisUnavailable)
+    assert results[2] == [2]
+
+
+async def test_close_sends_what_is_pending_then_refuses_writes(fake: Redis) -> None:
+    writer = await started_writer(fake)
+    pending = [asyncio.ensure_future(writer.execute([("RPUSH", "k", str(n))])) for n in range(10)]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await writer.close()
+        await asyncio.gather(*pending)
+    assert await fake.llen("k") == 10
+    with pytest.raises(RuntimeError):
+        await writer.execute([("INCR", "n")])
+
+
+async def test_writer_raises_redis_unavailable_when_redis_is_down(
+    own_redis: RedisServer, settings_for: Callable[[RedisServer], Settings]
+) -> None:
+    redis = create_redis(settings_for(own_redis))
+    writer = await started_writer(redis, timeout=0.5)
+    try:
+        assert await writer.execute([("INCR", "n")]) == [1]
+        own_redis.stop()
+        async with asyncio.timeout(10):
+            with pytest.raises(RedisUnavailable):
+                await writer.execute([("INCR", "n")])
+    finally:
+        await writer.close()
+        await redis.aclose()
+
+
+# --- Deadlines -----------------------------------------------------------------------------------
+
+
+async def test_history_calls_fail_fast_when_redis_is_down(
+    own_redis: RedisServer, settings_for: Callable[[RedisServer], Settings]
+) -> None:
+    redis = create_redis(settings_for(own_redis))
+    history = history_on(redis, timeout=0.5)
+    own_redis.stop()
+    try:
+        async with asyncio.timeout(10):
+            for call in (history.ping(), history.read("s1"), history.append("s1", turn(1))):
+                with pytest.raises(RedisUnavailable) as caught:
+                    await call
+                assert caught.value.reason in {"cannot connect to Redis", "Redis did not answer in time"}
+    finally:
+        await redis.aclose()
+
+
+async def test_a_stalled_redis_gives_redis_unavailable_within_the_timeout(
+    own_redis: RedisServer, settings_for: Callable[[RedisServer], Settings]
+) -> None:
+    redis = create_redis(settings_for(own_redis))
+    history = history_on(redis, timeout=0.5)
+    writer = await started_writer(redis, timeout=0.5)
+    try:
+        await history.ping()  # connected before the stall
+        own_redis.cli("CLIENT", "PAUSE", "20000", "ALL")  # Redis accepts but answers nothing for 20s
+        for call in (history.read("s1"), writer.execute([("INCR", "n")])):
+            started = time.monotonic()
+            with pytest.raises(RedisUnavailable):
+                await call
+            # Unbounded, the call would wait out the whole 20s pause.
+            assert time.monotonic() - started < 5
+    finally:  # the paused server is this test's own; its fixture kills it
+        await writer.close()
+        await redis.aclose()
+
+
+async def test_bounded_turns_a_deadline_into_redis_unavailable() -> None:
+    with pytest.raises(RedisUnavailable) as caught:
+        async with bounded(0.05):
+            await asyncio.sleep(10)
+    assert caught.value.reason == "Redis did not answer in time"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            RedisConnectionError("Error 111 connecting to db.internal:6379. Connection refused."),
+            "cannot connect",
+        ),
+        (ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "out of memory"),
+        (ResponseError("WRONGPASS invalid username-password pair"), "refused the credentials"),
+        (TimeoutError(), "did not answer in time"),
+        # What redis-py really raises for OOM and WRONGPASS replies: the code is gone from the text.
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "out of memory"),
+        (
+            AuthenticationError("invalid username-password pair or user is disabled."),
+            "refused the credentials",
+        ),
+    ],
+)
+def test_failure_reasons_are_short_and_name_no_host(error: Exception, reason: str) -> None:
+    text = describe(error)
+    assert reason in text
+    assert "internal" not in text
+    assert "6379" not in text
+
+
+async def test_commands_of_one_write_are_sent_together(fake: Redis) -> None:
+    commands: list[Command] = [("RPUSH", "k", "a"), ("EXPIRE", "k", 60), ("LLEN", "k")]
+    writer = await started_writer(fake)
+    try:
+        assert await writer.execute(commands) == [1, True, 1]
+    finally:
+        await writer.close()
+
+
+# --- The batcher's own wire path (issue #6) ------------------------------------------------------
 
 args = st.one_of(st.binary(max_size=5000), st.text(max_size=200), st.integers(), st.floats(allow_nan=False))
 

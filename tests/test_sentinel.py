@@ -33,9 +33,9 @@ def sentinel() -> Iterator[SentinelServers]:
 
 
 async def test_failover_loses_no_accepted_turn_and_service_recovers(
-    sentinel: SentinelServers, service_process: Callable[..., ServiceProcess]
+    sentinel: SentinelServers, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    service = service_process(
+    service = start_service(
         REDIS_SENTINELS=sentinel.sentinel_addresses,
         REDIS_SENTINEL_MASTER=sentinel.master_name,
         REDIS_WAIT_REPLICAS="1",

@@ -45,16 +45,15 @@ async def test_a_client_that_leaves_is_let_go(
 
 
 async def test_sigterm_ends_open_streams_and_the_service_exits(
-    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    service = service_process(REDIS_URL=redis_server.url)
+    service = start_service(REDIS_URL=redis_server.url)
     async with httpx.AsyncClient(base_url=service.url, timeout=20) as client:
         async with client.stream("GET", "/stream/open") as response:
             assert response.status_code == 200
             assert await until(lambda: subscribers(redis_server, "chat:open") == 1)
-            assert service.process is not None
-            service.process.send_signal(signal.SIGTERM)
+            service.terminate()
             body = b"".join([piece async for piece in response.aiter_bytes()])
         assert b"event:" not in body
-    assert service.stop(timeout=15) in (0, -signal.SIGTERM)
+    assert service.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "stopped" in service.output()

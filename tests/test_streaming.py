@@ -276,11 +276,11 @@ async def test_sse_survives_pubsub_connections_being_killed(
 
 
 async def test_thousand_sse_clients_share_a_few_redis_connections(
-    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
 ) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    service = service_process(REDIS_URL=redis_server.url, STREAM_DELAY="0.01", CHUNK_DELAY="0")
+    service = start_service(REDIS_URL=redis_server.url, STREAM_DELAY="0.01", CHUNK_DELAY="0")
     sessions = [f"crowd{i}" for i in range(10)]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=limits) as client:
@@ -303,10 +303,10 @@ async def test_thousand_sse_clients_share_a_few_redis_connections(
 
 
 async def test_two_instances_post_on_one_stream_and_cancel_on_the_other(
-    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
 ) -> None:
     env = {"REDIS_URL": redis_server.url, "STREAM_DELAY": "0.05", "CHUNK_DELAY": "0"}
-    first, second = service_process(**env), service_process(**env)
+    first, second = start_service(**env), start_service(**env)
     async with (
         httpx.AsyncClient(base_url=first.url, timeout=20) as one,
         httpx.AsyncClient(base_url=second.url, timeout=20) as two,

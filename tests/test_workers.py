@@ -31,9 +31,9 @@ async def answer_events(client: httpx.AsyncClient, session_id: str, message_id: 
 
 
 async def test_two_workers_stream_stop_and_deduplicate_across_processes(
-    redis_server: RedisServer, service_process: Callable[..., ServiceProcess]
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    service = service_process(REDIS_URL=redis_server.url, WEB_CONCURRENCY="2", STREAM_DELAY="0.02")
+    service = start_service(REDIS_URL=redis_server.url, WEB_CONCURRENCY="2", STREAM_DELAY="0.02")
     limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker
     async with httpx.AsyncClient(base_url=service.url, timeout=20, limits=limits) as client:
         accepted = [

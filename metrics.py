@@ -1,0 +1,211 @@
+"""Prometheus metrics: HTTP requests, answers, SSE clients and errors, served at `/metrics`.
+
+With several uvicorn workers, set `PROMETHEUS_MULTIPROC_DIR` to an empty directory the workers share
+before starting them: prometheus-client then keeps each worker's values in files there and `/metrics`,
+whichever worker answers, sums them (prometheus-client reads the variable when it is first imported).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, TypeVar
+
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.routing import Match
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from ai_service import Answer
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+
+T = TypeVar("T")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ANSWER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The service's metrics, on a registry of their own (so several apps in one process, as in the
+    tests, do not collide). Also an `AnswerObserver` of the chat service."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "chat_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "chat_http_request_duration_seconds",
+            "Time to answer an HTTP request (Server-Sent Event streams are not included).",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.active_answers = Gauge(
+            "chat_active_answers",
+            "Answers being generated now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.chunks = Counter("chat_chunks_published", "Answer chunks published to Redis.", registry=registry)
+        self.time_to_first_chunk = Histogram(
+            "chat_time_to_first_chunk_seconds",
+            "From accepting a chat to publishing its answer's first chunk.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.answer_duration = Histogram(
+            "chat_answer_duration_seconds",
+            "From accepting a chat to its answer's end, by finish reason.",
+            ["finish_reason"],
+            buckets=ANSWER_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "chat_errors",
+            "Errors by code: HTTP error answers (source=http), answers ended by an error (source=answer).",
+            ["source", "code"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "chat_redis_errors",
+            "Redis failures, by where they were noticed (request, answer, health).",
+            ["where"],
+            registry=registry,
+        )
+        self.sse_clients = Gauge(
+            "chat_sse_clients",
+            "Server-Sent Event clients connected now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def render(self) -> bytes:
+        """The exposition text: this process's metrics, or with several workers every live worker's."""
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """On shutdown: a worker's live gauges (active answers, SSE clients) stop counting."""
+        if multiprocess_dir() is not None:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    # -- AnswerObserver --
+
+    def answer_started(self, answer: Answer) -> None:
+        self.active_answers.inc()
+
+    def chunk_published(self, answer: Answer) -> None:
+        self.chunks.inc()
+        if answer.seq == 1:
+            self.time_to_first_chunk.observe(time.perf_counter() - answer.started)
+
+    def answer_ended(self, answer: Answer) -> None:
+        self.active_answers.dec()
+        self.answer_duration.labels(answer.finish_reason or "lost").observe(
+            time.perf_counter() - answer.started
+        )
+        if answer.error_code is not None:
+            self.errors.labels("answer", answer.error_code).inc()
+            if answer.error_code == "redis_unavailable":
+                self.redis_errors.labels("answer").inc()
+
+    async def track_sse(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Count an SSE client for as long as its stream runs."""
+        self.sse_clients.inc()
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.sse_clients.dec()
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template (`/history/{session_id}`), never the raw path: ids would make
+    one time series per session. Unmatched paths share one label."""
+    matched = scope.get("route")  # set by Starlette's router when it routed the request
+    if matched is not None:
+        return str(getattr(matched, "path", "unmatched"))
+    app = scope.get("app")  # refused before routing (a body too large): match it ourselves
+    router = getattr(app, "router", None)
+    for route in getattr(router, "routes", ()):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template and status, times it, and counts error codes."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        streaming = False
+        error_body: bytes | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, streaming, error_body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = dict(message.get("headers", []))
+                streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                error_body = b"" if status >= 400 else None
+            elif (
+                message["type"] == "http.response.body"
+                and error_body is not None
+                and len(error_body) < 65_536
+            ):
+                error_body += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = _route_template(scope)
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            if not streaming:
+                self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+            if status >= 400:
+                code = _error_code(error_body)
+                self.metrics.errors.labels("http", code).inc()
+                if code == "redis_unavailable":
+                    self.metrics.redis_errors.labels("request").inc()
+
+
+def _error_code(body: bytes | None) -> str:
+    try:
+        code = orjson.loads(body or b"")["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "unknown"
+    return code if isinstance(code, str) and len(code) <= 64 else "unknown"

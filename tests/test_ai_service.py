@@ -1,0 +1,373 @@
+"""The simulated model (content and pacing) and ChatService's streaming machinery on fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from ai_service import (
+    AnswerError,
+    ChatService,
+    Completion,
+    ConversationMessage,
+    ServiceUnavailable,
+    SimulatedAnswerSource,
+    compose_answer,
+)
+from config import Settings
+from models import ChatRequest
+from redis_client import AnswerRegistry, Command, CommandBatcher, HistoryStore, KeySpace
+from tests.conftest import Json, assert_well_formed, read_answers
+
+KEYS = KeySpace("chat")
+
+
+def user(content: str) -> ConversationMessage:
+    return ConversationMessage(role="user", content=content)
+
+
+def sentences(text: str) -> list[str]:
+    return [part for part in re.split(r"(?<=[.!?])\s+", text.strip()) if part]
+
+
+async def collect(source: SimulatedAnswerSource, conversation: Sequence[ConversationMessage]) -> list[str]:
+    return [delta async for delta in source.stream(conversation, Completion())]
+
+
+# --- What the simulated model says ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "topic"),
+    [
+        ("How do I configure Kubernetes autoscaling?", "autoscaling"),
+        ("Why is PostgreSQL replication lagging?", "replication"),
+        ("What is a vector database?", "database"),
+        ("I love gardening tomatoes", "gardening"),
+    ],
+)
+def test_the_answer_is_about_the_message_and_several_sentences_long(message: str, topic: str) -> None:
+    answer = compose_answer([user(message)])
+    assert topic in answer.lower()
+    assert len(sentences(answer)) >= 3
+
+
+def test_a_greeting_gets_a_greeting_back() -> None:
+    answer = compose_answer([user("Hello!")])
+    assert answer.startswith(("Hello", "Hi"))
+    assert len(sentences(answer)) >= 2
+
+
+def test_different_messages_get_different_answers() -> None:
+    messages = ["How do I bake bread?", "Why do cats purr?", "What is Redis?", "Tell me about volcanoes"]
+    answers = {compose_answer([user(message)]) for message in messages}
+    assert len(answers) == len(messages)
+
+
+def test_the_same_conversation_gets_the_same_answer() -> None:
+    conversation = [user("Explain Redis streams")]
+    assert compose_answer(conversation) == compose_answer(list(conversation))
+
+
+def test_a_later_answer_refers_back_to_earlier_turns() -> None:
+    first = "Tell me about PostgreSQL replication"
+    conversation = [
+        user(first),
+        ConversationMessage(role="assistant", content=compose_answer([user(first)])),
+        user("And what about backups?"),
+    ]
+    answer = compose_answer(conversation)
+    assert "backups" in answer
+    assert "replication" in answer  # the earlier question
+    assert answer != compose_answer([user("And what about backups?")])
+
+
+# --- How the simulated model streams -------------------------------------------------------------
+
+
+async def test_chunks_concatenate_to_the_composed_answer() -> None:
+    conversation = [user("How do I configure Kubernetes autoscaling?")]
+    chunks = await collect(SimulatedAnswerSource(stream_delay=0, chunk_delay=0), conversation)
+    assert len(chunks) > 3
+    assert "".join(chunks) == compose_answer(conversation)
+    assert all(1 <= len(chunk.split()) <= 3 for chunk in chunks)
+
+
+async def test_each_chunk_waits_stream_delay_per_word_plus_chunk_delay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr("ai_service.asyncio.sleep", recording_sleep)
+    source = SimulatedAnswerSource(stream_delay=0.1, chunk_delay=0.05)
+    chunks = await collect(source, [user("Why is PostgreSQL replication lagging?")])
+    assert pauses == pytest.approx([0.1 * len(chunk.split()) + 0.05 for chunk in chunks])
+
+
+async def test_with_both_delays_zero_nothing_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+
+    async def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr("ai_service.asyncio.sleep", recording_sleep)
+    conversation = [user("What is a vector database?")]
+    chunks = await collect(SimulatedAnswerSource(stream_delay=0, chunk_delay=0), conversation)
+    assert "".join(chunks) == compose_answer(conversation)
+    assert pauses == []
+
+
+async def test_pacing_really_takes_the_configured_time() -> None:
+    source = SimulatedAnswerSource(stream_delay=0.005, chunk_delay=0.01)
+    conversation = [user("How do I configure Kubernetes autoscaling?")]
+    words = len(compose_answer(conversation).split(" "))
+    chunks = -(-words // source.words_per_chunk)
+    started = time.monotonic()
+    await collect(source, conversation)
+    # A lower bound only: a busy machine may be slower, never faster.
+    assert time.monotonic() - started >= 0.9 * (0.005 * words + 0.01 * chunks)
+
+
+# --- ChatService on fakeredis --------------------------------------------------------------------
+
+
+class ScriptedSource:
+    """An answer source that yields given deltas, optionally pausing on an event or failing at the end."""
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        deltas: Sequence[str],
+        *,
+        hold: asyncio.Event | None = None,
+        fail: Exception | None = None,
+        delay: float = 0,
+    ) -> None:
+        self.deltas = deltas
+        self.hold = hold
+        self.fail = fail
+        self.delay = delay
+        self.conversations: list[list[ConversationMessage]] = []
+
+    async def stream(
+        self, conversation: Sequence[ConversationMessage], completion: Completion
+    ) -> AsyncGenerator[str]:
+        self.conversations.append(list(conversation))
+        for delta in self.deltas:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield delta
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+
+
+class Harness:
+    def __init__(self, service: ChatService, history: HistoryStore, redis: Redis) -> None:
+        self.service = service
+        self.history = history
+        self.redis = redis
+
+    async def chat(self, message: str = "Hello!", session_id: str = "s1") -> tuple[str, list[Json]]:
+        """Submit a chat while subscribed to its channel; return its message id and its events."""
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(KEYS.channel(session_id))
+            accepted, _ = await self.service.submit(
+                ChatRequest(session_id=session_id, message=message, user_id="user1")
+            )
+            events = await read_answers(pubsub, {accepted.message_id}, timeout=10)
+        return accepted.message_id, events[accepted.message_id]
+
+
+RunService = Callable[..., AbstractAsyncContextManager[Harness]]
+
+
+@pytest.fixture
+def run_service(make_settings: Callable[..., Settings]) -> RunService:
+    @asynccontextmanager
+    async def run(
+        source: ScriptedSource | SimulatedAnswerSource,
+        *,
+        writer_class: type[CommandBatcher] = CommandBatcher,
+        **overrides: object,
+    ) -> AsyncIterator[Harness]:
+        settings = make_settings(**overrides)
+        redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        history = HistoryStore(redis, KEYS, ttl=60, max_messages=100, timeout=2)
+        registry = AnswerRegistry(redis, KEYS, ttl=60, timeout=2)
+        writer = writer_class(redis, timeout=2, name="event-writer")
+        writer.start()
+        service = ChatService(
+            settings, history=history, registry=registry, writer=writer, keys=KEYS, source=source
+        )
+        try:
+            yield Harness(service, history, redis)
+        finally:
+            await service.shutdown()
+            await writer.close()
+            await redis.aclose()
+
+    return run
+
+
+async def test_an_answer_streams_start_chunks_end_and_lands_in_history(run_service: RunService) -> None:
+    async with run_service(ScriptedSource(["Hel", "lo", "", " world"])) as harness:
+        message_id, events = await harness.chat()
+        turns = await harness.history.read("s1")
+    assert_well_formed(events, message_id)
+    chunks = [event["content"] for event in events if event["type"] == "chunk"]
+    assert chunks == ["Hel", "lo", " world"]  # an empty delta publishes nothing
+    assert events[-1]["content"] == "Hello world"
+    assert events[-1]["finish_reason"] == "stop"
+    assert [(t.role, t.content, t.finish_reason) for t in turns] == [
+        ("user", "Hello!", None),
+        ("assistant", "Hello world", "stop"),
+    ]
+    assert turns[1].message_id == message_id
+
+
+async def test_the_source_sees_the_whole_conversation(run_service: RunService) -> None:
+    source = ScriptedSource(["ok"])
+    async with run_service(source, system_prompt="Be brief.") as harness:
+        await harness.chat("first")
+        await harness.chat("second")
+    assert [(m.role, m.content) for m in source.conversations[1]] == [
+        ("system", "Be brief."),
+        ("user", "first"),
+        ("assistant", "ok"),
+        ("user", "second"),
+    ]
+
+
+async def test_a_source_error_ends_the_stream_and_keeps_the_partial_answer(run_service: RunService) -> None:
+    source = ScriptedSource(["Partial"], fail=AnswerError("upstream_timeout", "the model timed out"))
+    async with run_service(source) as harness:
+        message_id, events = await harness.chat()
+        turns = await harness.history.read("s1")
+    assert_well_formed(events, message_id)
+    assert events[-1]["error"] == {"code": "upstream_timeout", "message": "the model timed out"}
+    assert (turns[-1].content, turns[-1].finish_reason) == ("Partial", "error")
+
+
+async def test_an_unexpected_failure_is_an_internal_error_without_its_details(
+    run_service: RunService,
+) -> None:
+    source = ScriptedSource(["Partial"], fail=RuntimeError("password=hunter2 at /srv/app"))
+    async with run_service(source) as harness:
+        message_id, events = await harness.chat()
+    assert_well_formed(events, message_id)
+    assert events[-1]["error"]["code"] == "internal_error"
+    assert "hunter2" not in str(events)
+
+
+async def test_shutdown_ends_running_answers_after_the_grace_period(run_service: RunService) -> None:
+    hold = asyncio.Event()  # never set: the answer would run forever
+    async with run_service(
+        ScriptedSource(["Half an ans", "wer"], hold=hold), shutdown_grace_seconds=0.2
+    ) as harness:
+        async with harness.redis.pubsub() as pubsub:
+            await pubsub.subscribe(KEYS.channel("s1"))
+            accepted, _ = await harness.service.submit(
+                ChatRequest(session_id="s1", message="Hi", user_id="user1")
+            )
+            async with asyncio.timeout(10):
+                await harness.service.shutdown()
+            events = (await read_answers(pubsub, {accepted.message_id}))[accepted.message_id]
+        turns = await harness.history.read("s1")
+        assert harness.service.active_answers == 0
+    assert_well_formed(events, accepted.message_id)
+    assert events[-1]["error"]["code"] == "shutdown"
+    assert (turns[-1].content, turns[-1].finish_reason) == ("Half an answer", "shutdown")
+
+
+async def test_shutdown_lets_answers_finish_within_the_grace_period(run_service: RunService) -> None:
+    source = ScriptedSource(["a", "b", "c"], delay=0.05)
+    async with (
+        run_service(source, shutdown_grace_seconds=30) as harness,
+        harness.redis.pubsub() as pubsub,
+    ):
+        await pubsub.subscribe(KEYS.channel("s1"))
+        accepted, _ = await harness.service.submit(
+            ChatRequest(session_id="s1", message="Hi", user_id="user1")
+        )
+        started = time.monotonic()
+        await harness.service.shutdown()
+        waited = time.monotonic() - started
+        events = (await read_answers(pubsub, {accepted.message_id}))[accepted.message_id]
+    assert events[-1]["type"] == "end"
+    assert events[-1]["content"] == "abc"
+    assert waited < 10  # it returned once the answer ended, not after the 30s grace
+
+
+class SlowHistoryReplyWriter(CommandBatcher):
+    """The reply to the first assistant-turn write comes back 0.5s late, as from a busy Redis."""
+
+    slowed = False
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        replies = await super().execute(commands)
+        if commands[0][0] == "RPUSH" and not self.slowed:
+            self.slowed = True
+            await asyncio.sleep(0.5)
+        return replies
+
+
+async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_service: RunService) -> None:
+    # The grace period (0.2s) runs out while the complete answer's history write is in flight.
+    async with (
+        run_service(
+            ScriptedSource(["Hello", " world"]),
+            writer_class=SlowHistoryReplyWriter,
+            shutdown_grace_seconds=0.2,
+        ) as harness,
+        harness.redis.pubsub() as pubsub,
+    ):
+        await pubsub.subscribe(KEYS.channel("s1"))
+        accepted, _ = await harness.service.submit(
+            ChatRequest(session_id="s1", message="Hi", user_id="user1")
+        )
+        async with asyncio.timeout(10):
+            await harness.service.shutdown()
+        events = (await read_answers(pubsub, {accepted.message_id}))[accepted.message_id]
+        await asyncio.sleep(0.1)  # anything published after the terminal event would arrive by now
+        late = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        turns = await harness.history.read("s1")
+    assert_well_formed(events, accepted.message_id)
+    assert late is None, "no event may follow an answer's end"
+    assistant = [turn for turn in turns if turn.role == "assistant"]
+    assert len(assistant) == 1, [(turn.content, turn.finish_reason) for turn in assistant]
+    assert events[-1]["type"] == "end"
+    assert (assistant[0].content, assistant[0].finish_reason) == ("Hello world", "stop")
+
+
+async def test_no_chat_is_accepted_after_shutdown(run_service: RunService) -> None:
+    async with run_service(ScriptedSource(["ok"])) as harness:
+        await harness.service.shutdown()
+        with pytest.raises(ServiceUnavailable):
+            await harness.service.submit(ChatRequest(session_id="s1", message="Hi", user_id="user1"))
+        assert await harness.history.read("s1") == []
+
+
+async def test_the_simulated_source_streams_through_the_service(run_service: RunService) -> None:
+    async with run_service(SimulatedAnswerSource(stream_delay=0, chunk_delay=0)) as harness:
+        message_id, events = await harness.chat("How do I configure Kubernetes autoscaling?")
+        turns = await harness.history.read("s1")
+    assert_well_formed(events, message_id)
+    expected = compose_answer([user("How do I configure Kubernetes autoscaling?")])
+    assert "".join(e["content"] for e in events if e["type"] == "chunk") == expected
+    assert events[-1]["content"] == expected == turns[-1].content

@@ -1,0 +1,191 @@
+"""Rate and concurrency limits, shared through Redis, and request body size (issue #5, item 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from config import Settings
+from redis_client import KeySpace
+from security import Principal, RateLimited, StreamSlots
+from tests.conftest import AppClient, RedisServer
+
+KEY = "alice-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def chat_body(user_id: str = "u1", session_id: str = "s1", **extra: object) -> dict[str, object]:
+    return {"session_id": session_id, "message": "Count me", "user_id": user_id, **extra}
+
+
+async def burst(client: httpx.AsyncClient, count: int, **body: object) -> list[httpx.Response]:
+    return list(
+        await asyncio.gather(
+            *(
+                client.post(
+                    "/chat",
+                    json=chat_body(**body),  # type: ignore[arg-type]
+                    headers={**AUTH, "X-Forwarded-For": f"10.0.{index // 250}.{index % 250}"},
+                )
+                for index in range(count)
+            )
+        )
+    )
+
+
+def statuses(responses: list[httpx.Response]) -> list[int]:
+    return sorted(response.status_code for response in responses)
+
+
+async def test_a_burst_of_twice_the_limit_lets_exactly_the_limit_through(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    # Every request claims another address in X-Forwarded-For: that must not buy more requests.
+    async with app_client(make_settings(api_keys=f"alice:{KEY}", rate_limit="10/minute")) as client:
+        responses = await burst(client, 20)
+    assert statuses(responses) == [202] * 10 + [429] * 10
+    refused = next(response for response in responses if response.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+
+
+async def test_the_rate_limit_is_per_user_within_a_key(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_client(make_settings(api_keys=f"alice:{KEY}", rate_limit="3/minute")) as client:
+        first = await burst(client, 4, user_id="u1", session_id="s1")
+        second = await burst(client, 4, user_id="u2", session_id="s2")
+    assert statuses(first) == [202] * 3 + [429]
+    assert statuses(second) == [202] * 3 + [429]
+
+
+@pytest.mark.redis
+async def test_the_rate_limit_holds_across_two_processes_on_one_redis(
+    make_settings: Callable[..., Settings], app_client: AppClient, redis_server: RedisServer
+) -> None:
+    settings = make_settings(api_keys=f"alice:{KEY}", rate_limit="10/minute", redis_url=redis_server.url)
+    async with app_client(settings) as first, app_client(settings) as second:
+        responses = await asyncio.gather(burst(first, 10), burst(second, 10))
+    assert statuses(responses[0] + responses[1]) == [202] * 10 + [429] * 10
+    # The limit's keys live in Redis, with an expiry: nothing is left behind for ever.
+    keys = redis_server.cli("KEYS", "chat:ratelimit*").split()
+    assert keys
+    assert all(int(redis_server.cli("TTL", key)) > 0 for key in keys)
+
+
+@pytest.mark.redis
+async def test_streams_per_user_are_capped_across_instances_and_freed_when_answers_end(
+    make_settings: Callable[..., Settings], app_client: AppClient, redis_server: RedisServer
+) -> None:
+    settings = make_settings(
+        api_keys=f"alice:{KEY}", max_streams_per_user=2, redis_url=redis_server.url, chunk_delay=0.05
+    )
+    async with app_client(settings) as first, app_client(settings) as second:
+        a = await first.post("/chat", json=chat_body(session_id="a"), headers=AUTH)
+        b = await second.post("/chat", json=chat_body(session_id="b"), headers=AUTH)
+        assert (a.status_code, b.status_code) == (202, 202)
+        refused = await first.post("/chat", json=chat_body(session_id="c"), headers=AUTH)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert "Retry-After" in refused.headers
+        # Another user of the same key is not held back.
+        assert (await second.post("/chat", json=chat_body("u2", "d"), headers=AUTH)).status_code == 202
+        # A repeated send of a running answer is not a new stream.
+        again = await first.post(
+            "/chat", json=chat_body(session_id="a", message_id=a.json()["message_id"]), headers=AUTH
+        )
+        assert again.status_code == 200
+
+        # Stop one answer: its slot is free again at once.
+        cancelled = await second.post(f"/chat/{b.json()['message_id']}/cancel", headers=AUTH)
+        assert cancelled.json()["status"] == "cancelled"
+        for _ in range(100):
+            retry = await first.post("/chat", json=chat_body(session_id="e"), headers=AUTH)
+            if retry.status_code == 202:
+                break
+            await asyncio.sleep(0.02)
+        assert retry.status_code == 202
+
+
+@pytest.mark.redis
+async def test_a_stream_slot_of_a_crashed_instance_expires_with_its_lease(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        crashed = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
+        survivor = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
+        alice = Principal("alice")
+        assert await crashed.acquire(alice, "u1", str(uuid.uuid4()))
+        # The crashed instance never releases nor renews: the slot is taken until the lease runs out.
+        with pytest.raises(RateLimited):
+            await survivor.acquire(alice, "u1", str(uuid.uuid4()))
+        await asyncio.sleep(1.2)
+        assert await survivor.acquire(alice, "u1", str(uuid.uuid4()))
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_a_running_answers_slot_is_renewed_past_its_lease(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        running = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
+        other = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
+        running.start()
+        alice = Principal("alice")
+        assert await running.acquire(alice, "u1", str(uuid.uuid4()))
+        await asyncio.sleep(2.0)
+        with pytest.raises(RateLimited):
+            await other.acquire(alice, "u1", str(uuid.uuid4()))
+        await running.close()
+    finally:
+        await redis.aclose()
+
+
+async def test_max_active_streams_refuses_early_with_503_and_retry_after(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_client(make_settings(max_active_streams=3, chunk_delay=0.05)) as client:
+        responses = await asyncio.gather(
+            *(client.post("/chat", json=chat_body(f"u{index}", f"s{index}")) for index in range(6))
+        )
+        assert statuses(responses) == [202] * 3 + [503] * 3
+        refused = next(response for response in responses if response.status_code == 503)
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert refused.headers["Retry-After"] == "1"
+
+
+async def test_a_10_mb_body_with_content_length_is_refused_before_it_is_read(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_client(make_settings(max_body_bytes=65_536)) as client:
+        body = b'{"session_id": "s1", "user_id": "u1", "message": "' + b"x" * 10_000_000 + b'"}'
+        response = await client.post("/chat", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_a_10_mb_chunked_body_is_refused_once_it_passes_the_limit(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        yield b'{"session_id": "s1", "user_id": "u1", "message": "'
+        for _ in range(160):
+            sent += 65_536
+            yield b"x" * 65_536
+        yield b'"}'
+
+    async with app_client(make_settings(max_body_bytes=65_536)) as client:
+        response = await client.post("/chat", content=chunks(), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
+        # Refused after the first chunks, not after all 10 MB.
+        assert sent < 1_000_000
+        # A body within the limit still goes through.
+        assert (await client.post("/chat", json=chat_body())).status_code == 202
