@@ -254,16 +254,11 @@ class SimulatedAnswerSource:
         self, conversation: Sequence[ConversationMessage], completion: Completion
     ) -> AsyncGenerator[str, None]:
         words = compose_answer(conversation).split(" ")
-        loop = asyncio.get_running_loop()
-        # Paced against a schedule, not by sleeping after each chunk: the time the consumer takes to
-        # publish a chunk is not added to every later one (issue #6, scenario d).
-        due = loop.time()
         for start in range(0, len(words), self.words_per_chunk):
             piece = words[start : start + self.words_per_chunk]
             pause = self.stream_delay * len(piece) + self.chunk_delay
             if pause:
-                due += pause
-                await asyncio.sleep(max(0.0, due - loop.time()))
+                await asyncio.sleep(pause)
             yield (" " if start else "") + " ".join(piece)
         completion.finish_reason = "stop"
 
