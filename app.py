@@ -669,8 +669,8 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         )
         return EventStreamResponse(
             stream,
-            metrics.track_sse(aiter(stream)),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            clients=metrics.sse_clients,
         )
 
     @app.get(

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import (
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 
-T = TypeVar("T")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ANSWER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -132,15 +130,6 @@ class Metrics:
             self.errors.labels("answer", answer.error_code).inc()
             if answer.error_code == "redis_unavailable":
                 self.redis_errors.labels("answer").inc()
-
-    async def track_sse(self, events: AsyncIterator[T]) -> AsyncIterator[T]:
-        """Count an SSE client for as long as its stream runs."""
-        self.sse_clients.inc()
-        try:
-            async for event in events:
-                yield event
-        finally:
-            self.sse_clients.dec()
 
 
 def _route_template(scope: Scope) -> str:

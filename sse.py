@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -144,20 +145,27 @@ class SessionStream:
                     listener.entries.clear()
 
 
+class Counting(Protocol):
+    def inc(self) -> None: ...
+
+    def dec(self) -> None: ...
+
+
 class EventStreamResponse(StreamingResponse):
     """Sends a `SessionStream` as `text/event-stream`, and ends it when the client leaves."""
 
     def __init__(
         self,
         stream: SessionStream,
-        events: AsyncIterator[bytes] | None = None,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        *,
+        clients: Counting | None = None,
     ) -> None:
-        """`events`: the stream's events, when a wrapper (metrics) iterates it; the stream itself
-        otherwise."""
+        """`clients`: a gauge (metrics) counting the clients whose stream is open."""
         self._stream = stream
-        super().__init__(events or aiter(stream), status_code, headers, media_type="text/event-stream")
+        self._clients = clients
+        super().__init__(aiter(stream), status_code, headers, media_type="text/event-stream")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -169,11 +177,15 @@ class EventStreamResponse(StreamingResponse):
 
         watcher = asyncio.create_task(watch(), name="sse-disconnect")
         events = self.body_iterator
+        if self._clients is not None:
+            self._clients.inc()
         try:
             async for chunk in events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            if self._clients is not None:
+                self._clients.dec()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
