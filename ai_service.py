@@ -254,11 +254,19 @@ class SimulatedAnswerSource:
         self, conversation: Sequence[ConversationMessage], completion: Completion
     ) -> AsyncGenerator[str, None]:
         words = compose_answer(conversation).split(" ")
+        loop = asyncio.get_running_loop()
+        # How far behind its pacing the answer is: a busy event loop wakes a sleeper late (and
+        # libuv's timers tick in whole milliseconds). The next pause is shortened by as much, so
+        # lateness does not add up over an answer's chunks (issue #6, scenario d).
+        behind = 0.0
         for start in range(0, len(words), self.words_per_chunk):
             piece = words[start : start + self.words_per_chunk]
             pause = self.stream_delay * len(piece) + self.chunk_delay
             if pause:
-                await asyncio.sleep(pause)
+                wanted = max(0.0, pause - behind)
+                slept_from = loop.time()
+                await asyncio.sleep(wanted)
+                behind = max(0.0, behind + (loop.time() - slept_from) - pause)
             yield (" " if start else "") + " ".join(piece)
         completion.finish_reason = "stop"
 
