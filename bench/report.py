@@ -212,37 +212,66 @@ def chart(figures: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = figures["scenarios"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for name, style in (("service", "-o"), ("ceiling", "--s")):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
+    colours = {"service": "tab:blue", "ceiling": "tab:green"}
+    names = {"service": "POST /chat", "ceiling": "bare FastAPI (HTTP ceiling)"}
+    for name in ("service", "ceiling"):
         points = s["a"][name]
         rates = [point["requests_per_s"] for point in points]
-        label = "POST /chat" if name == "service" else "bare FastAPI (ceiling)"
-        left.plot(rates, [p["p99_ms"] for p in points], style, label=f"{label}, p99")
-        left.plot(rates, [p["p50_ms"] for p in points], style, alpha=0.45, label=f"{label}, p50")
+        colour = colours[name]
+        left.plot(rates, [p["p99_ms"] for p in points], "-o", color=colour, label=f"{names[name]}, p99")
+        left.plot(rates, [p["p50_ms"] for p in points], "--o", color=colour, alpha=0.45, label="p50")
         for point in points:
             left.annotate(
-                f"{point['concurrency']} conn.", (point["requests_per_s"], point["p99_ms"]), fontsize=7
+                f"{point['concurrency']} conn.",
+                (point["requests_per_s"], point["p99_ms"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+        workers = s.get("a_workers")
+        if workers:
+            top = workers[name][-1]
+            left.plot(
+                [top["requests_per_s"]],
+                [top["p99_ms"]],
+                "*",
+                markersize=11,
+                color=colour,
+                label=f"{names[name]}, {workers['workers']} workers, p99",
             )
     left.set_xlabel("throughput (requests/s)")
-    left.set_ylabel("latency (ms)")
+    left.set_ylabel("latency (ms, log scale)")
     left.set_yscale("log")
     left.set_title("a. POST /chat against the HTTP ceiling")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="lower right")
     left.grid(alpha=0.3)
 
     levels = s["c"]["levels"]
     sessions = [level["sessions"] for level in levels]
-    right.plot(sessions, [level["chunk_p99_ms"] for level in levels], "-o", label="first chunk, p99")
+    right.plot(sessions, [level["chunk_p99_ms"] for level in levels], "-o", color="tab:blue", label="p99")
     right.plot(
-        sessions, [level["chunk_p50_ms"] for level in levels], "-o", alpha=0.6, label="first chunk, p50"
+        sessions,
+        [level["chunk_p50_ms"] for level in levels],
+        "--o",
+        color="tab:blue",
+        alpha=0.45,
+        label="p50",
     )
-    right.plot(sessions, [level["start_p99_ms"] for level in levels], ":", label="start, p99")
-    right.axhline(100, color="grey", linestyle="--", linewidth=0.8)
-    right.annotate("goal: p99 100 ms at 500", (sessions[0], 100), fontsize=7, va="bottom")
-    right.set_xlabel(f"concurrent sessions (each: POST, answer, {s['c']['think_s']} s pause)")
-    right.set_ylabel("time from POST (ms)")
+    right.plot(
+        sessions, [level["start_p99_ms"] for level in levels], ":", color="tab:orange", label="`start`, p99"
+    )
+    right.axhline(100, color="tab:red", linestyle="--", linewidth=0.8)
+    right.annotate(
+        "goal at 500 sessions: p99 100 ms", (sessions[-1], 100), fontsize=7, ha="right", va="bottom"
+    )
+    right.axhline(25, color="tab:red", linestyle=":", linewidth=0.8)
+    right.annotate("goal at 1 session: p99 25 ms", (sessions[-1], 25), fontsize=7, ha="right", va="bottom")
+    right.set_yscale("log")
+    right.set_xlabel(f"concurrent sessions (each: POST, whole answer, pause ~{s['c']['think_s']} s)")
+    right.set_ylabel("POST sent to first chunk received (ms, log scale)")
     right.set_title("c. time to first chunk against load")
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="center right")
     right.grid(alpha=0.3)
     fig.suptitle(f"make bench, {figures['date'][:10]}, {figures['machine']['cores']} cores", fontsize=9)
     fig.tight_layout()
