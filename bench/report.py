@@ -212,7 +212,7 @@ def chart(figures: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = figures["scenarios"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.4), dpi=110)
     colours = {"service": "tab:blue", "ceiling": "tab:green"}
     names = {"service": "POST /chat", "ceiling": "bare FastAPI (HTTP ceiling)"}
     for name in ("service", "ceiling"):
@@ -244,7 +244,7 @@ def chart(figures: dict[str, Any], path: Path) -> None:
     left.set_ylabel("latency (ms, log scale)")
     left.set_yscale("log")
     left.set_title("a. POST /chat against the HTTP ceiling")
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     left.grid(alpha=0.3)
 
     levels = s["c"]["levels"]
