@@ -528,6 +528,10 @@ class CommandBatcher:
                 return await pipe.execute(raise_on_error=False)
         data = pack(commands)
         count = len(commands)
+        if self._connection is not None and self._closed_by_server(self._connection):
+            # Redis closed it while it was idle (`timeout`, a restart): open a new one before
+            # sending, rather than fail the batch. Nothing is resent after a batch went out.
+            await self._disconnect()
         if self._connection is None:
             # From the client's pool settings (address, credentials, TLS, database), but not borrowed
             # from the pool: this connection stays with the batcher.
@@ -561,6 +565,13 @@ class CommandBatcher:
             else:
                 replies.append(reply)
         return replies
+
+    @staticmethod
+    def _closed_by_server(connection: Connection) -> bool:
+        reader, writer = getattr(connection, "_reader", None), getattr(connection, "_writer", None)
+        if isinstance(reader, asyncio.StreamReader) and isinstance(writer, asyncio.StreamWriter):
+            return reader.at_eof() or writer.is_closing()
+        return False
 
     async def _disconnect(self) -> None:
         connection, self._connection = self._connection, None

@@ -33,7 +33,7 @@ from redis_client import (
     describe,
     pack,
 )
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, start_redis
 
 KEYS = KeySpace("chat")
 TTL = 300
@@ -390,3 +390,23 @@ async def test_batcher_replies_in_order_and_a_failure_fails_only_its_own_command
     finally:
         await batcher.close()
         await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_batcher_reconnects_when_redis_closed_its_idle_connection() -> None:
+    server = start_redis("--timeout", "1")  # Redis closes connections idle for a second
+    redis = Redis.from_url(server.url)
+    batcher = CommandBatcher(redis, timeout=5, name="test-writer")
+    batcher.start()
+    try:
+        assert await batcher.execute([("INCR", "n")]) == [1]
+        for _ in range(100):  # until Redis has closed the idle connection (its cron runs 10 times a second)
+            await asyncio.sleep(0.1)
+            if int(server.cli("INFO", "clients").split("connected_clients:")[1].split()[0]) <= 1:
+                break
+        await asyncio.sleep(0.1)
+        assert await batcher.execute([("INCR", "n")]) == [2]
+    finally:
+        await batcher.close()
+        await redis.aclose()
+        server.cleanup()
