@@ -6,6 +6,7 @@ Each is started on a free loopback port and always stopped, however the run ends
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -136,7 +137,7 @@ class Server:
         if profile:
             name = f"{self.target.split(':')[0]}-{self.port}.txt"
             command = [
-                "py-spy",
+                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
                 "record",
                 "--format",
                 "raw",
