@@ -5,26 +5,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypedDict, cast
+from typing import Annotated, Any, TypedDict
 
 import uvicorn
-from asgi_correlation_id import CorrelationIdFilter, CorrelationIdMiddleware
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
-from pythonjsonlogger.json import JsonFormatter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service import (
     AnswerFinished,
@@ -34,8 +30,18 @@ from ai_service import (
     MessageConflict,
     ServiceUnavailable,
 )
+from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
+from deps import (
+    ChatServiceDep,
+    HistoryDep,
+    HubDep,
+    ProbeDep,
+    RegistryDep,
+    SettingsDep,
+)
 from health import PubSubProbe
+from logs import RequestLogMiddleware, configure_logging, valid_request_id
 from metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from models import (
     ID_PATTERN,
@@ -54,14 +60,7 @@ from models import (
 )
 from openai_api import router as openai_router
 from providers import close_answer_source, create_answer_source, provider_health
-from redis_client import (
-    AnswerRegistry,
-    CommandBatcher,
-    HistoryStore,
-    KeySpace,
-    RedisUnavailable,
-    create_redis,
-)
+from redis_client import AnswerRegistry, HistoryStore, KeySpace, RedisUnavailable, create_redis
 from security import (
     AccessControl,
     AccessDep,
@@ -80,83 +79,10 @@ from streaming import StreamHub
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("chat.access")
 
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,128}$"
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 # /health answers within this many seconds, whatever Redis does.
 HEALTH_TIMEOUT = 1.5
-
-
-# --- Logging -------------------------------------------------------------------------------------
-
-
-def configure_logging(settings: Settings) -> None:
-    """Configure the root logger once, at the entry point: text or JSON, with the request id."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(CorrelationIdFilter(default_value="-"))
-    if settings.log_format == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(correlation_id)s %(message)s",
-                rename_fields={"correlation_id": "request_id", "levelname": "level"},
-            )
-        )
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(correlation_id)s] %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
-
-
-class RequestLogMiddleware:
-    """Logs each request once (method, path, status, duration) and turns a crash into a JSON 500."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        response_started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            status = 500
-            if not response_started:
-                body = ErrorResponse.model_validate(
-                    {"error": {"code": "internal_error", "message": "Internal server error"}}
-                )
-                await JSONResponse(body.model_dump(exclude_none=True), status_code=500)(scope, receive, send)
-        finally:
-            duration_ms = (time.perf_counter() - started) * 1000
-            access_logger.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                duration_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(duration_ms, 2),
-                },
-            )
 
 
 # --- Lifespan and dependencies -------------------------------------------------------------------
@@ -253,36 +179,6 @@ def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | 
 
 # The dependencies are `async def`, though they do not await: FastAPI runs a plain `def` dependency in
 # its thread pool, and that hop cost more than the whole rest of a POST /chat (issue #6's profile).
-async def get_chat_service(request: Request) -> ChatService:
-    return cast(ChatService, request.state.chat_service)
-
-
-async def get_history(request: Request) -> HistoryStore:
-    return cast(HistoryStore, request.state.history)
-
-
-async def get_app_settings(request: Request) -> Settings:
-    return cast(Settings, request.state.settings)
-
-
-async def get_registry(request: Request) -> AnswerRegistry:
-    return cast(AnswerRegistry, request.state.registry)
-
-
-async def get_hub(request: Request) -> StreamHub:
-    return cast(StreamHub, request.state.hub)
-
-
-async def get_probe(request: Request) -> PubSubProbe:
-    return cast(PubSubProbe, request.state.probe)
-
-
-ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
-HistoryDep = Annotated[HistoryStore, Depends(get_history)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
-HubDep = Annotated[StreamHub, Depends(get_hub)]
-ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
 MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
@@ -417,7 +313,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         Middleware(
             CorrelationIdMiddleware,
             header_name="X-Request-ID",
-            validator=lambda value: bool(re.fullmatch(REQUEST_ID_PATTERN, value)),
+            validator=valid_request_id,
         ),
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(RequestLogMiddleware),

@@ -18,9 +18,9 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
@@ -29,13 +29,13 @@ from starlette.exceptions import HTTPException
 
 from ai_service import (
     AnswerError,
-    ChatService,
     Completion,
     ConversationMessage,
     ServiceUnavailable,
     build_context,
 )
 from config import Settings
+from deps import ChatServiceDep, SettingsDep
 from models import ID_PATTERN, ChatRequest, ChunkEvent, EndEvent, ErrorEvent, StreamEvent, Usage
 from redis_client import RedisUnavailable
 from security import AccessDep, PrincipalDep
@@ -247,16 +247,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
 
-def get_chat_service(request: Request) -> ChatService:
-    return cast(ChatService, request.state.chat_service)
-
-
-def get_app_settings(request: Request) -> Settings:
-    return cast(Settings, request.state.settings)
-
-
-ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionHeader = Annotated[
     str | None,
     Header(

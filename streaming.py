@@ -25,7 +25,8 @@ from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 from sse_starlette.sse import AppStatus
 
-from redis_client import CommandBatcher, KeySpace, RedisClient, RedisUnavailable
+from batcher import CommandBatcher
+from redis_client import KeySpace, RedisClient, RedisUnavailable
 
 __all__ = ["TERMINAL", "Entry", "Listener", "StreamHub", "parse_entry_id"]
 

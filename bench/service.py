@@ -22,8 +22,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from ai_service import Completion, ConversationMessage
-from app import configure_logging, create_app
+from app import create_app
 from config import get_settings
+from logs import configure_logging
 
 LAG_INTERVAL = 0.005
 

@@ -19,12 +19,12 @@ from ai_service import (
     Completion,
     ConversationMessage,
     ServiceUnavailable,
-    SimulatedAnswerSource,
-    compose_answer,
 )
+from batcher import CommandBatcher
 from config import Settings
 from models import ChatRequest
-from redis_client import AnswerRegistry, Command, CommandBatcher, HistoryStore, KeySpace
+from providers import SimulatedAnswerSource, compose_answer
+from redis_client import AnswerRegistry, Command, HistoryStore, KeySpace
 from tests.conftest import Json, assert_well_formed, read_answers
 
 KEYS = KeySpace("chat")

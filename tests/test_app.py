@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from ai_service import ServiceUnavailable
-from app import get_chat_service, get_history
 from config import VERSION, Settings
+from deps import get_chat_service, get_history
 from models import ChatAccepted, ChatRequest
 from tests.conftest import CHAT, AppClient, Json, wait_for_history
 

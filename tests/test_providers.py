@@ -14,10 +14,11 @@ import pytest
 from pydantic import ValidationError
 
 from ai_service import ChatService
+from batcher import CommandBatcher
 from config import Settings, format_validation_error
 from models import ChatRequest, ChatTurn, ChunkEvent, EndEvent, ErrorEvent, StartEvent, StreamEvent, Usage
 from providers import close_answer_source, create_answer_source
-from redis_client import AnswerRegistry, CommandBatcher, HistoryStore, KeySpace, create_redis
+from redis_client import AnswerRegistry, HistoryStore, KeySpace, create_redis
 from tests.conftest import AppClient, RedisServer, wait_for_history
 from tests.openai_server import OpenAIServer, Reply
 

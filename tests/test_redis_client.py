@@ -19,11 +19,11 @@ from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, OutOfMemoryError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from batcher import CommandBatcher, pack
 from config import Settings
 from models import ChatTurn
 from redis_client import (
     Command,
-    CommandBatcher,
     HistoryStore,
     KeySpace,
     RedisClient,
@@ -31,7 +31,6 @@ from redis_client import (
     bounded,
     create_redis,
     describe,
-    pack,
 )
 from tests.conftest import RedisServer, start_redis
 
