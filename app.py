@@ -340,7 +340,13 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     app = FastAPIOffline(
         title="AI Chat Service",
         version=VERSION,
-        summary="Streams AI chat answers over Redis PubSub, with TTL-bound history.",
+        summary="Streams AI chat answers over Redis PubSub and Server-Sent Events, with TTL-bound history.",
+        openapi_tags=[
+            {"name": "chat", "description": "Send messages, follow and stop their answers."},
+            {"name": "history", "description": "A session's stored turns."},
+            {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
+            {"name": "service", "description": "Health, metrics and what the service publishes."},
+        ],
         lifespan=build_lifespan(settings, metrics, source),
         middleware=middleware,
         debug=False,
@@ -371,8 +377,10 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             docs="/docs",
             redoc="/redoc",
             health="/health",
+            metrics="/metrics",
             openapi="/openapi.json",
             event_schema="/schema/events",
+            chat_page="/ui",
             channel_pattern=keys.channel_pattern,
         )
 

@@ -229,8 +229,10 @@ class ServiceInfo(BaseModel):
     docs: str
     redoc: str
     health: str
+    metrics: str
     openapi: str
     event_schema: str
+    chat_page: str
     channel_pattern: str = Field(description="How a session's PubSub channel is named.")
 
 
