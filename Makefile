@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CHROMIUM_PATH ?= /usr/bin/chromium
 export CHROMIUM_PATH
 
-.PHONY: run test lint typecheck format pytest browser bench bench-smoke clean
+.PHONY: run test lint typecheck format pytest browser bench bench-smoke bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(VENV)/.dev
 ## bench-smoke: every scenario for a moment, to prove the suite runs (CI)
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python -m bench --smoke
+	$(BIN)/python -m bench.cluster --smoke
+
+## bench-cluster: scenario b (chunk throughput) on a three-master Redis Cluster started for the run
+bench-cluster: $(VENV)/.dev
+	$(BIN)/python -m bench.cluster
 
 ## browser: install Debian's chromium for the browser tests when it is missing (as root, or with sudo).
 ## When it cannot be installed the browser tests skip, saying why; under CI=true they fail.

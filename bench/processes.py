@@ -45,9 +45,10 @@ def _children(pid: int) -> list[int]:
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
+    def __init__(self, directory: Path, *extra_args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.directory = directory
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +71,7 @@ class RedisServer:
                 str(self.directory),
                 "--maxclients",
                 "10000",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -3,7 +3,9 @@ pipelines of 64 from one process, with orjson. It writes no replay log: it is wh
 best, the figure the service's chunk throughput is compared with.
 
 `python -m bench.publisher PORT ANSWERS CHUNKS` publishes ANSWERS x CHUNKS events, answer after answer
-interleaved the way concurrent answers interleave, then prints the seconds it took.
+interleaved the way concurrent answers interleave, then prints the seconds it took. With a fourth
+argument `cluster`, PORT is a node of a Redis Cluster and the events go out with sharded PubSub
+(SPUBLISH on `chat:{<session>}`) through redis-py's cluster pipeline, as the service sends them there.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from datetime import UTC, datetime
 
 import orjson
 import uvloop
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 PIPELINE = 64
 
 
-async def publish(port: int, answers: int, chunks: int) -> float:
-    redis = Redis(host="127.0.0.1", port=port)
+async def publish(port: int, answers: int, chunks: int, cluster: bool = False) -> float:
+    redis: Redis | RedisCluster = (
+        RedisCluster(host="127.0.0.1", port=port) if cluster else Redis(host="127.0.0.1", port=port)
+    )
     sessions = [f"ceiling{index}" for index in range(answers)]
     ids = [str(uuid.uuid4()) for _ in range(answers)]
     started = time.perf_counter()
@@ -38,7 +42,10 @@ async def publish(port: int, answers: int, chunks: int) -> float:
                     "type": "chunk",
                     "content": f"word{seq % 10} ",
                 }
-                pipe.publish(f"chat:{session_id}", orjson.dumps(event))
+                if cluster:
+                    pipe.spublish(f"chat:{{{session_id}}}", orjson.dumps(event))
+                else:
+                    pipe.publish(f"chat:{session_id}", orjson.dumps(event))
                 queued += 1
                 if queued == PIPELINE:
                     await pipe.execute()
@@ -52,7 +59,7 @@ async def publish(port: int, answers: int, chunks: int) -> float:
 
 def main() -> None:
     port, answers, chunks = (int(value) for value in sys.argv[1:4])
-    seconds = uvloop.run(publish(port, answers, chunks))
+    seconds = uvloop.run(publish(port, answers, chunks, cluster=sys.argv[4:5] == ["cluster"]))
     sys.stdout.write(f"{seconds:.6f}\n")
 
 
