@@ -344,6 +344,8 @@ class AccessControl:
             redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
         )
         self.rate_limiter: RateLimiter | None = None
+        # The cluster client limits makes for itself (it has no close of its own): closed in `close()`.
+        self._limits_client: Any = None
         if settings.rate_limit:
             storage: Storage
             if settings.embedded_redis:
@@ -358,6 +360,7 @@ class AccessControl:
                     key_prefix=f"{keys.prefix}:ratelimit",
                     ssl=scheme == "rediss",
                 )
+                self._limits_client = cast(Any, storage.bridge).storage
             else:
                 storage = RedisStorage(
                     "async+redis://",
@@ -389,6 +392,8 @@ class AccessControl:
     async def close(self) -> None:
         if self.slots is not None:
             await self.slots.close()
+        if self._limits_client is not None:
+            await self._limits_client.aclose()
 
     def principal(self, presented: str | None) -> Principal | None:
         """Who presented this key; None if it is not one of ours."""

@@ -118,3 +118,24 @@ async def test_two_instances_on_a_cluster(
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
         assert (await stored_answer(one, "stop", message_id))["finish_reason"] == "cancelled"
+
+
+async def test_limits_ownership_and_health_on_a_cluster(
+    make_settings: Callable[..., Settings], cluster: ClusterServers
+) -> None:
+    key, other = "alice-key-0123456789", "bob-key-0123456789ab"
+    settings = make_settings(
+        redis_url=cluster.url, redis_cluster=True, api_keys=f"alice:{key},bob:{other}", rate_limit="3/minute"
+    )
+    alice = {"Authorization": f"Bearer {key}"}
+    body = {"session_id": "limited", "message": "Hi", "user_id": "u1"}
+    async with running(settings, timeout=20) as client:
+        health = (await client.get("/health")).json()
+        codes = [(await client.post("/chat", json=body, headers=alice)).status_code for _ in range(4)]
+        foreign = await client.get("/history/limited", headers={"Authorization": f"Bearer {other}"})
+        own = await client.get("/history/limited", headers=alice)
+    assert health["status"] == "healthy"
+    assert health["redis"]["pubsub"] == "ok"  # the round trip through the relay's sharded subscription
+    assert codes == [202, 202, 202, 429]  # the moving window lives on the cluster
+    assert foreign.status_code == 404  # the owner record lives on the cluster
+    assert own.status_code == 200
