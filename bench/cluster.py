@@ -28,7 +28,7 @@ import uvloop
 from redis.crc import key_slot
 
 from bench.processes import ROOT, RedisServer, Server, free_port
-from bench.scenarios import ChunkCounter
+from bench.scenarios import ChunkCounter, chunk_rate, rate_ratio
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -124,7 +124,7 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(counter.done.wait(), 10)
         result["ceiling"] = {
-            "chunks_per_s": round(counter.rate()),
+            "chunks_per_s": chunk_rate(counter),
             "received": len(counter.times),
             "publisher_seconds": float(output.stdout),
         }
@@ -155,12 +155,12 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
         assert all(reply.status_code == 202 for reply in replies), {reply.status_code for reply in replies}
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(counter.done.wait(), 180)
-        result["service"] = {"chunks_per_s": round(counter.rate()), "received": len(counter.times)}
+        result["service"] = {"chunks_per_s": chunk_rate(counter), "received": len(counter.times)}
     finally:
         for subscriber in subscribers:
             subscriber.close()
         service.stop()
-    result["ratio"] = round(result["service"]["chunks_per_s"] / result["ceiling"]["chunks_per_s"], 3)
+    result["ratio"] = rate_ratio(result)
     return result
 
 
@@ -205,8 +205,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
     sys.stdout.write(
-        f"b on a 3-master cluster: service {result['service']['chunks_per_s']:,} chunks/s, "
-        f"ceiling {result['ceiling']['chunks_per_s']:,} chunks/s, ratio {result['ratio']}\n"
+        f"b on a 3-master cluster: service {result['service']['chunks_per_s']} chunks/s, "
+        f"ceiling {result['ceiling']['chunks_per_s']} chunks/s, ratio {result['ratio']}\n"
         f"figures written to {out.relative_to(ROOT)}\n"
     )
 

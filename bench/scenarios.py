@@ -213,12 +213,26 @@ class ChunkCounter:
             if len(self.times) >= self.expected:
                 self.done.set()
 
-    def rate(self) -> float:
-        """Chunks per second in the steady middle of the run (10% to 90% of the chunks)."""
-        low, high = int(len(self.times) * 0.1), int(len(self.times) * 0.9) - 1
-        if high <= low or self.times[high] <= self.times[low]:
-            return float("nan")
-        return (high - low) / (self.times[high] - self.times[low])
+    def rate(self) -> float | None:
+        """Chunks per second in the steady middle of the run (10% to 90% of the chunks), or over the
+        whole run when the middle came in at once (a smoke run's few chunks can arrive in one read);
+        None when no time passed at all."""
+        count = len(self.times)
+        for low, high in ((int(count * 0.1), int(count * 0.9) - 1), (0, count - 1)):
+            if high > low and self.times[high] > self.times[low]:
+                return (high - low) / (self.times[high] - self.times[low])
+        return None
+
+
+def chunk_rate(counter: ChunkCounter) -> int | None:
+    rate = counter.rate()
+    return None if rate is None else round(rate)
+
+
+def rate_ratio(result: dict[str, Any]) -> float | None:
+    """The service's chunks per second over the ceiling's, when both were measured."""
+    service, ceiling = result["service"]["chunks_per_s"], result["ceiling"]["chunks_per_s"]
+    return None if service is None or not ceiling else round(service / ceiling, 3)
 
 
 async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
@@ -240,7 +254,7 @@ async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(counter.done.wait(), 10)
         result["ceiling"] = {
-            "chunks_per_s": round(counter.rate()),
+            "chunks_per_s": chunk_rate(counter),
             "received": len(counter.times),
             "publisher_seconds": float(output.stdout),
         }
@@ -265,7 +279,7 @@ async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
             await asyncio.wait_for(counter.done.wait(), 120)
         stats = await service_stats(service)
         result["service"] = {
-            "chunks_per_s": round(counter.rate()),
+            "chunks_per_s": chunk_rate(counter),
             "received": len(counter.times),
             "loop_lag_p99_ms": stats["lag"].get("p99_ms"),
         }
@@ -278,7 +292,7 @@ async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
     finally:
         subscriber.close()
         run.stop(service)
-    result["ratio"] = round(result["service"]["chunks_per_s"] / result["ceiling"]["chunks_per_s"], 3)
+    result["ratio"] = rate_ratio(result)
     return result
 
 
