@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -118,6 +119,14 @@ async def test_two_instances_on_a_cluster(
         assert cancelled.status_code == 200
         assert cancelled.json()["status"] == "cancelled"
         assert (await stored_answer(one, "stop", message_id))["finish_reason"] == "cancelled"
+
+        repeated = str(uuid.uuid4())
+        body = {"session_id": "idem", "message": "Hi", "user_id": "u1", "message_id": repeated}
+        a, b = await asyncio.gather(one.post("/chat", json=body), two.post("/chat", json=body))
+        assert sorted([a.status_code, b.status_code]) == [200, 202]  # one answer, on one instance
+        await collect(one, f"/stream/idem?message_id={repeated}")
+        history = (await two.get("/history/idem")).json()
+        assert [turn["role"] for turn in history["messages"]] == ["user", "assistant"]
 
 
 async def test_limits_ownership_and_health_on_a_cluster(
