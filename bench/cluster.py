@@ -28,7 +28,7 @@ import uvloop
 from redis.crc import key_slot
 
 from bench.processes import ROOT, RedisServer, Server, free_port
-from bench.scenarios import ChunkCounter, chunk_rate, rate_ratio
+from bench.scenarios import ChunkCounter, chunk_rate, publish_ceiling, rate_ratio
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -111,23 +111,7 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
     counter.expected = answers * chunks
     subscribers = await subscribe_all(nodes, (f"chat:{{ceiling{i}}}" for i in range(answers)), counter)
     try:
-        command = [sys.executable, "-m", "bench.publisher", str(nodes[0].port), str(answers), str(chunks)]
-        output = await asyncio.to_thread(
-            subprocess.run,
-            [*command, "cluster"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=True,
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(counter.done.wait(), 10)
-        result["ceiling"] = {
-            "chunks_per_s": chunk_rate(counter),
-            "received": len(counter.times),
-            "publisher_seconds": float(output.stdout),
-        }
+        result["ceiling"] = await publish_ceiling(counter, nodes[0].port, answers, chunks, "cluster")
     finally:
         for subscriber in subscribers:
             subscriber.close()

@@ -229,6 +229,23 @@ def chunk_rate(counter: ChunkCounter) -> int | None:
     return None if rate is None else round(rate)
 
 
+async def publish_ceiling(
+    counter: ChunkCounter, port: int, answers: int, chunks: int, *flags: str
+) -> dict[str, Any]:
+    """Run `bench.publisher` (the client ceiling) to a subscribed counter; return its figures."""
+    command = [sys.executable, "-m", "bench.publisher", str(port), str(answers), str(chunks), *flags]
+    output = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=True
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(counter.done.wait(), 10)
+    return {
+        "chunks_per_s": chunk_rate(counter),
+        "received": len(counter.times),
+        "publisher_seconds": float(output.stdout),
+    }
+
+
 def rate_ratio(result: dict[str, Any]) -> float | None:
     """The service's chunks per second over the ceiling's, when both were measured."""
     service, ceiling = result["service"]["chunks_per_s"], result["ceiling"]["chunks_per_s"]
@@ -242,22 +259,7 @@ async def scenario_b(run: Run, answers: int, chunks: int) -> dict[str, Any]:
     counter.expected = answers * chunks
     subscriber = await Subscriber.open(run.redis.port, "chat:*", counter)
     try:
-        output = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "bench.publisher", str(run.redis.port), str(answers), str(chunks)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(counter.done.wait(), 10)
-        result["ceiling"] = {
-            "chunks_per_s": chunk_rate(counter),
-            "received": len(counter.times),
-            "publisher_seconds": float(output.stdout),
-        }
+        result["ceiling"] = await publish_ceiling(counter, run.redis.port, answers, chunks)
     finally:
         subscriber.close()
 
