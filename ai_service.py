@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 import orjson
 
 from batcher import CommandBatcher
+from conversation import ConversationMessage, build_context
 from models import (
     AnswerState,
     ChatAccepted,
@@ -37,23 +38,19 @@ from models import (
     new_message_id,
     utc_now,
 )
+from providers.base import AnswerError, AnswerSource, Completion
 from redis_client import AnswerRegistry, Command, HistoryStore, KeySpace, RedisUnavailable
 
 if TYPE_CHECKING:
     from config import Settings
 
 __all__ = [
-    "AnswerError",
     "AnswerFinished",
     "AnswerNotFound",
     "AnswerObserver",
-    "AnswerSource",
     "ChatService",
-    "Completion",
-    "ConversationMessage",
     "MessageConflict",
     "ServiceUnavailable",
-    "build_context",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,36 +59,6 @@ logger = logging.getLogger(__name__)
 END_RETRY_SECONDS = 15.0
 
 E = TypeVar("E", bound=EventBase)
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationMessage:
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-@dataclass(slots=True)
-class Completion:
-    """What a source reports about an answer besides its text, filled in while it streams."""
-
-    finish_reason: FinishReason = "stop"
-    usage: Usage | None = None
-
-
-class AnswerSource(Protocol):
-    """Where answers come from: a simulated model, or a real one behind an HTTP API."""
-
-    name: str
-
-    def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncGenerator[str, None]:
-        """Yield the answer to the conversation's last message as text deltas.
-
-        A generator, so that its caller can close it (`aclose`) the moment an answer is cancelled and
-        the source can release what it holds, such as an HTTP stream to a model server, at once.
-        """
-        ...
 
 
 class AnswerObserver(Protocol):
@@ -104,15 +71,6 @@ class AnswerObserver(Protocol):
     def answer_ended(self, answer: Answer) -> None:
         """Called once per answer however it ends; `answer.finish_reason` is set when it was stored."""
         ...
-
-
-class AnswerError(Exception):
-    """An answer source failed; `code` goes into the stream's `error` event."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class ServiceUnavailable(Exception):
@@ -133,40 +91,6 @@ class AnswerFinished(Exception):
 
 class MessageConflict(Exception):
     """A client-chosen message id is already used by another session."""
-
-
-# --- What the model is sent ----------------------------------------------------------------------
-
-
-def build_context(
-    earlier: Sequence[ConversationMessage],
-    message: str,
-    *,
-    system_prompt: str,
-    max_messages: int,
-    max_chars: int,
-) -> list[ConversationMessage]:
-    """The conversation a model answers: the system prompt, recent turns, then the new message.
-
-    Of the `earlier` turns (oldest first) at most `max_messages` of the most recent are kept, and only as
-    many as fit in `max_chars` together with the system prompt and the message; the oldest go first.
-    The system prompt and the new message are always sent. Empty turns (an answer that failed before its
-    first token) are skipped, and an answer whose question was dropped goes too, so the turns sent start
-    with a user's: some chat templates refuse anything else.
-    """
-    budget = max_chars - len(system_prompt) - len(message)
-    candidates = [turn for turn in earlier if turn.content][-max_messages:] if max_messages else []
-    kept: list[ConversationMessage] = []
-    for turn in reversed(candidates):
-        budget -= len(turn.content)
-        if budget < 0:
-            break
-        kept.append(turn)
-    kept.reverse()
-    while kept and kept[0].role == "assistant":
-        kept.pop(0)
-    system = [ConversationMessage(role="system", content=system_prompt)] if system_prompt else []
-    return [*system, *kept, ConversationMessage(role="user", content=message)]
 
 
 # --- Streaming machinery -------------------------------------------------------------------------
@@ -198,8 +122,6 @@ class Answer:
 
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
 CHUNK_WINDOW = 32
-# How many of the session's newest turns (the new message included) the answer source is given.
-CONTEXT_TURNS = 50
 
 
 def _consume(future: asyncio.Future[list[Any]]) -> None:

@@ -25,7 +25,6 @@ from starlette.middleware import Middleware
 from ai_service import (
     AnswerFinished,
     AnswerNotFound,
-    AnswerSource,
     ChatService,
     MessageConflict,
     ServiceUnavailable,
@@ -60,6 +59,7 @@ from models import (
 )
 from openai_api import router as openai_router
 from providers import close_answer_source, create_answer_source, provider_health
+from providers.base import AnswerSource
 from redis_client import AnswerRegistry, HistoryStore, KeySpace, RedisUnavailable, create_redis
 from security import (
     AccessControl,

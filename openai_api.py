@@ -27,16 +27,12 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.exceptions import HTTPException
 
-from ai_service import (
-    AnswerError,
-    Completion,
-    ConversationMessage,
-    ServiceUnavailable,
-    build_context,
-)
+from ai_service import ServiceUnavailable
 from config import Settings
+from conversation import ConversationMessage, build_context
 from deps import ChatServiceDep, SettingsDep
 from models import ID_PATTERN, ChatRequest, ChunkEvent, EndEvent, ErrorEvent, StreamEvent, Usage
+from providers.base import AnswerError, Completion
 from redis_client import RedisUnavailable
 from security import AccessDep, PrincipalDep
 

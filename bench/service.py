@@ -21,10 +21,11 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ai_service import Completion, ConversationMessage
 from app import create_app
 from config import get_settings
+from conversation import ConversationMessage
 from logs import configure_logging
+from providers.base import Completion
 
 LAG_INTERVAL = 0.005
 

@@ -13,17 +13,13 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from ai_service import (
-    AnswerError,
-    ChatService,
-    Completion,
-    ConversationMessage,
-    ServiceUnavailable,
-)
+from ai_service import ChatService, ServiceUnavailable
 from batcher import CommandBatcher
 from config import Settings
+from conversation import ConversationMessage
 from models import ChatRequest
-from providers import SimulatedAnswerSource, compose_answer
+from providers.base import AnswerError, Completion
+from providers.simulated import SimulatedAnswerSource, compose_answer
 from redis_client import AnswerRegistry, Command, HistoryStore, KeySpace
 from tests.conftest import Json, assert_well_formed, read_answers
 

@@ -16,10 +16,10 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from redis.asyncio import Redis
 
-from ai_service import ConversationMessage
 from app import create_app
 from config import Settings
-from providers import compose_answer
+from conversation import ConversationMessage
+from providers.simulated import compose_answer
 from tests.conftest import RedisServer
 from tests.openai_server import OpenAIServer, Reply, serve
 
