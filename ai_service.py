@@ -21,6 +21,7 @@ import orjson
 
 from batcher import CommandBatcher
 from conversation import ConversationMessage, build_context
+from errors import ServiceError
 from models import (
     AnswerState,
     ChatAccepted,
@@ -73,24 +74,40 @@ class AnswerObserver(Protocol):
         ...
 
 
-class ServiceUnavailable(Exception):
+class ServiceUnavailable(ServiceError):
     """The service is shutting down and takes no new chats."""
 
+    status = 503
+    code = "shutting_down"
 
-class AnswerNotFound(Exception):
+
+class AnswerNotFound(ServiceError):
     """No answer has this message id (or it has expired)."""
 
+    status = 404
+    code = "not_found"
 
-class AnswerFinished(Exception):
+    def __init__(self, message_id: str) -> None:
+        super().__init__("No such answer")
+        self.message_id = message_id
+
+
+class AnswerFinished(ServiceError):
     """The answer has already ended; `state` says how."""
 
+    status = 409
+    code = "already_finished"
+
     def __init__(self, state: AnswerState) -> None:
-        super().__init__(f"answer {state.message_id} has already ended")
+        super().__init__("The answer has already ended")
         self.state = state
 
 
-class MessageConflict(Exception):
+class MessageConflict(ServiceError):
     """A client-chosen message id is already used by another session."""
+
+    status = 409
+    code = "message_id_conflict"
 
 
 # --- Streaming machinery -------------------------------------------------------------------------

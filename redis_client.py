@@ -29,6 +29,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from errors import ServiceError
 from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, Role, status_of
 
 if TYPE_CHECKING:
@@ -50,11 +51,14 @@ logger = logging.getLogger(__name__)
 Command = tuple[str | bytes | int | float, ...]
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(ServiceError):
     """Redis did not answer in time, refused the connection, or refused the write (out of memory)."""
 
+    status = 503
+    code = "redis_unavailable"
+
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(f"Service temporarily unavailable: {reason}")
         self.reason = reason
 
 
