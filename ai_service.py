@@ -1,8 +1,10 @@
-"""Chat orchestration: answer sources, and the machinery that streams an answer to its listeners.
+"""Chat orchestration: `ChatService` runs every answer, whichever protocol asked for it.
 
-An answer source turns a conversation into an async iterator of text deltas and knows nothing of Redis.
-`ChatService` stores turns, runs each answer in a background task it owns, and publishes the answer's
-events (`start`, `chunk`..., then `end` or `error`) on the session's channel.
+It stores the user's turn, runs each answer in a background task it owns, appends the answer's events
+(`start`, `chunk`..., then `end` or `error`) to the session's replay log (which publishes them on the
+session's channel), stores the answer, and ends every running answer on shutdown. A stateless answer
+(the OpenAI-compatible API without a session) runs through the same path, its events handed only to the
+caller. Answer sources (`providers/`) know nothing of Redis; protocols know nothing of answer tasks.
 """
 
 from __future__ import annotations
@@ -11,38 +13,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from batcher import CommandBatcher
+from answer_run import Answer, AnswerRunner, Listener, Phase
 from conversation import ConversationMessage, build_context
+from cursor import AnswerStart, EventCursor
 from errors import ServiceError
-from models import (
-    AnswerState,
-    ChatAccepted,
-    ChatRequest,
-    ChatTurn,
-    ChunkEvent,
-    EndEvent,
-    ErrorEvent,
-    ErrorInfo,
-    EventBase,
-    FinishReason,
-    StartEvent,
-    StreamEvent,
-    Usage,
-    new_message_id,
-    utc_now,
-)
-from providers.base import AnswerError, AnswerSource, Completion
-from redis_client import AnswerRegistry, Command, HistoryStore, KeySpace, RedisUnavailable
+from hub import StreamHub
+from models import AnswerState, ChatAccepted, ChatRequest, ChatTurn, new_message_id
+from providers.base import AnswerSource
+from redis_client import KeySpace, RedisUnavailable
+from stores.answers import AnswerRegistry
+from stores.history import HistoryStore
+from stores.replay_log import ReplayLog, position_of
 
 if TYPE_CHECKING:
+    from batcher import CommandBatcher
     from config import Settings
 
 __all__ = [
@@ -55,11 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# How long an answer keeps trying to store its end while Redis is unavailable.
-END_RETRY_SECONDS = 15.0
-
-E = TypeVar("E", bound=EventBase)
 
 
 class AnswerObserver(Protocol):
@@ -110,43 +94,6 @@ class MessageConflict(ServiceError):
     code = "message_id_conflict"
 
 
-# --- Streaming machinery -------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Answer:
-    """One answer being streamed, and what its listeners have been sent so far."""
-
-    message_id: str
-    session_id: str
-    user_id: str
-    channel: str
-    started: float = field(default_factory=time.perf_counter)
-    seq: int = 0
-    parts: list[str] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    # The replay-log entry after which this answer's events begin.
-    since: str = "0-0"
-    # Why the task was cancelled: a Stop, or shutdown.
-    stop_reason: Literal["cancelled", "shutdown"] = "shutdown"
-    # How it ended, once it has: for observers.
-    finish_reason: FinishReason | None = None
-    error_code: str | None = None
-    listener: asyncio.Queue[StreamEvent | None] | None = None
-    # Set once the answer is being stored: Stop and shutdown then let it end by itself.
-    finishing: bool = False
-
-
-# How many chunks an answer may have on their way to Redis before it waits for the oldest.
-CHUNK_WINDOW = 32
-
-
-def _consume(future: asyncio.Future[list[Any]]) -> None:
-    """Retrieve a future's outcome, so an unawaited failure is not reported as never retrieved."""
-    if not future.cancelled():
-        future.exception()
-
-
 class ChatService:
     """Accepts chats, runs each answer in a background task it owns, and ends them all on shutdown."""
 
@@ -155,19 +102,36 @@ class ChatService:
         settings: Settings,
         *,
         history: HistoryStore,
-        registry: AnswerRegistry,
+        answers: AnswerRegistry,
+        log: ReplayLog,
+        hub: StreamHub,
         writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
         observers: Sequence[AnswerObserver] = (),
+        end_retry_seconds: float = 15.0,
+        cancel_wait_seconds: float = 2.0,
     ) -> None:
+        """`end_retry_seconds`: how long an answer keeps trying to store its end while Redis is
+        unavailable; `cancel_wait_seconds`: how long `cancel` waits for another instance to confirm."""
         self._settings = settings
-        self._observers = tuple(observers)
         self._history = history
-        self._registry = registry
+        self._answers_store = answers
+        self._log = log
+        self._hub = hub
         self._writer = writer
         self._keys = keys
         self.source = source
+        self._cancel_wait = cancel_wait_seconds
+        self._runner = AnswerRunner(
+            source,
+            history=history,
+            answers=answers,
+            log=log,
+            writer=writer,
+            observers=observers,
+            end_retry_seconds=end_retry_seconds,
+        )
         self._answers: dict[str, Answer] = {}
         self._accepting = True
 
@@ -190,7 +154,7 @@ class ChatService:
         request: ChatRequest,
         *,
         context: Sequence[ConversationMessage] | None = None,
-        listener: asyncio.Queue[StreamEvent | None] | None = None,
+        listener: Listener | None = None,
     ) -> tuple[ChatAccepted, bool]:
         """Store the user's turn and start the answer; return at once.
 
@@ -202,11 +166,10 @@ class ChatService:
         of the answer as it is published (in `seq` order, ending with its `end` or `error`, which it
         receives even when Redis refuses the event), then `None` once the answer's task is over.
         """
-        if not self._accepting:
-            raise ServiceUnavailable("the service is shutting down")
+        self._check_accepting()
         message_id = str(request.message_id) if request.message_id else new_message_id()
         session_id = request.session_id
-        existing = await self._registry.claim(message_id, session_id, self._writer)
+        existing = await self._answers_store.claim(message_id, session_id)
         if existing is not None:
             if existing.session_id != session_id:
                 raise MessageConflict("this message_id belongs to another session")
@@ -216,24 +179,40 @@ class ChatService:
             since, conversation = await self._store_and_read(request, message_id, context)
         except RedisUnavailable:
             with contextlib.suppress(RedisUnavailable):
-                await self._registry.release(message_id)
+                await self._answers_store.release(message_id)
             raise
-        answer = Answer(
-            message_id=message_id,
-            session_id=session_id,
-            user_id=request.user_id,
-            channel=self._keys.channel(session_id),
-            since=since,
-            listener=listener,
-        )
-        self._answers[message_id] = answer
-        self._notify("answer_started", answer)
-        answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{message_id}")
+        answer = Answer(message_id, session_id, request.user_id, since=since, listener=listener, stored=True)
+        self._start(answer, conversation)
+        state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
+        return self._accepted(state), True
+
+    def submit_stateless(
+        self, conversation: Sequence[ConversationMessage], *, user_id: str, listener: Listener
+    ) -> str:
+        """Start an answer that is neither stored nor published: its events go to `listener` only (as
+        for `submit`). It counts, is observed and is ended at shutdown like every other; returns its id."""
+        self._check_accepting()
+        answer = Answer(new_message_id(), "", user_id, since="0-0", listener=listener, stored=False)
+        self._start(answer, list(conversation))
+        return answer.message_id
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ServiceUnavailable("the service is shutting down")
+
+    def _start(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+        self._answers[answer.message_id] = answer
+        answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{answer.message_id}")
+        listener = answer.listener
         if listener is not None:
             # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
             answer.task.add_done_callback(lambda _: listener.put_nowait(None))
-        state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
-        return self._accepted(state), True
+
+    async def _run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+        try:
+            await self._runner.run(answer, conversation)
+        finally:
+            self._answers.pop(answer.message_id, None)
 
     async def _store_and_read(
         self, request: ChatRequest, message_id: str, context: Sequence[ConversationMessage] | None
@@ -242,18 +221,19 @@ class ChatService:
         the conversation to answer (`context`, or one built from the session's recent turns)."""
         settings = self._settings
         turn = ChatTurn.user(request, message_id)
-        if context is not None:
-            return await self._history.append(request.session_id, turn), list(context)
         # One more than the limit: the newest turn read is usually the user turn just stored.
-        since, turns = await self._history.append_and_recent(
-            self._writer, request.session_id, turn, settings.max_context_messages + 1
+        recent = 0 if context is not None else settings.max_context_messages + 1
+        (position,), turns = await self._history.append(
+            request.session_id, turn, along=[self._log.position_command(request.session_id)], recent=recent
         )
+        if context is not None:
+            return position_of(position), list(context)
         earlier = [
             ConversationMessage(role=role, content=content)
             for turn_id, role, content in turns
             if turn_id != message_id
         ]
-        return since, build_context(
+        return position_of(position), build_context(
             earlier,
             request.message,
             system_prompt=settings.system_prompt,
@@ -261,33 +241,58 @@ class ChatService:
             max_chars=settings.max_context_chars,
         )
 
+    async def follow(
+        self, session_id: str, *, after: str | None = None, message_id: str | None = None
+    ) -> EventCursor:
+        """A cursor over the session's events after `after`, or over one answer's (`AnswerNotFound` if
+        it is not an answer of this session), or over its running answers and then everything live."""
+        answer = None
+        if message_id is not None:
+            state = await self._answers_store.get(message_id)
+            if state is None or state.session_id != session_id:
+                raise AnswerNotFound(message_id)
+            since = await self._log.start_of(message_id)
+            answer = AnswerStart(message_id, since, finished=state.status != "streaming")
+        return EventCursor(self._hub, session_id, after=after, answer=answer)
+
+    async def clear(self, session_id: str) -> None:
+        """Delete the session's history and its replay log."""
+        await self._writer.submit(
+            [*self._history.clear_commands(session_id), *self._log.clear_commands(session_id)]
+        )
+
     async def cancel(self, message_id: str) -> AnswerState:
         """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
-        if the instance running it has not confirmed within two seconds)."""
-        state = await self._registry.get(message_id)
+        if the instance running it has not confirmed within `cancel_wait_seconds`)."""
+        state = await self._answers_store.get(message_id)
         if state is None:
             raise AnswerNotFound(message_id)
         if state.status != "streaming":
             raise AnswerFinished(state)
-        if not self.stop_local(message_id):
-            await self._writer.execute(
+        local = self._answers.get(message_id)
+        if self.stop_local(message_id) and local is not None and local.task is not None:
+            # Ours: its task ends once the partial answer is stored, within REDIS_TIMEOUT per write.
+            await asyncio.wait([local.task], timeout=self._cancel_wait)
+        else:
+            await self._writer.submit(
                 [(self._keys.publish, self._keys.control, orjson.dumps({"cancel": message_id}))]
             )
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            current = await self._registry.get(message_id)
+        deadline = time.monotonic() + self._cancel_wait
+        while True:
+            current = await self._answers_store.get(message_id)
             if current is not None and current.status != "streaming":
                 return current
-        return state
+            if time.monotonic() >= deadline:
+                return state
+            await asyncio.sleep(0.02)  # another instance stores it: poll its state until the deadline
 
     def stop_local(self, message_id: str) -> bool:
         """Cancel the answer if this instance runs it (one already being stored ends by itself)."""
         answer = self._answers.get(message_id)
         if answer is None or answer.task is None or answer.task.done():
             return False
-        if not answer.finishing:
-            answer.stop_reason = "cancelled"
+        if answer.phase is Phase.RUNNING:
+            answer.phase = Phase.CANCELLING
             answer.task.cancel()
         return True
 
@@ -307,215 +312,15 @@ class ChatService:
         running = [answer.task for answer in self._answers.values() if answer.task is not None]
         if not running:
             return
-        logger.info(
-            "waiting up to %.1fs for %d running answers", self._settings.shutdown_grace_seconds, len(running)
-        )
-        _, pending = await asyncio.wait(running, timeout=self._settings.shutdown_grace_seconds)
+        grace = self._settings.shutdown_grace_seconds
+        logger.info("waiting up to %.1fs for %d running answers", grace, len(running))
+        _, pending = await asyncio.wait(running, timeout=grace)
         for answer in list(self._answers.values()):
             # A finishing answer is complete: cancelling it would store it twice and send `error` after
             # `end`. Its last two writes are bounded by REDIS_TIMEOUT, so waiting for it cannot hang.
-            if answer.task is not None and answer.task in pending and not answer.finishing:
-                answer.stop_reason = "shutdown"
+            if answer.task is not None and answer.task in pending and answer.phase is Phase.RUNNING:
+                answer.phase = Phase.SHUTTING_DOWN
                 answer.task.cancel()
         if pending:
             logger.warning("ending %d answers still running at shutdown", len(pending))
             await asyncio.wait(pending)
-
-    def _notify(
-        self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
-    ) -> None:
-        for observer in self._observers:
-            try:
-                getattr(observer, hook)(answer)
-            except Exception:
-                logger.exception("answer observer %s failed", hook)
-
-    # -- one answer --
-
-    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
-        """Append the event to the session's replay log and publish it, after any `extra` commands."""
-        if answer.listener is not None:
-            answer.listener.put_nowait(event)
-        await self._write_event(answer, event, *extra)
-
-    async def _write_event(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
-        payload = event.model_dump_json(exclude_none=True).encode()
-        await self._writer.execute([*extra, *self._event_commands(answer, payload, refresh_ttl=True)])
-
-    def _event_commands(self, answer: Answer, payload: bytes, *, refresh_ttl: bool) -> list[Command]:
-        """XADD to the session's replay log, then PUBLISH: a reader woken by the PUBLISH finds the
-        entry in the log. The log lives as long as the history: `start` and the terminal event set its
-        TTL, and a chunk's XADD keeps it."""
-        events = self._keys.events(answer.session_id)
-        return [
-            ("XADD", events, "MAXLEN", "~", self._settings.stream_maxlen, "*", "e", payload),
-            *([("EXPIRE", events, self._settings.chat_history_ttl)] if refresh_ttl else []),
-            (self._keys.publish, answer.channel, payload),
-        ]
-
-    @staticmethod
-    def _event(answer: Answer, kind: type[E], **fields: object) -> E:
-        return kind.model_validate(
-            {
-                "message_id": answer.message_id,
-                "session_id": answer.session_id,
-                "seq": answer.seq,
-                "timestamp": utc_now(),
-                **fields,
-            }
-        )
-
-    async def _run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
-        completion = Completion()
-        logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
-        try:
-            await self._publish(
-                answer,
-                self._event(answer, StartEvent),
-                *self._registry.starting_commands(answer.session_id, answer.message_id, answer.since),
-            )
-            header = ChunkEvent.json_header(answer.message_id, answer.session_id)
-            # The answer goes on producing while its chunks are on their way to Redis, up to
-            # CHUNK_WINDOW of them, instead of waiting for each round trip. The writer keeps their
-            # order, and every one is confirmed before the answer is stored and ended.
-            in_flight: deque[asyncio.Future[list[Any]]] = deque()
-            try:
-                # aclosing: a cancelled answer closes its source (and the source its upstream stream)
-                # at once, even when the cancel lands while a chunk is being published.
-                async with aclosing(self.source.stream(conversation, completion)) as deltas:
-                    async for delta in deltas:
-                        if not delta:
-                            continue
-                        answer.seq += 1
-                        answer.parts.append(delta)
-                        if answer.listener is None:
-                            payload = ChunkEvent.fast_json(header, answer.seq, delta)
-                        else:  # an in-process listener (the /v1 API) takes the event itself
-                            event = self._event(answer, ChunkEvent, content=delta)
-                            answer.listener.put_nowait(event)
-                            payload = event.model_dump_json(exclude_none=True).encode()
-                        in_flight.append(
-                            self._writer.submit(self._event_commands(answer, payload, refresh_ttl=False))
-                        )
-                        self._notify("chunk_published", answer)
-                        while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
-                            await in_flight.popleft()
-                while in_flight:
-                    await in_flight.popleft()
-            finally:
-                for future in in_flight:  # left behind by a failure or a Stop: nobody awaits them
-                    future.add_done_callback(_consume)
-            await self._end(answer, completion.finish_reason, usage=completion.usage)
-        except asyncio.CancelledError:
-            # Only this service cancels answer tasks (Stop, shutdown), and it awaits them: the task
-            # ends normally once the partial answer is stored and the stream is ended.
-            if answer.stop_reason == "cancelled":
-                await self._end(answer, "cancelled")
-            else:
-                await self._end(answer, "shutdown", error=("shutdown", "the service is shutting down"))
-        except AnswerError as error:
-            logger.warning(
-                "answer failed message_id=%s code=%s: %s", answer.message_id, error.code, error.message
-            )
-            await self._end(answer, "error", error=(error.code, error.message))
-        except RedisUnavailable as error:
-            logger.error("answer lost Redis message_id=%s: %s", answer.message_id, error.reason)
-            await self._end(answer, "error", error=("redis_unavailable", "Redis became unavailable"))
-        except Exception:
-            logger.exception("answer failed message_id=%s", answer.message_id)
-            await self._end(answer, "error", error=("internal_error", "the answer failed"))
-        finally:
-            self._answers.pop(answer.message_id, None)
-            self._notify("answer_ended", answer)
-            logger.info(
-                "answer ended message_id=%s chunks=%d duration_ms=%.1f",
-                answer.message_id,
-                len(answer.parts),
-                (time.perf_counter() - answer.started) * 1000,
-            )
-
-    async def _end(
-        self,
-        answer: Answer,
-        finish_reason: FinishReason,
-        *,
-        usage: Usage | None = None,
-        error: tuple[str, str] | None = None,
-    ) -> None:
-        """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
-        content = "".join(answer.parts)
-        turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
-        answer.finishing = True
-        answer.seq += 1
-        event: StreamEvent
-        if error is None:
-            event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
-        else:
-            event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
-        answer.error_code = error[0] if error else None
-        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
-        # so that the answer is not left `streaming` with no turn and no terminal event (#5).
-        deadline = time.monotonic() + END_RETRY_SECONDS
-        if not await self._retrying(
-            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
-        ):
-            if answer.listener is not None:
-                # Nothing reached Redis, but the in-process listener still learns how the answer ended.
-                answer.listener.put_nowait(event)
-            return
-        answer.finish_reason = finish_reason
-        if answer.listener is not None:
-            answer.listener.put_nowait(event)
-        # A retried publish may add the terminal event twice if a timed-out one landed late; a
-        # client following the answer stops at the first.
-        await self._retrying(answer, deadline, "publish", lambda _: self._write_event(answer, event))
-
-    async def _store_end(self, answer: Answer, turn: ChatTurn, attempt: int) -> None:
-        # After a timeout, check whether the earlier attempt landed after all (a timeout does not
-        # mean Redis did not apply it): the turn must not be stored twice.
-        if attempt > 1:
-            state = await self._registry.get(answer.message_id)
-            if state is not None and state.status != "streaming":
-                return
-        # History first, in its own round trip, then the terminal event: a client that reads
-        # history on `end` finds the turn.
-        assert turn.finish_reason is not None
-        await self._writer.execute(
-            [
-                *self._history.append_commands(answer.session_id, turn),
-                *self._registry.finished_commands(answer.session_id, answer.message_id, turn.finish_reason),
-            ]
-        )
-
-    async def _retrying(
-        self,
-        answer: Answer,
-        deadline: float,
-        what: str,
-        step: Callable[[int], Awaitable[None]],
-    ) -> bool:
-        """Run `step` until it gets through to Redis, backing off, until `deadline`; False if it never did."""
-        delay = 0.1
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await step(attempt)
-                return True
-            except RedisUnavailable as failure:
-                if time.monotonic() + delay > deadline:
-                    logger.error(
-                        "could not %s the end of answer message_id=%s: %s",
-                        what,
-                        answer.message_id,
-                        failure.reason,
-                    )
-                    return False
-                logger.warning(
-                    "retrying to %s the end of answer message_id=%s: %s",
-                    what,
-                    answer.message_id,
-                    failure.reason,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)

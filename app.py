@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 import uuid
@@ -29,7 +28,6 @@ from ai_service import (
     MessageConflict,
     ServiceUnavailable,
 )
-from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings, format_validation_error, get_settings
 from deps import (
     ChatServiceDep,
@@ -39,7 +37,9 @@ from deps import (
     RegistryDep,
     SettingsDep,
 )
+from draining import server_draining
 from health import PubSubProbe
+from hub import StreamHub
 from logs import RequestLogMiddleware, configure_logging, valid_request_id
 from metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from models import (
@@ -58,9 +58,9 @@ from models import (
     stream_event_schema,
 )
 from openai_api import router as openai_router
-from providers import close_answer_source, create_answer_source, provider_health
+from providers import provider_health
 from providers.base import AnswerSource
-from redis_client import AnswerRegistry, HistoryStore, KeySpace, RedisUnavailable, create_redis
+from redis_client import KeySpace, RedisUnavailable
 from security import (
     AccessControl,
     AccessDep,
@@ -74,15 +74,15 @@ from security import (
     Unauthorized,
     require_key,
 )
-from sse import EventStreamResponse, SessionStream
-from streaming import StreamHub
+from services import HEALTH_TIMEOUT, build_services
+from sse import EventStreamResponse
+from stores.answers import AnswerRegistry
+from stores.history import HistoryStore
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
 
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
-# /health answers within this many seconds, whatever Redis does.
-HEALTH_TIMEOUT = 1.5
 
 
 # --- Lifespan and dependencies -------------------------------------------------------------------
@@ -102,77 +102,19 @@ class State(TypedDict):
 def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | None = None) -> Any:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        if settings.embedded_redis:
-            logger.warning(
-                "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
-                "history lives only as long as this process and no other process can subscribe"
-            )
-        redis = create_redis(settings)
-        keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
-        history = HistoryStore(
-            redis,
-            keys,
-            ttl=settings.chat_history_ttl,
-            max_messages=settings.max_history_messages,
-            timeout=settings.redis_timeout,
-            wait_replicas=settings.redis_wait_replicas,
-        )
-        registry = AnswerRegistry(redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout)
-        writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
-        reader = CommandBatcher(redis, timeout=settings.redis_timeout, name="log-reader")
-        answer_source = source or create_answer_source(settings)
-        access = AccessControl(settings, redis, keys)
-        service = ChatService(
-            settings,
-            history=history,
-            registry=registry,
-            writer=writer,
-            keys=keys,
-            source=answer_source,
-            observers=[metrics, *([access.slots] if access.slots else [])],
-        )
-        probe = PubSubProbe(redis, keys, timeout=min(settings.redis_timeout, HEALTH_TIMEOUT))
-        hub = StreamHub(
-            redis,
-            keys,
-            reader,
-            poll_interval=settings.sse_poll_seconds,
-            listener_limit=settings.sse_queue_limit,
-            on_control=probe.wrap(service.on_control),
-            ping_interval=settings.sse_ping_seconds,
-        )
-        access.start()
-        writer.start()
-        reader.start()
-        await hub.start()
-        # What start-up built lives as long as the process: take it out of the garbage collector's
-        # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
-        # answers running; issue #6, scenario d).
-        gc.collect()
-        gc.freeze()
-        logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
-        try:
+        async with build_services(
+            settings, metrics=metrics, source=source, draining=server_draining
+        ) as services:
             yield {
-                "chat_service": service,
-                "history": history,
-                "registry": registry,
-                "hub": hub,
+                "chat_service": services.chat,
+                "history": services.history,
+                "registry": services.answers,
+                "hub": services.hub,
                 "settings": settings,
-                "access": access,
+                "access": services.access,
                 "metrics": metrics,
-                "probe": probe,
+                "probe": services.probe,
             }
-        finally:
-            await service.shutdown()
-            await access.close()
-            await hub.close()
-            await close_answer_source(answer_source)
-            await writer.close()
-            await reader.close()
-            await redis.aclose()
-            metrics.close()
-            gc.unfreeze()
-            logger.info("%s stopped", SERVICE_NAME)
 
     return lifespan
 
@@ -535,8 +477,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         session_id: SessionIdPath,
         principal: StreamPrincipalDep,
         access: AccessDep,
-        hub: HubDep,
-        registry: RegistryDep,
+        service: ChatServiceDep,
         message_id: Annotated[
             uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
         ] = None,
@@ -555,27 +496,12 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
 
         Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
         await access.check_session(principal, session_id)
-        message_since = None
-        message_finished = False
-        if message_id is not None:
-            state = await registry.get(str(message_id))
-            if state is None or state.session_id != session_id:
-                raise AnswerNotFound(str(message_id))
-            message_since = await registry.since(str(message_id))
-            message_finished = state.status != "streaming"
-        stream = SessionStream(
-            hub,
+        cursor = await service.follow(
             session_id,
-            last_event_id=last_event_id_header or last_event_id,
+            after=last_event_id_header or last_event_id,
             message_id=str(message_id) if message_id else None,
-            message_since=message_since,
-            message_finished=message_finished,
         )
-        return EventStreamResponse(
-            stream,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            clients=metrics.sse_clients,
-        )
+        return EventStreamResponse(cursor, clients=metrics.sse_clients)
 
     @app.get(
         "/history/{session_id}",
@@ -607,11 +533,11 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         responses={**ERRORS, **NO_SESSION},
     )
     async def clear_session_history(
-        session_id: SessionIdPath, principal: PrincipalDep, access: AccessDep, history: HistoryDep
+        session_id: SessionIdPath, principal: PrincipalDep, access: AccessDep, service: ChatServiceDep
     ) -> StatusResponse:
         """Delete every stored turn of the session (it stays its key's until its TTL runs out)."""
         await access.check_session(principal, session_id)
-        await history.clear(session_id)
+        await service.clear(session_id)
         return StatusResponse(message=f"History cleared for session {session_id}")
 
     @app.get("/schema/events", summary="JSON Schema of stream events", tags=["service"])

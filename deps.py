@@ -15,8 +15,9 @@ from fastapi import Depends, Request
 from ai_service import ChatService
 from config import Settings
 from health import PubSubProbe
-from redis_client import AnswerRegistry, HistoryStore
-from streaming import StreamHub
+from hub import StreamHub
+from stores.answers import AnswerRegistry
+from stores.history import HistoryStore
 
 __all__ = [
     "ChatServiceDep",

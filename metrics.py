@@ -26,7 +26,7 @@ from starlette.routing import Match
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from ai_service import Answer
+    from answer_run import Answer
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
 

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -295,19 +294,27 @@ def _conversation(
 
 
 async def _relay(
-    events: asyncio.Queue[StreamEvent | None], completion: Completion
+    events: asyncio.Queue[StreamEvent | None],
+    completion: Completion,
+    *,
+    stop: Callable[[], object] | None = None,
 ) -> AsyncGenerator[str, None]:
-    """The text deltas of a `ChatService` answer, read from its listener queue."""
-    while (event := await events.get()) is not None:
-        if isinstance(event, ChunkEvent):
-            yield event.content
-        elif isinstance(event, EndEvent):
-            completion.finish_reason = event.finish_reason
-            completion.usage = event.usage
-            return
-        elif isinstance(event, ErrorEvent):
-            raise AnswerError(event.error.code, event.error.message)
-    raise AnswerError("internal_error", "The answer ended without a result.")
+    """The text deltas of a `ChatService` answer, read from its listener queue. `stop`, for an answer
+    nobody else can follow (a stateless one), ends it when its caller leaves before its end."""
+    try:
+        while (event := await events.get()) is not None:
+            if isinstance(event, ChunkEvent):
+                yield event.content
+            elif isinstance(event, EndEvent):
+                completion.finish_reason = event.finish_reason
+                completion.usage = event.usage
+                return
+            elif isinstance(event, ErrorEvent):
+                raise AnswerError(event.error.code, event.error.message)
+        raise AnswerError("internal_error", "The answer ended without a result.")
+    finally:
+        if stop is not None:
+            stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,16 +396,21 @@ async def create_chat_completion(
     """Answer the conversation, whole or streamed, as OpenAI's Chat Completions API does."""
     conversation, message = _conversation(body.messages, settings)
     completion = Completion()
+    events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
     if session_id is None:
+        # Stateless, but an answer like any other: counted against the caps, observed, ended at shutdown.
+        access.check_capacity(service.active_answers)
         await access.rate_limit(principal, body.user or DEFAULT_USER_ID)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        deltas = service.source.stream(conversation, completion)
+        message_id = service.submit_stateless(
+            conversation, user_id=body.user or DEFAULT_USER_ID, listener=events
+        )
+        completion_id = f"chatcmpl-{message_id.replace('-', '')}"
+        deltas = _relay(events, completion, stop=lambda: service.stop_local(message_id))
     else:
         try:
             chat = ChatRequest(session_id=session_id, message=message, user_id=body.user or DEFAULT_USER_ID)
         except ValidationError as error:
             raise OpenAIAPIError(400, f"Invalid user: {error.errors()[0]['msg']}", param="user") from None
-        events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
         # Through the same checks as POST /chat: owner, rate and stream limits.
         accepted, _ = await access.submit(principal, chat, service, context=conversation, listener=events)
         completion_id = f"chatcmpl-{accepted.message_id}"

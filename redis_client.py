@@ -1,4 +1,4 @@
-"""Redis access: the client, key names, chat history and answer state.
+"""Redis access: the client, key names, and the deadline every call runs under.
 
 Every call is bounded by `REDIS_TIMEOUT` and every Redis failure surfaces as `RedisUnavailable`, so the
 routes can answer 503 instead of hanging or leaking a driver exception.
@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import fakeredis
-import orjson
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -30,16 +28,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from errors import ServiceError
-from models import AnswerState, AnswerStatus, ChatTurn, FinishReason, Role, status_of
 
 if TYPE_CHECKING:
-    from batcher import CommandBatcher
     from config import Settings
 
 __all__ = [
-    "AnswerRegistry",
     "Command",
-    "HistoryStore",
     "KeySpace",
     "RedisClient",
     "RedisUnavailable",
@@ -190,219 +184,3 @@ async def bounded(seconds: float) -> AsyncIterator[None]:
             yield
     except (TimeoutError, RedisError, RedisClusterException, OSError) as error:
         raise RedisUnavailable(describe(error)) from None
-
-
-class HistoryStore:
-    """A session's turns: one Redis list per session, one JSON object per turn, oldest first."""
-
-    def __init__(
-        self,
-        redis: RedisClient,
-        keys: KeySpace,
-        *,
-        ttl: int,
-        max_messages: int,
-        timeout: float,
-        wait_replicas: int = 0,
-    ) -> None:
-        self._redis = redis
-        self._wait_replicas = wait_replicas
-        self._keys = keys
-        self._ttl = ttl
-        self._max_messages = max_messages
-        self._timeout = timeout
-
-    def append_commands(self, session_id: str, turn: ChatTurn) -> list[Command]:
-        """RPUSH, LTRIM and EXPIRE of one turn: the key never exists without its TTL."""
-        key = self._keys.history(session_id)
-        return [
-            ("RPUSH", key, turn.model_dump_json(exclude_none=True)),
-            ("LTRIM", key, -self._max_messages, -1),
-            ("EXPIRE", key, self._ttl),
-        ]
-
-    async def append(self, session_id: str, turn: ChatTurn) -> str:
-        """Store the turn; return the newest entry id of the session's replay log at that moment
-        (`0-0` when empty): every event written after this call comes after it.
-
-        With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every
-        attached replica if fewer are attached, so a failover cannot lose it.
-        """
-        async with bounded(self._timeout):
-            if not self._wait_replicas:
-                return await self._append(self._redis, session_id, turn)
-            # WAIT counts the writes of its own connection: hold one connection for both. (Settings
-            # refuse REDIS_WAIT_REPLICAS on a cluster.)
-            async with cast(Redis, self._redis).client() as connection:
-                newest = await self._append(connection, session_id, turn)
-                acked = await connection.wait(self._wait_replicas, int(self._timeout * 500))
-                if acked < self._wait_replicas:
-                    # Fewer replicas than asked for may be attached (right after a failover there is
-                    # none until one is re-attached): every attached replica must still confirm.
-                    attached = int((await connection.info("replication")).get("connected_slaves", 0))
-                    if acked < min(self._wait_replicas, attached):
-                        raise RedisUnavailable("no replica confirmed the write in time")
-            return newest
-
-    async def _append(self, redis: RedisClient, session_id: str, turn: ChatTurn) -> str:
-        # MULTI/EXEC: when Redis refuses the RPUSH (out of memory) nothing of the turn is applied.
-        # All keys share the session's hash tag, so this is one slot on a cluster too.
-        async with redis.pipeline(transaction=True) as pipe:
-            for command in self.append_commands(session_id, turn):
-                pipe.execute_command(*command)
-            pipe.execute_command("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1)
-            *_, newest = await pipe.execute()
-        return bytes(newest[0][0]).decode() if newest else "0-0"
-
-    async def append_and_recent(
-        self, writer: CommandBatcher, session_id: str, turn: ChatTurn, recent: int
-    ) -> tuple[str, list[tuple[str, Role, str]]]:
-        """`append`, and the `recent` newest turns (this one included) as (message_id, role, content).
-
-        One transaction sent through `writer`: a round trip shared with other requests, where `append`
-        then `read` cost two of their own and validated every turn with pydantic (issue #6). With
-        `wait_replicas`, WAIT must follow the write on its own connection: that path stays as it was.
-        """
-        if self._wait_replicas or isinstance(self._redis, RedisCluster):
-            # On a cluster the writer's batches go through redis-py's cluster pipeline, which takes
-            # no MULTI: the turn is appended in its own transaction, then read.
-            since = await self.append(session_id, turn)
-            return since, [
-                (item.message_id, item.role, item.content) for item in await self.read(session_id, recent)
-            ]
-        key = self._keys.history(session_id)
-        replies = await writer.execute(
-            [
-                ("MULTI",),
-                *self.append_commands(session_id, turn),
-                ("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1),
-                ("LRANGE", key, -recent, -1),
-                ("EXEC",),
-            ]
-        )
-        result = replies[-1]
-        if not isinstance(result, list):  # EXEC refused: the transaction was discarded
-            raise RedisUnavailable(
-                describe(result) if isinstance(result, Exception) else "transaction aborted"
-            )
-        failure = next((reply for reply in result if isinstance(reply, Exception)), None)
-        if failure is not None:
-            raise RedisUnavailable(describe(failure))
-        *_, newest, raw = result
-        turns: list[tuple[str, Role, str]] = []
-        for item in raw:
-            try:
-                stored = orjson.loads(item)
-                turns.append((stored["message_id"], stored["role"], stored["content"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                logger.warning("skipping an unreadable history entry in session %s", session_id)
-        return (bytes(newest[0][0]).decode() if newest else "0-0"), turns
-
-    async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
-        start = -limit if limit else 0
-        async with bounded(self._timeout):
-            raw = await self._redis.lrange(self._keys.history(session_id), start, -1)
-        turns = []
-        for item in raw:
-            try:
-                turns.append(ChatTurn.model_validate_json(item))
-            except ValueError:
-                logger.warning("skipping an unreadable history entry in session %s", session_id)
-        return turns
-
-    async def clear(self, session_id: str) -> None:
-        """Delete the session's history and its replay log."""
-        async with bounded(self._timeout):
-            await self._redis.delete(self._keys.history(session_id), self._keys.events(session_id))
-
-    async def ping(self) -> float:
-        """Round trip of a PING, in milliseconds."""
-        started = time.perf_counter()
-        async with bounded(self._timeout):
-            await self._redis.ping()
-        return (time.perf_counter() - started) * 1000
-
-
-class AnswerRegistry:
-    """Each answer's state in Redis, shared by every instance: what makes sends idempotent and lets
-    any instance stop or follow an answer that another one runs."""
-
-    def __init__(self, redis: RedisClient, keys: KeySpace, *, ttl: int, timeout: float) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._ttl = ttl
-        self._timeout = timeout
-
-    async def claim(
-        self, message_id: str, session_id: str, writer: CommandBatcher | None = None
-    ) -> AnswerState | None:
-        """Record a new answer; if the id is taken, return the existing answer's state instead.
-
-        With `writer`, the claim goes out in its next batch instead of a round trip of its own.
-        """
-        key = self._keys.message(message_id)
-        # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
-        commands: list[Command] = [
-            ("HSETNX", key, "session_id", session_id),
-            ("HSETNX", key, "status", "streaming"),
-            ("EXPIRE", key, self._ttl),
-        ]
-        if writer is not None:
-            won, _, _ = await writer.execute(commands)
-        else:
-            async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                won, _, _ = await pipe.execute()
-        if won:
-            return None
-        existing = await self.get(message_id)
-        # The winner may not have written its status yet: it is streaming.
-        return existing or AnswerState(message_id=message_id, session_id=session_id, status="streaming")
-
-    async def release(self, message_id: str) -> None:
-        """Forget a claim whose answer never started (its user turn could not be stored)."""
-        async with bounded(self._timeout):
-            await self._redis.delete(self._keys.message(message_id))
-
-    async def get(self, message_id: str) -> AnswerState | None:
-        async with bounded(self._timeout):
-            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.message(message_id)))
-        if not fields or b"session_id" not in fields:
-            return None
-        status = fields.get(b"status", b"streaming").decode()
-        finish_reason = fields.get(b"finish_reason")
-        return AnswerState.model_validate(
-            {
-                "message_id": message_id,
-                "session_id": fields[b"session_id"].decode(),
-                "status": status,
-                "finish_reason": finish_reason.decode() if finish_reason else None,
-            }
-        )
-
-    async def since(self, message_id: str) -> str | None:
-        """The replay-log entry after which the answer's events begin, once it is starting."""
-        async with bounded(self._timeout):
-            value = cast(bytes | None, await self._redis.hget(self._keys.message(message_id), "since"))
-        return value.decode() if value else None
-
-    def starting_commands(self, session_id: str, message_id: str, since: str) -> list[Command]:
-        """Record after which log entry the answer's events begin. Sent before its `start` is
-        appended, so a reader that finds the answer here finds its `start` after `since`, and a reader
-        that does not will see the `start` arrive live."""
-        active = self._keys.active(session_id)
-        return [
-            ("HSET", self._keys.message(message_id), "since", since),
-            ("HSET", active, message_id, since),
-            ("EXPIRE", active, self._ttl),
-        ]
-
-    def finished_commands(
-        self, session_id: str, message_id: str, finish_reason: FinishReason
-    ) -> list[Command]:
-        status: AnswerStatus = status_of(finish_reason)
-        return [
-            ("HSET", self._keys.message(message_id), "status", status, "finish_reason", finish_reason),
-            ("HDEL", self._keys.active(session_id), message_id),
-        ]

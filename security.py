@@ -35,7 +35,8 @@ from redis_client import KeySpace, RedisUnavailable, bounded
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from ai_service import Answer, ChatService
+    from ai_service import ChatService
+    from answer_run import Answer
     from config import Settings
     from models import ChatAccepted, ChatRequest
     from redis_client import RedisClient

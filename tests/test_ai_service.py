@@ -9,18 +9,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import fakeredis
 import pytest
-from redis.asyncio import Redis
 
-from ai_service import ChatService, ServiceUnavailable
-from batcher import CommandBatcher
+from ai_service import ServiceUnavailable
 from config import Settings
 from conversation import ConversationMessage
 from models import ChatRequest
 from providers.base import AnswerError, Completion
 from providers.simulated import SimulatedAnswerSource, compose_answer
-from redis_client import AnswerRegistry, Command, HistoryStore, KeySpace
+from redis_client import Command, KeySpace, RedisClient
+from redis_wire import RedisPipe, open_pipe
+from services import Services, build_services
 from tests.conftest import Json, assert_well_formed, read_answers
 
 KEYS = KeySpace("chat")
@@ -174,10 +173,11 @@ class ScriptedSource:
 
 
 class Harness:
-    def __init__(self, service: ChatService, history: HistoryStore, redis: Redis) -> None:
-        self.service = service
-        self.history = history
-        self.redis = redis
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.service = services.chat
+        self.history = services.history
+        self.redis = services.redis
 
     async def chat(self, message: str = "Hello!", session_id: str = "s1") -> tuple[str, list[Json]]:
         """Submit a chat while subscribed to its channel; return its message id and its events."""
@@ -195,28 +195,17 @@ RunService = Callable[..., AbstractAsyncContextManager[Harness]]
 
 @pytest.fixture
 def run_service(make_settings: Callable[..., Settings]) -> RunService:
+    """The service as the application builds it, on the embedded Redis, answering from `source`."""
+
     @asynccontextmanager
     async def run(
         source: ScriptedSource | SimulatedAnswerSource,
         *,
-        writer_class: type[CommandBatcher] = CommandBatcher,
+        pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
         **overrides: object,
     ) -> AsyncIterator[Harness]:
-        settings = make_settings(**overrides)
-        redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-        history = HistoryStore(redis, KEYS, ttl=60, max_messages=100, timeout=2)
-        registry = AnswerRegistry(redis, KEYS, ttl=60, timeout=2)
-        writer = writer_class(redis, timeout=2, name="event-writer")
-        writer.start()
-        service = ChatService(
-            settings, history=history, registry=registry, writer=writer, keys=KEYS, source=source
-        )
-        try:
-            yield Harness(service, history, redis)
-        finally:
-            await service.shutdown()
-            await writer.close()
-            await redis.aclose()
+        async with build_services(make_settings(**overrides), source=source, pipes=pipes) as services:
+            yield Harness(services)
 
     return run
 
@@ -310,17 +299,25 @@ async def test_shutdown_lets_answers_finish_within_the_grace_period(run_service:
     assert waited < 10  # it returned once the answer ended, not after the 30s grace
 
 
-class SlowHistoryReplyWriter(CommandBatcher):
-    """The reply to the first assistant-turn write comes back 0.5s late, as from a busy Redis."""
-
+def slow_history_reply(redis: RedisClient) -> RedisPipe:
+    """A pipe whose reply to the first assistant-turn write comes back 0.5s late, as from a busy Redis
+    (the lateness is the subject of the test, not a wait)."""
+    pipe = open_pipe(redis)
+    real_round_trip = pipe.round_trip
     slowed = False
 
-    async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        replies = await super().execute(commands)
-        if commands[0][0] == "RPUSH" and not self.slowed:
-            self.slowed = True
+    async def round_trip(commands: Sequence[Command]) -> list[Any]:
+        nonlocal slowed
+        replies = await real_round_trip(commands)
+        if not slowed and any(
+            command[0] == "RPUSH" and '"assistant"' in str(command[2]) for command in commands
+        ):
+            slowed = True
             await asyncio.sleep(0.5)
         return replies
+
+    pipe.round_trip = round_trip  # type: ignore[method-assign]
+    return pipe
 
 
 async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_service: RunService) -> None:
@@ -328,7 +325,7 @@ async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_s
     async with (
         run_service(
             ScriptedSource(["Hello", " world"]),
-            writer_class=SlowHistoryReplyWriter,
+            pipes=slow_history_reply,
             shutdown_grace_seconds=0.2,
         ) as harness,
         harness.redis.pubsub() as pubsub,
@@ -367,3 +364,13 @@ async def test_the_simulated_source_streams_through_the_service(run_service: Run
     expected = compose_answer([user("How do I configure Kubernetes autoscaling?")])
     assert "".join(e["content"] for e in events if e["type"] == "chunk") == expected
     assert events[-1]["content"] == expected == turns[-1].content
+
+
+async def test_clear_deletes_the_history_and_the_replay_log(run_service: RunService) -> None:
+    async with run_service(ScriptedSource(["ok"])) as harness:
+        await harness.chat()
+        assert await harness.redis.exists(KEYS.history("s1"), KEYS.events("s1")) == 2
+        await harness.service.clear("s1")
+        assert await harness.history.read("s1") == []
+        assert await harness.redis.exists(KEYS.history("s1"), KEYS.events("s1")) == 0
+        await harness.service.clear("s1")  # clearing an empty session is fine

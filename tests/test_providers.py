@@ -14,11 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from ai_service import ChatService
-from batcher import CommandBatcher
 from config import Settings, format_validation_error
 from models import ChatRequest, ChatTurn, ChunkEvent, EndEvent, ErrorEvent, StartEvent, StreamEvent, Usage
-from providers import close_answer_source, create_answer_source
-from redis_client import AnswerRegistry, HistoryStore, KeySpace, create_redis
+from services import build_services
+from stores.history import HistoryStore
 from tests.conftest import AppClient, RedisServer, wait_for_history
 from tests.openai_server import OpenAIServer, Reply
 
@@ -57,23 +56,8 @@ async def collect(events: asyncio.Queue[StreamEvent | None]) -> list[StreamEvent
 
 @asynccontextmanager
 async def chat_pipeline(settings: Settings) -> AsyncIterator[Chat]:
-    redis = create_redis(settings)
-    keys = KeySpace(settings.redis_key_prefix)
-    history = HistoryStore(redis, keys, ttl=60, max_messages=100, timeout=settings.redis_timeout)
-    registry = AnswerRegistry(redis, keys, ttl=60, timeout=settings.redis_timeout)
-    writer = CommandBatcher(redis, timeout=settings.redis_timeout, name="event-writer")
-    writer.start()
-    source = create_answer_source(settings)
-    service = ChatService(
-        settings, history=history, registry=registry, writer=writer, keys=keys, source=source
-    )
-    try:
-        yield Chat(service, history)
-    finally:
-        await service.shutdown()
-        await close_answer_source(source)
-        await writer.close()
-        await redis.aclose()
+    async with build_services(settings) as services:
+        yield Chat(services.chat, services.history)
 
 
 def error_of(events: list[StreamEvent]) -> ErrorEvent:

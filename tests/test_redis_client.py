@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import fakeredis
@@ -19,12 +19,11 @@ from redis.crc import key_slot
 from redis.exceptions import AuthenticationError, OutOfMemoryError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from batcher import CommandBatcher, pack
+from batcher import CommandBatcher
 from config import Settings
 from models import ChatTurn
 from redis_client import (
     Command,
-    HistoryStore,
     KeySpace,
     RedisClient,
     RedisUnavailable,
@@ -32,6 +31,9 @@ from redis_client import (
     create_redis,
     describe,
 )
+from redis_wire import open_pipe
+from redis_wire.resp import pack
+from stores.history import HistoryStore
 from tests.conftest import RedisServer, start_redis
 
 KEYS = KeySpace("chat")
@@ -62,12 +64,26 @@ def settings_for(make_settings: Callable[..., Settings]) -> Callable[[RedisServe
     return lambda server: make_settings(redis_url=server.url, redis_timeout=0.5)
 
 
+# Writers started by a test, closed after it.
+WRITERS: list[CommandBatcher] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_writers() -> AsyncIterator[None]:
+    yield
+    while WRITERS:
+        await WRITERS.pop().close()
+
+
 def history_on(redis: RedisClient, *, max_messages: int = 1000, timeout: float = 2) -> HistoryStore:
-    return HistoryStore(redis, KEYS, ttl=TTL, max_messages=max_messages, timeout=timeout)
+    writer = CommandBatcher(open_pipe(redis), timeout=timeout, name="history-writer")
+    writer.start()
+    WRITERS.append(writer)
+    return HistoryStore(redis, writer, KEYS, ttl=TTL, max_messages=max_messages, timeout=timeout)
 
 
 async def started_writer(redis: RedisClient, timeout: float = 2) -> CommandBatcher:
-    writer = CommandBatcher(redis, timeout=timeout, name="event-writer")
+    writer = CommandBatcher(open_pipe(redis), timeout=timeout, name="event-writer")
     writer.start()
     return writer
 
@@ -130,16 +146,6 @@ async def test_an_unreadable_entry_is_skipped_not_fatal(fake: Redis) -> None:
     assert [t.message_id for t in await history.read("s1")] == ["m-1", "m-2"]
 
 
-async def test_clear_deletes_the_history_and_the_replay_log(fake: Redis) -> None:
-    history = history_on(fake)
-    await history.append("s1", turn(1))
-    await fake.xadd(KEYS.events("s1"), {"e": b"{}"})
-    await history.clear("s1")
-    assert await history.read("s1") == []
-    assert await fake.exists(KEYS.history("s1"), KEYS.events("s1")) == 0
-    await history.clear("s1")  # clearing an empty session is fine
-
-
 async def test_embedded_redis_answers_ping(make_settings: Callable[..., Settings]) -> None:
     redis = create_redis(make_settings())
     try:
@@ -170,7 +176,7 @@ async def test_writer_appends_refresh_the_ttl_too(real: Redis) -> None:
     await real.expire(KEYS.history("s1"), 5)
     writer = await started_writer(real)
     try:
-        await writer.execute(history.append_commands("s1", turn(2)))
+        await writer.submit(history.append_commands("s1", turn(2)))
     finally:
         await writer.close()
     assert await real.ttl(KEYS.history("s1")) > TTL - 5
@@ -183,9 +189,9 @@ async def test_every_chat_key_has_a_ttl(real: Redis) -> None:
     try:
         for session in ("a", "b", "c"):
             await history.append(session, turn(1))
-            await writer.execute(history.append_commands(session, turn(2)))
-            await writer.execute(history.append_commands(session, turn(3)))  # trims
-            await writer.execute([("PUBLISH", KEYS.channel(session), b"{}")])
+            await writer.submit(history.append_commands(session, turn(2)))
+            await writer.submit(history.append_commands(session, turn(3)))  # trims
+            await writer.submit([("PUBLISH", KEYS.channel(session), b"{}")])
     finally:
         await writer.close()
     keys = [key async for key in real.scan_iter(match="chat:*")]
@@ -197,32 +203,32 @@ async def test_every_chat_key_has_a_ttl(real: Redis) -> None:
 # --- The batched event writer --------------------------------------------------------------------
 
 
-async def test_concurrent_writes_share_pipelines(fake: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Counted where the batcher sends a batch: it writes its own pipelined buffer (issue #6), not
-    # through redis-py's pipeline object.
-    pipelines = 0
-    round_trip = CommandBatcher._round_trip
+async def test_concurrent_writes_share_pipelines(fake: Redis) -> None:
+    # Counted where the batcher sends a batch: its pipe's round trips (issue #6).
+    pipe = open_pipe(fake)
+    round_trips = 0
+    real_round_trip = pipe.round_trip
 
-    async def counting_round_trip(self: CommandBatcher, commands: list[Command]) -> list[Any]:
-        nonlocal pipelines
-        pipelines += 1
-        return await round_trip(self, commands)
+    async def counting_round_trip(commands: Sequence[Command]) -> list[Any]:
+        nonlocal round_trips
+        round_trips += 1
+        return await real_round_trip(commands)
 
-    monkeypatch.setattr(CommandBatcher, "_round_trip", counting_round_trip)
-    writer = await started_writer(fake)
+    pipe.round_trip = counting_round_trip  # type: ignore[method-assign]
+    writer = CommandBatcher(pipe, timeout=2, name="event-writer")
+    writer.start()
     try:
-        replies = await asyncio.gather(*(writer.execute([("INCR", f"counter:{n}")]) for n in range(50)))
+        replies = await asyncio.gather(*(writer.submit([("INCR", f"counter:{n}")]) for n in range(50)))
     finally:
         await writer.close()
     assert replies == [[1]] * 50
-    # One pipeline per write would be 50 round trips; batching sends them together.
-    assert 1 <= pipelines <= 3
+    assert round_trips < 50, "concurrent writes should be batched into shared round trips"
 
 
 async def test_writes_keep_submission_order_and_get_their_own_replies(fake: Redis) -> None:
     writer = await started_writer(fake)
     try:
-        replies = await asyncio.gather(*(writer.execute([("RPUSH", "ordered", str(n))]) for n in range(100)))
+        replies = await asyncio.gather(*(writer.submit([("RPUSH", "ordered", str(n))]) for n in range(100)))
     finally:
         await writer.close()
     assert await fake.lrange("ordered", 0, -1) == [str(n).encode() for n in range(100)]
@@ -234,9 +240,9 @@ async def test_a_failing_command_fails_only_its_own_write(fake: Redis) -> None:
     writer = await started_writer(fake)
     try:
         results = await asyncio.gather(
-            writer.execute([("INCR", "n")]),
-            writer.execute([("INCR", "a-list")]),  # WRONGTYPE
-            writer.execute([("INCR", "n")]),
+            writer.submit([("INCR", "n")]),
+            writer.submit([("INCR", "a-list")]),  # WRONGTYPE
+            writer.submit([("INCR", "n")]),
             return_exceptions=True,
         )
     finally:
@@ -248,14 +254,14 @@ async def test_a_failing_command_fails_only_its_own_write(fake: Redis) -> None:
 
 async def test_close_sends_what_is_pending_then_refuses_writes(fake: Redis) -> None:
     writer = await started_writer(fake)
-    pending = [asyncio.ensure_future(writer.execute([("RPUSH", "k", str(n))])) for n in range(10)]
+    pending = [asyncio.ensure_future(writer.submit([("RPUSH", "k", str(n))])) for n in range(10)]
     await asyncio.sleep(0)
     async with asyncio.timeout(5):
         await writer.close()
         await asyncio.gather(*pending)
     assert await fake.llen("k") == 10
     with pytest.raises(RuntimeError):
-        await writer.execute([("INCR", "n")])
+        await writer.submit([("INCR", "n")])
 
 
 async def test_writer_raises_redis_unavailable_when_redis_is_down(
@@ -264,11 +270,11 @@ async def test_writer_raises_redis_unavailable_when_redis_is_down(
     redis = create_redis(settings_for(own_redis))
     writer = await started_writer(redis, timeout=0.5)
     try:
-        assert await writer.execute([("INCR", "n")]) == [1]
+        assert await writer.submit([("INCR", "n")]) == [1]
         own_redis.stop()
         async with asyncio.timeout(10):
             with pytest.raises(RedisUnavailable):
-                await writer.execute([("INCR", "n")])
+                await writer.submit([("INCR", "n")])
     finally:
         await writer.close()
         await redis.aclose()
@@ -302,7 +308,7 @@ async def test_a_stalled_redis_gives_redis_unavailable_within_the_timeout(
     try:
         await history.ping()  # connected before the stall
         own_redis.cli("CLIENT", "PAUSE", "20000", "ALL")  # Redis accepts but answers nothing for 20s
-        for call in (history.read("s1"), writer.execute([("INCR", "n")])):
+        for call in (history.read("s1"), writer.submit([("INCR", "n")])):
             started = time.monotonic()
             with pytest.raises(RedisUnavailable):
                 await call
@@ -349,7 +355,7 @@ async def test_commands_of_one_write_are_sent_together(fake: Redis) -> None:
     commands: list[Command] = [("RPUSH", "k", "a"), ("EXPIRE", "k", 60), ("LLEN", "k")]
     writer = await started_writer(fake)
     try:
-        assert await writer.execute(commands) == [1, True, 1]
+        assert await writer.submit(commands) == [1, True, 1]
     finally:
         await writer.close()
 
@@ -369,14 +375,14 @@ async def test_batcher_replies_in_order_and_a_failure_fails_only_its_own_command
     redis_server: RedisServer,
 ) -> None:
     redis = Redis.from_url(redis_server.url)
-    batcher = CommandBatcher(redis, timeout=5, name="test-writer")
+    batcher = CommandBatcher(open_pipe(redis), timeout=5, name="test-writer")
     batcher.start()
     try:
         await redis.rpush("a-list", "x")
         results = await asyncio.gather(
-            *(batcher.execute([("RPUSH", "ordered", str(n))]) for n in range(100)),
-            batcher.execute([("INCR", "a-list")]),  # WRONGTYPE
-            batcher.execute([("MULTI",), ("INCR", "n"), ("TIME",), ("EXEC",)]),
+            *(batcher.submit([("RPUSH", "ordered", str(n))]) for n in range(100)),
+            batcher.submit([("INCR", "a-list")]),  # WRONGTYPE
+            batcher.submit([("MULTI",), ("INCR", "n"), ("TIME",), ("EXEC",)]),
             return_exceptions=True,
         )
         assert results[:100] == [[n + 1] for n in range(100)]
@@ -395,16 +401,16 @@ async def test_batcher_replies_in_order_and_a_failure_fails_only_its_own_command
 async def test_batcher_reconnects_when_redis_closed_its_idle_connection() -> None:
     server = start_redis("--timeout", "1")  # Redis closes connections idle for a second
     redis = Redis.from_url(server.url)
-    batcher = CommandBatcher(redis, timeout=5, name="test-writer")
+    batcher = CommandBatcher(open_pipe(redis), timeout=5, name="test-writer")
     batcher.start()
     try:
-        assert await batcher.execute([("INCR", "n")]) == [1]
+        assert await batcher.submit([("INCR", "n")]) == [1]
         for _ in range(100):  # until Redis has closed the idle connection (its cron runs 10 times a second)
             await asyncio.sleep(0.1)
             if int(server.cli("INFO", "clients").split("connected_clients:")[1].split()[0]) <= 1:
                 break
         await asyncio.sleep(0.1)
-        assert await batcher.execute([("INCR", "n")]) == [2]
+        assert await batcher.submit([("INCR", "n")]) == [2]
     finally:
         await batcher.close()
         await redis.aclose()

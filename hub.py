@@ -1,12 +1,12 @@
-"""The Server-Sent Events relay: replay from a session's log, then live events.
+"""The live side of the replay log: one process's PubSub doorbell, fanned out to its listeners.
 
-PubSub is at-most-once, so it is used here only as a doorbell. Every event also lands in the session's
-replay log (a Redis Stream), and the log is what SSE clients are sent: after a wake-up from PubSub, a
-periodic poll, or a reconnect, the hub reads the log from the last entry it saw, so a lost PubSub
-message delays an event by at most `SSE_POLL_SECONDS` but never loses it.
+PubSub is at-most-once, so it is used here only as a doorbell. After a wake-up from PubSub, a periodic
+poll, or a reconnect, the hub reads the session's replay log from the last entry it dispatched and hands
+the new entries to every local listener of the session, so a lost PubSub message delays an event by at
+most `SSE_POLL_SECONDS` but never loses it.
 
 One `StreamHub` per process holds one PubSub connection and reads the logs through one batched
-pipeline, whatever the number of SSE clients: connections to Redis do not grow with clients.
+pipeline, whatever the number of listeners: connections to Redis do not grow with clients.
 """
 
 from __future__ import annotations
@@ -20,47 +20,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import orjson
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
-from sse_starlette.sse import AppStatus
 
-from batcher import CommandBatcher
 from redis_client import KeySpace, RedisClient, RedisUnavailable
+from stores.replay_log import Entry, ReplayLog
 
-__all__ = ["TERMINAL", "Entry", "Listener", "StreamHub", "parse_entry_id"]
+__all__ = ["Listener", "StreamHub"]
 
 logger = logging.getLogger(__name__)
-
-EntryKey = tuple[int, int]
-TERMINAL = frozenset({"end", "error"})
-PAGE = 500
-
-
-def parse_entry_id(entry_id: str) -> EntryKey:
-    """`1700000000000-3` -> (1700000000000, 3), the order Redis gives stream entries."""
-    milliseconds, _, sequence = entry_id.partition("-")
-    return int(milliseconds), int(sequence or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One event read back from a session's replay log."""
-
-    id: str
-    key: EntryKey
-    type: str
-    message_id: str
-    payload: bytes
-
-    @classmethod
-    def from_reply(cls, entry_id: bytes, fields: list[bytes] | dict[bytes, bytes]) -> Entry:
-        """From an XRANGE reply's entry: its id, then `[field, value, ...]` as Redis sends it (or, from a
-        cluster's pipeline, redis-py's dict of them)."""
-        payload = fields[b"e"] if isinstance(fields, dict) else fields[fields.index(b"e") + 1]
-        event = orjson.loads(payload)
-        text_id = entry_id.decode()
-        return cls(text_id, parse_entry_id(text_id), event["type"], event["message_id"], payload)
 
 
 @dataclass(eq=False, slots=True)
@@ -131,18 +99,22 @@ class StreamHub:
         self,
         redis: RedisClient,
         keys: KeySpace,
-        reader: CommandBatcher,
+        log: ReplayLog,
         *,
         poll_interval: float,
         listener_limit: int,
         on_control: Callable[[bytes], None],
         ping_interval: float = 15.0,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`draining`: whether the server has begun to shut down; every listener is then closed, since
+        the server waits for its open responses to end before it runs the application's shutdown."""
         self._redis = redis
+        self._draining = draining
         self._ping_interval = ping_interval
         self._pinger: asyncio.Task[None] | None = None
         self._keys = keys
-        self._reader = reader
+        self.log = log
         self._poll_interval = poll_interval
         self._listener_limit = listener_limit
         self._on_control = on_control
@@ -154,10 +126,6 @@ class StreamHub:
         self._fetches: set[asyncio.Task[None]] = set()
         self._shard_readers: dict[str, asyncio.Task[None]] = {}
         self.connected = False
-
-    @property
-    def listener_count(self) -> int:
-        return sum(len(feed.listeners) for feed in self._feeds.values())
 
     async def start(self) -> None:
         """Subscribe and start relaying; if Redis is down, keep trying in the background."""
@@ -216,7 +184,7 @@ class StreamHub:
             try:
                 async with self._subscribe_lock:
                     await self._subscribe(feed.channel)
-                newest = await self.newest_id(session_id)
+                newest = await self.log.newest(session_id)
             except BaseException:
                 self._release(feed, listener)
                 raise
@@ -248,44 +216,13 @@ class StreamHub:
         except (RedisError, RedisClusterException, OSError) as error:
             logger.debug("unsubscribe from %s failed: %s", channel, error)
 
-    # -- reading the log --
-
-    async def read_after(self, session_id: str, after: str) -> list[Entry]:
-        """Every entry after `after`, oldest first."""
-        entries: list[Entry] = []
-        start = f"({after}"
-        while True:
-            (page,) = await self._reader.execute(
-                [("XRANGE", self._keys.events(session_id), start, "+", "COUNT", PAGE)]
-            )
-            entries.extend(Entry.from_reply(entry_id, fields) for entry_id, fields in page)
-            if len(page) < PAGE:
-                return entries
-            start = f"({entries[-1].id}"
-
-    async def bounds(self, session_id: str) -> tuple[str | None, str | None]:
-        """The oldest and newest entry ids of the session's log (None when it is empty)."""
-        key = self._keys.events(session_id)
-        first, last = await self._reader.execute(
-            [("XRANGE", key, "-", "+", "COUNT", 1), ("XREVRANGE", key, "+", "-", "COUNT", 1)]
-        )
-        return (first[0][0].decode() if first else None, last[0][0].decode() if last else None)
-
-    async def newest_id(self, session_id: str) -> str | None:
-        return (await self.bounds(session_id))[1]
-
-    async def active_starts(self, session_id: str) -> list[str]:
-        """For each running answer of the session, the log entry after which its events begin."""
-        (values,) = await self._reader.execute([("HVALS", self._keys.active(session_id))])
-        return [value.decode() for value in values]
-
     # -- the PubSub doorbell --
 
     async def _run(self) -> None:
         last_poll = time.monotonic()
         backoff = 0.1
         while True:
-            if AppStatus.should_exit:  # uvicorn got SIGTERM or SIGINT (sse-starlette watches for it)
+            if self._draining():
                 self.close_listeners()
             if not self.connected:
                 await asyncio.sleep(backoff)
@@ -398,9 +335,9 @@ class StreamHub:
             while True:
                 feed.dirty = False
                 assert feed.last is not None
-                for entry in await self.read_after(feed.session_id, feed.last):
+                for entry in await self.log.read_after(feed.session_id, feed.last):
                     feed.last = entry.id
-                    if entry.type in TERMINAL:
+                    if entry.terminal:
                         feed.open_answers.discard(entry.message_id)
                     else:
                         feed.open_answers.add(entry.message_id)

@@ -1,0 +1,307 @@
+"""One answer's run: from its source's deltas to its events in the replay log, to its stored turn.
+
+`AnswerRunner.run` is the body of the task `ChatService` starts for each answer. It publishes `start`,
+then a `chunk` per delta (many in flight to Redis at once, in order), then stores the answer, whole or
+partial, and ends its stream with `end` or `error`, however it ends: done, failed, stopped, shut down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from conversation import ConversationMessage
+from models import (
+    ChatTurn,
+    ChunkEvent,
+    EndEvent,
+    ErrorEvent,
+    ErrorInfo,
+    EventBase,
+    FinishReason,
+    StartEvent,
+    StreamEvent,
+    Usage,
+    utc_now,
+)
+from providers.base import AnswerError, AnswerSource, Completion
+from redis_client import Command, RedisUnavailable
+
+if TYPE_CHECKING:
+    from ai_service import AnswerObserver
+    from batcher import CommandBatcher
+    from stores.answers import AnswerRegistry
+    from stores.history import HistoryStore
+    from stores.replay_log import ReplayLog
+
+__all__ = ["Answer", "AnswerRunner", "Listener", "Phase"]
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=EventBase)
+# An in-process caller's copy of an answer's events, then None once its task is over.
+Listener = asyncio.Queue[StreamEvent | None]
+
+# How many chunks an answer may have on their way to Redis before it waits for the oldest.
+CHUNK_WINDOW = 32
+
+
+class Phase(Enum):
+    """Where an answer is in its life. Stop and shutdown cancel only a running answer: one being
+    stored is complete, and cancelling it would store it twice and send `error` after `end`."""
+
+    RUNNING = "running"
+    CANCELLING = "cancelling"  # a Stop cancelled it: it is stored as `cancelled`
+    SHUTTING_DOWN = "shutting_down"  # shutdown cancelled it: it is stored as `shutdown`
+    FINISHING = "finishing"  # being stored and ended
+    ENDED = "ended"
+
+
+@dataclass(eq=False)
+class Answer:
+    """One answer being streamed, and what its listeners have been sent so far."""
+
+    message_id: str
+    session_id: str  # "" for a stateless answer
+    user_id: str
+    # The replay-log entry after which this answer's events begin.
+    since: str
+    listener: Listener | None = None
+    # False for a stateless answer: nothing of it is written to Redis.
+    stored: bool = True
+    started: float = field(default_factory=time.perf_counter)
+    seq: int = 0
+    parts: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    phase: Phase = Phase.RUNNING
+    # How it ended, once it has: `finish_reason` is set once the answer is stored.
+    finish_reason: FinishReason | None = None
+    error_code: str | None = None
+
+
+def _consume(future: asyncio.Future[list[Any]]) -> None:
+    """Retrieve a future's outcome, so an unawaited failure is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+class AnswerRunner:
+    """Runs answers from `source`, writing through `writer`; tells `observers` of each answer's life."""
+
+    def __init__(
+        self,
+        source: AnswerSource,
+        *,
+        history: HistoryStore,
+        answers: AnswerRegistry,
+        log: ReplayLog,
+        writer: CommandBatcher,
+        observers: Sequence[AnswerObserver],
+        end_retry_seconds: float,
+    ) -> None:
+        self._source = source
+        self._history = history
+        self._answers = answers
+        self._log = log
+        self._writer = writer
+        self._observers = tuple(observers)
+        self._end_retry = end_retry_seconds
+
+    def _notify(
+        self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
+    ) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, hook)(answer)
+            except Exception:
+                logger.exception("answer observer %s failed", hook)
+
+    async def run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+        self._notify("answer_started", answer)
+        completion = Completion()
+        logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
+        try:
+            starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
+            await self._publish(answer, self._event(answer, StartEvent), *starting)
+            await self._stream(answer, conversation, completion)
+            await self._end(answer, completion.finish_reason, usage=completion.usage)
+        except asyncio.CancelledError:
+            # Only the service cancels answer tasks (Stop, shutdown), and it awaits them: the task
+            # ends normally once the partial answer is stored and the stream is ended.
+            if answer.phase is Phase.CANCELLING:
+                await self._end(answer, "cancelled")
+            else:
+                await self._end(answer, "shutdown", error=("shutdown", "the service is shutting down"))
+        except AnswerError as error:
+            logger.warning(
+                "answer failed message_id=%s code=%s: %s", answer.message_id, error.code, error.message
+            )
+            await self._end(answer, "error", error=(error.code, error.message))
+        except RedisUnavailable as error:
+            logger.error("answer lost Redis message_id=%s: %s", answer.message_id, error.reason)
+            await self._end(answer, "error", error=("redis_unavailable", "Redis became unavailable"))
+        except Exception:
+            logger.exception("answer failed message_id=%s", answer.message_id)
+            await self._end(answer, "error", error=("internal_error", "the answer failed"))
+        finally:
+            answer.phase = Phase.ENDED
+            self._notify("answer_ended", answer)
+            logger.info(
+                "answer ended message_id=%s chunks=%d duration_ms=%.1f",
+                answer.message_id,
+                len(answer.parts),
+                (time.perf_counter() - answer.started) * 1000,
+            )
+
+    async def _stream(
+        self, answer: Answer, conversation: list[ConversationMessage], completion: Completion
+    ) -> None:
+        header = ChunkEvent.json_header(answer.message_id, answer.session_id)
+        # The answer goes on producing while its chunks are on their way to Redis, up to CHUNK_WINDOW
+        # of them, instead of waiting for each round trip. The writer keeps their order, and every one
+        # is confirmed before the answer is stored and ended.
+        in_flight: deque[asyncio.Future[list[Any]]] = deque()
+        try:
+            # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
+            # once, even when the cancel lands while a chunk is being published.
+            async with aclosing(self._source.stream(conversation, completion)) as deltas:
+                async for delta in deltas:
+                    if not delta:
+                        continue
+                    answer.seq += 1
+                    answer.parts.append(delta)
+                    if answer.listener is None:
+                        payload = ChunkEvent.fast_json(header, answer.seq, delta)
+                    else:  # an in-process listener (the /v1 API) takes the event itself
+                        event = self._event(answer, ChunkEvent, content=delta)
+                        answer.listener.put_nowait(event)
+                        payload = event.model_dump_json(exclude_none=True).encode()
+                    if answer.stored:
+                        commands = self._log.append_commands(answer.session_id, payload, refresh_ttl=False)
+                        in_flight.append(self._writer.submit(commands))
+                    self._notify("chunk_published", answer)
+                    while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
+                        await in_flight.popleft()
+            while in_flight:
+                await in_flight.popleft()
+        finally:
+            for future in in_flight:  # left behind by a failure or a Stop: nobody awaits them
+                future.add_done_callback(_consume)
+
+    async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
+        """Append the event to the session's replay log (which publishes it), after `extra` commands."""
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
+        await self._write_event(answer, event, *extra)
+
+    async def _write_event(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
+        if not answer.stored:
+            return
+        payload = event.model_dump_json(exclude_none=True).encode()
+        await self._writer.submit(
+            [*extra, *self._log.append_commands(answer.session_id, payload, refresh_ttl=True)]
+        )
+
+    @staticmethod
+    def _event(answer: Answer, kind: type[E], **fields: object) -> E:
+        return kind.model_validate(
+            {
+                "message_id": answer.message_id,
+                "session_id": answer.session_id,
+                "seq": answer.seq,
+                "timestamp": utc_now(),
+                **fields,
+            }
+        )
+
+    async def _end(
+        self,
+        answer: Answer,
+        finish_reason: FinishReason,
+        *,
+        usage: Usage | None = None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
+        content = "".join(answer.parts)
+        turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
+        answer.phase = Phase.FINISHING
+        answer.seq += 1
+        event: StreamEvent
+        if error is None:
+            event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
+        else:
+            event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
+        answer.error_code = error[0] if error else None
+        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
+        # so that the answer is not left `streaming` with no turn and no terminal event (#5).
+        deadline = time.monotonic() + self._end_retry
+        if not await self._retrying(
+            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
+        ):
+            if answer.listener is not None:
+                # Nothing reached Redis, but the in-process listener still learns how the answer ended.
+                answer.listener.put_nowait(event)
+            return
+        answer.finish_reason = finish_reason
+        if answer.listener is not None:
+            answer.listener.put_nowait(event)
+        # A retried publish may add the terminal event twice if a timed-out one landed late; a
+        # client following the answer stops at the first.
+        await self._retrying(answer, deadline, "publish", lambda _: self._write_event(answer, event))
+
+    async def _store_end(self, answer: Answer, turn: ChatTurn, attempt: int) -> None:
+        if not answer.stored:
+            return
+        # After a timeout, check whether the earlier attempt landed after all (a timeout does not
+        # mean Redis did not apply it): the turn must not be stored twice.
+        if attempt > 1:
+            state = await self._answers.get(answer.message_id)
+            if state is not None and state.status != "streaming":
+                return
+        # History first, in its own round trip, then the terminal event: a client that reads
+        # history on `end` finds the turn.
+        assert turn.finish_reason is not None
+        await self._writer.submit(
+            [
+                *self._history.append_commands(answer.session_id, turn),
+                *self._answers.finished_commands(answer.message_id, turn.finish_reason),
+                *self._log.finished_commands(answer.session_id, answer.message_id),
+            ]
+        )
+
+    async def _retrying(
+        self, answer: Answer, deadline: float, what: str, step: Callable[[int], Awaitable[None]]
+    ) -> bool:
+        """Run `step` until it gets through to Redis, backing off, until `deadline`; False if it never did."""
+        delay = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await step(attempt)
+                return True
+            except RedisUnavailable as failure:
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "could not %s the end of answer message_id=%s: %s",
+                        what,
+                        answer.message_id,
+                        failure.reason,
+                    )
+                    return False
+                logger.warning(
+                    "retrying to %s the end of answer message_id=%s: %s",
+                    what,
+                    answer.message_id,
+                    failure.reason,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)

@@ -1,0 +1,156 @@
+"""The transport-neutral cursor: a session's (or one answer's) events after a position, then live.
+
+Every wire protocol follows answers through an `EventCursor`: it yields the replay log's entries a
+client has not seen, in log order and each at most once, then the live ones the process's `StreamHub`
+hands it, plus two signals, `Reset` (the log no longer reaches back to where the client was) and
+`KEEPALIVE` (nothing was sent for a while). SSE and every later protocol are encoders over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from hub import StreamHub
+from stores.replay_log import Entry, EntryKey, parse_entry_id
+
+__all__ = ["KEEPALIVE", "AnswerStart", "CursorItem", "EventCursor", "Keepalive", "Reset"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Events were missed and cannot be replayed: reload the history. `position` is the newest entry,
+    from which the client may resume."""
+
+    session_id: str
+    position: str | None
+
+
+class Keepalive(Enum):
+    """Nothing was sent for `SSE_PING_SECONDS`: a transport may send a keepalive."""
+
+    KEEPALIVE = "keepalive"
+
+
+KEEPALIVE = Keepalive.KEEPALIVE
+CursorItem = Entry | Reset | Keepalive
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStart:
+    """One answer to follow: after which entry its events begin (None if it never started), and whether
+    it had ended when the cursor was made."""
+
+    message_id: str
+    since: str | None
+    finished: bool
+
+
+class EventCursor:
+    """What one client receives of a session.
+
+    - `after`: resume exactly after that entry; when the log no longer reaches back that far, `Reset`,
+      then live events.
+    - `answer`: only that answer, from its `start` (or after `after`), ending after its terminal event;
+      one that had ended before the cursor read the log, whose end the client already has, ends at once.
+    - neither: the session's running answers from their `start`, then everything live.
+
+    The listener is registered before the log is read, so every entry is either in the replay or
+    arrives live. `close()` ends the iteration at its next step.
+    """
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        session_id: str,
+        *,
+        after: str | None = None,
+        answer: AnswerStart | None = None,
+    ) -> None:
+        self._hub = hub
+        self._session_id = session_id
+        self._after = after
+        self._answer = answer
+        self._closed = False
+        self._close_listener: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._close_listener is not None:
+            self._close_listener()
+
+    def _wanted(self, entry: Entry) -> bool:
+        return self._answer is None or entry.message_id == self._answer.message_id
+
+    async def __aiter__(self) -> AsyncIterator[CursorItem]:
+        hub, log, session_id, answer = self._hub, self._hub.log, self._session_id, self._answer
+        loop = asyncio.get_running_loop()
+        async with hub.listen(session_id) as listener:
+            self._close_listener = listener.close
+            if self._closed:
+                return
+            replay, last_sent, reset = await self._replay()
+            if reset:
+                newest = await log.newest(session_id)
+                yield Reset(session_id, newest)
+                if answer is not None and answer.finished:
+                    return
+                if newest is not None:
+                    last_sent = parse_entry_id(newest)
+            elif answer is not None and answer.finished and not any(e.terminal for e in replay):
+                # It had ended, and its end is at or before where the client resumes: it has everything.
+                for entry in replay:
+                    yield entry
+                return
+            pending = replay
+            while True:
+                for entry in pending:
+                    if entry.key <= last_sent or not self._wanted(entry):
+                        continue
+                    last_sent = entry.key
+                    yield entry
+                    if answer is not None and entry.terminal:
+                        return
+                listener.active = loop.time()
+                await listener.wait()
+                if listener.closed:
+                    return
+                if listener.ping_due:
+                    listener.ping_due = False
+                    yield KEEPALIVE
+                if listener.lagged:
+                    listener.lagged = False
+                    listener.entries.clear()
+                    pending = await log.read_after(session_id, f"{last_sent[0]}-{last_sent[1]}")
+                else:
+                    pending = list(listener.entries)
+                    listener.entries.clear()
+
+    async def _replay(self) -> tuple[list[Entry], EntryKey, bool]:
+        """What the client missed, the position up to which it has everything, and whether it missed
+        more than the log still holds."""
+        log, session_id, answer = self._hub.log, self._session_id, self._answer
+        if self._after is not None:
+            oldest, _ = await log.bounds(session_id)
+            if oldest is None or parse_entry_id(self._after) < parse_entry_id(oldest):
+                return [], (0, 0), True
+            replay = [e for e in await log.read_after(session_id, self._after) if self._wanted(e)]
+            return replay, (0, 0), False
+        if answer is not None:
+            # Read again now that the listener is registered: it may have started since the cursor
+            # was made. If it still has not, its `start` arrives live.
+            since = answer.since or await log.start_of(answer.message_id)
+            if since is None:
+                return [], (0, 0), answer.finished
+            replay = [e for e in await log.read_after(session_id, since) if self._wanted(e)]
+            # Its events are in the log but not its start (trimmed), or the log no longer has it.
+            if (replay and replay[0].type != "start") or (not replay and answer.finished):
+                return [], (0, 0), True
+            return replay, (0, 0), False
+        starts = await log.running_starts(session_id)
+        if starts:
+            return await log.read_after(session_id, min(starts, key=parse_entry_id)), (0, 0), False
+        newest = await log.newest(session_id)
+        return [], parse_entry_id(newest) if newest else (0, 0), False

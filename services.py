@@ -1,0 +1,160 @@
+"""The services builder: the whole object graph of one process, opened in order and closed in reverse.
+
+The lifespan, the tests and the benchmark all build the service through `build_services`, so what runs
+in production is what they run. It is an `AsyncExitStack`: each piece's close is pushed as it is opened,
+so a failure half-way through start-up closes what was opened, and shutdown ends running answers first,
+then stops following streams, then closes the connections they used.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from ai_service import ChatService
+from batcher import CommandBatcher
+from config import SERVICE_NAME, VERSION, Settings
+from health import PubSubProbe
+from hub import StreamHub
+from metrics import Metrics
+from providers import close_answer_source, create_answer_source
+from providers.base import AnswerSource
+from redis_client import KeySpace, RedisClient, create_redis
+from redis_wire import RedisPipe, open_pipe
+from security import AccessControl
+from stores.answers import AnswerRegistry
+from stores.history import HistoryStore
+from stores.replay_log import ReplayLog
+
+__all__ = ["HEALTH_TIMEOUT", "Services", "build_services"]
+
+logger = logging.getLogger(__name__)
+
+# /health answers within this many seconds, whatever Redis does.
+HEALTH_TIMEOUT = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What one process runs on, for the routes' dependencies (`protocols/deps.py`) and for tests."""
+
+    settings: Settings
+    redis: RedisClient
+    keys: KeySpace
+    history: HistoryStore
+    answers: AnswerRegistry
+    log: ReplayLog
+    hub: StreamHub
+    chat: ChatService
+    access: AccessControl
+    probe: PubSubProbe
+    metrics: Metrics
+
+
+@asynccontextmanager
+async def build_services(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    source: AnswerSource | None = None,
+    draining: Callable[[], bool] = lambda: False,
+    end_retry_seconds: float = 15.0,
+    pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
+) -> AsyncIterator[Services]:
+    """Open everything the service needs for `settings`; close it all, in reverse, on exit.
+
+    `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
+    hub that the server is shutting down (see `server.py`); `end_retry_seconds` bounds how long an answer
+    keeps trying to store its end while Redis is down (tests shorten it); `pipes` opens the batchers'
+    connections (tests wrap them).
+    """
+    if settings.embedded_redis:
+        logger.warning(
+            "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
+            "history lives only as long as this process and no other process can subscribe"
+        )
+    metrics = metrics or Metrics()
+    async with AsyncExitStack() as stack:
+        stack.callback(metrics.close)
+        redis = create_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
+        writer = CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name="event-writer")
+        reader = CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name="log-reader")
+        for batcher in (writer, reader):
+            batcher.start()
+            stack.push_async_callback(batcher.close)
+        answer_source = source or create_answer_source(settings)
+        stack.push_async_callback(close_answer_source, answer_source)
+        history = HistoryStore(
+            redis,
+            writer,
+            keys,
+            ttl=settings.chat_history_ttl,
+            max_messages=settings.max_history_messages,
+            timeout=settings.redis_timeout,
+            wait_replicas=settings.redis_wait_replicas,
+        )
+        answers = AnswerRegistry(
+            redis, writer, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
+        )
+        log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=settings.chat_history_ttl)
+        access = AccessControl(settings, redis, keys)
+        probe = PubSubProbe(redis, keys, timeout=min(settings.redis_timeout, HEALTH_TIMEOUT))
+        chat: ChatService | None = None
+
+        def on_control(data: bytes) -> None:
+            if chat is not None:
+                chat.on_control(data)
+
+        hub = StreamHub(
+            redis,
+            keys,
+            log,
+            poll_interval=settings.sse_poll_seconds,
+            listener_limit=settings.sse_queue_limit,
+            on_control=probe.wrap(on_control),
+            ping_interval=settings.sse_ping_seconds,
+            draining=draining,
+        )
+        chat = ChatService(
+            settings,
+            history=history,
+            answers=answers,
+            log=log,
+            hub=hub,
+            writer=writer,
+            keys=keys,
+            source=answer_source,
+            observers=[metrics, *([access.slots] if access.slots else [])],
+            end_retry_seconds=end_retry_seconds,
+        )
+        await hub.start()
+        stack.push_async_callback(hub.close)
+        access.start()
+        stack.push_async_callback(access.close)
+        stack.push_async_callback(chat.shutdown)
+        # What start-up built lives as long as the process: take it out of the garbage collector's
+        # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
+        # answers running; issue #6, scenario d).
+        gc.collect()
+        gc.freeze()
+        stack.callback(gc.unfreeze)
+        logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
+        yield Services(
+            settings=settings,
+            redis=redis,
+            keys=keys,
+            history=history,
+            answers=answers,
+            log=log,
+            hub=hub,
+            chat=chat,
+            access=access,
+            probe=probe,
+            metrics=metrics,
+        )
+    logger.info("%s stopped", SERVICE_NAME)

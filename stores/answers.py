@@ -1,0 +1,66 @@
+"""Each answer's state in Redis, shared by every instance: what makes sends idempotent and lets any
+instance stop or follow an answer that another one runs."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from batcher import CommandBatcher
+from models import AnswerState, AnswerStatus, FinishReason, status_of
+from redis_client import Command, KeySpace, RedisClient, bounded
+
+__all__ = ["AnswerRegistry"]
+
+
+class AnswerRegistry:
+    """A hash per answer: its session, status and finish reason, with the history's TTL."""
+
+    def __init__(
+        self, redis: RedisClient, writer: CommandBatcher, keys: KeySpace, *, ttl: int, timeout: float
+    ) -> None:
+        self._redis = redis
+        self._writer = writer
+        self._keys = keys
+        self._ttl = ttl
+        self._timeout = timeout
+
+    async def claim(self, message_id: str, session_id: str) -> AnswerState | None:
+        """Record a new answer; if the id is taken, return the existing answer's state instead."""
+        key = self._keys.message(message_id)
+        # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
+        won, _, _ = await self._writer.submit(
+            [
+                ("HSETNX", key, "session_id", session_id),
+                ("HSETNX", key, "status", "streaming"),
+                ("EXPIRE", key, self._ttl),
+            ]
+        )
+        if won:
+            return None
+        existing = await self.get(message_id)
+        # The winner may not have written its status yet: it is streaming.
+        return existing or AnswerState(message_id=message_id, session_id=session_id, status="streaming")
+
+    async def release(self, message_id: str) -> None:
+        """Forget a claim whose answer never started (its user turn could not be stored)."""
+        async with bounded(self._timeout):
+            await self._redis.delete(self._keys.message(message_id))
+
+    async def get(self, message_id: str) -> AnswerState | None:
+        async with bounded(self._timeout):
+            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.message(message_id)))
+        if not fields or b"session_id" not in fields:
+            return None
+        finish_reason = fields.get(b"finish_reason")
+        return AnswerState.model_validate(
+            {
+                "message_id": message_id,
+                "session_id": fields[b"session_id"].decode(),
+                "status": fields.get(b"status", b"streaming").decode(),
+                "finish_reason": finish_reason.decode() if finish_reason else None,
+            }
+        )
+
+    def finished_commands(self, message_id: str, finish_reason: FinishReason) -> list[Command]:
+        status: AnswerStatus = status_of(finish_reason)
+        return [("HSET", self._keys.message(message_id), "status", status, "finish_reason", finish_reason)]
