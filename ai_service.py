@@ -14,11 +14,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import orjson
 
-from answer_run import Answer, AnswerRunner, Listener, Phase
+from answer_run import Answer, AnswerObserver, AnswerRunner, Listener, Phase
 from conversation import ConversationMessage, build_context
 from cursor import AnswerStart, EventCursor
 from errors import ServiceError
@@ -44,18 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class AnswerObserver(Protocol):
-    """Told about each answer's life, on the event loop; must not block or raise (metrics, limits)."""
-
-    def answer_started(self, answer: Answer) -> None: ...
-
-    def chunk_published(self, answer: Answer) -> None: ...
-
-    def answer_ended(self, answer: Answer) -> None:
-        """Called once per answer however it ends; `answer.finish_reason` is set when it was stored."""
-        ...
 
 
 class ServiceUnavailable(ServiceError):
@@ -109,11 +97,9 @@ class ChatService:
         keys: KeySpace,
         source: AnswerSource,
         observers: Sequence[AnswerObserver] = (),
-        end_retry_seconds: float = 15.0,
         cancel_wait_seconds: float = 2.0,
     ) -> None:
-        """`end_retry_seconds`: how long an answer keeps trying to store its end while Redis is
-        unavailable; `cancel_wait_seconds`: how long `cancel` waits for another instance to confirm."""
+        """`cancel_wait_seconds`: how long `cancel` waits for another instance to confirm a Stop."""
         self._settings = settings
         self._history = history
         self._answers_store = answers
@@ -130,10 +116,18 @@ class ChatService:
             log=log,
             writer=writer,
             observers=observers,
-            end_retry_seconds=end_retry_seconds,
         )
         self._answers: dict[str, Answer] = {}
         self._accepting = True
+
+    @property
+    def end_retry_seconds(self) -> float:
+        """How long an answer keeps trying to store its end while Redis is unavailable."""
+        return self._runner.end_retry_seconds
+
+    @end_retry_seconds.setter
+    def end_retry_seconds(self, seconds: float) -> None:
+        self._runner.end_retry_seconds = seconds
 
     @property
     def active_answers(self) -> int:

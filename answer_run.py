@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from conversation import ConversationMessage
 from models import (
@@ -35,13 +35,12 @@ from providers.base import AnswerError, AnswerSource, Completion
 from redis_client import Command, RedisUnavailable
 
 if TYPE_CHECKING:
-    from ai_service import AnswerObserver
     from batcher import CommandBatcher
     from stores.answers import AnswerRegistry
     from stores.history import HistoryStore
     from stores.replay_log import ReplayLog
 
-__all__ = ["Answer", "AnswerRunner", "Listener", "Phase"]
+__all__ = ["Answer", "AnswerObserver", "AnswerRunner", "Listener", "Phase"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +85,18 @@ class Answer:
     error_code: str | None = None
 
 
+class AnswerObserver(Protocol):
+    """Told about each answer's life, on the event loop; must not block or raise (metrics, limits)."""
+
+    def answer_started(self, answer: Answer) -> None: ...
+
+    def chunk_published(self, answer: Answer) -> None: ...
+
+    def answer_ended(self, answer: Answer) -> None:
+        """Called once per answer however it ends; `answer.finish_reason` is set when it was stored."""
+        ...
+
+
 def _consume(future: asyncio.Future[list[Any]]) -> None:
     """Retrieve a future's outcome, so an unawaited failure is not reported as never retrieved."""
     if not future.cancelled():
@@ -104,7 +115,7 @@ class AnswerRunner:
         log: ReplayLog,
         writer: CommandBatcher,
         observers: Sequence[AnswerObserver],
-        end_retry_seconds: float,
+        end_retry_seconds: float = 15.0,
     ) -> None:
         self._source = source
         self._history = history
@@ -112,7 +123,7 @@ class AnswerRunner:
         self._log = log
         self._writer = writer
         self._observers = tuple(observers)
-        self._end_retry = end_retry_seconds
+        self.end_retry_seconds = end_retry_seconds
 
     def _notify(
         self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
@@ -242,7 +253,7 @@ class AnswerRunner:
         answer.error_code = error[0] if error else None
         # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
         # so that the answer is not left `streaming` with no turn and no terminal event (#5).
-        deadline = time.monotonic() + self._end_retry
+        deadline = time.monotonic() + self.end_retry_seconds
         if not await self._retrying(
             answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
         ):

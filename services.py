@@ -67,7 +67,7 @@ async def build_services(
     """Open everything the service needs for `settings`; close it all, in reverse, on exit.
 
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
-    hub that the server is shutting down (see `server.py`); `end_retry_seconds` bounds how long an answer
+    hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
     keeps trying to store its end while Redis is down (tests shorten it); `pipes` opens the batchers'
     connections (tests wrap them).
     """
@@ -82,61 +82,22 @@ async def build_services(
         redis = create_redis(settings)
         stack.push_async_callback(redis.aclose)
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
-        writer = CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name="event-writer")
-        reader = CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name="log-reader")
+        writer, reader = (
+            CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
+            for name in ("event-writer", "log-reader")
+        )
         for batcher in (writer, reader):
             batcher.start()
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(close_answer_source, answer_source)
-        history = HistoryStore(
-            redis,
-            writer,
-            keys,
-            ttl=settings.chat_history_ttl,
-            max_messages=settings.max_history_messages,
-            timeout=settings.redis_timeout,
-            wait_replicas=settings.redis_wait_replicas,
-        )
-        answers = AnswerRegistry(
-            redis, writer, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
-        )
-        log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=settings.chat_history_ttl)
-        access = AccessControl(settings, redis, keys)
-        probe = PubSubProbe(redis, keys, timeout=min(settings.redis_timeout, HEALTH_TIMEOUT))
-        chat: ChatService | None = None
-
-        def on_control(data: bytes) -> None:
-            if chat is not None:
-                chat.on_control(data)
-
-        hub = StreamHub(
-            redis,
-            keys,
-            log,
-            poll_interval=settings.sse_poll_seconds,
-            listener_limit=settings.sse_queue_limit,
-            on_control=probe.wrap(on_control),
-            ping_interval=settings.sse_ping_seconds,
-            draining=draining,
-        )
-        chat = ChatService(
-            settings,
-            history=history,
-            answers=answers,
-            log=log,
-            hub=hub,
-            writer=writer,
-            keys=keys,
-            source=answer_source,
-            observers=[metrics, *([access.slots] if access.slots else [])],
-            end_retry_seconds=end_retry_seconds,
-        )
-        await hub.start()
-        stack.push_async_callback(hub.close)
-        access.start()
-        stack.push_async_callback(access.close)
-        stack.push_async_callback(chat.shutdown)
+        services = _assemble(settings, redis, keys, writer, reader, answer_source, metrics, draining)
+        services.chat.end_retry_seconds = end_retry_seconds
+        await services.hub.start()
+        stack.push_async_callback(services.hub.close)
+        services.access.start()
+        stack.push_async_callback(services.access.close)
+        stack.push_async_callback(services.chat.shutdown)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
         # answers running; issue #6, scenario d).
@@ -144,17 +105,54 @@ async def build_services(
         gc.freeze()
         stack.callback(gc.unfreeze)
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
-        yield Services(
-            settings=settings,
-            redis=redis,
-            keys=keys,
-            history=history,
-            answers=answers,
-            log=log,
-            hub=hub,
-            chat=chat,
-            access=access,
-            probe=probe,
-            metrics=metrics,
-        )
+        yield services
     logger.info("%s stopped", SERVICE_NAME)
+
+
+def _assemble(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    writer: CommandBatcher,
+    reader: CommandBatcher,
+    source: AnswerSource,
+    metrics: Metrics,
+    draining: Callable[[], bool],
+) -> Services:
+    """The stores, the hub, access control and the chat service over open connections (nothing runs yet)."""
+    ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
+    history = HistoryStore(
+        redis,
+        writer,
+        keys,
+        ttl=ttl,
+        max_messages=settings.max_history_messages,
+        timeout=timeout,
+        wait_replicas=settings.redis_wait_replicas,
+    )
+    answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
+    log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
+    access = AccessControl(settings, redis, keys)
+    probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
+    hub = StreamHub(
+        redis,
+        keys,
+        log,
+        poll_interval=settings.sse_poll_seconds,
+        listener_limit=settings.sse_queue_limit,
+        on_control=probe.wrap(lambda data: chat.on_control(data)),
+        ping_interval=settings.sse_ping_seconds,
+        draining=draining,
+    )
+    chat = ChatService(
+        settings,
+        history=history,
+        answers=answers,
+        log=log,
+        hub=hub,
+        writer=writer,
+        keys=keys,
+        source=source,
+        observers=[metrics, *([access.slots] if access.slots else [])],
+    )
+    return Services(settings, redis, keys, history, answers, log, hub, chat, access, probe, metrics)

@@ -14,7 +14,7 @@ import pytest
 from ai_service import ServiceUnavailable
 from config import Settings
 from conversation import ConversationMessage
-from models import ChatRequest
+from models import ChatRequest, ErrorEvent, StreamEvent
 from providers.base import AnswerError, Completion
 from providers.simulated import SimulatedAnswerSource, compose_answer
 from redis_client import Command, KeySpace, RedisClient
@@ -374,3 +374,41 @@ async def test_clear_deletes_the_history_and_the_replay_log(run_service: RunServ
         assert await harness.history.read("s1") == []
         assert await harness.redis.exists(KEYS.history("s1"), KEYS.events("s1")) == 0
         await harness.service.clear("s1")  # clearing an empty session is fine
+
+
+async def test_a_stateless_answer_runs_through_the_service_and_writes_nothing(
+    run_service: RunService,
+) -> None:
+    hold = asyncio.Event()
+    async with run_service(ScriptedSource(["Hel", "lo"], hold=hold)) as harness:
+        events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        harness.service.submit_stateless([user("Hi")], user_id="u1", listener=events)
+        assert harness.service.active_answers == 1  # counted like every answer, against the caps
+        hold.set()
+        received = []
+        async with asyncio.timeout(10):
+            while (event := await events.get()) is not None:
+                received.append(event)
+        assert [event.type for event in received] == ["start", "chunk", "chunk", "end"]
+        assert harness.service.active_answers == 0
+        assert await harness.redis.keys("*") == []  # no history, no log, no answer state
+        registry = harness.services.metrics.registry
+        assert registry.get_sample_value("chat_chunks_published_total") == 2
+
+
+async def test_shutdown_ends_a_running_stateless_answer(run_service: RunService) -> None:
+    async with run_service(
+        ScriptedSource(["partial"], hold=asyncio.Event()), shutdown_grace_seconds=0
+    ) as harness:
+        events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        harness.service.submit_stateless([user("Hi")], user_id="u1", listener=events)
+        async with asyncio.timeout(10):
+            assert (await events.get()) is not None  # start
+            assert (await events.get()) is not None  # the chunk: it is running
+            await harness.service.shutdown()
+        rest = []
+        while (event := events.get_nowait()) is not None:
+            rest.append(event)
+    assert [event.type for event in rest] == ["error"]
+    assert isinstance(rest[0], ErrorEvent)
+    assert rest[0].error.code == "shutdown"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from app import create_app
 from config import Settings
@@ -57,3 +58,27 @@ async def test_sigterm_ends_open_streams_and_the_service_exits(
         assert b"event:" not in body
     assert service.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "stopped" in service.output()
+
+
+async def test_a_message_stream_resumed_after_its_end_closes_at_once(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    # As an EventSource does: follow the answer to its `end`, then reconnect with that event's id. The
+    # client has everything: the server ends the response at once instead of holding it open with pings.
+    settings = make_settings(redis_url=redis_server.url, sse_ping_seconds=0.2)
+    with serve(create_app(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            body = {"session_id": "resumed", "message": "Tell me about streams", "user_id": "u1"}
+            accepted = (await client.post("/chat", json=body)).json()
+            url = accepted["stream_url"]
+            async with aconnect_sse(client, "GET", url) as source:
+                events = [event async for event in source.aiter_sse()]
+            assert events[-1].event == "end"
+            for resumed_from in (events[-1].id, events[-2].id):
+                async with (
+                    asyncio.timeout(5),
+                    aconnect_sse(client, "GET", url, headers={"Last-Event-ID": resumed_from}) as source,
+                ):
+                    rest = [event async for event in source.aiter_sse()]
+                # After the end: nothing, the response just ends. After the last chunk: the end.
+                assert [event.event for event in rest] == ([] if resumed_from == events[-1].id else ["end"])
