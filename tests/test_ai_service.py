@@ -18,7 +18,7 @@ from batcher import CommandBatcher
 from config import Settings
 from conversation import ConversationMessage
 from models import ChatRequest
-from providers.base import AnswerError, Completion
+from providers.base import AnswerError, AnswerSource, Completion
 from providers.simulated import SimulatedAnswerSource, compose_answer
 from redis_client import AnswerRegistry, Command, HistoryStore, KeySpace
 from tests.conftest import Json, assert_well_formed, read_answers
@@ -140,10 +140,11 @@ async def test_pacing_really_takes_the_configured_time() -> None:
 # --- ChatService on fakeredis --------------------------------------------------------------------
 
 
-class ScriptedSource:
+class ScriptedSource(AnswerSource):
     """An answer source that yields given deltas, optionally pausing on an event or failing at the end."""
 
     name = "scripted"
+    model = "scripted"
 
     def __init__(
         self,
