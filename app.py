@@ -58,7 +58,6 @@ from models import (
     stream_event_schema,
 )
 from openai_api import router as openai_router
-from providers import provider_health
 from providers.base import AnswerSource
 from redis_client import KeySpace, RedisUnavailable
 from security import (
@@ -340,7 +339,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         responses={503: {"model": HealthResponse, "description": "Redis or PubSub does not answer."}},
     )
     async def health(
-        history: HistoryDep, hub: HubDep, probe: ProbeDep, app_settings: SettingsDep
+        history: HistoryDep, hub: HubDep, probe: ProbeDep, app_settings: SettingsDep, service: ChatServiceDep
     ) -> JSONResponse:
         """Healthy when Redis answers a PING and a message published on the control channel comes back
         through this process's own subscription; otherwise 503, within two seconds."""
@@ -358,14 +357,14 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 status="unhealthy",
                 version=VERSION,
                 redis=RedisHealth(status="disconnected", mode=mode, error=reason),
-                ai=provider_health(app_settings),
+                ai=service.source.health(),
             )
             return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
         body = HealthResponse(
             status="healthy",
             version=VERSION,
             redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3), pubsub="ok"),
-            ai=provider_health(app_settings),
+            ai=service.source.health(),
         )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 

@@ -11,6 +11,8 @@ from limits import parse_many
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from providers import PROVIDERS
+
 __all__ = ["Settings", "format_validation_error", "get_settings"]
 
 VERSION = "1.0.0"
@@ -76,7 +78,7 @@ class Settings(BaseSettings):
     chunk_delay: float = Field(default=0.05, ge=0, le=10)
 
     # The model: the simulated one, or any server speaking OpenAI's Chat Completions API
-    ai_provider: Literal["simulated", "openai"] = "simulated"
+    ai_provider: str = "simulated"
     openai_base_url: str = Field(default=OPENAI_BASE_URL, min_length=1)
     openai_api_key: SecretStr | None = None
     ai_model: str = Field(default="gpt-4o-mini", min_length=1, max_length=256)
@@ -201,6 +203,13 @@ class Settings(BaseSettings):
             raise ValueError("has an invalid port")
         return value
 
+    @field_validator("ai_provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise ValueError(f"must be one of: {', '.join(PROVIDERS)}")
+        return value
+
     @field_validator("openai_base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
@@ -219,19 +228,6 @@ class Settings(BaseSettings):
         ):
             raise ValueError("OPENAI_API_KEY must be set when AI_PROVIDER=openai talks to api.openai.com")
         return self
-
-    @property
-    def served_model(self) -> str:
-        """The model answers come from, as `/health` and `/v1/models` name it."""
-        return self.ai_model if self.ai_provider == "openai" else "simulated"
-
-    def model_location(self) -> str:
-        """Where the model server is, fit for a log line or a response: no credentials, no query."""
-        if self.ai_provider != "openai":
-            return "in-process"
-        parts = urlsplit(self.openai_base_url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
     @property
     def embedded_redis(self) -> bool:

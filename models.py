@@ -202,7 +202,7 @@ class RedisHealth(BaseModel):
 class AIHealth(BaseModel):
     """Which model answers. Not probed: a health check must not spend tokens or wait on a model server."""
 
-    provider: Literal["simulated", "openai"]
+    provider: str = Field(examples=["openai"], description="The `AI_PROVIDER` that answers.")
     model: str = Field(examples=["gpt-4o-mini"])
     base_url: str | None = Field(
         default=None, description="The model server, for `openai`; never with credentials."

@@ -416,7 +416,7 @@ async def create_chat_completion(
         completion_id = f"chatcmpl-{accepted.message_id}"
         deltas = _relay(events, completion)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    meta = _Meta(completion_id, settings.served_model, int(time.time()), include_usage)
+    meta = _Meta(completion_id, service.source.model, int(time.time()), include_usage)
 
     # Wait for the first piece: a failure before it gets an HTTP status, which clients raise as such.
     try:
@@ -455,9 +455,9 @@ async def create_chat_completion(
 
 
 @router.get("/models", response_model=ModelList, summary="List models (OpenAI-compatible)")
-async def list_models(settings: SettingsDep) -> ModelList:
-    """The model that answers: `AI_MODEL` for the openai provider, `simulated` otherwise."""
-    return ModelList(data=[ModelCard(id=settings.served_model, owned_by=settings.ai_provider)])
+async def list_models(service: ChatServiceDep) -> ModelList:
+    """The model that answers (`AI_MODEL` for the openai provider), owned by its `AI_PROVIDER`."""
+    return ModelList(data=[ModelCard(id=service.source.model, owned_by=service.source.name)])
 
 
 @router.get(
@@ -466,10 +466,10 @@ async def list_models(settings: SettingsDep) -> ModelList:
     summary="Describe a model (OpenAI-compatible)",
     responses={404: {"model": OpenAIErrorResponse, "description": "Not the model that answers."}},
 )
-async def retrieve_model(model_id: str, settings: SettingsDep) -> ModelCard:
+async def retrieve_model(model_id: str, service: ChatServiceDep) -> ModelCard:
     """The model that answers, when `model_id` names it."""
-    if model_id != settings.served_model:
+    if model_id != service.source.model:
         raise OpenAIAPIError(
             404, f"The model {model_id!r} does not exist.", code="model_not_found", param="model"
         )
-    return ModelCard(id=model_id, owned_by=settings.ai_provider)
+    return ModelCard(id=model_id, owned_by=service.source.name)

@@ -20,7 +20,7 @@ from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe
 from hub import StreamHub
 from metrics import Metrics
-from providers import close_answer_source, create_answer_source
+from providers import create_answer_source
 from providers.base import AnswerSource
 from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
@@ -90,7 +90,7 @@ async def build_services(
             batcher.start()
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
-        stack.push_async_callback(close_answer_source, answer_source)
+        stack.push_async_callback(answer_source.aclose)
         services = _assemble(settings, redis, keys, writer, reader, answer_source, metrics, draining)
         services.chat.end_retry_seconds = end_retry_seconds
         await services.hub.start()

@@ -25,15 +25,16 @@ from app import create_app
 from config import get_settings
 from conversation import ConversationMessage
 from logs import configure_logging
-from providers.base import Completion
+from providers.base import AnswerSource, Completion
 
 LAG_INTERVAL = 0.005
 
 
-class FixedAnswerSource:
+class FixedAnswerSource(AnswerSource):
     """Streams `chunks` short chunks, `delay` seconds apart."""
 
     name = "bench-fixed"
+    model = "bench-fixed"
 
     def __init__(self, chunks: int, delay: float) -> None:
         self.chunks = chunks

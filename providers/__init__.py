@@ -1,46 +1,39 @@
-"""Answer sources behind `ChatService`: the simulated model, or any OpenAI-compatible model server.
+"""Answer sources behind `ChatService`, by the `AI_PROVIDER` name that picks one.
 
-`create_answer_source(settings)` picks one by `AI_PROVIDER`. The OpenAI-compatible source owns an
-`AsyncOpenAI` client; the lifespan creates it through the factory and closes it with `close_answer_source`.
+Each provider is one module with a `create(settings) -> AnswerSource` factory, and one line in
+`PROVIDERS`. A module is imported only when its provider is created: `config` reads `PROVIDERS` to
+check `AI_PROVIDER`, and the provider modules import `config`, so this package imports neither.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
-from models import AIHealth
 from providers.base import AnswerSource
-from providers.openai_compatible import OpenAIAnswerSource
-from providers.simulated import SimulatedAnswerSource
 
-if TYPE_CHECKING:
-    from config import Settings
+__all__ = ["PROVIDERS", "ProviderChoice", "create_answer_source"]
 
-__all__ = ["close_answer_source", "create_answer_source", "provider_health"]
-
-logger = logging.getLogger(__name__)
-
-
-def create_answer_source(settings: Settings) -> AnswerSource:
-    """The answer source `AI_PROVIDER` names. Call it in the lifespan: the openai one owns a client."""
-    if settings.ai_provider == "openai":
-        source = OpenAIAnswerSource.from_settings(settings)
-        logger.info("answers come from model %r at %s", source.model, source.location)
-        return source
-    return SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
+# AI_PROVIDER -> the module that implements it.
+PROVIDERS: Mapping[str, str] = {
+    "simulated": "providers.simulated",
+    "openai": "providers.openai_compatible",
+}
 
 
-async def close_answer_source(source: AnswerSource) -> None:
-    """Release what the source holds (the openai client's connections)."""
-    if isinstance(source, OpenAIAnswerSource):
-        await source.aclose()
+class ProviderChoice(Protocol):
+    """The settings as this package sees them: `config.Settings`, which it cannot import (see above)."""
+
+    @property
+    def ai_provider(self) -> str: ...
 
 
-def provider_health(settings: Settings) -> AIHealth:
-    """The provider and model, as `/health` shows them."""
-    return AIHealth(
-        provider=settings.ai_provider,
-        model=settings.served_model,
-        base_url=settings.model_location() if settings.ai_provider == "openai" else None,
-    )
+def create_answer_source(settings: ProviderChoice) -> AnswerSource:
+    """The answer source `AI_PROVIDER` names, from its module's `create(settings)`.
+
+    Call it in the lifespan, which closes the source with `aclose()`: a source may own a client.
+    """
+    module = importlib.import_module(PROVIDERS[settings.ai_provider])
+    create: Callable[[ProviderChoice], AnswerSource] = module.create
+    return create(settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from openai import (
     APIConnectionError,
@@ -21,15 +22,15 @@ from openai import (
 )
 
 from conversation import ConversationMessage
-from models import FinishReason, Usage
-from providers.base import AnswerError, Completion
+from models import AIHealth, FinishReason, Usage
+from providers.base import AnswerError, AnswerSource, Completion
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
     from config import Settings
 
-__all__ = ["OpenAIAnswerSource"]
+__all__ = ["OpenAIAnswerSource", "create", "model_location"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,20 @@ FINISH_REASONS: dict[str, FinishReason] = {
     "length": "length",
     "content_filter": "content_filter",
 }
+
+
+def create(settings: Settings) -> AnswerSource:
+    """`AI_PROVIDER=openai`: `AI_MODEL` at `OPENAI_BASE_URL`. The source owns an `AsyncOpenAI` client."""
+    source = OpenAIAnswerSource.from_settings(settings)
+    logger.info("answers come from model %r at %s", source.model, source.location)
+    return source
+
+
+def model_location(base_url: str) -> str:
+    """Where the model server is, fit for a log line or a response: no credentials, no query."""
+    parts = urlsplit(base_url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 def _message(message: ConversationMessage) -> ChatCompletionMessageParam:
@@ -97,8 +112,11 @@ class OpenAIAnswerSource:
             temperature=settings.ai_temperature,
             max_tokens=settings.ai_max_tokens,
             include_usage=settings.ai_stream_usage,
-            location=settings.model_location(),
+            location=model_location(settings.openai_base_url),
         )
+
+    def health(self) -> AIHealth:
+        return AIHealth(provider=self.name, model=self.model, base_url=self.location)
 
     async def aclose(self) -> None:
         """Close the client and its connection pool."""

@@ -6,11 +6,20 @@ import asyncio
 import hashlib
 import re
 from collections.abc import AsyncGenerator, Sequence
+from typing import TYPE_CHECKING
 
 from conversation import ConversationMessage
-from providers.base import Completion
+from providers.base import AnswerSource, Completion
 
-__all__ = ["SimulatedAnswerSource", "compose_answer"]
+if TYPE_CHECKING:
+    from config import Settings
+
+__all__ = ["SimulatedAnswerSource", "compose_answer", "create"]
+
+
+def create(settings: Settings) -> AnswerSource:
+    """`AI_PROVIDER=simulated`, paced by `STREAM_DELAY` and `CHUNK_DELAY`."""
+    return SimulatedAnswerSource(stream_delay=settings.stream_delay, chunk_delay=settings.chunk_delay)
 
 
 # --- The simulated model -------------------------------------------------------------------------
@@ -111,7 +120,7 @@ def compose_answer(conversation: Sequence[ConversationMessage]) -> str:
     return " ".join(sentences)
 
 
-class SimulatedAnswerSource:
+class SimulatedAnswerSource(AnswerSource):
     """The default answer source: a composed answer, streamed a few words at a time.
 
     Each chunk is up to `words_per_chunk` words. Before a chunk is sent the source waits
@@ -120,6 +129,7 @@ class SimulatedAnswerSource:
     """
 
     name = "simulated"
+    model = "simulated"
 
     def __init__(self, *, stream_delay: float, chunk_delay: float, words_per_chunk: int = 3) -> None:
         self.stream_delay = stream_delay

@@ -15,7 +15,7 @@ from ai_service import ServiceUnavailable
 from config import Settings
 from conversation import ConversationMessage
 from models import ChatRequest, ErrorEvent, StreamEvent
-from providers.base import AnswerError, Completion
+from providers.base import AnswerError, AnswerSource, Completion
 from providers.simulated import SimulatedAnswerSource, compose_answer
 from redis_client import Command, KeySpace, RedisClient
 from redis_wire import RedisPipe, open_pipe
@@ -139,10 +139,11 @@ async def test_pacing_really_takes_the_configured_time() -> None:
 # --- ChatService on fakeredis --------------------------------------------------------------------
 
 
-class ScriptedSource:
+class ScriptedSource(AnswerSource):
     """An answer source that yields given deltas, optionally pausing on an event or failing at the end."""
 
     name = "scripted"
+    model = "scripted"
 
     def __init__(
         self,

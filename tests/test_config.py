@@ -166,6 +166,7 @@ def test_the_password_never_shows_in_location_or_repr(
         ("REDIS_URL", "redis://localhost:0/0"),
         ("STREAM_DELAY", "-0.1"),
         ("MAX_MESSAGE_LENGTH", "0"),
+        ("AI_PROVIDER", "nonsense"),
     ],
 )
 def test_an_invalid_value_is_refused_with_one_line_naming_it(
@@ -177,6 +178,15 @@ def test_an_invalid_value_is_refused_with_one_line_naming_it(
     message = format_validation_error(caught.value)
     assert len(message.splitlines()) == 1
     assert message.startswith(f"invalid configuration: {name}: ")
+
+
+def test_an_unknown_provider_is_refused_naming_the_known_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_PROVIDER", "anthropic")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert format_validation_error(caught.value) == (
+        "invalid configuration: AI_PROVIDER: Value error, must be one of: simulated, openai"
+    )
 
 
 def test_a_bad_redis_url_error_does_not_echo_the_password(monkeypatch: pytest.MonkeyPatch) -> None:

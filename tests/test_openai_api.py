@@ -221,6 +221,19 @@ def test_models_lists_the_model_that_answers(settings: Settings) -> None:
     assert missing.value.code == "model_not_found"
 
 
+def test_models_lists_the_model_server_model_as_the_openai_provider(
+    openai_settings: SettingsFactory, redis_server: RedisServer
+) -> None:
+    settings = openai_settings(redis_url=redis_server.url)
+    with running(settings) as url, OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+        listed = [(model.id, model.owned_by) for model in client.models.list()]
+        retrieved = client.models.retrieve("test-model")
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("simulated")
+    assert listed == [("test-model", "openai")]
+    assert (retrieved.id, retrieved.owned_by) == ("test-model", "openai")
+
+
 @pytest.mark.parametrize(
     ("messages", "headers", "param"),
     [
@@ -268,6 +281,7 @@ async def test_openai_client_through_the_service_to_the_model_server(
         turns = await asyncio.to_thread(history, url, "e2e")
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text == "Through the service."
+    assert {chunk.model for chunk in chunks} == {"test-model"}
     assert chunks[-1].usage is not None
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (9, 3)
     # The client's system message stands in for SYSTEM_PROMPT.

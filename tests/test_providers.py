@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,10 +17,22 @@ from pydantic import ValidationError
 
 from ai_service import ChatService
 from config import Settings, format_validation_error
-from models import ChatRequest, ChatTurn, ChunkEvent, EndEvent, ErrorEvent, StartEvent, StreamEvent, Usage
+from models import (
+    AIHealth,
+    ChatRequest,
+    ChatTurn,
+    ChunkEvent,
+    EndEvent,
+    ErrorEvent,
+    StartEvent,
+    StreamEvent,
+    Usage,
+)
+from providers import PROVIDERS, create_answer_source
+from providers.openai_compatible import model_location
 from services import build_services
 from stores.history import HistoryStore
-from tests.conftest import AppClient, RedisServer, wait_for_history
+from tests.conftest import ROOT, AppClient, RedisServer, wait_for_history
 from tests.openai_server import OpenAIServer, Reply
 
 SettingsFactory = Callable[..., Settings]
@@ -412,6 +426,52 @@ async def test_app_answers_from_the_configured_model_server(
     ]
 
 
+# --- The registry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PROVIDERS))
+async def test_every_registered_provider_loads_and_names_itself_and_its_model(
+    make_settings: SettingsFactory, name: str
+) -> None:
+    # A local model server, so that the openai provider needs no key; no request is made.
+    source = create_answer_source(
+        make_settings(ai_provider=name, openai_base_url="http://localhost:11434/v1")
+    )
+    try:
+        health = source.health()
+        assert source.name == name
+        assert source.model
+        assert isinstance(health, AIHealth)
+        assert (health.provider, health.model) == (name, source.model)
+    finally:
+        await source.aclose()
+
+
+def test_reading_the_settings_loads_no_provider_module() -> None:
+    # `config` checks AI_PROVIDER against the registry; the provider modules import `config`. Were one
+    # loaded with it, the two would import each other.
+    code = "import sys, config; print(*sys.modules, sep='\\n')"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    )
+    modules = set(loaded.stdout.split())
+    assert "providers" in modules
+    assert not modules & set(PROVIDERS.values())
+
+
+@pytest.mark.parametrize("provider", ["simulated", "openai"])
+async def test_health_and_models_name_the_provider_and_model_that_answer(
+    make_settings: SettingsFactory, openai_settings: SettingsFactory, app_client: AppClient, provider: str
+) -> None:
+    settings = openai_settings() if provider == "openai" else make_settings()
+    model = "test-model" if provider == "openai" else "simulated"
+    async with app_client(settings) as client:
+        health = (await client.get("/health")).json()
+        models = (await client.get("/v1/models")).json()
+    assert (health["ai"]["provider"], health["ai"]["model"]) == (provider, model)
+    assert [(card["id"], card["owned_by"]) for card in models["data"]] == [(model, provider)]
+
+
 async def test_health_names_the_simulated_model_by_default(
     make_settings: SettingsFactory, app_client: AppClient
 ) -> None:
@@ -427,8 +487,16 @@ def test_openai_without_a_key_for_api_openai_com_stops_start_up(make_settings: S
         "invalid configuration: OPENAI_API_KEY must be set when AI_PROVIDER=openai talks to api.openai.com"
     )
     # A local server needs no key.
-    settings = make_settings(ai_provider="openai", openai_base_url="http://localhost:11434/v1")
-    assert settings.model_location() == "http://localhost:11434/v1"
+    assert (
+        make_settings(ai_provider="openai", openai_base_url="http://localhost:11434/v1").openai_api_key
+        is None
+    )
+
+
+def test_the_model_server_location_shown_carries_no_credentials_or_query() -> None:
+    assert model_location("https://user:pw@models.example:8443/v1?api-version=1") == (
+        "https://models.example:8443/v1"
+    )
 
 
 def test_api_key_stays_out_of_the_settings_repr(make_settings: SettingsFactory) -> None:
