@@ -10,9 +10,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from admission import Principal, RateLimited, StreamSlots
 from config import Settings
 from redis_client import KeySpace
-from security import Principal, RateLimited, StreamSlots
 from tests.conftest import AppClient, RedisServer
 
 KEY = "alice-key-0123456789abcdef"
