@@ -181,14 +181,20 @@ class ChatService:
         return self._accepted(state), True
 
     def submit_stateless(
-        self, conversation: Sequence[ConversationMessage], *, user_id: str, listener: Listener
+        self,
+        conversation: Sequence[ConversationMessage],
+        *,
+        user_id: str,
+        listener: Listener,
+        message_id: str | None = None,
     ) -> str:
         """Start an answer that is neither stored nor published: its events go to `listener` only (as
         for `submit`). It counts, is observed and is ended at shutdown like every other; returns its id."""
         self._check_accepting()
-        answer = Answer(new_message_id(), "", user_id, since="0-0", listener=listener, stored=False)
+        answer_id = message_id or new_message_id()
+        answer = Answer(answer_id, "", user_id, since="0-0", listener=listener, stored=False)
         self._start(answer, list(conversation))
-        return answer.message_id
+        return answer_id
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -196,6 +202,8 @@ class ChatService:
 
     def _start(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
         self._answers[answer.message_id] = answer
+        # Before `submit` returns: admission counts it as running from here (its slot is not given back).
+        self._runner.started(answer)
         answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{answer.message_id}")
         listener = answer.listener
         if listener is not None:

@@ -134,8 +134,11 @@ class AnswerRunner:
             except Exception:
                 logger.exception("answer observer %s failed", hook)
 
-    async def run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+    def started(self, answer: Answer) -> None:
+        """Tell the observers that the answer runs; `run` tells them when it has ended."""
         self._notify("answer_started", answer)
+
+    async def run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
         try:

@@ -9,13 +9,11 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from asgi_correlation_id import CorrelationIdFilter
-from fastapi.responses import JSONResponse
 from pythonjsonlogger.json import JsonFormatter
-
-from models import ErrorResponse
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,10 +54,12 @@ def configure_logging(settings: Settings) -> None:
 
 
 class RequestLogMiddleware:
-    """Logs each request once (method, path, status, duration) and turns a crash into a JSON 500."""
+    """Logs each request once (method, path, status, duration) and turns a crash into a 500: the
+    response `crash_response(path)` makes (the error table's, in the path's protocol)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, crash_response: Callable[[str], ASGIApp]) -> None:
         self.app = app
+        self.crash_response = crash_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,10 +82,7 @@ class RequestLogMiddleware:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status = 500
             if not response_started:
-                body = ErrorResponse.model_validate(
-                    {"error": {"code": "internal_error", "message": "Internal server error"}}
-                )
-                await JSONResponse(body.model_dump(exclude_none=True), status_code=500)(scope, receive, send)
+                await self.crash_response(scope["path"])(scope, receive, send)
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             access_logger.info(

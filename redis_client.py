@@ -158,6 +158,19 @@ class KeySpace:
         """Hash of one answer's state (session, status, finish reason, start entry id)."""
         return f"{self.prefix}:message:{{{message_id}}}"
 
+    def owner(self, session_id: str) -> str:
+        """With API keys on: the name of the key that owns the session, beside the session's keys."""
+        return f"{self.prefix}:{{{session_id}}}:owner"
+
+    def stream_slots(self, owner: str, user_id: str) -> str:
+        """Sorted set of one key's and user's running answers, scored by their lease's expiry."""
+        return f"{self.prefix}:streams:{{{owner}:{user_id}}}"
+
+    @property
+    def rate_limits(self) -> str:
+        """The prefix under which the `limits` library keeps `RATE_LIMIT`'s moving windows."""
+        return f"{self.prefix}:ratelimit"
+
     @property
     def control(self) -> str:
         """Channel on which instances tell each other to stop an answer. `#` cannot occur in a session

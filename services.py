@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from admission import Admission
 from ai_service import ChatService
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
@@ -24,7 +25,6 @@ from providers import create_answer_source
 from providers.base import AnswerSource
 from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
-from security import AccessControl
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 from stores.replay_log import ReplayLog
@@ -49,7 +49,7 @@ class Services:
     log: ReplayLog
     hub: StreamHub
     chat: ChatService
-    access: AccessControl
+    admission: Admission
     probe: PubSubProbe
     metrics: Metrics
 
@@ -95,8 +95,8 @@ async def build_services(
         services.chat.end_retry_seconds = end_retry_seconds
         await services.hub.start()
         stack.push_async_callback(services.hub.close)
-        services.access.start()
-        stack.push_async_callback(services.access.close)
+        services.admission.start()
+        stack.push_async_callback(services.admission.close)
         stack.push_async_callback(services.chat.shutdown)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
@@ -119,7 +119,7 @@ def _assemble(
     metrics: Metrics,
     draining: Callable[[], bool],
 ) -> Services:
-    """The stores, the hub, access control and the chat service over open connections (nothing runs yet)."""
+    """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
     history = HistoryStore(
         redis,
@@ -132,7 +132,7 @@ def _assemble(
     )
     answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
-    access = AccessControl(settings, redis, keys)
+    admission = Admission(settings, redis, keys)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
         redis,
@@ -153,6 +153,6 @@ def _assemble(
         writer=writer,
         keys=keys,
         source=source,
-        observers=[metrics, *([access.slots] if access.slots else [])],
+        observers=[metrics, admission],
     )
-    return Services(settings, redis, keys, history, answers, log, hub, chat, access, probe, metrics)
+    return Services(settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics)

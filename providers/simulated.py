@@ -50,6 +50,35 @@ def _pick(options: Sequence[str], seed: bytes) -> str:
     return options[int.from_bytes(hashlib.blake2b(seed, digest_size=4).digest(), "big") % len(options)]
 
 
+def _about(subject: str, message: str, seed: bytes) -> list[str]:
+    """Two sentences on the message's main topic, in the manner its first word asks for."""
+    stripped = message.strip().lower()
+    if stripped.startswith(("how", "can", "could")):
+        return [
+            f"Here is how I would approach {subject}, step by step.",
+            f"First, pin down what {subject} has to achieve; then try the smallest version of it.",
+        ]
+    if stripped.startswith("why"):
+        return [
+            f"Good question: the reasons behind {subject} usually come down to trade-offs.",
+            f"Each choice about {subject} buys something and costs something else.",
+        ]
+    if stripped.startswith(("what", "who", "which", "where", "when")) or stripped.endswith("?"):
+        return [
+            f"In short, {subject} is the heart of what you are asking about.",
+            f"The details of {subject} depend on the context you use it in.",
+        ]
+    opening = _pick(
+        [
+            f"You mentioned {subject}, so let's look at it more closely.",
+            f"Thanks for bringing up {subject}.",
+            f"Let's talk about {subject}.",
+        ],
+        seed,
+    )
+    return [opening, f"There is more to {subject} than first meets the eye."]
+
+
 def compose_answer(conversation: Sequence[ConversationMessage]) -> str:
     """A relevant, multi-sentence answer to the conversation's last user message.
 
@@ -60,47 +89,19 @@ def compose_answer(conversation: Sequence[ConversationMessage]) -> str:
     message = user_turns[-1] if user_turns else ""
     seed = "\x00".join(message.content for message in conversation).encode()
     topics = _topics(message)
-    stripped = message.strip().lower()
     sentences: list[str] = []
 
     if not topics:
-        sentences.append(
-            _pick(
-                [
-                    "Hello! I'm the simulated assistant of this chat service.",
-                    "Hi there! This is the simulated assistant speaking.",
-                ],
-                seed,
-            )
-        )
+        greetings = [
+            "Hello! I'm the simulated assistant of this chat service.",
+            "Hi there! This is the simulated assistant speaking.",
+        ]
+        sentences.append(_pick(greetings, seed))
         sentences.append("Ask me about anything and I will stream my answer back to you, chunk by chunk.")
     else:
-        subject = topics[0]
-        others = " and ".join(topics[1:])
-        if stripped.startswith(("how", "can", "could")):
-            sentences.append(f"Here is how I would approach {subject}, step by step.")
-            sentences.append(
-                f"First, pin down what {subject} has to achieve; then try the smallest version of it."
-            )
-        elif stripped.startswith("why"):
-            sentences.append(f"Good question: the reasons behind {subject} usually come down to trade-offs.")
-            sentences.append(f"Each choice about {subject} buys something and costs something else.")
-        elif stripped.startswith(("what", "who", "which", "where", "when")) or stripped.endswith("?"):
-            sentences.append(f"In short, {subject} is the heart of what you are asking about.")
-            sentences.append(f"The details of {subject} depend on the context you use it in.")
-        else:
-            sentences.append(
-                _pick(
-                    [
-                        f"You mentioned {subject}, so let's look at it more closely.",
-                        f"Thanks for bringing up {subject}.",
-                        f"Let's talk about {subject}.",
-                    ],
-                    seed,
-                )
-            )
-            sentences.append(f"There is more to {subject} than first meets the eye.")
-        if others:
+        sentences.extend(_about(topics[0], message, seed))
+        if len(topics) > 1:
+            others = " and ".join(topics[1:])
             sentences.append(f"It also connects with {others}, which is worth keeping in mind.")
 
     if len(user_turns) > 1:
@@ -108,15 +109,11 @@ def compose_answer(conversation: Sequence[ConversationMessage]) -> str:
         if earlier:
             sentences.append(f"Earlier you asked about {earlier[0]}, and that still applies here.")
         sentences.append(f"This is message {len(user_turns)} of our conversation.")
-    sentences.append(
-        _pick(
-            [
-                "I'm a simulated model, so treat this as a demonstration of streaming.",
-                "Note that I'm simulated: a real model can be configured in place of me.",
-            ],
-            seed + b"closing",
-        )
-    )
+    closings = [
+        "I'm a simulated model, so treat this as a demonstration of streaming.",
+        "Note that I'm simulated: a real model can be configured in place of me.",
+    ]
+    sentences.append(_pick(closings, seed + b"closing"))
     return " ".join(sentences)
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from ai_service import ServiceUnavailable
 from config import VERSION, Settings
-from deps import get_chat_service, get_history
 from models import ChatAccepted, ChatRequest
+from protocols.deps import get_chat_service, get_history
 from tests.conftest import CHAT, AppClient, Json, wait_for_history
 
 ID_129 = "x" * 129

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from admission import Principal, RateLimited, StreamSlots
 from config import Settings
 from redis_client import KeySpace
-from security import Principal, RateLimited, StreamSlots
 from tests.conftest import AppClient, RedisServer
 
 KEY = "alice-key-0123456789abcdef"
@@ -112,18 +112,30 @@ async def test_streams_per_user_are_capped_across_instances_and_freed_when_answe
         assert retry.status_code == 202
 
 
+class FakeClock:
+    """The leases' time, moved by the test instead of waited for."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.redis
 async def test_a_stream_slot_of_a_crashed_instance_expires_with_its_lease(redis_server: RedisServer) -> None:
     redis = Redis.from_url(redis_server.url)
+    clock = FakeClock()
     try:
-        crashed = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
-        survivor = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
+        crashed = StreamSlots(redis, KeySpace("chat"), limit=1, lease=30.0, timeout=2, clock=clock)
+        survivor = StreamSlots(redis, KeySpace("chat"), limit=1, lease=30.0, timeout=2, clock=clock)
         alice = Principal("alice")
         assert await crashed.acquire(alice, "u1", str(uuid.uuid4()))
         # The crashed instance never releases nor renews: the slot is taken until the lease runs out.
+        clock.now += 29.9
         with pytest.raises(RateLimited):
             await survivor.acquire(alice, "u1", str(uuid.uuid4()))
-        await asyncio.sleep(1.2)
+        clock.now += 0.2
         assert await survivor.acquire(alice, "u1", str(uuid.uuid4()))
     finally:
         await redis.aclose()
@@ -132,16 +144,23 @@ async def test_a_stream_slot_of_a_crashed_instance_expires_with_its_lease(redis_
 @pytest.mark.redis
 async def test_a_running_answers_slot_is_renewed_past_its_lease(redis_server: RedisServer) -> None:
     redis = Redis.from_url(redis_server.url)
+    clock = FakeClock()
     try:
-        running = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
-        other = StreamSlots(redis, KeySpace("chat"), limit=1, lease=1.0, timeout=2)
-        running.start()
+        running = StreamSlots(redis, KeySpace("chat"), limit=1, lease=30.0, timeout=2, clock=clock)
+        other = StreamSlots(redis, KeySpace("chat"), limit=1, lease=30.0, timeout=2, clock=clock)
         alice = Principal("alice")
-        assert await running.acquire(alice, "u1", str(uuid.uuid4()))
-        await asyncio.sleep(2.0)
+        message_id = str(uuid.uuid4())
+        assert await running.acquire(alice, "u1", message_id)
+        # Renewed twice, a third of a lease apart, as the renewer does: held well past the first lease.
+        for _ in range(2):
+            clock.now += 10
+            await running.renew()
+        clock.now += 25
         with pytest.raises(RateLimited):
             await other.acquire(alice, "u1", str(uuid.uuid4()))
-        await running.close()
+        # Once it ends and is released, the slot is free at once, whatever the lease.
+        await running.release(message_id)
+        assert await other.acquire(alice, "u1", str(uuid.uuid4()))
     finally:
         await redis.aclose()
 

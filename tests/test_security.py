@@ -11,8 +11,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from admission import StreamTokens
 from config import Settings
-from security import StreamTokens
 from tests.conftest import AppClient
 
 ALICE_KEY = "alice-key-0123456789abcdef"
@@ -279,10 +279,10 @@ async def test_a_token_does_not_outlive_its_owners_claim(
 def test_missing_stream_token_secret_warns_about_other_instances(
     make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
+    from admission import Admission
     from redis_client import KeySpace, create_redis
-    from security import AccessControl
 
     settings = make_settings(api_keys=KEYS)
     with caplog.at_level(logging.WARNING):
-        AccessControl(settings, create_redis(settings), KeySpace("chat"))
+        Admission(settings, create_redis(settings), KeySpace("chat"))
     assert any("STREAM_TOKEN_SECRET is not set" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,166 @@
+"""`Admission`: every check a request passes before the service sees it. Routes compose "admit, then
+submit": nothing here receives the `ChatService`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from admission.errors import SessionForbidden, SessionNotFound
+from admission.keys import KeyRing, Principal, StreamTokens
+from admission.limits import Capacity, Clock, RateLimiter, StreamSlots
+from admission.owners import SessionOwners
+
+if TYPE_CHECKING:
+    from answer_run import Answer
+    from config import Settings
+    from redis_client import KeySpace, RedisClient
+
+__all__ = ["Admission", "Ticket"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A request let in: who, for which user, session (None for a stateless call) and answer."""
+
+    principal: Principal
+    user_id: str
+    session_id: str | None
+    message_id: str
+
+
+class Admission:
+    """Keys, tokens, ownership and limits of one process, owned by the lifespan.
+
+    It is also an `AnswerObserver` of the chat service: it counts the running answers for
+    `MAX_ACTIVE_STREAMS` and frees each answer's stream slot when it ends, however it ends.
+    """
+
+    def __init__(
+        self, settings: Settings, redis: RedisClient, keys: KeySpace, *, clock: Clock = time.time
+    ) -> None:
+        self.keyring = KeyRing(
+            {name: key.get_secret_value().encode() for name, key in settings.api_keys.items()}
+        )
+        secret = settings.stream_token_secret
+        if self.keyring.enabled and secret is None:
+            logger.warning(
+                "STREAM_TOKEN_SECRET is not set: stream tokens are signed with a random per-process secret "
+                "and are not accepted by other instances or after a restart"
+            )
+        token_secret = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+        self.tokens = StreamTokens(token_secret, settings.stream_token_ttl)
+        self.owners = SessionOwners(
+            redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
+        )
+        self.rate_limiter = RateLimiter.from_settings(settings, redis, keys) if settings.rate_limit else None
+        self.slots: StreamSlots | None = None
+        if settings.max_streams_per_user:
+            self.slots = StreamSlots(
+                redis,
+                keys,
+                limit=settings.max_streams_per_user,
+                lease=settings.stream_lease_seconds,
+                timeout=settings.redis_timeout,
+                clock=clock,
+            )
+        self.capacity = Capacity(settings.max_active_streams)
+
+    def start(self) -> None:
+        if not self.keyring.enabled:
+            logger.warning("API_KEYS is not set: the API is open to anyone who can reach it")
+        if self.slots is not None:
+            self.slots.start()
+
+    async def close(self) -> None:
+        if self.slots is not None:
+            await self.slots.close()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
+
+    # -- who is calling --
+
+    def principal(self, presented: str | None) -> Principal | None:
+        """Who presented this key; None if it is not one of ours."""
+        if not self.keyring.enabled:
+            return Principal(None)
+        if not presented:
+            return None
+        name = self.keyring.identify(presented)
+        return Principal(name) if name else None
+
+    def token_principal(self, token: str, session_id: str) -> Principal | None:
+        """Who a stream token was issued to, if it is genuine, unexpired and for this session."""
+        key_name = self.tokens.verify(token, session_id)
+        return Principal(key_name) if key_name is not None else None
+
+    def stream_token(self, principal: Principal, session_id: str) -> str | None:
+        return self.tokens.issue(session_id, principal.key_name) if principal.key_name else None
+
+    # -- ownership --
+
+    async def owns(self, principal: Principal, session_id: str) -> bool:
+        """Whether the caller may see the session (always on an open service)."""
+        return principal.key_name is None or await self.owners.owns(session_id, principal.key_name)
+
+    async def check_session(self, principal: Principal, session_id: str) -> None:
+        """Raise `SessionNotFound` unless the caller owns the session (always passes on an open service)."""
+        if not await self.owns(principal, session_id):
+            raise SessionNotFound(session_id)
+
+    async def claim_session(self, principal: Principal, session_id: str) -> None:
+        """Before a chat: the session becomes the caller's, or `SessionForbidden` if it is another's."""
+        if principal.key_name is None:
+            return
+        if not await self.owners.claim(session_id, principal.key_name):
+            raise SessionForbidden(session_id)
+
+    # -- admitting an answer --
+
+    @asynccontextmanager
+    async def admit(
+        self, principal: Principal, *, user_id: str, message_id: str, session_id: str | None = None
+    ) -> AsyncIterator[Ticket]:
+        """Let an answer in through every check, cheapest first; submit it inside the block.
+
+        Capacity (503 `Overloaded`) before anything touches Redis, then the rate limit (429), the
+        session's owner (403, skipped for a stateless call), the user's running answers (429). A slot
+        taken for an answer that has not started when the block ends (a repeated send, a failure) is
+        given back at once; one that started is freed when it ends (`answer_ended`).
+        """
+        self.capacity.check()
+        self.capacity.admitting += 1
+        taken = False
+        try:
+            if self.rate_limiter is not None:
+                await self.rate_limiter.hit(principal, user_id)
+            if session_id is not None:
+                await self.claim_session(principal, session_id)
+            if self.slots is not None:
+                taken = await self.slots.acquire(principal, user_id, message_id)
+            yield Ticket(principal, user_id, session_id, message_id)
+        finally:
+            self.capacity.admitting -= 1
+            # Released at most once: if the answer started and already ended, its release went first.
+            if taken and self.slots is not None and message_id not in self.capacity.running:
+                await self.slots.release(message_id)
+
+    # -- AnswerObserver --
+
+    def answer_started(self, answer: Answer) -> None:
+        self.capacity.running.add(answer.message_id)
+
+    def chunk_published(self, answer: Answer) -> None:
+        pass
+
+    def answer_ended(self, answer: Answer) -> None:
+        self.capacity.running.discard(answer.message_id)
+        if self.slots is not None:
+            self.slots.release_later(answer.message_id)

@@ -1,0 +1,150 @@
+"""What routes receive: the services the lifespan built, and the caller, as typed FastAPI dependencies.
+
+The lifespan yields the services builder's `Services` as its state, and each alias reads one from it (as
+full-stack-fastapi-template's `api/deps.py` does); tests swap them with `dependency_overrides`. They are
+`async def`: FastAPI runs a plain `def` dependency in its thread pool, a hop that cost a fifth of a
+POST /chat (issue #6).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, cast
+
+from fastapi import Depends, Query, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from admission import Admission, Principal, Unauthorized
+from ai_service import ChatService
+from config import Settings
+from health import PubSubProbe
+from hub import StreamHub
+from metrics import Metrics
+from models import ID_PATTERN
+from services import Services
+from stores.answers import AnswerRegistry
+from stores.history import HistoryStore
+
+__all__ = [
+    "AdmissionDep",
+    "ChatServiceDep",
+    "HistoryDep",
+    "HubDep",
+    "MetricsDep",
+    "PrincipalDep",
+    "ProbeDep",
+    "RegistryDep",
+    "SettingsDep",
+    "StreamPrincipalDep",
+    "get_admission",
+    "get_app_settings",
+    "get_chat_service",
+    "get_history",
+    "get_hub",
+    "get_metrics",
+    "get_probe",
+    "get_registry",
+    "require_key",
+    "require_stream_access",
+]
+
+
+def _services(request: Request) -> Services:
+    return cast(Services, request.state.services)
+
+
+async def get_chat_service(request: Request) -> ChatService:
+    return _services(request).chat
+
+
+async def get_history(request: Request) -> HistoryStore:
+    return _services(request).history
+
+
+async def get_app_settings(request: Request) -> Settings:
+    return _services(request).settings
+
+
+async def get_registry(request: Request) -> AnswerRegistry:
+    return _services(request).answers
+
+
+async def get_hub(request: Request) -> StreamHub:
+    return _services(request).hub
+
+
+async def get_probe(request: Request) -> PubSubProbe:
+    return _services(request).probe
+
+
+async def get_metrics(request: Request) -> Metrics:
+    return _services(request).metrics
+
+
+async def get_admission(request: Request) -> Admission:
+    return _services(request).admission
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+HistoryDep = Annotated[HistoryStore, Depends(get_history)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
+HubDep = Annotated[StreamHub, Depends(get_hub)]
+ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+
+
+# --- The caller ----------------------------------------------------------------------------------
+
+# Declared as security schemes, so the OpenAPI document has them and Swagger UI's Authorize works.
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="`Authorization: Bearer <key>`, as OpenAI clients send it."
+)
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key.")
+
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+KeyHeaderDep = Annotated[str | None, Depends(api_key_scheme)]
+
+
+def _presented(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str | None:
+    return bearer.credentials if bearer is not None else header
+
+
+async def require_key(admission: AdmissionDep, bearer: BearerDep, header: KeyHeaderDep) -> Principal:
+    """The caller, identified by their API key; 401 without a valid one (unless the service is open)."""
+    principal = admission.principal(_presented(bearer, header))
+    if principal is None:
+        raise Unauthorized()
+    return principal
+
+
+async def require_stream_access(
+    request: Request,
+    admission: AdmissionDep,
+    bearer: BearerDep,
+    header: KeyHeaderDep,
+    token: Annotated[
+        str | None,
+        Query(
+            max_length=256,
+            pattern=r"^[A-Za-z0-9_.\-]+$",
+            description="A `stream_token` from `POST /chat`, for clients that cannot send the API key.",
+        ),
+    ] = None,
+) -> Principal:
+    """The caller of a stream: an API key, or a stream token for the session in the path."""
+    principal = admission.principal(_presented(bearer, header))
+    if principal is not None:
+        return principal
+    session_id = request.path_params.get("session_id", "")
+    if token is not None and isinstance(session_id, str) and re.fullmatch(ID_PATTERN, session_id):
+        principal = admission.token_principal(token, session_id)
+        if principal is not None:
+            return principal
+        raise Unauthorized("The stream token is invalid, expired, or for another session")
+    raise Unauthorized()
+
+
+PrincipalDep = Annotated[Principal, Depends(require_key)]
+StreamPrincipalDep = Annotated[Principal, Depends(require_stream_access)]

@@ -1,0 +1,224 @@
+"""The service's native API: send a message, stop and follow its answer, read and clear history."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from ai_service import AnswerNotFound
+from models import (
+    ID_PATTERN,
+    AnswerState,
+    ChatAccepted,
+    ChatRequest,
+    ConflictResponse,
+    ErrorResponse,
+    HistoryResponse,
+    StatusResponse,
+    stream_event_schema,
+)
+from protocols.deps import (
+    AdmissionDep,
+    ChatServiceDep,
+    HistoryDep,
+    MetricsDep,
+    PrincipalDep,
+    RegistryDep,
+    SettingsDep,
+    StreamPrincipalDep,
+)
+from protocols.validation import check_message_length
+from sse import EventStreamResponse
+
+__all__ = ["ERRORS", "NO_SESSION", "router"]
+
+ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+
+MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
+SessionIdPath = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
+]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body cannot be read (not UTF-8 JSON)."},
+    401: {"model": ErrorResponse, "description": "API keys are on and no valid key was sent."},
+    422: {"model": ErrorResponse, "description": "Invalid input: the body names each bad field."},
+    503: {"model": ErrorResponse, "description": "Redis is unavailable, or the service is shutting down."},
+}
+NO_SESSION: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorResponse,
+        "description": "With API keys on: the session does not exist, or belongs to another key.",
+    }
+}
+
+router = APIRouter()
+
+
+@router.post(
+    "/chat",
+    status_code=202,
+    response_model=ChatAccepted,
+    response_model_exclude_none=True,
+    summary="Send a message and stream the answer",
+    tags=["chat"],
+    responses={
+        200: {
+            "model": ChatAccepted,
+            "description": "A repeated message_id: the existing answer's state.",
+        },
+        403: {"model": ErrorResponse, "description": "The session belongs to another API key."},
+        409: {"model": ErrorResponse, "description": "The message_id belongs to another session."},
+        413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
+        429: {
+            "model": ErrorResponse,
+            "description": "RATE_LIMIT or MAX_STREAMS_PER_USER reached; see `Retry-After`.",
+        },
+        **ERRORS,
+    },
+)
+async def chat(
+    request: ChatRequest,
+    response: Response,
+    principal: PrincipalDep,
+    service: ChatServiceDep,
+    admission: AdmissionDep,
+    settings: SettingsDep,
+) -> ChatAccepted:
+    """Store the message, start the answer in the background, and return where it streams."""
+    check_message_length(request.message, settings.max_message_length, "message")
+    if request.message_id is None:
+        request = request.model_copy(update={"message_id": uuid.uuid4()})
+    async with admission.admit(
+        principal,
+        user_id=request.user_id,
+        session_id=request.session_id,
+        message_id=str(request.message_id),
+    ):
+        accepted, started = await service.submit(request)
+    accepted.stream_token = admission.stream_token(principal, request.session_id)
+    if not started:
+        response.status_code = 200
+    return accepted
+
+
+@router.post(
+    "/chat/{message_id}/cancel",
+    response_model=AnswerState,
+    response_model_exclude_none=True,
+    summary="Stop an answer",
+    tags=["chat"],
+    responses={
+        404: {"model": ErrorResponse, "description": "No such answer (or another key's)."},
+        409: {"model": ConflictResponse, "description": "The answer has already ended."},
+        **ERRORS,
+    },
+)
+async def cancel(
+    message_id: MessageIdPath,
+    principal: PrincipalDep,
+    service: ChatServiceDep,
+    registry: RegistryDep,
+    admission: AdmissionDep,
+) -> AnswerState:
+    """Stop the answer on whichever instance runs it; the partial answer is stored as `cancelled`."""
+    if principal.key_name is not None:
+        state = await registry.get(str(message_id))
+        if state is None or not await admission.owns(principal, state.session_id):
+            raise AnswerNotFound(str(message_id))
+    return await service.cancel(str(message_id))
+
+
+@router.get(
+    "/stream/{session_id}",
+    summary="Follow a session's answers (Server-Sent Events)",
+    tags=["chat"],
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "`id:` the log entry id, `event:` the type, `data:` the event's JSON.",
+        },
+        404: {
+            "model": ErrorResponse,
+            "description": "message_id is not an answer of this session; with API keys on, the "
+            "session does not exist or belongs to another key.",
+        },
+        **ERRORS,
+    },
+)
+async def stream(
+    session_id: SessionIdPath,
+    principal: StreamPrincipalDep,
+    admission: AdmissionDep,
+    service: ChatServiceDep,
+    metrics: MetricsDep,
+    message_id: Annotated[
+        uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Query(
+            pattern=ENTRY_ID_PATTERN,
+            description="Resume after this event (for clients that cannot set headers).",
+        ),
+    ] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False)
+    ] = None,
+) -> EventStreamResponse:
+    """Replay what the client missed from the session's log, then stream live events.
+
+    Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
+    await admission.check_session(principal, session_id)
+    cursor = await service.follow(
+        session_id,
+        after=last_event_id_header or last_event_id,
+        message_id=str(message_id) if message_id else None,
+    )
+    return EventStreamResponse(cursor, clients=metrics.sse_clients)
+
+
+@router.get(
+    "/history/{session_id}",
+    response_model=HistoryResponse,
+    response_model_exclude_none=True,
+    summary="Get a session's history",
+    tags=["history"],
+    responses={**ERRORS, **NO_SESSION},
+)
+async def get_session_history(
+    session_id: SessionIdPath,
+    principal: PrincipalDep,
+    admission: AdmissionDep,
+    history: HistoryDep,
+    limit: Annotated[int | None, Query(ge=1, le=100_000, description="Only the most recent N turns.")] = None,
+) -> HistoryResponse:
+    """The session's turns, oldest first; an unknown session has an empty history (404 with API keys)."""
+    await admission.check_session(principal, session_id)
+    messages = await history.read(session_id, limit)
+    return HistoryResponse(session_id=session_id, messages=messages, count=len(messages))
+
+
+@router.delete(
+    "/history/{session_id}",
+    response_model=StatusResponse,
+    summary="Clear a session's history",
+    tags=["history"],
+    responses={**ERRORS, **NO_SESSION},
+)
+async def clear_session_history(
+    session_id: SessionIdPath, principal: PrincipalDep, admission: AdmissionDep, service: ChatServiceDep
+) -> StatusResponse:
+    """Delete every stored turn of the session (it stays its key's until its TTL runs out)."""
+    await admission.check_session(principal, session_id)
+    await service.clear(session_id)
+    return StatusResponse(message=f"History cleared for session {session_id}")
+
+
+@router.get("/schema/events", summary="JSON Schema of stream events", tags=["service"])
+async def event_schema() -> dict[str, Any]:
+    """The JSON Schema every PubSub event validates against (a union discriminated by `type`)."""
+    return stream_event_schema()

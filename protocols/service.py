@@ -1,0 +1,111 @@
+"""The service's own routes: what it is, whether it is alive and ready, and its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from config import SERVICE_NAME, VERSION
+from metrics import CONTENT_TYPE_LATEST
+from models import HealthResponse, LivenessResponse, RedisHealth, ServiceInfo
+from protocols.deps import (
+    ChatServiceDep,
+    HistoryDep,
+    HubDep,
+    MetricsDep,
+    PrincipalDep,
+    ProbeDep,
+    SettingsDep,
+)
+from protocols.native import ERRORS
+from redis_client import KeySpace, RedisUnavailable
+
+__all__ = ["HEALTH_TIMEOUT", "router"]
+
+# /health answers within this many seconds, whatever Redis does.
+HEALTH_TIMEOUT = 1.5
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/", response_model=ServiceInfo, summary="Service information")
+async def root(settings: SettingsDep) -> ServiceInfo:
+    """What this service is, and where to go next."""
+    keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
+    return ServiceInfo(
+        service=SERVICE_NAME,
+        version=VERSION,
+        docs="/docs",
+        redoc="/redoc",
+        health="/health",
+        metrics="/metrics",
+        openapi="/openapi.json",
+        event_schema="/schema/events",
+        chat_page="/ui",
+        channel_pattern=keys.channel_pattern,
+    )
+
+
+@router.get("/health/live", response_model=LivenessResponse, summary="Liveness")
+async def liveness() -> LivenessResponse:
+    """The process answers. Touches nothing else: for a liveness probe that restarts a wedged process."""
+    return LivenessResponse(status="alive", version=VERSION)
+
+
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    response_model_exclude_none=True,
+    summary="Readiness: Redis and this process's PubSub subscription",
+    responses={503: {"model": HealthResponse, "description": "Redis or PubSub does not answer."}},
+)
+async def health(
+    history: HistoryDep,
+    hub: HubDep,
+    probe: ProbeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    service: ChatServiceDep,
+) -> JSONResponse:
+    """Healthy when Redis answers a PING and a message published on the control channel comes back
+    through this process's own subscription; otherwise 503, within two seconds."""
+    mode = "embedded" if settings.embedded_redis else "redis"
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            latency = await history.ping()
+            if not hub.connected:
+                raise RedisUnavailable("the PubSub subscription is down")
+            await probe.round_trip()
+    except (RedisUnavailable, TimeoutError) as error:
+        reason = error.reason if isinstance(error, RedisUnavailable) else "Redis did not answer in time"
+        metrics.redis_errors.labels("health").inc()
+        body = HealthResponse(
+            status="unhealthy",
+            version=VERSION,
+            redis=RedisHealth(status="disconnected", mode=mode, error=reason),
+            ai=service.source.health(),
+        )
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=503)
+    body = HealthResponse(
+        status="healthy",
+        version=VERSION,
+        redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3), pubsub="ok"),
+        ai=service.source.health(),
+    )
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True))
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Metrics."},
+        401: ERRORS[401],
+    },
+)
+async def prometheus_metrics(_: PrincipalDep, metrics: MetricsDep) -> Response:
+    """Metrics in the Prometheus text format (with several workers, every worker's)."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
