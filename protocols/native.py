@@ -29,8 +29,8 @@ from protocols.deps import (
     SettingsDep,
     StreamPrincipalDep,
 )
+from protocols.sse import EventStreamResponse
 from protocols.validation import check_message_length
-from sse import EventStreamResponse
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
 
