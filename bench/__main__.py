@@ -27,7 +27,7 @@ import orjson
 import uvloop
 
 from bench import report
-from bench.processes import ROOT, RedisServer
+from bench.processes import ROOT, bench_redis
 from bench.scenarios import Run, scenario_a, scenario_b, scenario_c, scenario_d, scenario_e
 
 RESULTS = ROOT / "bench" / "results"
@@ -70,7 +70,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
     with tempfile.TemporaryDirectory(prefix="bench-") as directory:
-        redis = RedisServer(Path(directory))
+        redis = bench_redis(Path(directory))
         redis.start()
         run = Run(redis=redis, logs=Path(directory), smoke=smoke)
         started = datetime.now(UTC)

@@ -3,8 +3,9 @@ ceiling measured on the same cluster in the same run (redis-py's cluster pipelin
 events from one process).
 
 `python -m bench.cluster [--smoke]` starts three redis-server masters joined by `redis-cli --cluster
-create`, counts the chunks delivered to sharded subscribers on every node, prints the figures and writes
-them to `bench/results/cluster.json` (`cluster-smoke.json` for a smoke run).
+create` (testkit's `ClusterServers`, as the tests use), counts the chunks delivered to sharded
+subscribers on every node, prints the figures and writes them to `bench/results/cluster.json`
+(`cluster-smoke.json` for a smoke run).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,17 +27,11 @@ import orjson
 import uvloop
 from redis.crc import key_slot
 
-from bench.processes import ROOT, RedisServer, Server, free_port
+from bench.processes import ROOT, RedisServer, Server
 from bench.scenarios import ChunkCounter, chunk_rate, publish_ceiling, rate_ratio
+from testkit.topologies import ClusterServers
 
 RESULTS = ROOT / "bench" / "results"
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is valid."""
-    while (port := free_port()) + 10000 > 65535:
-        pass
-    return port
 
 
 class ShardedCounter(asyncio.Protocol):
@@ -148,42 +142,19 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
     return result
 
 
-def start_cluster(directory: Path) -> list[RedisServer]:
-    nodes = []
-    for index in range(3):
-        folder = directory / f"node{index}"
-        folder.mkdir()
-        node = RedisServer(folder, "--cluster-enabled", "yes", port=cluster_port())
-        nodes.append(node)
-        node.start()
-    addresses = [f"127.0.0.1:{node.port}" for node in nodes]
-    subprocess.run(
-        ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
-    deadline = time.monotonic() + 20
-    while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in nodes):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the cluster did not come up")
-        time.sleep(0.1)
-    return nodes
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a moment's run, to prove it works (CI)")
     args = parser.parse_args()
     answers, chunks = (20, 50) if args.smoke else (200, 1000)
+    cluster = ClusterServers()
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory:
-        nodes = start_cluster(Path(directory))
-        started = datetime.now(UTC)
         try:
-            result = uvloop.run(measure(nodes, Path(directory), answers, chunks))
+            cluster.start()
+            started = datetime.now(UTC)
+            result = uvloop.run(measure(cluster.nodes, Path(directory), answers, chunks))
         finally:
-            for node in nodes:
-                node.stop()
+            cluster.cleanup()
     figures = {"date": started.isoformat(timespec="seconds"), "smoke": args.smoke, "b_cluster": result}
     out = RESULTS / ("cluster-smoke.json" if args.smoke else "cluster.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,14 @@
-"""Shared fixtures: settings, the app in-process, and real redis-server processes on free ports."""
+"""Shared fixtures: settings, the app in-process, real redis-server processes and the service process.
+
+The helpers behind them (servers, topologies, the upstream, `eventually`) live in `testkit/`, which the
+benchmark uses too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -24,12 +21,33 @@ from redis.asyncio.client import PubSub
 
 from app import create_app
 from config import Settings
-from tests.openai_server import OpenAIServer, serve
+from testkit.asgi_server import serve
+from testkit.openai_server import OpenAIServer
+from testkit.ports import free_port
+from testkit.prerequisites import IN_CI, need
+from testkit.processes import ROOT
+from testkit.redis_server import RedisServer, start_redis
+from testkit.service import SETTINGS_VARIABLES, ServiceProcess, service_environment
+from testkit.waiting import eventually
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-ROOT = Path(__file__).resolve().parent.parent
-# Every variable the service reads: cleared for tests so the developer's environment cannot leak in.
-SETTINGS_VARIABLES = frozenset(name.upper() for name in Settings.model_fields)
+# Test modules not yet moved to importing from `testkit` take these names from here.
+__all__ = [
+    "CHAT",
+    "IN_CI",
+    "ROOT",
+    "AppClient",
+    "Json",
+    "RedisServer",
+    "ServiceProcess",
+    "assert_well_formed",
+    "free_port",
+    "need",
+    "read_answers",
+    "service_environment",
+    "start_redis",
+    "wait_for_answer",
+    "wait_for_history",
+]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -37,110 +55,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(name.endswith("_redis") for name in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def need(condition: bool, reason: str) -> None:
-    """In CI a missing prerequisite fails the test; elsewhere it skips it, with the reason."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}")
-        pytest.skip(reason)
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, owned by one test or session."""
-
-    def __init__(self, *extra_args: str, password: str | None = None) -> None:
-        self.port = free_port()
-        self.extra_args = extra_args
-        self.password = password
-        self.directory = tempfile.mkdtemp(prefix="redis-test-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.directory,
-                "--logfile",
-                "redis.log",
-                *(["--requirepass", self.password] if self.password else []),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = Path(self.directory, "redis.log").read_text(errors="replace").strip().splitlines()
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log[-1:]}")
-            try:
-                if self.cli("PING") == "PONG":
-                    return
-            except subprocess.SubprocessError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start within 10s")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def cli(self, *args: str) -> str:
-        # REDISCLI_AUTH rather than -a: the password stays off the command line and its warning.
-        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
-        result = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-            env=env,
-        )
-        return result.stdout.strip()
-
-    def cleanup(self) -> None:
-        self.stop(kill=True)
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def start_redis(*extra_args: str, password: str | None = None) -> RedisServer:
-    need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer(*extra_args, password=password)
-    try:
-        server.start()
-    except (OSError, RuntimeError) as error:
-        server.cleanup()
-        need(False, f"cannot start redis-server: {error}")
-    return server
 
 
 @pytest.fixture(scope="session")
@@ -226,25 +140,26 @@ CHAT = {"session_id": "test123", "message": "Hello!", "user_id": "user1"}
 async def wait_for_history(
     client: httpx.AsyncClient, session_id: str, turns: int = 2, timeout: float = 10
 ) -> Json:
-    """Poll the history API until the session has `turns` turns (an answer has landed); return it."""
-    async with asyncio.timeout(timeout):
-        while True:
-            body: Json = (await client.get(f"/history/{session_id}")).json()
-            if body["count"] >= turns:
-                return body
-            await asyncio.sleep(0.01)
+    """Wait until the session's history has `turns` turns (an answer has landed); return it."""
+
+    async def landed() -> Json | None:
+        body: Json = (await client.get(f"/history/{session_id}")).json()
+        return body if body["count"] >= turns else None
+
+    return await eventually(landed, f"session {session_id} has {turns} turns", timeout=timeout)
 
 
 async def wait_for_answer(
     client: httpx.AsyncClient, session_id: str, message_id: str, timeout: float = 10
 ) -> Json:
-    """Poll the history API until the assistant turn of `message_id` is stored; return the history."""
-    async with asyncio.timeout(timeout):
-        while True:
-            body: Json = (await client.get(f"/history/{session_id}")).json()
-            if any(m["role"] == "assistant" and m["message_id"] == message_id for m in body["messages"]):
-                return body
-            await asyncio.sleep(0.01)
+    """Wait until the assistant turn of `message_id` is stored; return the history."""
+
+    async def stored() -> Json | None:
+        body: Json = (await client.get(f"/history/{session_id}")).json()
+        answered = any(m["role"] == "assistant" and m["message_id"] == message_id for m in body["messages"])
+        return body if answered else None
+
+    return await eventually(stored, f"the answer {message_id} is stored", timeout=timeout)
 
 
 def ended(events: list[Json]) -> bool:
@@ -284,80 +199,6 @@ def assert_well_formed(events: list[Json], message_id: str) -> None:
     text = "".join(event["content"] for event in events if event["type"] == "chunk")
     if events[-1]["type"] == "end":
         assert events[-1]["content"] == text
-
-
-def service_environment(**variables: str) -> dict[str, str]:
-    """The process environment for a service child: ours without the service's variables."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name.upper() not in SETTINGS_VARIABLES and not name.startswith("PROMETHEUS_")
-    }
-    env.update(variables)
-    return env
-
-
-class ServiceProcess:
-    """The service as a real process on a free port (`python app.py`, or uvicorn with several workers),
-    run from an empty folder (no `.env` of the checkout is read) and logging to a file."""
-
-    def __init__(self, variables: Mapping[str, str] | None = None, *, workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.directory = Path(tempfile.mkdtemp(prefix="service-"))
-        self.log_path = self.directory / "service.log"
-        self.env = service_environment(HOST="127.0.0.1", PORT=str(self.port), **(variables or {}))
-        if workers == 1:
-            self.command = [sys.executable, str(ROOT / "app.py")]
-        else:
-            self.command = [
-                sys.executable, "-m", "uvicorn", "app:create_app", "--factory", "--app-dir", str(ROOT),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers), "--no-access-log",
-            ]  # fmt: skip
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, ready: str = "/health/live", timeout: float = 20) -> None:
-        """Start the process and wait until `ready` answers 200."""
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command, cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{ready} did not answer 200 within {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        """Everything the service has logged so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def stderr(self) -> str:
-        return self.output()
-
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def cleanup(self) -> None:
-        self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -13,9 +14,11 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from config import Settings
-from tests.conftest import ServiceProcess, need
+from testkit.prerequisites import need
+from testkit.service import ServiceProcess
+from testkit.topologies import ClusterServers
+from testkit.waiting import ConditionNotMet
 from tests.test_streaming import chunk_text, collect, post_chat, running, seqs, stored_answer
-from tests.topologies import ClusterServers
 
 pytestmark = pytest.mark.redis
 
@@ -26,7 +29,7 @@ def shared_cluster() -> Iterator[ClusterServers]:
     cluster = ClusterServers()
     try:
         cluster.start()
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, subprocess.SubprocessError, ConditionNotMet) as error:
         cluster.cleanup()
         need(False, f"cannot start a Redis Cluster: {error}")
     yield cluster

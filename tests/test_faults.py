@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +17,10 @@ import pytest
 import redis
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer, ServiceProcess, start_redis
+from testkit.redis_server import RedisServer, start_redis
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually, eventually_sync
+from tests.conftest import AppClient
 
 pytestmark = pytest.mark.redis
 
@@ -30,18 +35,6 @@ def durable_redis() -> Iterator[RedisServer]:
 
 def chat(session_id: str, message: str = "Tell me about resilience") -> dict[str, str]:
     return {"session_id": session_id, "message": message, "user_id": "u1"}
-
-
-async def eventually(check: Callable[[], Any], seconds: float) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            result = await check()
-        except httpx.HTTPError:
-            result = None
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
 
 
 def log_events(server: RedisServer, session_id: str) -> list[dict[str, Any]]:
@@ -72,7 +65,9 @@ async def test_sigkill_and_restart_during_50_answers(
         async def healthy() -> bool:
             return (await client.get("/health")).status_code == 200
 
-        assert await eventually(healthy, 5), "not ready again within 5 s of Redis coming back"
+        await eventually(
+            healthy, "ready again within 5 s of Redis coming back", timeout=5, ignoring=(httpx.HTTPError,)
+        )
         assert (await client.post("/chat", json=chat("after"))).status_code == 202
 
         async def all_ended() -> bool:
@@ -82,7 +77,7 @@ async def test_sigkill_and_restart_during_50_answers(
                     return False
             return True
 
-        assert await eventually(all_ended, 15), "some answers never ended"
+        await eventually(all_ended, "every accepted answer ended", timeout=15, ignoring=(httpx.HTTPError,))
         for response in accepted:
             session_id = response.json()["session_id"]
             turns = (await client.get(f"/history/{session_id}")).json()["messages"]
@@ -105,7 +100,7 @@ async def test_oom_refuses_chats_with_503_and_leaves_no_half_written_turn(
         async def answered() -> bool:
             return bool((await client.get("/history/full")).json()["count"] == 2)
 
-        assert await eventually(answered, 5)
+        await eventually(answered, "the first answer is stored", timeout=5)
         own_redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         own_redis.cli("CONFIG", "SET", "maxmemory", "1")
         refused = await client.post("/chat", json=chat("full", "This one does not fit"))
@@ -140,14 +135,14 @@ async def test_client_pause_is_ridden_out_or_ended_with_an_error_event(
         async def ready() -> bool:
             return (await client.get("/health")).status_code == 200
 
-        assert await eventually(ready, 8)
+        await eventually(ready, "ready again after the pause", timeout=8, ignoring=(httpx.HTTPError,))
         assert (await client.post("/chat", json=chat("resumed"))).status_code == 202
 
         async def ended() -> bool:
             counts = [(await client.get(f"/history/p{index}")).json()["count"] for index in range(10)]
             return all(count == 2 for count in counts)
 
-        assert await eventually(ended, 10)
+        await eventually(ended, "every answer ended", timeout=10, ignoring=(httpx.HTTPError,))
         for index in range(10):
             events = log_events(own_redis, f"p{index}")
             terminal = [e for e in events if e["type"] in ("end", "error")]
@@ -158,11 +153,15 @@ async def test_client_pause_is_ridden_out_or_ended_with_an_error_event(
 # --- Through SSE, with the service as a real process -----------------------------------------------
 
 
-def sse_events(service: ServiceProcess, path: str, *, seconds: float = 20) -> list[dict[str, Any]]:
-    """Read an SSE stream to its end; return each event's data."""
+def sse_events(
+    service: ServiceProcess, path: str, *, seconds: float = 20, opened: threading.Event | None = None
+) -> list[dict[str, Any]]:
+    """Read an SSE stream to its end; return each event's data. Sets `opened` once the response began."""
     events: list[dict[str, Any]] = []
     with httpx.stream("GET", f"{service.url}{path}", timeout=seconds) as response:
         assert response.status_code == 200
+        if opened is not None:
+            opened.set()
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[len("data: ") :]))
@@ -189,14 +188,35 @@ def test_three_pubsub_kills_lose_no_event_for_sse_clients(own_redis: RedisServer
             for index in range(5)
         ]
 
-        async def follow_all() -> list[list[dict[str, Any]]]:
-            async def killer() -> None:
-                for _ in range(3):
-                    await asyncio.sleep(0.3)
-                    own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        opened = [threading.Event() for _ in accepted]
 
+        def logged() -> int:
+            return sum(len(log_events(own_redis, body["session_id"])) for body in accepted)
+
+        async def reached(events: int) -> bool:
+            return await asyncio.to_thread(logged) >= events
+
+        async def killer() -> None:
+            # Every client is following, then each kill lands while the answers are still being
+            # written: after a few more events reached the logs, never after all of them ended.
+            await eventually(
+                lambda: asyncio.to_thread(lambda: all(event.is_set() for event in opened)),
+                "every SSE client is connected",
+            )
+            for _ in range(3):
+                target = await asyncio.to_thread(logged) + len(accepted)
+                await eventually(
+                    functools.partial(reached, target), "the answers have moved on since the last kill"
+                )
+                own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+
+        async def follow_all() -> list[list[dict[str, Any]]]:
             results = await asyncio.gather(
-                *(asyncio.to_thread(sse_events, service, body["stream_url"]) for body in accepted), killer()
+                *(
+                    asyncio.to_thread(sse_events, service, body["stream_url"], opened=event)
+                    for body, event in zip(accepted, opened, strict=True)
+                ),
+                killer(),
             )
             return [result for result in results if result is not None]
 
@@ -220,6 +240,7 @@ def test_a_slow_sse_reader_past_the_pubsub_buffer_limit_gets_every_event(own_red
             "STREAM_DELAY": "0",
             "CHUNK_DELAY": "0",
             "SSE_QUEUE_LIMIT": "10",
+            "SSE_PING_SECONDS": "0.2",
             "LOG_LEVEL": "WARNING",
         }
     )
@@ -231,15 +252,21 @@ def test_a_slow_sse_reader_past_the_pubsub_buffer_limit_gets_every_event(own_red
             sock.sendall(b"GET /stream/slow HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n")
             sock.settimeout(10)
             received = b""
-            while b"\r\n\r\n" not in received:  # the response has begun: the stream follows the session
+            # The first ping comes from the stream's loop: from then on it follows the session live.
+            while b": ping" not in received:
                 received += sock.recv(4096)
-            time.sleep(0.5)
             answers = 40
             for index in range(answers):
                 message = f"Question {index} about throughput, buffers and backpressure in streaming"
                 response = httpx.post(f"{service.url}/chat", json=chat("slow", message), timeout=10)
                 assert response.status_code == 202
-            time.sleep(2)  # not reading: everything piles up behind us
+            # Not reading (the subject of this test) until every answer has ended and everything has
+            # piled up behind us: in our socket, the service's queue and Redis's output buffer.
+            eventually_sync(
+                lambda: httpx.get(f"{service.url}/history/slow", timeout=5).json()["count"] == 2 * answers,
+                "every answer is stored",
+                timeout=30,
+            )
             deadline = time.monotonic() + 30
             while received.count(b"event: end") < answers and time.monotonic() < deadline:
                 received += sock.recv(65536)

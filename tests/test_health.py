@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import httpx
 import pytest
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer
+from testkit.redis_server import RedisServer
+from testkit.waiting import eventually
+from tests.conftest import AppClient
 
 pytestmark = pytest.mark.redis
 
@@ -17,13 +18,13 @@ pytestmark = pytest.mark.redis
 async def wait_for_status(
     client: httpx.AsyncClient, path: str, status: int, seconds: float
 ) -> httpx.Response:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
+    """Wait until `path` answers `status` (each call bounded to 2 s); return that response."""
+
+    async def answers() -> httpx.Response | None:
         response = await client.get(path, timeout=2.0)
-        if response.status_code == status or loop.time() > deadline:
-            return response
-        await asyncio.sleep(0.1)
+        return response if response.status_code == status else None
+
+    return await eventually(answers, f"{path} answers {status}", timeout=seconds)
 
 
 async def test_liveness_needs_no_redis_while_readiness_reports_it_down_and_recovers(

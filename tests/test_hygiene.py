@@ -3,7 +3,7 @@ the Redis password or an API key (issue #5, tests)."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 from collections.abc import Callable, Iterator
 
@@ -11,8 +11,10 @@ import httpx
 import pytest
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer, start_redis
-from tests.openai_server import OpenAIServer, Reply
+from testkit.openai_server import OpenAIServer, Reply
+from testkit.redis_server import RedisServer, start_redis
+from testkit.waiting import eventually
+from tests.conftest import AppClient
 
 pytestmark = pytest.mark.redis
 
@@ -60,9 +62,14 @@ async def test_failures_leave_no_traceback_password_or_key_in_bodies_or_logs(
     caplog.set_level(logging.DEBUG)
     async with app_client(settings) as client:
         chat = {"session_id": "h1", "message": "please fail", "user_id": "u"}
-        for _ in range(2):
+
+        async def stored(turns: int) -> bool:
+            return bool((await client.get("/history/h1", headers=AUTH)).json()["count"] >= turns)
+
+        for attempt in (1, 2):
             assert (await call(client, "POST", "/chat", json=chat, headers=AUTH)).status_code == 202
-            await asyncio.sleep(0.5)  # the provider fails
+            # The provider fails and the answer ends: its turn is stored.
+            await eventually(functools.partial(stored, 2 * attempt), f"failed answer {attempt} is stored")
         history = await call(client, "GET", "/history/h1", headers=AUTH)
         assert [turn.get("finish_reason") for turn in history.json()["messages"]][1::2] == ["error", "error"]
         await call(client, "GET", "/history/h1", headers={"Authorization": f"Bearer {KEY[:-1]}"})
@@ -85,10 +92,14 @@ async def test_failures_leave_no_traceback_password_or_key_in_bodies_or_logs(
                 kwargs["json"] = chat
             await call(client, method, path, **kwargs)
         await call(client, "POST", f"/chat/{running[0].json()['message_id']}/cancel", headers=AUTH)
-        await asyncio.sleep(1.5)
         locked_redis.start()
-        await asyncio.sleep(1.0)
-        await call(client, "GET", "/health")
+
+        # Ready again means the stream hub noticed its lost connection and subscribed again: the
+        # failures and the recovery have been logged, and the last response is the recovered one.
+        async def recovered() -> bool:
+            return (await call(client, "GET", "/health")).status_code == 200
+
+        await eventually(recovered, "ready again once Redis is back", timeout=15)
 
     assert any(body.startswith("503") for body in bodies)
     assert any(record.levelno >= logging.WARNING for record in caplog.records)

@@ -20,15 +20,15 @@ from redis.exceptions import OutOfMemoryError
 
 from config import Settings
 from models import ChatTurn
+from testkit.redis_server import RedisServer, start_redis
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually
 from tests.conftest import (
     CHAT,
     AppClient,
     Json,
-    RedisServer,
-    ServiceProcess,
     assert_well_formed,
     read_answers,
-    start_redis,
     wait_for_answer,
     wait_for_history,
 )
@@ -180,9 +180,11 @@ async def test_history_expires_after_ttl(
     async with app_client(make_settings(redis_url=redis_server.url, chat_history_ttl=1)) as client:
         await client.post("/chat", json=CHAT)
         assert (await wait_for_history(client, "test123"))["count"] == 2
-        async with asyncio.timeout(5):
-            while (await client.get("/history/test123")).json()["count"]:
-                await asyncio.sleep(0.1)
+
+        async def expired() -> bool:
+            return bool((await client.get("/history/test123")).json()["count"] == 0)
+
+        await eventually(expired, "the history has expired", timeout=5)
 
 
 async def test_history_is_trimmed_at_max_history_messages(
@@ -229,9 +231,11 @@ async def test_503_while_redis_is_down_and_recovery_when_it_is_back(
         assert health.json()["redis"]["error"]
 
         own_redis.start()  # the same port
-        async with asyncio.timeout(5):  # recovery within 5 s, with no restart
-            while (await client.get("/health")).status_code != 200:
-                await asyncio.sleep(0.1)
+
+        async def ready() -> bool:
+            return (await client.get("/health")).status_code == 200
+
+        await eventually(ready, "ready within 5 s of Redis coming back, with no restart", timeout=5)
         async with asyncio.timeout(20):
             assert (await client.post("/chat", json=CHAT)).status_code == 202
             history = await wait_for_history(client, "test123")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer, ServiceProcess
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually_sync
+from tests.conftest import AppClient
 
 KEY = "metrics-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -132,17 +134,16 @@ def test_sse_clients_gauge_follows_clients_that_come_and_go() -> None:
                 client.stream("GET", "/stream/gauge") as second,
             ):
                 assert (first.status_code, second.status_code) == (200, 200)
-                for _ in range(100):
-                    connected = value(client.get("/metrics").text, "chat_sse_clients")
-                    if connected == 2:
-                        break
-                    time.sleep(0.05)
-            for _ in range(100):
-                left = value(client.get("/metrics").text, "chat_sse_clients")
-                if left == 0:
-                    break
-                time.sleep(0.05)
-        assert (connected, left) == (2, 0)
+                eventually_sync(
+                    lambda: value(client.get("/metrics").text, "chat_sse_clients") == 2,
+                    "chat_sse_clients counts both clients",
+                    timeout=5,
+                )
+            eventually_sync(
+                lambda: value(client.get("/metrics").text, "chat_sse_clients") == 0,
+                "chat_sse_clients is back to 0 once both left",
+                timeout=5,
+            )
     finally:
         service.terminate()
         service.cleanup()

@@ -20,6 +20,7 @@ from app import create_app
 from config import Settings
 from conversation import ConversationMessage
 from providers.simulated import compose_answer
+from testkit.waiting import eventually
 from tests.conftest import RedisServer
 from tests.openai_server import OpenAIServer, Reply, serve
 
@@ -157,8 +158,11 @@ async def test_async_stream_with_session_is_published_on_its_channel(
     published: list[dict[str, Any]] = []
     with running(settings) as url:
         listener = asyncio.create_task(channel_events(redis_server.url, "chat:async-1", published))
-        while not published and not listener.done():
-            await asyncio.sleep(0.01)
+
+        async def subscribed() -> bool:
+            return bool(published) or listener.done()
+
+        await eventually(subscribed, "the channel listener has subscribed")
         async with AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0) as client:
             stream = await client.chat.completions.create(
                 model="simulated",

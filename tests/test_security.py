@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -13,6 +12,7 @@ import pytest
 
 from admission import StreamTokens
 from config import Settings
+from testkit.waiting import eventually
 from tests.conftest import AppClient
 
 ALICE_KEY = "alice-key-0123456789abcdef"
@@ -46,12 +46,10 @@ async def send(
 
 
 async def finished(client: httpx.AsyncClient, session_id: str, headers: dict[str, str]) -> None:
-    for _ in range(500):
-        body = (await client.get(f"/history/{session_id}", headers=headers)).json()
-        if body.get("count") == 2:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the answer never finished")
+    async def stored() -> bool:
+        return bool((await client.get(f"/history/{session_id}", headers=headers)).json().get("count") == 2)
+
+    await eventually(stored, "the answer finished", timeout=5)
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)

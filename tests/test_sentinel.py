@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,8 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from config import Settings
-from tests.conftest import ServiceProcess, need
-from tests.topologies import SentinelServers
+from testkit.prerequisites import need
+from testkit.service import ServiceProcess
+from testkit.topologies import SentinelServers
+from testkit.waiting import ConditionNotMet, eventually
 
 pytestmark = pytest.mark.redis
 
@@ -25,7 +28,7 @@ def sentinel() -> Iterator[SentinelServers]:
     servers = SentinelServers()
     try:
         servers.start()
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, subprocess.SubprocessError, ConditionNotMet) as error:
         servers.cleanup()
         need(False, f"cannot start Redis with sentinels: {error}")
     yield servers
@@ -66,7 +69,7 @@ async def test_failover_loses_no_accepted_turn_and_service_recovers(
                     else:
                         assert response.status_code == 503, response.text
                         refused += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the load's pace (20 chats a second), not a wait for anything
 
         async def watch_health() -> None:
             while not stop.is_set():
@@ -75,10 +78,14 @@ async def test_failover_loses_no_accepted_turn_and_service_recovers(
                 except httpx.HTTPError:
                     status = 0
                 health.append((time.monotonic(), status))
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the sampling period of the health record, not a wait
 
         tasks = [asyncio.create_task(send_chats()), asyncio.create_task(watch_health())]
-        await asyncio.sleep(1.5)
+
+        async def serving() -> bool:
+            return len(accepted) >= 5 and any(status == 200 for _, status in health)
+
+        await eventually(serving, "chats are accepted and /health is 200 before the failover")
         before = len(accepted)
         old_master = sentinel.master.port
         assert sentinel.master.process is not None
@@ -86,20 +93,25 @@ async def test_failover_loses_no_accepted_turn_and_service_recovers(
         killed_at = time.monotonic()
 
         # The sentinels promote the replica; the service must accept chats again within 30 s of it.
-        deadline = killed_at + 60
-        while sentinel.current_master_port() == old_master:
-            assert time.monotonic() < deadline, "the sentinels never failed over"
-            await asyncio.sleep(0.2)
+        async def failed_over() -> bool:
+            return await asyncio.to_thread(sentinel.current_master_port) != old_master
+
+        await eventually(
+            failed_over, "the sentinels failed over", timeout=60, ignoring=(subprocess.SubprocessError,)
+        )
         failed_over_at = time.monotonic()
-        while len(accepted) == before or not any(
-            at > failed_over_at and status == 200 for at, status in health
-        ):
-            assert time.monotonic() < failed_over_at + 30, "the service did not recover within 30 s"
-            await asyncio.sleep(0.1)
+
+        async def recovered() -> bool:
+            ready = any(at > failed_over_at and status == 200 for at, status in health)
+            return ready and len(accepted) > before
+
+        await eventually(recovered, "the service recovered within 30 s of the failover", timeout=30)
         count_after_recovery = len(accepted)
-        while len(accepted) < count_after_recovery + 5:
-            assert time.monotonic() < failed_over_at + 40, "the service stopped accepting chats"
-            await asyncio.sleep(0.1)
+
+        async def accepting() -> bool:
+            return len(accepted) >= count_after_recovery + 5
+
+        await eventually(accepting, "the service goes on accepting chats", timeout=10)
         stop.set()
         await asyncio.gather(*tasks)
 

@@ -11,7 +11,9 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import RedisServer, ServiceProcess
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually_sync
 
 pytestmark = pytest.mark.redis
 
@@ -32,10 +34,12 @@ def test_sigterm_with_sse_clients_exits_within_grace_and_stores_every_answer(
         }
     )
     closed: list[str] = []
+    connected: set[str] = set()
 
     def follow(path: str) -> None:
         try:
             with httpx.stream("GET", f"{service.url}{path}", timeout=30) as response:
+                connected.add(path)
                 for _ in response.iter_lines():
                     pass
         except httpx.HTTPError:
@@ -56,7 +60,17 @@ def test_sigterm_with_sse_clients_exits_within_grace_and_stores_every_answer(
         readers = [threading.Thread(target=follow, args=(path,), daemon=True) for path in paths]
         for reader in readers:
             reader.start()
-        time.sleep(1.0)  # every client connected, every answer midway
+
+        def midway() -> bool:
+            with redis.Redis.from_url(redis_server.url) as client:
+                for body in accepted:
+                    events = client.xrange(f"chat:{{{body['session_id']}}}:events")
+                    if not any(json.loads(fields[b"e"])["type"] == "chunk" for _, fields in events):
+                        return False
+            return True
+
+        eventually_sync(lambda: connected == set(paths), "every SSE client is connected")
+        eventually_sync(midway, "every answer has written a chunk")
 
         started = time.monotonic()
         service.terminate()

@@ -12,10 +12,7 @@ import contextlib
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +25,11 @@ from playwright.sync_api import Browser, Page, Request, Route, expect, sync_play
 from playwright.sync_api import Error as PlaywrightError
 
 from config import Settings
-from tests.conftest import AppClient, free_port, need
+from testkit.prerequisites import need
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually_sync
+from tests.conftest import AppClient
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 # Without the background-networking flags Chromium's own connections (updates, sync) are refused on a
 # closed network and slow every start; QUIC and the GPU are of no use headless.
@@ -50,11 +49,11 @@ PACING = {"STREAM_DELAY": "0.05", "CHUNK_DELAY": "0.05"}
 ANSWER_TIMEOUT_MS = 30_000
 
 
-@dataclass
-class LiveServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+class LiveServer(ServiceProcess):
+    """`python app.py` (the image's start command) on the embedded Redis, paced for the browser."""
+
+    def __init__(self) -> None:
+        super().__init__({"LOG_LEVEL": "WARNING", **PACING})
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/history/{session_id}", timeout=5)
@@ -62,52 +61,21 @@ class LiveServer:
         messages: list[dict[str, Any]] = response.json()["messages"]
         return messages
 
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """`python app.py` on a free loopback port, run from an empty directory so no `.env` is read."""
-    workdir = tmp_path_factory.mktemp("ui-server")
-    port = free_port()
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("REDIS_", "AI_", "OPENAI_", "API_KEYS", "RATE_", "MAX_", "LOG_"))
-    }
-    env.update(HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="WARNING", **PACING)
-    log = workdir / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py")],
-            cwd=workdir,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log=log)
+def live_server() -> Iterator[LiveServer]:
+    """The service on a free loopback port, run from an empty directory so no `.env` is read."""
+    server = LiveServer()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the service exited with {process.returncode}:\n{server.log_tail()}")
-            try:
-                if httpx.get(f"{server.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the service did not become healthy within 30s:\n{server.log_tail()}")
-            time.sleep(0.1)
+        server.start(ready="/health", timeout=30)
+    except (RuntimeError, AssertionError) as error:
+        server.cleanup()
+        pytest.fail(f"the service did not become healthy: {error}")
+    try:
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        server.stop(grace=15)
+        server.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -363,10 +331,7 @@ def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
         timeout=5,
     )
     assert accepted.status_code == 202
-    deadline = time.monotonic() + 30
-    while len(tab.server.history(session_id)) < 2:
-        assert time.monotonic() < deadline, "the answer was never stored"
-        time.sleep(0.1)
+    eventually_sync(lambda: len(tab.server.history(session_id)) >= 2, "the answer is stored", timeout=30)
 
     tab.page.goto(f"/ui#session={session_id}")
 

@@ -7,16 +7,22 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import ROOT, RedisServer, ServiceProcess
+from testkit.processes import ROOT
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.redis
 
 BODY = {"message": "How do workers share a stream?", "user_id": "u1"}
+STREAM_ROUTE = "/stream/{session_id}"
 
 
 async def answer_events(client: httpx.AsyncClient, session_id: str, message_id: str) -> list[str]:
@@ -30,21 +36,57 @@ async def answer_events(client: httpx.AsyncClient, session_id: str, message_id: 
     return kinds
 
 
+def requests_served(counter_file: Path) -> dict[str, float]:
+    """What one worker counted in its own prometheus-client file: HTTP requests by route template."""
+    served: dict[str, float] = {}
+    merged = MultiProcessCollector.merge([str(counter_file)], accumulate=True)  # type: ignore[no-untyped-call]
+    for metric in merged:
+        for sample in metric.samples:
+            if sample.name == "chat_http_requests_total":
+                route = sample.labels["route"]
+                served[route] = served.get(route, 0) + sample.value
+    return served
+
+
+def served_by_worker(metrics_dir: Path) -> dict[int, dict[str, float]]:
+    """Requests by route, for each worker process (prometheus-client names each file with its pid)."""
+    return {
+        int(path.stem.removeprefix("counter_")): requests_served(path)
+        for path in metrics_dir.glob("counter_*.db")
+    }
+
+
 async def test_two_workers_stream_stop_and_deduplicate_across_processes(
-    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess], tmp_path: Path
 ) -> None:
-    service = start_service(REDIS_URL=redis_server.url, WEB_CONCURRENCY="2", STREAM_DELAY="0.02")
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    service = start_service(
+        REDIS_URL=redis_server.url,
+        WEB_CONCURRENCY="2",
+        STREAM_DELAY="0.02",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
     limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker
     async with httpx.AsyncClient(base_url=service.url, timeout=20, limits=limits) as client:
-        accepted = [
-            (await client.post("/chat", json={**BODY, "session_id": f"w{n}"})).json() for n in range(6)
-        ]
-        streams = await asyncio.gather(
-            *(answer_events(client, f"w{n}", item["message_id"]) for n, item in enumerate(accepted))
-        )
-        for kinds in streams:
-            assert kinds[0] == "start"
-            assert kinds[-1] == "end"
+
+        async def answer_sessions(sessions: list[str]) -> None:
+            """Chats for these sessions at once, then each answer followed to its end at once."""
+            accepted = await asyncio.gather(
+                *(client.post("/chat", json={**BODY, "session_id": session}) for session in sessions)
+            )
+            assert {reply.status_code for reply in accepted} == {202}
+            streams = await asyncio.gather(
+                *(
+                    answer_events(client, session, reply.json()["message_id"])
+                    for session, reply in zip(sessions, accepted, strict=True)
+                )
+            )
+            for kinds in streams:
+                assert kinds[0] == "start"
+                assert kinds[-1] == "end"
+
+        await answer_sessions([f"w{n}" for n in range(6)])
 
         slow = (await client.post("/chat", json={**BODY, "session_id": "stop"})).json()
         stopped = await client.post(f"/chat/{slow['message_id']}/cancel")
@@ -56,7 +98,27 @@ async def test_two_workers_stream_stop_and_deduplicate_across_processes(
         statuses = sorted(reply.status_code for reply in replies)
         assert statuses == [200, 200, 200, 202]
 
-    # Both workers served: each logs its own start.
+        # Both workers served: each counted, in its own file, chats it accepted and streams it served.
+        # Which worker accepts a connection is the kernel's choice, so more rounds of fresh connections
+        # are sent until both have (a budget of rounds, not a wait for time).
+        rounds = iter(range(10))
+
+        async def both_served() -> bool:
+            served = served_by_worker(metrics_dir)
+            if len(served) == 2 and all(
+                routes.get("/chat") and routes.get(STREAM_ROUTE) for routes in served.values()
+            ):
+                return True
+            round_ = next(rounds)
+            await answer_sessions([f"r{round_}-{n}" for n in range(8)])
+            return False
+
+        await eventually(both_served, "both workers served chats and streams", timeout=60)
+
+    served = served_by_worker(metrics_dir)
+    assert set(served) <= set(service.worker_pids()), "the counts come from this service's workers"
+    assert len(served) == 2
+    # Each worker logs its own start.
     assert service.output().count("ai-chat-service 1.0.0 started") == 2
 
 

@@ -1,55 +1,33 @@
-"""Real multi-process Redis topologies for the tests: a three-master cluster, and a master with a
-replica watched by three sentinels. Each runs from its own temporary folder on free loopback ports."""
+"""Real multi-process Redis topologies: a three-master cluster, and a master with a replica watched by
+three sentinels. Each runs from its own temporary folders on free loopback ports."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from tests.conftest import RedisServer, free_port
+from testkit.ports import cluster_port, free_port
+from testkit.redis_server import RedisServer
+from testkit.waiting import eventually_sync
 
+__all__ = ["ClusterServers", "SentinelServers"]
 
-def _wait(condition: str, check: object, timeout: float = 20) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (subprocess.SubprocessError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {condition}")
-
-
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(200):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
+# redis-cli fails while a server is still coming up or failing over: "not yet", not an error.
+NOT_YET = (subprocess.SubprocessError, OSError)
 
 
 class ClusterServers:
     """Three redis-server masters joined into one cluster with `redis-cli --cluster create`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.nodes = [
-            RedisServer("--cluster-enabled", "yes", "--cluster-node-timeout", "2000") for _ in range(3)
+            RedisServer(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", *extra_args, port=cluster_port()
+            )
+            for _ in range(3)
         ]
-        for node in self.nodes:
-            node.port = cluster_port()
 
     @property
     def url(self) -> str:
@@ -65,14 +43,20 @@ class ClusterServers:
             timeout=30,
             check=True,
         )
-        _wait(
-            "the cluster to be ok",
+        eventually_sync(
             lambda: all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes),
+            "every node reports cluster_state:ok",
+            timeout=20,
+            ignoring=NOT_YET,
         )
 
     def flush(self) -> None:
         for node in self.nodes:
             node.cli("FLUSHALL")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
     def cleanup(self) -> None:
         for node in self.nodes:
@@ -99,9 +83,11 @@ class SentinelServers:
         self.master.start()
         self.replica.extra_args = ("--replicaof", "127.0.0.1", str(self.master.port))
         self.replica.start()
-        _wait(
-            "the replica to sync",
+        eventually_sync(
             lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"),
+            "the replica has synced with the master",
+            timeout=20,
+            ignoring=NOT_YET,
         )
         for port in self.sentinel_ports:
             config = self.directory / f"sentinel-{port}.conf"
@@ -121,7 +107,12 @@ class SentinelServers:
                     stderr=subprocess.DEVNULL,
                 )
             )
-        _wait("the sentinels to see the replica and each other", self._sentinels_ready)
+        eventually_sync(
+            self._sentinels_ready,
+            "every sentinel sees the replica and the other two sentinels",
+            timeout=20,
+            ignoring=NOT_YET,
+        )
 
     def _sentinels_ready(self) -> bool:
         for port in self.sentinel_ports:
