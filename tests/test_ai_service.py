@@ -10,16 +10,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ai_service import ServiceUnavailable
 from config import Settings
 from conversation import ConversationMessage
-from models import ChatRequest, ErrorEvent, StreamEvent
+from models import ChatRequest, EndEvent, ErrorEvent, StreamEvent
 from providers.base import AnswerError, AnswerSource, Completion
 from providers.simulated import SimulatedAnswerSource, compose_answer
 from redis_client import Command, KeySpace, RedisClient
 from redis_wire import RedisPipe, open_pipe
 from services import Services, build_services
+from testkit.waiting import eventually
 from tests.conftest import Json, assert_well_formed, read_answers
 
 KEYS = KeySpace("chat")
@@ -203,9 +205,13 @@ def run_service(make_settings: Callable[..., Settings]) -> RunService:
         source: ScriptedSource | SimulatedAnswerSource,
         *,
         pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
+        end_retry_seconds: float = 15.0,
         **overrides: object,
     ) -> AsyncIterator[Harness]:
-        async with build_services(make_settings(**overrides), source=source, pipes=pipes) as services:
+        settings = make_settings(**overrides)
+        async with build_services(
+            settings, source=source, pipes=pipes, end_retry_seconds=end_retry_seconds
+        ) as services:
             yield Harness(services)
 
     return run
@@ -413,3 +419,52 @@ async def test_shutdown_ends_a_running_stateless_answer(run_service: RunService)
     assert [event.type for event in rest] == ["error"]
     assert isinstance(rest[0], ErrorEvent)
     assert rest[0].error.code == "shutdown"
+
+
+async def test_an_end_that_cannot_be_stored_is_given_up_after_the_retry_budget(
+    run_service: RunService,
+) -> None:
+    # Redis goes away for good just as the answer ends: it retries storing its end within its budget
+    # (injected: 0.3 s, not the default 15 s), then gives up, and its in-process listener still learns
+    # how it ended. Nothing hangs.
+    down = asyncio.Event()
+
+    def failing(redis: RedisClient) -> RedisPipe:
+        pipe = open_pipe(redis)
+        real_round_trip = pipe.round_trip
+
+        async def round_trip(commands: Sequence[Command]) -> list[Any]:
+            if down.is_set():
+                raise RedisConnectionError("Connection refused")
+            return await real_round_trip(commands)
+
+        pipe.round_trip = round_trip  # type: ignore[method-assign]
+        return pipe
+
+    hold = asyncio.Event()
+    async with run_service(
+        ScriptedSource(["partial"], hold=hold), pipes=failing, end_retry_seconds=0.3
+    ) as harness:
+        events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+        accepted, _ = await harness.service.submit(
+            ChatRequest(session_id="s1", message="Hi", user_id="user1"), listener=events
+        )
+        received: list[StreamEvent | None] = [await events.get(), await events.get()]  # start, a chunk
+
+        async def chunk_stored() -> bool:
+            return int(await harness.redis.xlen(KEYS.events("s1"))) == 2
+
+        await eventually(chunk_stored, "the start and the chunk are in the log")
+        down.set()
+        hold.set()
+        async with asyncio.timeout(10):
+            while (event := await events.get()) is not None:
+                received.append(event)
+        assert harness.service.active_answers == 0
+        down.clear()
+        turns = await harness.history.read("s1")
+    last = received[-1]
+    assert isinstance(last, EndEvent)
+    assert (last.message_id, last.content) == (accepted.message_id, "partial")
+    assert [event.type if event else None for event in received] == ["start", "chunk", "end"]
+    assert [turn.role for turn in turns] == ["user"]  # the answer's turn never reached Redis
