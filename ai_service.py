@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from answer_run import Answer, AnswerObserver, AnswerRunner, Listener, Phase
+from answer_run import Answer, AnswerObserver, AnswerRunner, EventQueue, Phase
 from conversation import ConversationMessage, build_context
 from cursor import AnswerStart, EventCursor
 from errors import ServiceError
@@ -97,9 +97,11 @@ class ChatService:
         keys: KeySpace,
         source: AnswerSource,
         observers: Sequence[AnswerObserver] = (),
+        end_retry_seconds: float = 15.0,
         cancel_wait_seconds: float = 2.0,
     ) -> None:
-        """`cancel_wait_seconds`: how long `cancel` waits for another instance to confirm a Stop."""
+        """`end_retry_seconds`: how long an answer keeps trying to store its end while Redis is
+        unavailable; `cancel_wait_seconds`: how long `cancel` waits for another instance to confirm."""
         self._settings = settings
         self._history = history
         self._answers_store = answers
@@ -116,18 +118,10 @@ class ChatService:
             log=log,
             writer=writer,
             observers=observers,
+            end_retry_seconds=end_retry_seconds,
         )
         self._answers: dict[str, Answer] = {}
         self._accepting = True
-
-    @property
-    def end_retry_seconds(self) -> float:
-        """How long an answer keeps trying to store its end while Redis is unavailable."""
-        return self._runner.end_retry_seconds
-
-    @end_retry_seconds.setter
-    def end_retry_seconds(self, seconds: float) -> None:
-        self._runner.end_retry_seconds = seconds
 
     @property
     def active_answers(self) -> int:
@@ -148,7 +142,7 @@ class ChatService:
         request: ChatRequest,
         *,
         context: Sequence[ConversationMessage] | None = None,
-        listener: Listener | None = None,
+        listener: EventQueue | None = None,
     ) -> tuple[ChatAccepted, bool]:
         """Store the user's turn and start the answer; return at once.
 
@@ -185,7 +179,7 @@ class ChatService:
         conversation: Sequence[ConversationMessage],
         *,
         user_id: str,
-        listener: Listener,
+        listener: EventQueue,
         message_id: str | None = None,
     ) -> str:
         """Start an answer that is neither stored nor published: its events go to `listener` only (as

@@ -40,13 +40,13 @@ if TYPE_CHECKING:
     from stores.history import HistoryStore
     from stores.replay_log import ReplayLog
 
-__all__ = ["Answer", "AnswerObserver", "AnswerRunner", "Listener", "Phase"]
+__all__ = ["Answer", "AnswerObserver", "AnswerRunner", "EventQueue", "Phase"]
 
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EventBase)
 # An in-process caller's copy of an answer's events, then None once its task is over.
-Listener = asyncio.Queue[StreamEvent | None]
+EventQueue = asyncio.Queue[StreamEvent | None]
 
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
 CHUNK_WINDOW = 32
@@ -72,7 +72,7 @@ class Answer:
     user_id: str
     # The replay-log entry after which this answer's events begin.
     since: str
-    listener: Listener | None = None
+    listener: EventQueue | None = None
     # False for a stateless answer: nothing of it is written to Redis.
     stored: bool = True
     started: float = field(default_factory=time.perf_counter)
@@ -115,7 +115,7 @@ class AnswerRunner:
         log: ReplayLog,
         writer: CommandBatcher,
         observers: Sequence[AnswerObserver],
-        end_retry_seconds: float = 15.0,
+        end_retry_seconds: float,
     ) -> None:
         self._source = source
         self._history = history
@@ -123,7 +123,7 @@ class AnswerRunner:
         self._log = log
         self._writer = writer
         self._observers = tuple(observers)
-        self.end_retry_seconds = end_retry_seconds
+        self._end_retry = end_retry_seconds
 
     def _notify(
         self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
@@ -256,7 +256,7 @@ class AnswerRunner:
         answer.error_code = error[0] if error else None
         # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
         # so that the answer is not left `streaming` with no turn and no terminal event (#5).
-        deadline = time.monotonic() + self.end_retry_seconds
+        deadline = time.monotonic() + self._end_retry
         if not await self._retrying(
             answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
         ):

@@ -38,7 +38,6 @@ class Settings(BaseSettings):
     # HTTP server
     host: str = "0.0.0.0"  # noqa: S104 - a container service listens on every interface
     port: int = Field(default=8000, ge=1, le=65535)
-    debug: bool = False
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Worker processes of `python app.py`, one per core to use. Every feature works across workers
     # through Redis, so more than one needs a Redis server, not the embedded one.

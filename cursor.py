@@ -9,7 +9,7 @@ hands it, plus two signals, `Reset` (the log no longer reaches back to where the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -84,7 +84,7 @@ class EventCursor:
     def _wanted(self, entry: Entry) -> bool:
         return self._answer is None or entry.message_id == self._answer.message_id
 
-    async def __aiter__(self) -> AsyncIterator[CursorItem]:
+    async def __aiter__(self) -> AsyncGenerator[CursorItem, None]:
         hub, log, session_id, answer = self._hub, self._hub.log, self._session_id, self._answer
         loop = asyncio.get_running_loop()
         async with hub.listen(session_id) as listener:

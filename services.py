@@ -91,8 +91,9 @@ async def build_services(
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
-        services = _assemble(settings, redis, keys, writer, reader, answer_source, metrics, draining)
-        services.chat.end_retry_seconds = end_retry_seconds
+        services = _assemble(
+            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds
+        )
         await services.hub.start()
         stack.push_async_callback(services.hub.close)
         services.admission.start()
@@ -113,14 +114,15 @@ def _assemble(
     settings: Settings,
     redis: RedisClient,
     keys: KeySpace,
-    writer: CommandBatcher,
-    reader: CommandBatcher,
+    batchers: tuple[CommandBatcher, CommandBatcher],
     source: AnswerSource,
     metrics: Metrics,
     draining: Callable[[], bool],
+    end_retry_seconds: float,
 ) -> Services:
     """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
+    writer, reader = batchers
     history = HistoryStore(
         redis,
         writer,
@@ -154,5 +156,6 @@ def _assemble(
         keys=keys,
         source=source,
         observers=[metrics, admission],
+        end_retry_seconds=end_retry_seconds,
     )
     return Services(settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics)

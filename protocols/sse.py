@@ -1,5 +1,5 @@
-"""Server-Sent Events on the wire: the native stream's encoder over an `EventCursor`, and the response
-that sends it.
+"""Server-Sent Events on the wire: the native encoder of an `EventCursor`'s items, and the response that
+sends a cursor through an encoder.
 
 The response runs the stream in the request's own task, plus one small task that waits for the client
 to leave: an idle client costs what its connection costs and little more (issue #6, f; sse-starlette's
@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import orjson
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cursor import CursorItem, EventCursor, Keepalive, Reset
 
-__all__ = ["EventStreamResponse", "encode", "native_events"]
+__all__ = ["EventStreamResponse", "encode"]
 
 PING = b": ping\r\n\r\n"
 
@@ -42,40 +42,34 @@ def encode(item: CursorItem) -> bytes:
     return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (item.id.encode(), item.type.encode(), item.payload)
 
 
-async def native_events(cursor: EventCursor) -> AsyncIterator[bytes]:
-    """The service's own SSE stream: every item of the cursor, encoded."""
-    async for item in cursor:
-        yield encode(item)
-
-
 class Counting(Protocol):
     def inc(self) -> None: ...
 
     def dec(self) -> None: ...
 
 
-class EventStreamResponse(StreamingResponse):
-    """Sends a cursor's events as `text/event-stream`, and closes the cursor when the client leaves."""
+class EventStreamResponse(Response):
+    """Sends a cursor's items as `text/event-stream`, each through `encoder`, and closes the cursor when
+    the client leaves. A protocol that streams over SSE is an encoder: `encode` is the native one."""
 
     def __init__(
         self,
         cursor: EventCursor,
-        body: AsyncIterator[bytes] | None = None,
-        status_code: int = 200,
-        headers: Mapping[str, str] | None = None,
         *,
+        encoder: Callable[[CursorItem], bytes] = encode,
+        headers: Mapping[str, str] | None = None,
         clients: Counting | None = None,
     ) -> None:
-        """`body`: the cursor's events in a protocol's encoding (the native one by default); `clients`:
-        a gauge (metrics) counting the clients whose stream is open."""
+        """`clients`: a gauge (metrics) counting the clients whose stream is open."""
         self._cursor = cursor
+        self._encoder = encoder
         self._clients = clients
-        super().__init__(
-            body if body is not None else native_events(cursor),
-            status_code,
-            {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
-            media_type="text/event-stream",
-        )
+        # As StreamingResponse does, but with no body iterator around the cursor (an idle client's
+        # memory is a budget, issue #6 f) and no Content-Length.
+        self.status_code = 200
+        self.media_type = "text/event-stream"
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -86,12 +80,13 @@ class EventStreamResponse(StreamingResponse):
             self._cursor.close()
 
         watcher = asyncio.create_task(watch(), name="sse-disconnect")
-        events = self.body_iterator
+        encoder = self._encoder
+        items = aiter(self._cursor)
         if self._clients is not None:
             self._clients.inc()
         try:
-            async for chunk in events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async for item in items:
+                await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if self._clients is not None:
@@ -99,5 +94,4 @@ class EventStreamResponse(StreamingResponse):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            if hasattr(events, "aclose"):
-                await events.aclose()
+            await items.aclose()

@@ -72,7 +72,7 @@ def test_env_example_lists_every_variable_and_changes_no_default() -> None:
 
 def test_seed_defaults_and_embedded_redis_when_nothing_is_set() -> None:
     settings = Settings(_env_file=None)
-    assert (settings.host, settings.port, settings.debug) == ("0.0.0.0", 8000, False)
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
     assert settings.chat_history_ttl == 86_400
     assert (settings.stream_delay, settings.chunk_delay) == (0.1, 0.05)
     assert settings.log_level == "INFO"
