@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     max_message_length: int = Field(default=8000, ge=1, le=1_000_000)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
 
-    # Access control (security.py). API_KEYS unset: the service is open.
+    # Access control (admission/). API_KEYS unset: the service is open.
     api_keys: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     stream_token_secret: SecretStr | None = None
     stream_token_ttl: int = Field(default=3600, ge=10, le=7 * 86_400)
