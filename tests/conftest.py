@@ -23,31 +23,9 @@ from app import create_app
 from config import Settings
 from testkit.asgi_server import serve
 from testkit.openai_server import OpenAIServer
-from testkit.ports import free_port
-from testkit.prerequisites import IN_CI, need
-from testkit.processes import ROOT
 from testkit.redis_server import RedisServer, start_redis
-from testkit.service import SETTINGS_VARIABLES, ServiceProcess, service_environment
+from testkit.service import SETTINGS_VARIABLES, ServiceProcess
 from testkit.waiting import eventually
-
-# Test modules not yet moved to importing from `testkit` take these names from here.
-__all__ = [
-    "CHAT",
-    "IN_CI",
-    "ROOT",
-    "AppClient",
-    "Json",
-    "RedisServer",
-    "ServiceProcess",
-    "assert_well_formed",
-    "free_port",
-    "need",
-    "read_answers",
-    "service_environment",
-    "start_redis",
-    "wait_for_answer",
-    "wait_for_history",
-]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from admission import Principal, RateLimited, StreamSlots
 from config import Settings
 from redis_client import KeySpace
-from tests.conftest import AppClient, RedisServer
+from testkit.redis_server import RedisServer
+from tests.conftest import AppClient
 
 KEY = "alice-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -34,7 +34,7 @@ from redis_client import (
 from redis_wire import open_pipe
 from redis_wire.resp import pack
 from stores.history import HistoryStore
-from tests.conftest import RedisServer, start_redis
+from testkit.redis_server import RedisServer, start_redis
 
 KEYS = KeySpace("chat")
 TTL = 300

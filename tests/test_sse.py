@@ -12,8 +12,9 @@ from httpx_sse import aconnect_sse
 
 from app import create_app
 from config import Settings
-from tests.conftest import RedisServer, ServiceProcess
-from tests.openai_server import serve
+from testkit.asgi_server import serve
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
 
 pytestmark = pytest.mark.redis
 
