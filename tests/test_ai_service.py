@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ai_service import ServiceUnavailable
@@ -167,7 +168,7 @@ class ScriptedSource(AnswerSource):
         self.conversations.append(list(conversation))
         for delta in self.deltas:
             if self.delay:
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.delay)  # a model's pace: the subject of the test, not a wait
             yield delta
         if self.hold is not None:
             await self.hold.wait()
@@ -320,11 +321,27 @@ def slow_history_reply(redis: RedisClient) -> RedisPipe:
             command[0] == "RPUSH" and '"assistant"' in str(command[2]) for command in commands
         ):
             slowed = True
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the late reply under test, not a wait
         return replies
 
     pipe.round_trip = round_trip  # type: ignore[method-assign]
     return pipe
+
+
+MARKER = b"marker: nothing follows"
+
+
+async def messages_until(pubsub: PubSub, marker: bytes, timeout: float = 10) -> list[bytes]:
+    """What the subscription receives before `marker`."""
+    before: list[bytes] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            if message["data"] == marker:
+                return before
+            before.append(message["data"])
 
 
 async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_service: RunService) -> None:
@@ -344,11 +361,13 @@ async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_s
         async with asyncio.timeout(10):
             await harness.service.shutdown()
         events = (await read_answers(pubsub, {accepted.message_id}))[accepted.message_id]
-        await asyncio.sleep(0.1)  # anything published after the terminal event would arrive by now
-        late = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        # A marker published now, after shutdown returned, arrives after anything the answer published
+        # before it: whatever comes between the terminal event and the marker followed the end.
+        await harness.redis.publish(KEYS.channel("s1"), MARKER)
+        late = await messages_until(pubsub, MARKER)
         turns = await harness.history.read("s1")
     assert_well_formed(events, accepted.message_id)
-    assert late is None, "no event may follow an answer's end"
+    assert late == [], "no event may follow an answer's end"
     assistant = [turn for turn in turns if turn.role == "assistant"]
     assert len(assistant) == 1, [(turn.content, turn.finish_reason) for turn in assistant]
     assert events[-1]["type"] == "end"

@@ -14,6 +14,7 @@ from admission import Principal, RateLimited, StreamSlots
 from config import Settings
 from redis_client import KeySpace
 from testkit.redis_server import RedisServer
+from testkit.waiting import eventually
 from tests.conftest import AppClient
 
 KEY = "alice-key-0123456789abcdef"
@@ -105,11 +106,12 @@ async def test_streams_per_user_are_capped_across_instances_and_freed_when_answe
         # Stop one answer: its slot is free again at once.
         cancelled = await second.post(f"/chat/{b.json()['message_id']}/cancel", headers=AUTH)
         assert cancelled.json()["status"] == "cancelled"
-        for _ in range(100):
+
+        async def admitted() -> httpx.Response | None:
             retry = await first.post("/chat", json=chat_body(session_id="e"), headers=AUTH)
-            if retry.status_code == 202:
-                break
-            await asyncio.sleep(0.02)
+            return retry if retry.status_code == 202 else None
+
+        retry = await eventually(admitted, "a new chat is admitted in the freed slot", timeout=5)
         assert retry.status_code == 202
 
 

@@ -35,6 +35,7 @@ from redis_wire import open_pipe
 from redis_wire.resp import pack
 from stores.history import HistoryStore
 from testkit.redis_server import RedisServer, start_redis
+from testkit.waiting import eventually
 
 KEYS = KeySpace("chat")
 TTL = 300
@@ -254,8 +255,7 @@ async def test_a_failing_command_fails_only_its_own_write(fake: Redis) -> None:
 
 async def test_close_sends_what_is_pending_then_refuses_writes(fake: Redis) -> None:
     writer = await started_writer(fake)
-    pending = [asyncio.ensure_future(writer.submit([("RPUSH", "k", str(n))])) for n in range(10)]
-    await asyncio.sleep(0)
+    pending = [writer.submit([("RPUSH", "k", str(n))]) for n in range(10)]  # queued as submitted
     async with asyncio.timeout(5):
         await writer.close()
         await asyncio.gather(*pending)
@@ -322,7 +322,7 @@ async def test_a_stalled_redis_gives_redis_unavailable_within_the_timeout(
 async def test_bounded_turns_a_deadline_into_redis_unavailable() -> None:
     with pytest.raises(RedisUnavailable) as caught:
         async with bounded(0.05):
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # the call that overruns its deadline: the subject, not a wait
     assert caught.value.reason == "Redis did not answer in time"
 
 
@@ -397,6 +397,20 @@ async def test_batcher_replies_in_order_and_a_failure_fails_only_its_own_command
         await redis.aclose()
 
 
+async def round_trip_through_the_loop(port: int) -> None:
+    """One PING on a new socket. Redis has already closed the idle connection, so the event loop's
+    select that finds the PONG finds that connection's end of file too, and handles it before this
+    returns: the client side has seen the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        assert await reader.readline() == b"+PONG\r\n"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 @pytest.mark.redis
 async def test_batcher_reconnects_when_redis_closed_its_idle_connection() -> None:
     server = start_redis("--timeout", "1")  # Redis closes connections idle for a second
@@ -405,11 +419,12 @@ async def test_batcher_reconnects_when_redis_closed_its_idle_connection() -> Non
     batcher.start()
     try:
         assert await batcher.submit([("INCR", "n")]) == [1]
-        for _ in range(100):  # until Redis has closed the idle connection (its cron runs 10 times a second)
-            await asyncio.sleep(0.1)
-            if int(server.cli("INFO", "clients").split("connected_clients:")[1].split()[0]) <= 1:
-                break
-        await asyncio.sleep(0.1)
+
+        async def idle_connections_closed() -> bool:
+            return server.connected_clients() <= 1  # only the redis-cli asking
+
+        await eventually(idle_connections_closed, "Redis closed the idle connections", interval=0.1)
+        await round_trip_through_the_loop(server.port)
         assert await batcher.submit([("INCR", "n")]) == [2]
     finally:
         await batcher.close()
