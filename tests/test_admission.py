@@ -1,4 +1,5 @@
-"""API keys, session ownership and stream tokens (issue #5, items 1 to 3)."""
+"""Admission (admission/): API keys, stream tokens and session ownership, as callers meet them (issue #5,
+items 1 to 3)."""
 
 from __future__ import annotations
 
