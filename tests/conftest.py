@@ -6,48 +6,30 @@ benchmark uses too.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import fakeredis
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from redis.asyncio.client import PubSub
+from redis.asyncio import Redis
 
 from app import create_app
 from config import Settings
+from providers.simulated import SimulatedAnswerSource
+from redis_client import RedisClient
+from redis_wire import RedisPipe, open_pipe
+from services import build_services
 from testkit.asgi_server import serve
 from testkit.openai_server import OpenAIServer
-from testkit.ports import free_port
-from testkit.prerequisites import IN_CI, need
-from testkit.processes import ROOT
 from testkit.redis_server import RedisServer, start_redis
-from testkit.service import SETTINGS_VARIABLES, ServiceProcess, service_environment
+from testkit.service import SETTINGS_VARIABLES, ServiceProcess
 from testkit.waiting import eventually
-
-# Test modules not yet moved to importing from `testkit` take these names from here.
-__all__ = [
-    "CHAT",
-    "IN_CI",
-    "ROOT",
-    "AppClient",
-    "Json",
-    "RedisServer",
-    "ServiceProcess",
-    "assert_well_formed",
-    "free_port",
-    "need",
-    "read_answers",
-    "service_environment",
-    "start_redis",
-    "wait_for_answer",
-    "wait_for_history",
-]
+from tests.chat_harness import Harness, Json, RunService, ScriptedSource
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -80,6 +62,14 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+async def fake() -> AsyncIterator[Redis]:
+    """A fakeredis client on a server of its own, for fast unit tests of what talks to Redis."""
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No service variable in the environment and no `.env` in the working directory."""
     monkeypatch.chdir(tmp_path)  # a developer's .env in the checkout must not leak into tests
@@ -100,6 +90,12 @@ def make_settings(clean_env: None) -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)
 
     return build
+
+
+@pytest.fixture
+def settings_for(make_settings: Callable[..., Settings]) -> Callable[[RedisServer], Settings]:
+    """Settings pointing at a real server, with a short REDIS_TIMEOUT so outages show quickly."""
+    return lambda server: make_settings(redis_url=server.url, redis_timeout=0.5)
 
 
 class AppClient(Protocol):
@@ -131,9 +127,30 @@ def app_client() -> AppClient:
     return run
 
 
+@pytest.fixture
+def run_service(make_settings: Callable[..., Settings]) -> RunService:
+    """The service as the application builds it, answering from `source`: on the
+    embedded Redis unless the overrides give a `redis_url`."""
+
+    @asynccontextmanager
+    async def run(
+        source: ScriptedSource | SimulatedAnswerSource,
+        *,
+        pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
+        end_retry_seconds: float = 15.0,
+        **overrides: object,
+    ) -> AsyncIterator[Harness]:
+        settings = make_settings(**overrides)
+        async with build_services(
+            settings, source=source, pipes=pipes, end_retry_seconds=end_retry_seconds
+        ) as services:
+            yield Harness(services)
+
+    return run
+
+
 # --- Helpers shared by the flow tests ------------------------------------------------------------
 
-Json = dict[str, Any]
 CHAT = {"session_id": "test123", "message": "Hello!", "user_id": "user1"}
 
 
@@ -160,45 +177,6 @@ async def wait_for_answer(
         return body if answered else None
 
     return await eventually(stored, f"the answer {message_id} is stored", timeout=timeout)
-
-
-def ended(events: list[Json]) -> bool:
-    return bool(events) and events[-1]["type"] in {"end", "error"}
-
-
-async def read_answers(
-    pubsub: PubSub,
-    message_ids: set[str] | list[str],
-    *,
-    until: Callable[[list[Json]], bool] = ended,
-    timeout: float = 20,
-) -> dict[str, list[Json]]:
-    """Collect the events of these answers from a subscribed PubSub until `until` holds for each.
-
-    Returns each answer's events in arrival order; by default reads until each has ended.
-    """
-    events: dict[str, list[Json]] = {message_id: [] for message_id in message_ids}
-    async with asyncio.timeout(timeout):
-        while not all(until(answer) for answer in events.values()):
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
-                continue
-            event: Json = json.loads(message["data"])
-            if event["message_id"] in events:
-                events[event["message_id"]].append(event)
-    return events
-
-
-def assert_well_formed(events: list[Json], message_id: str) -> None:
-    """One answer's events as the stream contract promises: start, chunks, then one end or error."""
-    assert {event["message_id"] for event in events} == {message_id}
-    assert [event["seq"] for event in events] == list(range(len(events))), "seq is not 0..n"
-    assert events[0]["type"] == "start"
-    assert [event["type"] for event in events[1:-1]] == ["chunk"] * (len(events) - 2)
-    assert events[-1]["type"] in {"end", "error"}
-    text = "".join(event["content"] for event in events if event["type"] == "chunk")
-    if events[-1]["type"] == "end":
-        assert events[-1]["content"] == text
 
 
 @pytest.fixture

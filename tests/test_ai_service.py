@@ -1,220 +1,32 @@
-"""The simulated model (content and pacing) and ChatService's streaming machinery on fakeredis."""
+"""ChatService (ai_service.py) on fakeredis: an answer's events, its stored turns, failures, shutdown,
+clearing and stateless answers."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ai_service import ServiceUnavailable
-from config import Settings
-from conversation import ConversationMessage
 from models import ChatRequest, EndEvent, ErrorEvent, StreamEvent
-from providers.base import AnswerError, AnswerSource, Completion
+from providers.base import AnswerError
 from providers.simulated import SimulatedAnswerSource, compose_answer
-from redis_client import Command, KeySpace, RedisClient
+from redis_client import Command, RedisClient
 from redis_wire import RedisPipe, open_pipe
-from services import Services, build_services
 from testkit.waiting import eventually
-from tests.conftest import Json, assert_well_formed, read_answers
-
-KEYS = KeySpace("chat")
-
-
-def user(content: str) -> ConversationMessage:
-    return ConversationMessage(role="user", content=content)
-
-
-def sentences(text: str) -> list[str]:
-    return [part for part in re.split(r"(?<=[.!?])\s+", text.strip()) if part]
-
-
-async def collect(source: SimulatedAnswerSource, conversation: Sequence[ConversationMessage]) -> list[str]:
-    return [delta async for delta in source.stream(conversation, Completion())]
-
-
-# --- What the simulated model says ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("message", "topic"),
-    [
-        ("How do I configure Kubernetes autoscaling?", "autoscaling"),
-        ("Why is PostgreSQL replication lagging?", "replication"),
-        ("What is a vector database?", "database"),
-        ("I love gardening tomatoes", "gardening"),
-    ],
+from tests.chat_harness import (
+    KEYS,
+    RunService,
+    ScriptedSource,
+    assert_well_formed,
+    read_answers,
+    user,
 )
-def test_the_answer_is_about_the_message_and_several_sentences_long(message: str, topic: str) -> None:
-    answer = compose_answer([user(message)])
-    assert topic in answer.lower()
-    assert len(sentences(answer)) >= 3
-
-
-def test_a_greeting_gets_a_greeting_back() -> None:
-    answer = compose_answer([user("Hello!")])
-    assert answer.startswith(("Hello", "Hi"))
-    assert len(sentences(answer)) >= 2
-
-
-def test_different_messages_get_different_answers() -> None:
-    messages = ["How do I bake bread?", "Why do cats purr?", "What is Redis?", "Tell me about volcanoes"]
-    answers = {compose_answer([user(message)]) for message in messages}
-    assert len(answers) == len(messages)
-
-
-def test_the_same_conversation_gets_the_same_answer() -> None:
-    conversation = [user("Explain Redis streams")]
-    assert compose_answer(conversation) == compose_answer(list(conversation))
-
-
-def test_a_later_answer_refers_back_to_earlier_turns() -> None:
-    first = "Tell me about PostgreSQL replication"
-    conversation = [
-        user(first),
-        ConversationMessage(role="assistant", content=compose_answer([user(first)])),
-        user("And what about backups?"),
-    ]
-    answer = compose_answer(conversation)
-    assert "backups" in answer
-    assert "replication" in answer  # the earlier question
-    assert answer != compose_answer([user("And what about backups?")])
-
-
-# --- How the simulated model streams -------------------------------------------------------------
-
-
-async def test_chunks_concatenate_to_the_composed_answer() -> None:
-    conversation = [user("How do I configure Kubernetes autoscaling?")]
-    chunks = await collect(SimulatedAnswerSource(stream_delay=0, chunk_delay=0), conversation)
-    assert len(chunks) > 3
-    assert "".join(chunks) == compose_answer(conversation)
-    assert all(1 <= len(chunk.split()) <= 3 for chunk in chunks)
-
-
-async def test_each_chunk_waits_stream_delay_per_word_plus_chunk_delay(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    pauses: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr("ai_service.asyncio.sleep", recording_sleep)
-    source = SimulatedAnswerSource(stream_delay=0.1, chunk_delay=0.05)
-    chunks = await collect(source, [user("Why is PostgreSQL replication lagging?")])
-    assert pauses == pytest.approx([0.1 * len(chunk.split()) + 0.05 for chunk in chunks])
-
-
-async def test_with_both_delays_zero_nothing_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
-    pauses: list[float] = []
-
-    async def recording_sleep(seconds: float) -> None:
-        pauses.append(seconds)
-
-    monkeypatch.setattr("ai_service.asyncio.sleep", recording_sleep)
-    conversation = [user("What is a vector database?")]
-    chunks = await collect(SimulatedAnswerSource(stream_delay=0, chunk_delay=0), conversation)
-    assert "".join(chunks) == compose_answer(conversation)
-    assert pauses == []
-
-
-async def test_pacing_really_takes_the_configured_time() -> None:
-    source = SimulatedAnswerSource(stream_delay=0.005, chunk_delay=0.01)
-    conversation = [user("How do I configure Kubernetes autoscaling?")]
-    words = len(compose_answer(conversation).split(" "))
-    chunks = -(-words // source.words_per_chunk)
-    started = time.monotonic()
-    await collect(source, conversation)
-    # A lower bound only: a busy machine may be slower, never faster.
-    assert time.monotonic() - started >= 0.9 * (0.005 * words + 0.01 * chunks)
-
-
-# --- ChatService on fakeredis --------------------------------------------------------------------
-
-
-class ScriptedSource(AnswerSource):
-    """An answer source that yields given deltas, optionally pausing on an event or failing at the end."""
-
-    name = "scripted"
-    model = "scripted"
-
-    def __init__(
-        self,
-        deltas: Sequence[str],
-        *,
-        hold: asyncio.Event | None = None,
-        fail: Exception | None = None,
-        delay: float = 0,
-    ) -> None:
-        self.deltas = deltas
-        self.hold = hold
-        self.fail = fail
-        self.delay = delay
-        self.conversations: list[list[ConversationMessage]] = []
-
-    async def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncGenerator[str]:
-        self.conversations.append(list(conversation))
-        for delta in self.deltas:
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            yield delta
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.fail is not None:
-            raise self.fail
-
-
-class Harness:
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.service = services.chat
-        self.history = services.history
-        self.redis = services.redis
-
-    async def chat(self, message: str = "Hello!", session_id: str = "s1") -> tuple[str, list[Json]]:
-        """Submit a chat while subscribed to its channel; return its message id and its events."""
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(KEYS.channel(session_id))
-            accepted, _ = await self.service.submit(
-                ChatRequest(session_id=session_id, message=message, user_id="user1")
-            )
-            events = await read_answers(pubsub, {accepted.message_id}, timeout=10)
-        return accepted.message_id, events[accepted.message_id]
-
-
-RunService = Callable[..., AbstractAsyncContextManager[Harness]]
-
-
-@pytest.fixture
-def run_service(make_settings: Callable[..., Settings]) -> RunService:
-    """The service as the application builds it, on the embedded Redis, answering from `source`."""
-
-    @asynccontextmanager
-    async def run(
-        source: ScriptedSource | SimulatedAnswerSource,
-        *,
-        pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
-        end_retry_seconds: float = 15.0,
-        **overrides: object,
-    ) -> AsyncIterator[Harness]:
-        settings = make_settings(**overrides)
-        async with build_services(
-            settings, source=source, pipes=pipes, end_retry_seconds=end_retry_seconds
-        ) as services:
-            yield Harness(services)
-
-    return run
 
 
 async def test_an_answer_streams_start_chunks_end_and_lands_in_history(run_service: RunService) -> None:
@@ -320,11 +132,27 @@ def slow_history_reply(redis: RedisClient) -> RedisPipe:
             command[0] == "RPUSH" and '"assistant"' in str(command[2]) for command in commands
         ):
             slowed = True
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the late reply under test, not a wait
         return replies
 
     pipe.round_trip = round_trip  # type: ignore[method-assign]
     return pipe
+
+
+MARKER = b"marker: nothing follows"
+
+
+async def messages_until(pubsub: PubSub, marker: bytes, timeout: float = 10) -> list[bytes]:
+    """What the subscription receives before `marker`."""
+    before: list[bytes] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            if message["data"] == marker:
+                return before
+            before.append(message["data"])
 
 
 async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_service: RunService) -> None:
@@ -344,11 +172,13 @@ async def test_an_answer_finishing_as_the_grace_period_ends_is_stored_once(run_s
         async with asyncio.timeout(10):
             await harness.service.shutdown()
         events = (await read_answers(pubsub, {accepted.message_id}))[accepted.message_id]
-        await asyncio.sleep(0.1)  # anything published after the terminal event would arrive by now
-        late = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        # A marker published now, after shutdown returned, arrives after anything the answer published
+        # before it: whatever comes between the terminal event and the marker followed the end.
+        await harness.redis.publish(KEYS.channel("s1"), MARKER)
+        late = await messages_until(pubsub, MARKER)
         turns = await harness.history.read("s1")
     assert_well_formed(events, accepted.message_id)
-    assert late is None, "no event may follow an answer's end"
+    assert late == [], "no event may follow an answer's end"
     assistant = [turn for turn in turns if turn.role == "assistant"]
     assert len(assistant) == 1, [(turn.content, turn.finish_reason) for turn in assistant]
     assert events[-1]["type"] == "end"

@@ -12,7 +12,8 @@ from ai_service import ServiceUnavailable
 from config import VERSION, Settings
 from models import ChatAccepted, ChatRequest
 from protocols.deps import get_chat_service, get_history
-from tests.conftest import CHAT, AppClient, Json, wait_for_history
+from tests.chat_harness import Json
+from tests.conftest import CHAT, AppClient, wait_for_history
 
 ID_129 = "x" * 129
 

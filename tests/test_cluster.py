@@ -18,7 +18,7 @@ from testkit.prerequisites import need
 from testkit.service import ServiceProcess
 from testkit.topologies import ClusterServers
 from testkit.waiting import ConditionNotMet
-from tests.test_streaming import chunk_text, collect, post_chat, running, seqs, stored_answer
+from tests.sse_flows import chunk_text, collect, post_chat, running, seqs, stored_answer
 
 pytestmark = pytest.mark.redis
 

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from config import Settings, format_validation_error
-from tests.conftest import ROOT, service_environment
+from testkit.processes import ROOT
+from testkit.service import service_environment
 
 SECRET = "s3cr3t-pw"
 

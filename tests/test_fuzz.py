@@ -16,7 +16,9 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from config import Settings
-from tests.conftest import AppClient, RedisServer, ServiceProcess
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
+from tests.conftest import AppClient
 
 KEY = "fuzz-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

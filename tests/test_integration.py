@@ -23,12 +23,10 @@ from models import ChatTurn
 from testkit.redis_server import RedisServer, start_redis
 from testkit.service import ServiceProcess
 from testkit.waiting import eventually
+from tests.chat_harness import Json, assert_well_formed, read_answers
 from tests.conftest import (
     CHAT,
     AppClient,
-    Json,
-    assert_well_formed,
-    read_answers,
     wait_for_answer,
     wait_for_history,
 )

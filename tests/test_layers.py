@@ -7,7 +7,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import ROOT
+from testkit.processes import ROOT
 
 # The application's code: top-level modules and packages, not the tests, the benchmark or the testkit.
 NOT_APPLICATION = {"tests", "bench", "testkit", ".venv", "static"}

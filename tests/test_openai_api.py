@@ -20,9 +20,10 @@ from app import create_app
 from config import Settings
 from conversation import ConversationMessage
 from providers.simulated import compose_answer
+from testkit.asgi_server import serve
+from testkit.openai_server import OpenAIServer, Reply
+from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
-from tests.conftest import RedisServer
-from tests.openai_server import OpenAIServer, Reply, serve
 
 SettingsFactory = Callable[..., Settings]
 

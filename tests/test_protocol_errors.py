@@ -15,6 +15,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from config import Settings
+from testkit.waiting import eventually
 from tests.conftest import CHAT, AppClient
 
 KEY = "alice-key-0123456789abcdef"
@@ -164,6 +165,10 @@ async def test_native_routes_keep_the_services_own_bodies(
     assert response.json() == body
 
 
+async def active_answers(http: httpx.AsyncClient, count: int) -> bool:
+    return f"chat_active_answers {count}.0" in (await http.get("/metrics")).text
+
+
 async def test_a_running_stateless_completion_counts_against_max_active_streams(
     make_settings: Callable[..., Settings], app_client: AppClient
 ) -> None:
@@ -171,17 +176,13 @@ async def test_a_running_stateless_completion_counts_against_max_active_streams(
     settings = make_settings(max_active_streams=1, chunk_delay=10)
     async with openai_client(app_client, settings) as (client, http):
         first = asyncio.create_task(client.chat.completions.create(model="m", messages=HELLO))
-        async with asyncio.timeout(10):
-            while "chat_active_answers 1.0" not in (await http.get("/metrics")).text:
-                await asyncio.sleep(0.01)  # polling for the condition: the first answer is running
+        await eventually(lambda: active_answers(http, 1), "the first answer is running")
         with pytest.raises(openai.InternalServerError) as raised:
             await client.chat.completions.create(model="m", messages=HELLO)
         refused_chat = await http.post("/chat", json=CHAT)
         first.cancel()  # the caller leaves: its stateless answer is stopped
         with contextlib.suppress(asyncio.CancelledError):
             await first
-        async with asyncio.timeout(10):
-            while "chat_active_answers 0.0" not in (await http.get("/metrics")).text:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: active_answers(http, 0), "the stopped answer is no longer counted")
     assert_openai_shape(raised.value, 503, "server_error", "overloaded")
     assert refused_chat.status_code == 503

@@ -32,8 +32,10 @@ from providers import PROVIDERS, create_answer_source
 from providers.openai_compatible import model_location
 from services import build_services
 from stores.history import HistoryStore
-from tests.conftest import ROOT, AppClient, RedisServer, wait_for_history
-from tests.openai_server import OpenAIServer, Reply
+from testkit.openai_server import OpenAIServer, Reply
+from testkit.processes import ROOT
+from testkit.redis_server import RedisServer
+from tests.conftest import AppClient, wait_for_history
 
 SettingsFactory = Callable[..., Settings]
 

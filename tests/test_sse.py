@@ -12,22 +12,21 @@ from httpx_sse import aconnect_sse
 
 from app import create_app
 from config import Settings
-from tests.conftest import RedisServer, ServiceProcess
-from tests.openai_server import serve
+from testkit.asgi_server import serve
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.redis
 
 
-def subscribers(redis_server: RedisServer, channel: str) -> int:
-    return int(redis_server.cli("PUBSUB", "NUMSUB", channel).split()[-1])
+async def subscribed(redis_server: RedisServer, channel: str, count: int) -> None:
+    """Wait until `channel` has `count` subscribers."""
 
+    async def holds() -> bool:
+        return int(redis_server.cli("PUBSUB", "NUMSUB", channel).split()[-1]) == count
 
-async def until(condition: Callable[[], bool], seconds: float = 5) -> bool:
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return True
-        await asyncio.sleep(0.05)
-    return condition()
+    await eventually(holds, f"{channel} has {count} subscribers", timeout=5)
 
 
 async def test_a_client_that_leaves_is_let_go(
@@ -39,10 +38,10 @@ async def test_a_client_that_leaves_is_let_go(
             async with client.stream("GET", "/stream/leaving") as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
-                assert await until(lambda: subscribers(redis_server, "chat:leaving") == 1)
+                await subscribed(redis_server, "chat:leaving", 1)
             # The hub follows a session only while a client does: once the client is gone, so is the
             # subscription, and everything the client held with it.
-            assert await until(lambda: subscribers(redis_server, "chat:leaving") == 0)
+            await subscribed(redis_server, "chat:leaving", 0)
 
 
 async def test_sigterm_ends_open_streams_and_the_service_exits(
@@ -52,7 +51,7 @@ async def test_sigterm_ends_open_streams_and_the_service_exits(
     async with httpx.AsyncClient(base_url=service.url, timeout=20) as client:
         async with client.stream("GET", "/stream/open") as response:
             assert response.status_code == 200
-            assert await until(lambda: subscribers(redis_server, "chat:open") == 1)
+            await subscribed(redis_server, "chat:open", 1)
             service.terminate()
             body = b"".join([piece async for piece in response.aiter_bytes()])
         assert b"event:" not in body

@@ -5,82 +5,27 @@ from __future__ import annotations
 import asyncio
 import resource
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import ServerSentEvent
 
-from app import create_app
 from config import Settings
-from tests.conftest import RedisServer, ServiceProcess
-from tests.openai_server import serve
+from testkit.redis_server import RedisServer
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually
+from tests.sse_flows import chunk_text, collect, post_chat, running, seqs, stored_answer
 
 pytestmark = pytest.mark.redis
 
 
-@asynccontextmanager
-async def running(settings: Settings, *, timeout: float) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on a real uvicorn server (SSE needs a real socket), and a client bound to it."""
-    with serve(create_app(settings)) as base:
-        async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
-            yield client
-
-
-async def post_chat(client: httpx.AsyncClient, session_id: str, **extra: Any) -> dict[str, Any]:
-    body = {
-        "session_id": session_id,
-        "message": "How do streams survive dropped connections?",
-        "user_id": "u1",
-    }
-    response = await client.post("/chat", json={**body, **extra})
-    assert response.status_code in (200, 202), response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
-async def collect(
-    client: httpx.AsyncClient,
-    url: str,
-    *,
-    headers: dict[str, str] | None = None,
-    until: Callable[[ServerSentEvent], bool] = lambda event: event.event in ("end", "error"),
-) -> list[ServerSentEvent]:
-    """Read SSE events from `url` until `until` says stop (by default, an answer's terminal event)."""
-    events: list[ServerSentEvent] = []
-    async with asyncio.timeout(30), aconnect_sse(client, "GET", url, headers=dict(headers or {})) as source:
-        assert source.response.headers["content-type"].startswith("text/event-stream")
-        async for event in source.aiter_sse():
-            events.append(event)
-            if until(event):
-                break
-    return events
-
-
-async def stored_answer(client: httpx.AsyncClient, session_id: str, message_id: str) -> dict[str, Any]:
-    history = (await client.get(f"/history/{session_id}")).json()
-    for turn in history["messages"]:
-        if turn["role"] == "assistant" and turn["message_id"] == message_id:
-            found: dict[str, Any] = turn
-            return found
-    raise AssertionError(f"no stored answer {message_id} in {history}")
-
-
-def seqs(events: list[ServerSentEvent]) -> list[int]:
-    return [int(event.json()["seq"]) for event in events if event.event != "reset"]
-
-
-def chunk_text(events: list[ServerSentEvent]) -> str:
-    return "".join(event.json()["content"] for event in events if event.event == "chunk")
-
-
-async def log_length(url: str, session_id: str) -> int:
+async def log_length(url: str, session_id: str, *, at_least: int) -> bool:
+    """Whether the session's replay log holds `at_least` entries."""
     client = aioredis.Redis.from_url(url)
     try:
-        return int(await client.xlen(f"chat:{{{session_id}}}:events"))
+        return int(await client.xlen(f"chat:{{{session_id}}}:events")) >= at_least
     finally:
         await client.aclose()
 
@@ -122,8 +67,9 @@ async def test_client_connecting_mid_answer_gets_it_from_its_start(
     settings = make_settings(redis_url=redis_server.url, stream_delay=0.02)
     async with running(settings, timeout=20) as client:
         message_id = (await post_chat(client, "late"))["message_id"]
-        while await log_length(redis_server.url, "late") < 6:
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: log_length(redis_server.url, "late", at_least=6), "the answer is part-way through"
+        )
         events = await collect(client, "/stream/late")
 
         assert events[0].event == "start"
@@ -139,10 +85,16 @@ async def test_resume_from_an_id_the_log_no_longer_holds_sends_reset_then_live(
     async with running(settings, timeout=20) as client:
         await post_chat(client, "old")
         await collect(client, "/stream/old")  # the first answer is in the log
-        second = asyncio.create_task(
-            collect(client, "/stream/old?last_event_id=1-0", until=lambda event: event.event == "end")
-        )
-        await asyncio.sleep(0.2)
+        reset = asyncio.Event()
+
+        def until_end(event: ServerSentEvent) -> bool:
+            if event.event == "reset":
+                reset.set()  # the server has read where the log ends: what follows is live
+            return event.event == "end"
+
+        second = asyncio.create_task(collect(client, "/stream/old?last_event_id=1-0", until=until_end))
+        async with asyncio.timeout(10):
+            await reset.wait()
         message_id = (await post_chat(client, "old"))["message_id"]
         events = await second
 
@@ -259,12 +211,26 @@ async def test_sse_survives_pubsub_connections_being_killed(
     async with running(settings, timeout=30) as client:
         sessions = [f"kill{i}" for i in range(5)]
         ids = [(await post_chat(client, session))["message_id"] for session in sessions]
+        received = 0
+
+        def counted(event: ServerSentEvent) -> bool:
+            nonlocal received
+            received += 1
+            return event.event in ("end", "error")
+
         readers = [
-            asyncio.create_task(collect(client, f"/stream/{session}?message_id={message_id}"))
+            asyncio.create_task(collect(client, f"/stream/{session}?message_id={message_id}", until=counted))
             for session, message_id in zip(sessions, ids, strict=True)
         ]
         for _ in range(3):
-            await asyncio.sleep(0.3)
+            # Kill the relay's subscription once it is back and events are flowing again since the
+            # last kill: each kill lands mid-stream.
+            seen = received
+
+            async def flowing_and_subscribed(since: int = seen) -> bool:
+                return received > since and bool(own_redis.cli("CLIENT", "LIST", "TYPE", "pubsub"))
+
+            await eventually(flowing_and_subscribed, "events flow and the relay is subscribed again")
             assert int(own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub")) >= 1
         results = await asyncio.gather(*readers)
 
@@ -273,6 +239,12 @@ async def test_sse_survives_pubsub_connections_being_killed(
             assert events[-1].event == "end"
             stored = await stored_answer(client, session, message_id)
             assert chunk_text(events) == stored["content"]
+
+
+async def sse_clients(client: httpx.AsyncClient, count: int) -> bool:
+    """Whether the service counts `count` open SSE streams."""
+    metrics = (await client.get("/metrics")).text
+    return f"\nchat_sse_clients {count:.1f}\n" in metrics
 
 
 async def test_thousand_sse_clients_share_a_few_redis_connections(
@@ -289,7 +261,9 @@ async def test_thousand_sse_clients_share_a_few_redis_connections(
             asyncio.create_task(collect(client, f"/stream/{sessions[i % len(sessions)]}"))
             for i in range(1000)
         ]
-        await asyncio.sleep(3)  # let every client connect; late ones replay from `start` anyway
+        await eventually(
+            lambda: sse_clients(client, 1000), "every client is connected", timeout=30, interval=0.2
+        )
         ids = {session: (await post_chat(client, session))["message_id"] for session in sessions}
         results = await asyncio.gather(*readers)
         during = int(redis_server.cli("INFO", "clients").split("connected_clients:")[1].split()[0])

@@ -1,4 +1,5 @@
-"""API keys, session ownership and stream tokens (issue #5, items 1 to 3)."""
+"""Admission (admission/): API keys, stream tokens and session ownership, as callers meet them (issue #5,
+items 1 to 3)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from admission import StreamTokens
 from config import Settings
+from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
 from tests.conftest import AppClient
 
@@ -193,11 +195,8 @@ async def test_another_key_cannot_post_into_a_session(
 
 @pytest.mark.redis
 async def test_ownership_key_shares_the_session_slot_and_expires_with_history(
-    make_settings: Callable[..., Settings], app_client: AppClient, redis_server: object
+    make_settings: Callable[..., Settings], app_client: AppClient, redis_server: RedisServer
 ) -> None:
-    from tests.conftest import RedisServer
-
-    assert isinstance(redis_server, RedisServer)
     settings = make_settings(api_keys=KEYS, redis_url=redis_server.url, chat_history_ttl=300)
     async with app_client(settings) as client:
         assert (await client.post("/chat", json=chat_body("tagged"), headers=ALICE)).status_code == 202

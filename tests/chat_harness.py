@@ -1,0 +1,120 @@
+"""An answer's events as subscribers read them (`read_answers`, `assert_well_formed`), and the chat service
+as the services builder makes it, answering from a scripted source (`ScriptedSource`, `Harness`; conftest's
+`run_service` fixture): shared by the ChatService, cursor and flow tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from redis.asyncio.client import PubSub
+
+from conversation import ConversationMessage
+from models import ChatRequest
+from providers.base import AnswerSource, Completion
+from redis_client import KeySpace
+from services import Services
+
+KEYS = KeySpace("chat")
+Json = dict[str, Any]
+
+
+def ended(events: list[Json]) -> bool:
+    return bool(events) and events[-1]["type"] in {"end", "error"}
+
+
+async def read_answers(
+    pubsub: PubSub,
+    message_ids: set[str] | list[str],
+    *,
+    until: Callable[[list[Json]], bool] = ended,
+    timeout: float = 20,
+) -> dict[str, list[Json]]:
+    """Collect the events of these answers from a subscribed PubSub until `until` holds for each.
+
+    Returns each answer's events in arrival order; by default reads until each has ended.
+    """
+    events: dict[str, list[Json]] = {message_id: [] for message_id in message_ids}
+    async with asyncio.timeout(timeout):
+        while not all(until(answer) for answer in events.values()):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            event: Json = json.loads(message["data"])
+            if event["message_id"] in events:
+                events[event["message_id"]].append(event)
+    return events
+
+
+def assert_well_formed(events: list[Json], message_id: str) -> None:
+    """One answer's events as the stream contract promises: start, chunks, then one end or error."""
+    assert {event["message_id"] for event in events} == {message_id}
+    assert [event["seq"] for event in events] == list(range(len(events))), "seq is not 0..n"
+    assert events[0]["type"] == "start"
+    assert [event["type"] for event in events[1:-1]] == ["chunk"] * (len(events) - 2)
+    assert events[-1]["type"] in {"end", "error"}
+    text = "".join(event["content"] for event in events if event["type"] == "chunk")
+    if events[-1]["type"] == "end":
+        assert events[-1]["content"] == text
+
+
+def user(content: str) -> ConversationMessage:
+    return ConversationMessage(role="user", content=content)
+
+
+class ScriptedSource(AnswerSource):
+    """An answer source that yields given deltas, optionally pausing on an event or failing at the end."""
+
+    name = "scripted"
+    model = "scripted"
+
+    def __init__(
+        self,
+        deltas: Sequence[str],
+        *,
+        hold: asyncio.Event | None = None,
+        fail: Exception | None = None,
+        delay: float = 0,
+    ) -> None:
+        self.deltas = deltas
+        self.hold = hold
+        self.fail = fail
+        self.delay = delay
+        self.conversations: list[list[ConversationMessage]] = []
+
+    async def stream(
+        self, conversation: Sequence[ConversationMessage], completion: Completion
+    ) -> AsyncGenerator[str]:
+        self.conversations.append(list(conversation))
+        for delta in self.deltas:
+            if self.delay:
+                await asyncio.sleep(self.delay)  # a model's pace: the subject of the test, not a wait
+            yield delta
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+
+
+class Harness:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.service = services.chat
+        self.history = services.history
+        self.redis = services.redis
+
+    async def chat(self, message: str = "Hello!", session_id: str = "s1") -> tuple[str, list[Json]]:
+        """Submit a chat while subscribed to its channel; return its message id and its events."""
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(KEYS.channel(session_id))
+            accepted, _ = await self.service.submit(
+                ChatRequest(session_id=session_id, message=message, user_id="user1")
+            )
+            events = await read_answers(pubsub, {accepted.message_id}, timeout=10)
+        return accepted.message_id, events[accepted.message_id]
+
+
+RunService = Callable[..., AbstractAsyncContextManager[Harness]]
