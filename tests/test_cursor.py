@@ -26,14 +26,14 @@ TIMEOUT = 10
 
 
 @asynccontextmanager
-async def iterating(cursor: EventCursor) -> AsyncIterator[AsyncIterator[CursorItem]]:
+async def iterating(cursor: EventCursor) -> AsyncIterator[AsyncGenerator[CursorItem, None]]:
     """Iterate the cursor; close it and its iteration (and so its listener) when the block ends."""
     items = aiter(cursor)
     try:
         yield items
     finally:
         cursor.close()
-        await cast(AsyncGenerator[CursorItem], items).aclose()
+        await items.aclose()
 
 
 async def take(items: AsyncIterator[CursorItem], count: int) -> list[CursorItem]:
