@@ -55,18 +55,20 @@ class EventStreamResponse(Response):
     def __init__(
         self,
         cursor: EventCursor,
+        status_code: int = 200,
         *,
         encoder: Callable[[CursorItem], bytes] = encode,
         headers: Mapping[str, str] | None = None,
         clients: Counting | None = None,
     ) -> None:
-        """`clients`: a gauge (metrics) counting the clients whose stream is open."""
+        """`clients`: a gauge (metrics) counting the clients whose stream is open. (`status_code` is
+        how FastAPI's OpenAPI document learns a response class's status.)"""
         self._cursor = cursor
         self._encoder = encoder
         self._clients = clients
         # As StreamingResponse does, but with no body iterator around the cursor (an idle client's
         # memory is a budget, issue #6 f) and no Content-Length.
-        self.status_code = 200
+        self.status_code = status_code
         self.media_type = "text/event-stream"
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
