@@ -198,17 +198,13 @@ class ChatService:
         self._answers[answer.message_id] = answer
         # Before `submit` returns: admission counts it as running from here (its slot is not given back).
         self._runner.started(answer)
-        answer.task = asyncio.create_task(self._run(answer, conversation), name=f"answer-{answer.message_id}")
+        task = asyncio.create_task(self._runner.run(answer, conversation), name=f"answer-{answer.message_id}")
+        answer.task = task
+        # Callbacks, not the task's `finally`: they run even for a task cancelled before it started.
+        task.add_done_callback(lambda _: self._answers.pop(answer.message_id, None))
         listener = answer.listener
         if listener is not None:
-            # A callback, not the task's `finally`: it runs even for a task cancelled before it started.
-            answer.task.add_done_callback(lambda _: listener.put_nowait(None))
-
-    async def _run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
-        try:
-            await self._runner.run(answer, conversation)
-        finally:
-            self._answers.pop(answer.message_id, None)
+            task.add_done_callback(lambda _: listener.put_nowait(None))
 
     async def _store_and_read(
         self, request: ChatRequest, message_id: str, context: Sequence[ConversationMessage] | None

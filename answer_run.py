@@ -63,7 +63,7 @@ class Phase(Enum):
     ENDED = "ended"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Answer:
     """One answer being streamed, and what its listeners have been sent so far."""
 
@@ -139,32 +139,40 @@ class AnswerRunner:
         self._notify("answer_started", answer)
 
     async def run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+        # One frame for the whole answer, the stream included: thousands run at once (issue #6, f).
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
+        header = ChunkEvent.json_header(answer.message_id, answer.session_id)
+        # The answer goes on producing while its chunks are on their way to Redis, up to CHUNK_WINDOW
+        # of them, instead of waiting for each round trip. The writer keeps their order, and every one
+        # is confirmed before the answer is stored and ended.
+        in_flight: deque[asyncio.Future[list[Any]]] = deque()
         try:
             starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
             await self._publish(answer, self._event(answer, StartEvent), *starting)
-            await self._stream(answer, conversation, completion)
+            # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
+            # once, even when the cancel lands while a chunk is being published.
+            async with aclosing(self._source.stream(conversation, completion)) as deltas:
+                async for delta in deltas:
+                    if not delta:
+                        continue
+                    written = self._chunk(answer, header, delta)
+                    if written is not None:
+                        in_flight.append(written)
+                    self._notify("chunk_published", answer)
+                    while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
+                        await in_flight.popleft()
+            while in_flight:
+                await in_flight.popleft()
             await self._end(answer, completion.finish_reason, usage=completion.usage)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Exception) as error:
             # Only the service cancels answer tasks (Stop, shutdown), and it awaits them: the task
             # ends normally once the partial answer is stored and the stream is ended.
-            if answer.phase is Phase.CANCELLING:
-                await self._end(answer, "cancelled")
-            else:
-                await self._end(answer, "shutdown", error=("shutdown", "the service is shutting down"))
-        except AnswerError as error:
-            logger.warning(
-                "answer failed message_id=%s code=%s: %s", answer.message_id, error.code, error.message
-            )
-            await self._end(answer, "error", error=(error.code, error.message))
-        except RedisUnavailable as error:
-            logger.error("answer lost Redis message_id=%s: %s", answer.message_id, error.reason)
-            await self._end(answer, "error", error=("redis_unavailable", "Redis became unavailable"))
-        except Exception:
-            logger.exception("answer failed message_id=%s", answer.message_id)
-            await self._end(answer, "error", error=("internal_error", "the answer failed"))
+            finish_reason, failure = self._failure(answer, error)
+            await self._end(answer, finish_reason, error=failure)
         finally:
+            for future in in_flight:  # left behind by a failure or a Stop: nobody awaits them
+                future.add_done_callback(_consume)
             answer.phase = Phase.ENDED
             self._notify("answer_ended", answer)
             logger.info(
@@ -174,40 +182,38 @@ class AnswerRunner:
                 (time.perf_counter() - answer.started) * 1000,
             )
 
-    async def _stream(
-        self, answer: Answer, conversation: list[ConversationMessage], completion: Completion
-    ) -> None:
-        header = ChunkEvent.json_header(answer.message_id, answer.session_id)
-        # The answer goes on producing while its chunks are on their way to Redis, up to CHUNK_WINDOW
-        # of them, instead of waiting for each round trip. The writer keeps their order, and every one
-        # is confirmed before the answer is stored and ended.
-        in_flight: deque[asyncio.Future[list[Any]]] = deque()
-        try:
-            # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
-            # once, even when the cancel lands while a chunk is being published.
-            async with aclosing(self._source.stream(conversation, completion)) as deltas:
-                async for delta in deltas:
-                    if not delta:
-                        continue
-                    answer.seq += 1
-                    answer.parts.append(delta)
-                    if answer.listener is None:
-                        payload = ChunkEvent.fast_json(header, answer.seq, delta)
-                    else:  # an in-process listener (the /v1 API) takes the event itself
-                        event = self._event(answer, ChunkEvent, content=delta)
-                        answer.listener.put_nowait(event)
-                        payload = event.model_dump_json(exclude_none=True).encode()
-                    if answer.stored:
-                        commands = self._log.append_commands(answer.session_id, payload, refresh_ttl=False)
-                        in_flight.append(self._writer.submit(commands))
-                    self._notify("chunk_published", answer)
-                    while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
-                        await in_flight.popleft()
-            while in_flight:
-                await in_flight.popleft()
-        finally:
-            for future in in_flight:  # left behind by a failure or a Stop: nobody awaits them
-                future.add_done_callback(_consume)
+    def _chunk(self, answer: Answer, header: bytes, delta: str) -> asyncio.Future[list[Any]] | None:
+        """Hand a delta on as the answer's next `chunk`; the write on its way to Redis, if it is stored."""
+        answer.seq += 1
+        answer.parts.append(delta)
+        if answer.listener is None:
+            payload = ChunkEvent.fast_json(header, answer.seq, delta)
+        else:  # an in-process listener (the /v1 API) takes the event itself
+            event = self._event(answer, ChunkEvent, content=delta)
+            answer.listener.put_nowait(event)
+            payload = event.model_dump_json(exclude_none=True).encode()
+        if not answer.stored:
+            return None
+        return self._writer.submit(self._log.append_commands(answer.session_id, payload, refresh_ttl=False))
+
+    @staticmethod
+    def _failure(answer: Answer, error: BaseException) -> tuple[FinishReason, tuple[str, str] | None]:
+        """How an answer that raised `error` ends: its finish reason, and the `error` event's code and
+        message (none for a Stop)."""
+        if isinstance(error, asyncio.CancelledError):
+            if answer.phase is Phase.CANCELLING:
+                return "cancelled", None
+            return "shutdown", ("shutdown", "the service is shutting down")
+        if isinstance(error, AnswerError):
+            logger.warning(
+                "answer failed message_id=%s code=%s: %s", answer.message_id, error.code, error.message
+            )
+            return "error", (error.code, error.message)
+        if isinstance(error, RedisUnavailable):
+            logger.error("answer lost Redis message_id=%s: %s", answer.message_id, error.reason)
+            return "error", ("redis_unavailable", "Redis became unavailable")
+        logger.error("answer failed message_id=%s", answer.message_id, exc_info=error)
+        return "error", ("internal_error", "the answer failed")
 
     async def _publish(self, answer: Answer, event: StreamEvent, *extra: Command) -> None:
         """Append the event to the session's replay log (which publishes it), after `extra` commands."""

@@ -61,6 +61,9 @@ class EventCursor:
     arrives live. `close()` ends the iteration at its next step.
     """
 
+    # Every idle SSE client holds one: kept small (issue #6, f).
+    __slots__ = ("_after", "_answer", "_close_listener", "_closed", "_hub", "_session_id")
+
     def __init__(
         self,
         hub: StreamHub,
