@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_args
 
 from conversation import ConversationMessage
 from models import (
@@ -48,6 +48,8 @@ E = TypeVar("E", bound=EventBase)
 # An in-process caller's copy of an answer's events, then None once its task is over.
 EventQueue = asyncio.Queue[StreamEvent | None]
 
+# What observers are told, as `AnswerObserver` names its methods.
+Hook = Literal["answer_started", "chunk_published", "answer_ended"]
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
 CHUNK_WINDOW = 32
 
@@ -122,15 +124,16 @@ class AnswerRunner:
         self._answers = answers
         self._log = log
         self._writer = writer
-        self._observers = tuple(observers)
         self._end_retry = end_retry_seconds
+        # Each hook's bound methods, looked up once: `chunk_published` runs for every chunk.
+        self._hooks: dict[Hook, tuple[Callable[[Answer], None], ...]] = {
+            hook: tuple(getattr(observer, hook) for observer in observers) for hook in get_args(Hook)
+        }
 
-    def _notify(
-        self, hook: Literal["answer_started", "chunk_published", "answer_ended"], answer: Answer
-    ) -> None:
-        for observer in self._observers:
+    def _notify(self, hook: Hook, answer: Answer) -> None:
+        for call in self._hooks[hook]:
             try:
-                getattr(observer, hook)(answer)
+                call(answer)
             except Exception:
                 logger.exception("answer observer %s failed", hook)
 
@@ -143,6 +146,7 @@ class AnswerRunner:
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
         header = ChunkEvent.json_header(answer.message_id, answer.session_id)
+        append = self._log.appender(answer.session_id) if answer.stored else None
         # The answer goes on producing while its chunks are on their way to Redis, up to CHUNK_WINDOW
         # of them, instead of waiting for each round trip. The writer keeps their order, and every one
         # is confirmed before the answer is stored and ended.
@@ -156,7 +160,7 @@ class AnswerRunner:
                 async for delta in deltas:
                     if not delta:
                         continue
-                    written = self._chunk(answer, header, delta)
+                    written = self._chunk(answer, header, delta, append)
                     if written is not None:
                         in_flight.append(written)
                     self._notify("chunk_published", answer)
@@ -182,8 +186,11 @@ class AnswerRunner:
                 (time.perf_counter() - answer.started) * 1000,
             )
 
-    def _chunk(self, answer: Answer, header: bytes, delta: str) -> asyncio.Future[list[Any]] | None:
-        """Hand a delta on as the answer's next `chunk`; the write on its way to Redis, if it is stored."""
+    def _chunk(
+        self, answer: Answer, header: bytes, delta: str, append: Callable[[bytes], list[Command]] | None
+    ) -> asyncio.Future[list[Any]] | None:
+        """Hand a delta on as the answer's next `chunk`; the write on its way to Redis, if it is stored
+        (`append`: the replay log's commands for the answer's session)."""
         answer.seq += 1
         answer.parts.append(delta)
         if answer.listener is None:
@@ -192,9 +199,7 @@ class AnswerRunner:
             event = self._event(answer, ChunkEvent, content=delta)
             answer.listener.put_nowait(event)
             payload = event.model_dump_json(exclude_none=True).encode()
-        if not answer.stored:
-            return None
-        return self._writer.submit(self._log.append_commands(answer.session_id, payload, refresh_ttl=False))
+        return None if append is None else self._writer.submit(append(payload))
 
     @staticmethod
     def _failure(answer: Answer, error: BaseException) -> tuple[FinishReason, tuple[str, str] | None]:

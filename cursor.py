@@ -94,14 +94,14 @@ class EventCursor:
             self._close_listener = listener.close
             if self._closed:
                 return
-            replay, last_sent, reset = await self._replay()
-            if reset:
-                newest = await log.newest(session_id)
-                yield Reset(session_id, newest)
+            replay, last_sent = await self._replay()
+            if isinstance(replay, Reset):
+                yield replay
                 if answer is not None and answer.finished:
                     return
-                if newest is not None:
-                    last_sent = parse_entry_id(newest)
+                if replay.position is not None:
+                    last_sent = parse_entry_id(replay.position)
+                replay = []
             elif answer is not None and answer.finished and not any(e.terminal for e in replay):
                 # It had ended, and its end is at or before where the client resumes: it has everything.
                 for entry in replay:
@@ -131,29 +131,30 @@ class EventCursor:
                     pending = list(listener.entries)
                     listener.entries.clear()
 
-    async def _replay(self) -> tuple[list[Entry], EntryKey, bool]:
-        """What the client missed, the position up to which it has everything, and whether it missed
-        more than the log still holds."""
+    async def _replay(self) -> tuple[list[Entry] | Reset, EntryKey]:
+        """What the client missed (or `Reset` when it missed more than the log still holds), and the
+        position up to which it has everything."""
         log, session_id, answer = self._hub.log, self._session_id, self._answer
         if self._after is not None:
-            oldest, _ = await log.bounds(session_id)
+            oldest, newest = await log.bounds(session_id)
             if oldest is None or parse_entry_id(self._after) < parse_entry_id(oldest):
-                return [], (0, 0), True
-            replay = [e for e in await log.read_after(session_id, self._after) if self._wanted(e)]
-            return replay, (0, 0), False
+                return Reset(session_id, newest), (0, 0)
+            return [e for e in await log.read_after(session_id, self._after) if self._wanted(e)], (0, 0)
         if answer is not None:
             # Read again now that the listener is registered: it may have started since the cursor
             # was made. If it still has not, its `start` arrives live.
             since = answer.since or await log.start_of(answer.message_id)
-            if since is None:
-                return [], (0, 0), answer.finished
-            replay = [e for e in await log.read_after(session_id, since) if self._wanted(e)]
+            replay = (
+                []
+                if since is None
+                else [e for e in await log.read_after(session_id, since) if self._wanted(e)]
+            )
             # Its events are in the log but not its start (trimmed), or the log no longer has it.
             if (replay and replay[0].type != "start") or (not replay and answer.finished):
-                return [], (0, 0), True
-            return replay, (0, 0), False
+                return Reset(session_id, await log.newest(session_id)), (0, 0)
+            return replay, (0, 0)
         starts = await log.running_starts(session_id)
         if starts:
-            return await log.read_after(session_id, min(starts, key=parse_entry_id)), (0, 0), False
+            return await log.read_after(session_id, min(starts, key=parse_entry_id)), (0, 0)
         newest = await log.newest(session_id)
-        return [], parse_entry_id(newest) if newest else (0, 0), False
+        return [], parse_entry_id(newest) if newest else (0, 0)

@@ -8,7 +8,7 @@ never loses it. An entry's id (`<ms>-<n>`) is the position clients resume from (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,12 +76,17 @@ class ReplayLog:
         """XADD the event, then PUBLISH it: a reader woken by the PUBLISH finds the entry in the log.
         The log lives as long as the history: `start` and the terminal event set its TTL, and a chunk's
         XADD keeps it."""
-        events = self._keys.events(session_id)
-        return [
-            ("XADD", events, "MAXLEN", "~", self._maxlen, "*", "e", payload),
-            *([("EXPIRE", events, self._ttl)] if refresh_ttl else []),
-            (self._keys.publish, self._keys.channel(session_id), payload),
-        ]
+        commands = self.appender(session_id)(payload)
+        if refresh_ttl:
+            commands.insert(1, ("EXPIRE", self._keys.events(session_id), self._ttl))
+        return commands
+
+    def appender(self, session_id: str) -> Callable[[bytes], list[Command]]:
+        """`append_commands` without the TTL refresh, with the session's keys named once: for an answer's
+        chunks, which are written one by one on the hot path."""
+        xadd = ("XADD", self._keys.events(session_id), "MAXLEN", "~", self._maxlen, "*", "e")
+        publish = (self._keys.publish, self._keys.channel(session_id))
+        return lambda payload: [(*xadd, payload), (*publish, payload)]
 
     def position_command(self, session_id: str) -> Command:
         """The newest entry's id (read its reply with `position_of`): every event appended after this
