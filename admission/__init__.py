@@ -5,7 +5,7 @@ Every limit that must hold across instances lives in Redis, under names from `Ke
 """
 
 from admission.errors import Overloaded, RateLimited, SessionForbidden, SessionNotFound, Unauthorized
-from admission.gate import Admission, Ticket
+from admission.gate import Admission
 from admission.keys import KeyRing, Principal, StreamTokens
 from admission.limits import Capacity, RateLimiter, StreamSlots
 from admission.owners import SessionOwners
@@ -23,6 +23,5 @@ __all__ = [
     "SessionOwners",
     "StreamSlots",
     "StreamTokens",
-    "Ticket",
     "Unauthorized",
 ]

@@ -8,7 +8,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from admission.errors import SessionForbidden, SessionNotFound
@@ -21,19 +20,9 @@ if TYPE_CHECKING:
     from config import Settings
     from redis_client import KeySpace, RedisClient
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["Admission"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Ticket:
-    """A request let in: who, for which user, session (None for a stateless call) and answer."""
-
-    principal: Principal
-    user_id: str
-    session_id: str | None
-    message_id: str
 
 
 class Admission:
@@ -127,7 +116,7 @@ class Admission:
     @asynccontextmanager
     async def admit(
         self, principal: Principal, *, user_id: str, message_id: str, session_id: str | None = None
-    ) -> AsyncIterator[Ticket]:
+    ) -> AsyncIterator[None]:
         """Let an answer in through every check, cheapest first; submit it inside the block.
 
         Capacity (503 `Overloaded`) before anything touches Redis, then the rate limit (429), the
@@ -145,7 +134,7 @@ class Admission:
                 await self.claim_session(principal, session_id)
             if self.slots is not None:
                 taken = await self.slots.acquire(principal, user_id, message_id)
-            yield Ticket(principal, user_id, session_id, message_id)
+            yield
         finally:
             self.capacity.admitting -= 1
             # Released at most once: if the answer started and already ended, its release went first.
