@@ -66,7 +66,8 @@ class HistoryStore:
         With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every attached
         replica if fewer are attached, so a failover cannot lose it.
         """
-        commands = [*self.append_commands(session_id, turn), *along]
+        appended = self.append_commands(session_id, turn)
+        commands = [*appended, *along]
         if recent:
             commands.append(("LRANGE", self._keys.history(session_id), -recent, -1))
         if self._wait_replicas or isinstance(self._redis, RedisCluster):
@@ -82,7 +83,7 @@ class HistoryStore:
             failure = next((reply for reply in result if isinstance(reply, Exception)), None)
             if failure is not None:
                 raise RedisUnavailable(describe(failure))
-        stored = result[3:]
+        stored = result[len(appended) :]
         if not recent:
             return stored, []
         return stored[:-1], self._parse(session_id, stored[-1])
