@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from answer_run import Answer, AnswerObserver, AnswerRunner, EventQueue, Phase
+from answer_events import Answer, EventQueue, Phase
+from answer_run import AnswerObserver, AnswerRunner
 from conversation import ConversationMessage, build_context
 from cursor import AnswerStart, EventCursor
 from errors import ServiceError
+from generation import GenerationOptions
 from hub import StreamHub
 from models import AnswerState, ChatAccepted, ChatRequest, ChatTurn, new_message_id
+from parts import ToolResult
 from providers.base import AnswerSource
 from redis_client import KeySpace, RedisUnavailable
 from stores.answers import AnswerRegistry
@@ -39,8 +42,10 @@ __all__ = [
     "AnswerNotFound",
     "AnswerObserver",
     "ChatService",
+    "ImagesUnsupported",
     "MessageConflict",
     "ServiceUnavailable",
+    "ToolResultConflict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +85,21 @@ class MessageConflict(ServiceError):
 
     status = 409
     code = "message_id_conflict"
+
+
+class ToolResultConflict(ServiceError):
+    """Tool results that the session's last answer did not ask for, or that it has already had, or that
+    came while an answer of the session is still streaming; nothing of them is stored."""
+
+    status = 409
+    code = "tool_result_conflict"
+
+
+class ImagesUnsupported(ServiceError):
+    """The model that answers cannot be shown images."""
+
+    status = 400
+    code = "images_unsupported"
 
 
 class ChatService:
@@ -157,6 +177,11 @@ class ChatService:
         self._check_accepting()
         message_id = str(request.message_id) if request.message_id else new_message_id()
         session_id = request.session_id
+        if request.images and not self.source.accepts_images:
+            raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="images")
+        if request.tool_results is not None and context is None:
+            # With `context` (the OpenAI-compatible API) the caller checked them against its messages.
+            await self._check_tool_results(session_id, request.tool_results)
         existing = await self._answers_store.claim(message_id, session_id)
         if existing is not None:
             if existing.session_id != session_id:
@@ -170,13 +195,14 @@ class ChatService:
                 await self._answers_store.release(message_id)
             raise
         answer = Answer(message_id, session_id, request.user_id, since=since, listener=listener, stored=True)
-        self._start(answer, conversation)
+        self._start(answer, conversation, request)
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
 
     def submit_stateless(
         self,
         conversation: Sequence[ConversationMessage],
+        options: GenerationOptions,
         *,
         user_id: str,
         listener: EventQueue,
@@ -185,20 +211,26 @@ class ChatService:
         """Start an answer that is neither stored nor published: its events go to `listener` only (as
         for `submit`). It counts, is observed and is ended at shutdown like every other; returns its id."""
         self._check_accepting()
+        if not self.source.accepts_images and any(message.images for message in conversation):
+            raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="messages")
         answer_id = message_id or new_message_id()
         answer = Answer(answer_id, "", user_id, since="0-0", listener=listener, stored=False)
-        self._start(answer, list(conversation))
+        self._start(answer, list(conversation), options)
         return answer_id
 
     def _check_accepting(self) -> None:
         if not self._accepting:
             raise ServiceUnavailable("the service is shutting down")
 
-    def _start(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+    def _start(
+        self, answer: Answer, conversation: list[ConversationMessage], options: GenerationOptions
+    ) -> None:
         self._answers[answer.message_id] = answer
         # Before `submit` returns: admission counts it as running from here (its slot is not given back).
         self._runner.started(answer)
-        task = asyncio.create_task(self._runner.run(answer, conversation), name=f"answer-{answer.message_id}")
+        task = asyncio.create_task(
+            self._runner.run(answer, conversation, options), name=f"answer-{answer.message_id}"
+        )
         answer.task = task
         # Callbacks, not the task's `finally`: they run even for a task cancelled before it started.
         task.add_done_callback(lambda _: self._answers.pop(answer.message_id, None))
@@ -209,29 +241,45 @@ class ChatService:
     async def _store_and_read(
         self, request: ChatRequest, message_id: str, context: Sequence[ConversationMessage] | None
     ) -> tuple[str, list[ConversationMessage]]:
-        """Store the user's turn; return where the answer's events will begin in the replay log, and
-        the conversation to answer (`context`, or one built from the session's recent turns)."""
+        """Store the user's turn (or the tool results); return where the answer's events will begin in
+        the replay log, and the conversation to answer (`context`, or one built from recent turns)."""
         settings = self._settings
-        turn = ChatTurn.user(request, message_id)
-        # One more than the limit: the newest turn read is usually the user turn just stored.
-        recent = 0 if context is not None else settings.max_context_messages + 1
-        (position,), turns = await self._history.append(
-            request.session_id, turn, along=[self._log.position_command(request.session_id)], recent=recent
+        if request.tool_results is None:
+            turns = [ChatTurn.user(request, message_id)]
+        else:
+            turns = [ChatTurn.tool(result, message_id, request.user_id) for result in request.tool_results]
+        # The new turns, and the limit's worth before them; the one more is the answer they follow.
+        recent = 0 if context is not None else settings.max_context_messages + len(turns) + 1
+        (position,), stored = await self._history.append(
+            request.session_id, turns, along=[self._log.position_command(request.session_id)], recent=recent
         )
         if context is not None:
             return position_of(position), list(context)
-        earlier = [
-            ConversationMessage(role=role, content=content)
-            for turn_id, role, content in turns
-            if turn_id != message_id
-        ]
         return position_of(position), build_context(
-            earlier,
-            request.message,
+            [message for _, message in stored],
             system_prompt=settings.system_prompt,
             max_messages=settings.max_context_messages,
             max_chars=settings.max_context_chars,
+            send_reasoning=settings.ai_send_reasoning,
         )
+
+    async def _check_tool_results(self, session_id: str, results: Sequence[ToolResult]) -> None:
+        """Each result must answer a call of the session's last answer that has no result yet, and no
+        answer of the session may be streaming (its calls are not final until it ends)."""
+        if await self._log.running_starts(session_id):
+            raise ToolResultConflict("An answer of this session is still streaming.", param="tool_results")
+        turns = await self._history.recent(session_id, self._settings.max_context_messages + 129)
+        last = max((i for i, (_, turn) in enumerate(turns) if turn.role == "assistant"), default=-1)
+        open_calls = set()
+        if last >= 0:
+            open_calls = {call.id for call in turns[last][1].tool_calls}
+            open_calls -= {turn.tool_call_id for _, turn in turns[last + 1 :]}
+        for result in results:
+            if result.tool_call_id not in open_calls:
+                raise ToolResultConflict(
+                    f"The tool call {result.tool_call_id!r} is not awaiting a result in this session.",
+                    param="tool_results",
+                )
 
     async def follow(
         self, session_id: str, *, after: str | None = None, message_id: str | None = None

@@ -13,24 +13,22 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
+from answer_events import Answer, EventEmitter, EventQueue, Phase, Written, event_of
 from conversation import ConversationMessage
+from generation import GenerationOptions
 from models import (
     ChatTurn,
     ChunkEvent,
     EndEvent,
     ErrorEvent,
     ErrorInfo,
-    EventBase,
     FinishReason,
     StartEvent,
     StreamEvent,
-    Usage,
-    utc_now,
 )
+from parts import Usage
 from providers.base import AnswerError, AnswerSource, Completion
 from redis_client import Command, RedisUnavailable
 
@@ -44,47 +42,10 @@ __all__ = ["Answer", "AnswerObserver", "AnswerRunner", "EventQueue", "Phase"]
 
 logger = logging.getLogger(__name__)
 
-E = TypeVar("E", bound=EventBase)
-# An in-process caller's copy of an answer's events, then None once its task is over.
-EventQueue = asyncio.Queue[StreamEvent | None]
-
 # What observers are told, as `AnswerObserver` names its methods.
 Hook = Literal["answer_started", "chunk_published", "answer_ended"]
 # How many chunks an answer may have on their way to Redis before it waits for the oldest.
 CHUNK_WINDOW = 32
-
-
-class Phase(Enum):
-    """Where an answer is in its life. Stop and shutdown cancel only a running answer: one being
-    stored is complete, and cancelling it would store it twice and send `error` after `end`."""
-
-    RUNNING = "running"
-    CANCELLING = "cancelling"  # a Stop cancelled it: it is stored as `cancelled`
-    SHUTTING_DOWN = "shutting_down"  # shutdown cancelled it: it is stored as `shutdown`
-    FINISHING = "finishing"  # being stored and ended
-    ENDED = "ended"
-
-
-@dataclass(eq=False, slots=True)
-class Answer:
-    """One answer being streamed, and what its listeners have been sent so far."""
-
-    message_id: str
-    session_id: str  # "" for a stateless answer
-    user_id: str
-    # The replay-log entry after which this answer's events begin.
-    since: str
-    listener: EventQueue | None = None
-    # False for a stateless answer: nothing of it is written to Redis.
-    stored: bool = True
-    started: float = field(default_factory=time.perf_counter)
-    seq: int = 0
-    parts: list[str] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    phase: Phase = Phase.RUNNING
-    # How it ended, once it has: `finish_reason` is set once the answer is stored.
-    finish_reason: FinishReason | None = None
-    error_code: str | None = None
 
 
 class AnswerObserver(Protocol):
@@ -99,7 +60,7 @@ class AnswerObserver(Protocol):
         ...
 
 
-def _consume(future: asyncio.Future[list[Any]]) -> None:
+def _consume(future: Written) -> None:
     """Retrieve a future's outcome, so an unawaited failure is not reported as never retrieved."""
     if not future.cancelled():
         future.exception()
@@ -124,6 +85,7 @@ class AnswerRunner:
         self._answers = answers
         self._log = log
         self._writer = writer
+        self._emitter = EventEmitter(writer)
         self._end_retry = end_retry_seconds
         # Each hook's bound methods, looked up once: `chunk_published` runs for every chunk.
         self._hooks: dict[Hook, tuple[Callable[[Answer], None], ...]] = {
@@ -141,7 +103,9 @@ class AnswerRunner:
         """Tell the observers that the answer runs; `run` tells them when it has ended."""
         self._notify("answer_started", answer)
 
-    async def run(self, answer: Answer, conversation: list[ConversationMessage]) -> None:
+    async def run(
+        self, answer: Answer, conversation: list[ConversationMessage], options: GenerationOptions
+    ) -> None:
         # One frame for the whole answer, the stream included: thousands run at once (issue #6, f).
         completion = Completion()
         logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
@@ -150,25 +114,33 @@ class AnswerRunner:
         # The answer goes on producing while its chunks are on their way to Redis, up to CHUNK_WINDOW
         # of them, instead of waiting for each round trip. The writer keeps their order, and every one
         # is confirmed before the answer is stored and ended.
-        in_flight: deque[asyncio.Future[list[Any]]] = deque()
+        in_flight: deque[Written] = deque()
         try:
             starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
-            await self._publish(answer, self._event(answer, StartEvent), *starting)
+            await self._publish(answer, event_of(answer, StartEvent), *starting)
             # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
             # once, even when the cancel lands while a chunk is being published.
-            async with aclosing(self._source.stream(conversation, completion)) as deltas:
+            async with aclosing(self._source.stream(conversation, options, completion)) as deltas:
                 async for delta in deltas:
-                    if not delta:
-                        continue
-                    written = self._chunk(answer, header, delta, append)
-                    if written is not None:
-                        in_flight.append(written)
+                    if type(delta) is str:
+                        if not delta:
+                            continue
+                        written = self._emitter.chunk(answer, header, delta, append)
+                        if written is not None:
+                            in_flight.append(written)
+                    else:
+                        in_flight.extend(self._emitter.part(answer, header, delta, append))
                     self._notify("chunk_published", answer)
                     while in_flight and (len(in_flight) >= CHUNK_WINDOW or in_flight[0].done()):
                         await in_flight.popleft()
+            if answer.other is not None:
+                in_flight.extend(self._emitter.end_calls(answer, header, append))
             while in_flight:
                 await in_flight.popleft()
-            await self._end(answer, completion.finish_reason, usage=completion.usage)
+            finish_reason = completion.finish_reason
+            if finish_reason == "stop" and answer.other is not None and answer.other.calls:
+                finish_reason = "tool_calls"  # some servers say `stop` after calling tools
+            await self._end(answer, finish_reason, usage=completion.usage)
         except (asyncio.CancelledError, Exception) as error:
             # Only the service cancels answer tasks (Stop, shutdown), and it awaits them: the task
             # ends normally once the partial answer is stored and the stream is ended.
@@ -185,21 +157,6 @@ class AnswerRunner:
                 len(answer.parts),
                 (time.perf_counter() - answer.started) * 1000,
             )
-
-    def _chunk(
-        self, answer: Answer, header: bytes, delta: str, append: Callable[[bytes], list[Command]] | None
-    ) -> asyncio.Future[list[Any]] | None:
-        """Hand a delta on as the answer's next `chunk`; the write on its way to Redis, if it is stored
-        (`append`: the replay log's commands for the answer's session)."""
-        answer.seq += 1
-        answer.parts.append(delta)
-        if answer.listener is None:
-            payload = ChunkEvent.fast_json(header, answer.seq, delta)
-        else:  # an in-process listener (the /v1 API) takes the event itself
-            event = self._event(answer, ChunkEvent, content=delta)
-            answer.listener.put_nowait(event)
-            payload = event.model_dump_json(exclude_none=True).encode()
-        return None if append is None else self._writer.submit(append(payload))
 
     @staticmethod
     def _failure(answer: Answer, error: BaseException) -> tuple[FinishReason, tuple[str, str] | None]:
@@ -234,18 +191,6 @@ class AnswerRunner:
             [*extra, *self._log.append_commands(answer.session_id, payload, refresh_ttl=True)]
         )
 
-    @staticmethod
-    def _event(answer: Answer, kind: type[E], **fields: object) -> E:
-        return kind.model_validate(
-            {
-                "message_id": answer.message_id,
-                "session_id": answer.session_id,
-                "seq": answer.seq,
-                "timestamp": utc_now(),
-                **fields,
-            }
-        )
-
     async def _end(
         self,
         answer: Answer,
@@ -256,14 +201,36 @@ class AnswerRunner:
     ) -> None:
         """Store the answer (whole or partial), then end its stream with `end`, or `error` if given."""
         content = "".join(answer.parts)
-        turn = ChatTurn.assistant(answer.message_id, content, answer.user_id, finish_reason, usage)
+        other = answer.other
+        reasoning = other.reasoning_text() if other else None
+        tool_calls = other.tool_calls() if other else None
+        refusal = other.refusal_text() if other else None
+        turn = ChatTurn.assistant(
+            answer.message_id,
+            content,
+            answer.user_id,
+            finish_reason,
+            usage,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            refusal=refusal,
+        )
         answer.phase = Phase.FINISHING
         answer.seq += 1
         event: StreamEvent
         if error is None:
-            event = self._event(answer, EndEvent, content=content, finish_reason=finish_reason, usage=usage)
+            event = event_of(
+                answer,
+                EndEvent,
+                content=content,
+                reasoning=reasoning,
+                tool_calls=tool_calls,
+                refusal=refusal,
+                finish_reason=finish_reason,
+                usage=usage,
+            )
         else:
-            event = self._event(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
+            event = event_of(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
         answer.error_code = error[0] if error else None
         # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
         # so that the answer is not left `streaming` with no turn and no terminal event (#5).

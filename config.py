@@ -72,9 +72,11 @@ class Settings(BaseSettings):
     sse_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     sse_queue_limit: int = Field(default=1000, ge=10, le=1_000_000)
 
-    # Simulated model pacing
+    # Simulated model pacing, and whether it "thinks" aloud before answering (a request's
+    # `reasoning_effort` other than `none` turns it on for that answer)
     stream_delay: float = Field(default=0.1, ge=0, le=10)
     chunk_delay: float = Field(default=0.05, ge=0, le=10)
+    simulated_reasoning: bool = False
 
     # The model: the simulated one, or any server speaking OpenAI's Chat Completions API
     ai_provider: str = "simulated"
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     system_prompt: str = "You are a helpful assistant."
     max_context_messages: int = Field(default=20, ge=0, le=10_000)
     max_context_chars: int = Field(default=32_000, ge=1, le=10_000_000)
+    # Whether earlier answers' reasoning is sent back to the model (most servers neither want nor take it)
+    ai_send_reasoning: bool = False
 
     # Inputs and lifecycle
     max_message_length: int = Field(default=8000, ge=1, le=1_000_000)

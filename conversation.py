@@ -2,45 +2,104 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from parts import ToolCall
 
 __all__ = ["ConversationMessage", "build_context"]
 
 
 @dataclass(frozen=True, slots=True)
 class ConversationMessage:
-    role: Literal["system", "user", "assistant"]
+    """One message sent to a model: text, and the parts its role may carry."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    # An assistant's calls, and a tool message's answer to one of them.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    # A user's images (https or data URLs); an assistant's reasoning, sent back only when configured.
+    images: tuple[str, ...] = ()
+    reasoning: str | None = None
+
+    @classmethod
+    def from_stored(cls, turn: Mapping[str, Any]) -> ConversationMessage:
+        """From a stored turn's JSON object (`ChatTurn`); `KeyError`/`TypeError` if it is not one."""
+        return cls(
+            role=turn["role"],
+            content=turn["content"],
+            tool_calls=tuple(ToolCall(**call) for call in turn.get("tool_calls") or ()),
+            tool_call_id=turn.get("tool_call_id"),
+            images=tuple(turn.get("images") or ()),
+            reasoning=turn.get("reasoning"),
+        )
+
+    def size(self) -> int:
+        """What it counts against `MAX_CONTEXT_CHARS`: its text, its calls, its reasoning."""
+        calls = sum(len(call.name) + len(call.arguments) for call in self.tool_calls)
+        return len(self.content) + calls + len(self.reasoning or "")
+
+
+def _units(messages: Sequence[ConversationMessage]) -> list[list[ConversationMessage]]:
+    """The messages in the groups that are kept or dropped together: each message, except that a tool
+    message joins the assistant message whose call it answers. Within a group, a call without a result
+    (an answer stopped mid-call, or whose results never came) and a result without its call are dropped:
+    OpenAI-compatible servers refuse both."""
+    groups: list[list[ConversationMessage]] = []
+    for message in messages:
+        if message.role == "tool" and groups and groups[-1][0].tool_calls:
+            groups[-1].append(message)
+        elif message.role != "tool":
+            groups.append([message])
+    units = []
+    for group in groups:
+        head, results = group[0], group[1:]
+        if head.tool_calls:
+            answered = {result.tool_call_id for result in results}
+            calls = tuple(call for call in head.tool_calls if call.id in answered)
+            called = {call.id for call in calls}
+            results = [result for result in results if result.tool_call_id in called]
+            head = replace(head, tool_calls=calls)
+        if head.role == "assistant" and not head.content and not head.tool_calls:
+            continue  # an answer that failed before its first token
+        units.append([head, *results])
+    return units
 
 
 def build_context(
-    earlier: Sequence[ConversationMessage],
-    message: str,
+    turns: Sequence[ConversationMessage],
     *,
     system_prompt: str,
     max_messages: int,
     max_chars: int,
+    send_reasoning: bool = False,
 ) -> list[ConversationMessage]:
-    """The conversation a model answers: the system prompt, recent turns, then the new message.
+    """The conversation a model answers: the system prompt, then `turns` (oldest first) within limits.
 
-    Of the `earlier` turns (oldest first) at most `max_messages` of the most recent are kept, and only as
-    many as fit in `max_chars` together with the system prompt and the message; the oldest go first.
-    The system prompt and the new message are always sent. Empty turns (an answer that failed before its
-    first token) are skipped, and an answer whose question was dropped goes too, so the turns sent start
-    with a user's: some chat templates refuse anything else.
+    The last user message and everything after it (the tool calls of its answer and their results,
+    when a tool result is what is answered) are always sent. Of the turns before it, at most
+    `max_messages` of the most recent are kept, and only as many as fit in `max_chars` together with the
+    system prompt and what is always sent; the oldest go first. A tool call and its result are kept or
+    dropped together, and the turns sent start with a user's: some chat templates refuse anything else.
+    Reasoning of earlier answers is sent only with `send_reasoning`.
     """
-    budget = max_chars - len(system_prompt) - len(message)
-    candidates = [turn for turn in earlier if turn.content][-max_messages:] if max_messages else []
-    kept: list[ConversationMessage] = []
-    for turn in reversed(candidates):
-        budget -= len(turn.content)
-        if budget < 0:
+    if not send_reasoning:
+        turns = [replace(turn, reasoning=None) if turn.reasoning else turn for turn in turns]
+    last_user = max((i for i, turn in enumerate(turns) if turn.role == "user"), default=0)
+    pinned = [message for unit in _units(turns[last_user:]) for message in unit]
+    budget = max_chars - len(system_prompt) - sum(message.size() for message in pinned)
+    count = max_messages
+    kept: list[list[ConversationMessage]] = []
+    for unit in reversed(_units(turns[:last_user])):
+        budget -= sum(message.size() for message in unit)
+        count -= len(unit)
+        if budget < 0 or count < 0:
             break
-        kept.append(turn)
+        kept.append(unit)
     kept.reverse()
-    while kept and kept[0].role == "assistant":
+    while kept and kept[0][0].role != "user":
         kept.pop(0)
     system = [ConversationMessage(role="system", content=system_prompt)] if system_prompt else []
-    return [*system, *kept, ConversationMessage(role="user", content=message)]
+    return [*system, *(message for unit in kept for message in unit), *pinned]

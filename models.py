@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+
+from generation import GenerationOptions, check_image_url
+from parts import ToolCall, ToolResult, Usage
 
 # Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
@@ -20,16 +23,18 @@ UserId = Annotated[
     Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["user1"]),
 ]
 
-Role = Literal["user", "assistant"]
-# `stop`, `length` and `content_filter` are the model's own endings; the others end an answer early and
-# mark its stored text incomplete: `error` (the model or Redis failed), `shutdown`, `cancelled`.
-FinishReason = Literal["stop", "length", "content_filter", "cancelled", "error", "shutdown"]
+Role = Literal["user", "assistant", "tool"]
+# `stop`, `length`, `content_filter` and `tool_calls` are the model's own endings; the others end an
+# answer early and mark its stored parts incomplete: `error` (the model or Redis failed), `shutdown`,
+# `cancelled`.
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "cancelled", "error", "shutdown"]
 AnswerStatus = Literal["streaming", "completed", "cancelled", "failed"]
+MAX_IMAGES = 16
 
 
 def status_of(finish_reason: FinishReason) -> AnswerStatus:
     """The final status of an answer that ended for this reason."""
-    if finish_reason in ("stop", "length", "content_filter"):
+    if finish_reason in ("stop", "length", "content_filter", "tool_calls"):
         return "completed"
     if finish_reason == "cancelled":
         return "cancelled"
@@ -44,8 +49,9 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
-class ChatRequest(BaseModel):
-    """A user's message to a session."""
+class ChatRequest(GenerationOptions):
+    """A user's message to a session, or the results of the tool calls its last answer asked for; with
+    the options of the answer (tools, structured output, sampling), which apply to this answer only."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -53,9 +59,23 @@ class ChatRequest(BaseModel):
     )
 
     session_id: SessionId
-    message: str = Field(
+    tool_results: list[ToolResult] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="In place of `message`: the results of the tool calls the session's last answer "
+        "asked for; they are stored as `tool` turns and a new answer continues the conversation.",
+    )
+    message: str | None = Field(
+        default=None,
+        validate_default=True,
         min_length=1,
         description="The user's message: not blank, at most MAX_MESSAGE_LENGTH (default 8000) characters.",
+    )
+    images: list[str] | None = Field(
+        default=None,
+        max_length=MAX_IMAGES,
+        description="With `message`: images for the model to see, as https or base64 data URLs.",
     )
     user_id: UserId
     message_id: uuid.UUID | None = Field(
@@ -68,10 +88,28 @@ class ChatRequest(BaseModel):
 
     @field_validator("message")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _not_blank(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("message must not be blank")
+        if "tool_results" in info.data and (value is None) == (info.data["tool_results"] is None):
+            raise ValueError("send either a `message` or `tool_results`")
         return value
+
+    @field_validator("images")
+    @classmethod
+    def _image_urls(cls, urls: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if urls and info.data.get("message") is None:
+            raise ValueError("images go with a `message`")
+        return None if urls is None else [check_image_url(url) for url in urls]
+
+    @field_validator("tool_results")
+    @classmethod
+    def _distinct_calls(cls, results: list[ToolResult] | None) -> list[ToolResult] | None:
+        ids = [result.tool_call_id for result in results or []]
+        duplicate = next((call_id for call_id in ids if ids.count(call_id) > 1), None)
+        if duplicate is not None:
+            raise ValueError(f"two results for the tool call {duplicate!r}")
+        return results
 
 
 class ChatAccepted(BaseModel):
@@ -117,16 +155,11 @@ class AnswerState(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class Usage(BaseModel):
-    """Token counts reported by the model, when it reports them."""
-
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
-
-
 class ChatTurn(BaseModel):
-    """One turn of a conversation as stored in history."""
+    """One turn of a conversation as stored in history: a user's message, an answer, or a tool's result.
+
+    The turns of one exchange share its `message_id`: the user's message (or the tool results) and the
+    answer to it."""
 
     message_id: str
     role: Role
@@ -134,18 +167,38 @@ class ChatTurn(BaseModel):
     user_id: str
     created_at: datetime = Field(description="When the turn was written, ISO 8601 in UTC.")
     finish_reason: FinishReason | None = Field(
-        default=None, description="How an assistant turn ended; absent on user turns."
+        default=None, description="How an assistant turn ended; absent on the others."
     )
     usage: Usage | None = None
+    reasoning: str | None = Field(
+        default=None, description="An answer's reasoning, when the model showed it."
+    )
+    tool_calls: list[ToolCall] | None = Field(default=None, description="The tools an answer called.")
+    refusal: str | None = Field(default=None, description="An answer's refusal, when the model refused.")
+    tool_call_id: str | None = Field(default=None, description="Which call a `tool` turn is the result of.")
+    images: list[str] | None = Field(default=None, description="A user turn's images (URLs).")
 
     @classmethod
     def user(cls, request: ChatRequest, message_id: str) -> ChatTurn:
+        assert request.message is not None
         return cls(
             message_id=message_id,
             role="user",
             content=request.message,
             user_id=request.user_id,
             created_at=utc_now(),
+            images=request.images,
+        )
+
+    @classmethod
+    def tool(cls, result: ToolResult, message_id: str, user_id: str) -> ChatTurn:
+        return cls(
+            message_id=message_id,
+            role="tool",
+            content=result.content,
+            user_id=user_id,
+            created_at=utc_now(),
+            tool_call_id=result.tool_call_id,
         )
 
     @classmethod
@@ -156,6 +209,10 @@ class ChatTurn(BaseModel):
         user_id: str,
         finish_reason: FinishReason,
         usage: Usage | None = None,
+        *,
+        reasoning: str | None = None,
+        tool_calls: list[ToolCall] | None = None,
+        refusal: str | None = None,
     ) -> ChatTurn:
         return cls(
             message_id=message_id,
@@ -165,6 +222,9 @@ class ChatTurn(BaseModel):
             created_at=utc_now(),
             finish_reason=finish_reason,
             usage=usage,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            refusal=refusal,
         )
 
 
@@ -187,84 +247,6 @@ class StatusResponse(BaseModel):
 
     status: Literal["success"] = "success"
     message: str
-
-
-class RedisHealth(BaseModel):
-    status: Literal["connected", "disconnected"]
-    mode: Literal["redis", "embedded"]
-    latency_ms: float | None = Field(default=None, description="PING round trip, in milliseconds.")
-    pubsub: Literal["ok"] | None = Field(
-        default=None, description="A probe came back through this process's PubSub subscription."
-    )
-    error: str | None = Field(default=None, description="Why Redis is unreachable, when it is.")
-
-
-class AIHealth(BaseModel):
-    """Which model answers. Not probed: a health check must not spend tokens or wait on a model server."""
-
-    provider: str = Field(examples=["openai"], description="The `AI_PROVIDER` that answers.")
-    model: str = Field(examples=["gpt-4o-mini"])
-    base_url: str | None = Field(
-        default=None, description="The model server, for `openai`; never with credentials."
-    )
-
-
-class HealthResponse(BaseModel):
-    status: Literal["healthy", "unhealthy"]
-    version: str
-    redis: RedisHealth
-    ai: AIHealth | None = Field(default=None, description="The model provider answers come from.")
-
-
-class LivenessResponse(BaseModel):
-    status: Literal["alive"]
-    version: str
-
-
-class ServiceInfo(BaseModel):
-    """What the service is and where to go next."""
-
-    service: str
-    version: str
-    docs: str
-    redoc: str
-    health: str
-    metrics: str
-    openapi: str
-    event_schema: str
-    chat_page: str
-    channel_pattern: str = Field(description="How a session's PubSub channel is named.")
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(examples=["redis_unavailable"])
-    message: str
-    fields: list[FieldError] | None = Field(
-        default=None, description="For invalid requests: each field that failed, and why."
-    )
-
-
-class ErrorResponse(BaseModel):
-    """Every error answer has this body."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"error": {"code": "redis_unavailable", "message": "Redis is unavailable"}}]
-        }
-    )
-
-    error: ErrorDetail
-
-
-class ConflictResponse(ErrorResponse):
-    """The answer has already ended: the error, and the answer's final state."""
-
-    state: AnswerState
 
 
 # --- The stream contract: one JSON object per PubSub message -------------------------------------
@@ -311,11 +293,66 @@ class ChunkEvent(EventBase):
         )
 
 
+def part_json(header: bytes, seq: int, kind: bytes, fields: dict[str, object]) -> bytes:
+    """`ChunkEvent.fast_json` for the other parts: the event of type `kind` with these `fields`, in the
+    order its model declares them."""
+    return b'%s%d,"timestamp":%s,"type":"%s",%s' % (
+        header,
+        seq,
+        orjson.dumps(utc_now(), option=orjson.OPT_UTC_Z),
+        kind,
+        orjson.dumps(fields)[1:],
+    )
+
+
+class ReasoningEvent(EventBase):
+    """The next piece of the model's reasoning ("thinking"), shown apart from the answer."""
+
+    type: Literal["reasoning"] = "reasoning"
+    content: str = Field(description="The reasoning delta: concatenated, `end`'s `reasoning`.")
+
+
+class RefusalEvent(EventBase):
+    """The next piece of the model's refusal."""
+
+    type: Literal["refusal"] = "refusal"
+    content: str = Field(description="The refusal delta: concatenated, `end`'s `refusal`.")
+
+
+class ToolCallStartEvent(EventBase):
+    """The model begins a tool call; its arguments follow as `tool_call_delta` events."""
+
+    type: Literal["tool_call_start"] = "tool_call_start"
+    tool_call_id: str
+    name: str = Field(description="The function called: one of the request's `tools`.")
+    index: int = Field(ge=0, description="The call's position among this answer's calls, from 0.")
+
+
+class ToolCallDeltaEvent(EventBase):
+    """The next piece of a tool call's arguments."""
+
+    type: Literal["tool_call_delta"] = "tool_call_delta"
+    tool_call_id: str
+    arguments: str = Field(description="The arguments delta: concatenated, the call's `arguments`.")
+
+
+class ToolCallEndEvent(EventBase):
+    """A tool call is complete: its whole arguments, a JSON object as text."""
+
+    type: Literal["tool_call_end"] = "tool_call_end"
+    tool_call_id: str
+    name: str
+    arguments: str
+
+
 class EndEvent(EventBase):
-    """The answer is complete and stored in history."""
+    """The answer is complete and stored in history: the assembled message."""
 
     type: Literal["end"] = "end"
-    content: str = Field(description="The whole answer.")
+    content: str = Field(description="The whole text of the answer.")
+    reasoning: str | None = Field(default=None, description="The whole reasoning, when there was any.")
+    tool_calls: list[ToolCall] | None = Field(default=None, description="Every tool call, in order.")
+    refusal: str | None = Field(default=None, description="The whole refusal, when the model refused.")
     finish_reason: FinishReason
     usage: Usage | None = None
 
@@ -332,8 +369,19 @@ class ErrorEvent(EventBase):
     error: ErrorInfo
 
 
-StreamEvent = Annotated[StartEvent | ChunkEvent | EndEvent | ErrorEvent, Field(discriminator="type")]
-stream_event_adapter: TypeAdapter[StartEvent | ChunkEvent | EndEvent | ErrorEvent] = TypeAdapter(StreamEvent)
+AnyEvent = (
+    StartEvent
+    | ChunkEvent
+    | ReasoningEvent
+    | RefusalEvent
+    | ToolCallStartEvent
+    | ToolCallDeltaEvent
+    | ToolCallEndEvent
+    | EndEvent
+    | ErrorEvent
+)
+StreamEvent = Annotated[AnyEvent, Field(discriminator="type")]
+stream_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(StreamEvent)
 
 
 def stream_event_schema() -> dict[str, Any]:

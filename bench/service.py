@@ -24,7 +24,9 @@ from fastapi import FastAPI
 from app import create_app
 from config import get_settings
 from conversation import ConversationMessage
+from generation import GenerationOptions
 from logs import configure_logging
+from parts import Delta
 from providers.base import AnswerSource, Completion
 
 LAG_INTERVAL = 0.005
@@ -41,8 +43,11 @@ class FixedAnswerSource(AnswerSource):
         self.delay = delay
 
     async def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncGenerator[str, None]:
+        self,
+        conversation: Sequence[ConversationMessage],
+        options: GenerationOptions,
+        completion: Completion,
+    ) -> AsyncGenerator[Delta, None]:
         for index in range(self.chunks):
             if self.delay:
                 await asyncio.sleep(self.delay)

@@ -13,18 +13,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from ai_service import AnswerFinished
 from errors import ServiceError
-from models import AnswerState, ConflictResponse, ErrorResponse
+from models import AnswerState
 from protocols.validation import InvalidRequest
 from providers.base import AnswerError
 from redis_client import RedisUnavailable
 
 __all__ = [
     "OPENAI_PREFIX",
+    "ConflictResponse",
+    "ErrorResponse",
     "OpenAIErrorDetail",
     "OpenAIErrorResponse",
     "Problem",
@@ -36,6 +38,38 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["redis_unavailable"])
+    message: str
+    fields: list[FieldError] | None = Field(
+        default=None, description="For invalid requests: each field that failed, and why."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer has this body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "redis_unavailable", "message": "Redis is unavailable"}}]
+        }
+    )
+
+    error: ErrorDetail
+
+
+class ConflictResponse(ErrorResponse):
+    """The answer has already ended: the error, and the answer's final state."""
+
+    state: AnswerState
+
 
 OPENAI_PREFIX = "/v1"
 

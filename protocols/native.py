@@ -13,8 +13,6 @@ from models import (
     AnswerState,
     ChatAccepted,
     ChatRequest,
-    ConflictResponse,
-    ErrorResponse,
     HistoryResponse,
     StatusResponse,
     stream_event_schema,
@@ -29,6 +27,7 @@ from protocols.deps import (
     SettingsDep,
     StreamPrincipalDep,
 )
+from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse
 from protocols.validation import check_message_length
 
@@ -88,7 +87,8 @@ async def chat(
     settings: SettingsDep,
 ) -> ChatAccepted:
     """Store the message, start the answer in the background, and return where it streams."""
-    check_message_length(request.message, settings.max_message_length, "message")
+    if request.message is not None:
+        check_message_length(request.message, settings.max_message_length, "message")
     if request.message_id is None:
         request = request.model_copy(update={"message_id": uuid.uuid4()})
     async with admission.admit(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from config import SERVICE_NAME, VERSION
 from metrics import CONTENT_TYPE_LATEST
-from models import HealthResponse, LivenessResponse, RedisHealth, ServiceInfo
 from protocols.deps import (
     ChatServiceDep,
     HistoryDep,
@@ -20,6 +21,7 @@ from protocols.deps import (
     SettingsDep,
 )
 from protocols.native import ERRORS
+from providers.base import AIHealth
 from redis_client import KeySpace, RedisUnavailable
 
 __all__ = ["HEALTH_TIMEOUT", "router"]
@@ -28,6 +30,43 @@ __all__ = ["HEALTH_TIMEOUT", "router"]
 HEALTH_TIMEOUT = 1.5
 
 router = APIRouter(tags=["service"])
+
+
+class RedisHealth(BaseModel):
+    status: Literal["connected", "disconnected"]
+    mode: Literal["redis", "embedded"]
+    latency_ms: float | None = Field(default=None, description="PING round trip, in milliseconds.")
+    pubsub: Literal["ok"] | None = Field(
+        default=None, description="A probe came back through this process's PubSub subscription."
+    )
+    error: str | None = Field(default=None, description="Why Redis is unreachable, when it is.")
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    version: str
+    redis: RedisHealth
+    ai: AIHealth | None = Field(default=None, description="The model provider answers come from.")
+
+
+class LivenessResponse(BaseModel):
+    status: Literal["alive"]
+    version: str
+
+
+class ServiceInfo(BaseModel):
+    """What the service is and where to go next."""
+
+    service: str
+    version: str
+    docs: str
+    redoc: str
+    health: str
+    metrics: str
+    openapi: str
+    event_schema: str
+    chat_page: str
+    channel_pattern: str = Field(description="How a session's PubSub channel is named.")
 
 
 @router.get("/", response_model=ServiceInfo, summary="Service information")

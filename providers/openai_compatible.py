@@ -22,8 +22,10 @@ from openai import (
 )
 
 from conversation import ConversationMessage
-from models import AIHealth, FinishReason, Usage
-from providers.base import AnswerError, AnswerSource, Completion
+from generation import GenerationOptions
+from models import FinishReason
+from parts import Delta, Usage
+from providers.base import AIHealth, AnswerError, AnswerSource, Completion
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -78,6 +80,7 @@ class OpenAIAnswerSource:
     """
 
     name = "openai"
+    accepts_images = True
 
     def __init__(
         self,
@@ -123,8 +126,11 @@ class OpenAIAnswerSource:
         await self._client.close()
 
     async def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncGenerator[str, None]:
+        self,
+        conversation: Sequence[ConversationMessage],
+        options: GenerationOptions,
+        completion: Completion,
+    ) -> AsyncGenerator[Delta, None]:
         try:
             response = await self._client.chat.completions.create(
                 model=self.model,

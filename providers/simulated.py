@@ -9,6 +9,8 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
 from conversation import ConversationMessage
+from generation import GenerationOptions
+from parts import Delta
 from providers.base import AnswerSource, Completion
 
 if TYPE_CHECKING:
@@ -127,6 +129,7 @@ class SimulatedAnswerSource(AnswerSource):
 
     name = "simulated"
     model = "simulated"
+    accepts_images = False
 
     def __init__(self, *, stream_delay: float, chunk_delay: float, words_per_chunk: int = 3) -> None:
         self.stream_delay = stream_delay
@@ -134,8 +137,11 @@ class SimulatedAnswerSource(AnswerSource):
         self.words_per_chunk = words_per_chunk
 
     async def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncGenerator[str, None]:
+        self,
+        conversation: Sequence[ConversationMessage],
+        options: GenerationOptions,
+        completion: Completion,
+    ) -> AsyncGenerator[Delta, None]:
         words = compose_answer(conversation).split(" ")
         loop = asyncio.get_running_loop()
         # How far behind its pacing the answer is: a busy event loop wakes a sleeper late (and

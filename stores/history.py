@@ -11,15 +11,16 @@ import orjson
 from redis.asyncio import Redis, RedisCluster
 
 from batcher import CommandBatcher
-from models import ChatTurn, Role
+from conversation import ConversationMessage
+from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
 
 __all__ = ["HistoryStore", "RecentTurn"]
 
 logger = logging.getLogger(__name__)
 
-# (message_id, role, content) of a stored turn, as the context for the next answer needs it.
-RecentTurn = tuple[str, Role, str]
+# (message_id, the turn as a model is sent it) of a stored turn, as the context for an answer needs it.
+RecentTurn = tuple[str, ConversationMessage]
 
 
 class HistoryStore:
@@ -44,11 +45,11 @@ class HistoryStore:
         self._timeout = timeout
         self._wait_replicas = wait_replicas
 
-    def append_commands(self, session_id: str, turn: ChatTurn) -> list[Command]:
-        """RPUSH, LTRIM and EXPIRE of one turn: the key never exists without its TTL."""
+    def append_commands(self, session_id: str, *turns: ChatTurn) -> list[Command]:
+        """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL."""
         key = self._keys.history(session_id)
         return [
-            ("RPUSH", key, turn.model_dump_json(exclude_none=True)),
+            ("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns)),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
         ]
@@ -57,16 +58,16 @@ class HistoryStore:
         return [("DEL", self._keys.history(session_id))]
 
     async def append(
-        self, session_id: str, turn: ChatTurn, *, along: Sequence[Command] = (), recent: int = 0
+        self, session_id: str, turns: Sequence[ChatTurn], *, along: Sequence[Command] = (), recent: int = 0
     ) -> tuple[list[Any], list[RecentTurn]]:
-        """Store the turn in one transaction with `along` (another store's commands that must see the
+        """Store the turns in one transaction with `along` (another store's commands that must see the
         same moment, such as the replay log's position); return their replies and the session's
-        `recent` newest turns, this one included.
+        `recent` newest turns, these included.
 
         With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every attached
         replica if fewer are attached, so a failover cannot lose it.
         """
-        appended = self.append_commands(session_id, turn)
+        appended = self.append_commands(session_id, *turns)
         commands = [*appended, *along]
         if recent:
             commands.append(("LRANGE", self._keys.history(session_id), -recent, -1))
@@ -115,15 +116,21 @@ class HistoryStore:
             return replies
 
     @staticmethod
-    def _parse(session_id: str, raw: list[bytes]) -> list[RecentTurn]:
+    def _parse(session_id: str, raw: Sequence[bytes | str]) -> list[RecentTurn]:
         turns: list[RecentTurn] = []
         for item in raw:
             try:
                 stored = orjson.loads(item)
-                turns.append((stored["message_id"], stored["role"], stored["content"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+                turns.append((stored["message_id"], ConversationMessage.from_stored(stored)))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
         return turns
+
+    async def recent(self, session_id: str, count: int) -> list[RecentTurn]:
+        """The session's `count` newest turns, as a model is sent them."""
+        async with bounded(self._timeout):
+            raw = await self._redis.lrange(self._keys.history(session_id), -count, -1)
+        return self._parse(session_id, raw)
 
     async def read(self, session_id: str, limit: int | None = None) -> list[ChatTurn]:
         start = -limit if limit else 0

@@ -13,7 +13,9 @@ from typing import Any
 from redis.asyncio.client import PubSub
 
 from conversation import ConversationMessage
+from generation import GenerationOptions
 from models import ChatRequest
+from parts import Delta
 from providers.base import AnswerSource, Completion
 from redis_client import KeySpace
 from services import Services
@@ -73,7 +75,7 @@ class ScriptedSource(AnswerSource):
 
     def __init__(
         self,
-        deltas: Sequence[str],
+        deltas: Sequence[Delta],
         *,
         hold: asyncio.Event | None = None,
         fail: Exception | None = None,
@@ -84,11 +86,16 @@ class ScriptedSource(AnswerSource):
         self.fail = fail
         self.delay = delay
         self.conversations: list[list[ConversationMessage]] = []
+        self.options: list[GenerationOptions] = []
 
     async def stream(
-        self, conversation: Sequence[ConversationMessage], completion: Completion
-    ) -> AsyncGenerator[str]:
+        self,
+        conversation: Sequence[ConversationMessage],
+        options: GenerationOptions,
+        completion: Completion,
+    ) -> AsyncGenerator[Delta, None]:
         self.conversations.append(list(conversation))
+        self.options.append(options)
         for delta in self.deltas:
             if self.delay:
                 await asyncio.sleep(self.delay)  # a model's pace: the subject of the test, not a wait

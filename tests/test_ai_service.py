@@ -13,6 +13,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ai_service import ServiceUnavailable
+from generation import GenerationOptions
 from models import ChatRequest, EndEvent, ErrorEvent, StreamEvent
 from providers.base import AnswerError
 from providers.simulated import SimulatedAnswerSource, compose_answer
@@ -219,7 +220,7 @@ async def test_a_stateless_answer_runs_through_the_service_and_writes_nothing(
     hold = asyncio.Event()
     async with run_service(ScriptedSource(["Hel", "lo"], hold=hold)) as harness:
         events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
-        harness.service.submit_stateless([user("Hi")], user_id="u1", listener=events)
+        harness.service.submit_stateless([user("Hi")], GenerationOptions(), user_id="u1", listener=events)
         assert harness.service.active_answers == 1  # counted like every answer, against the caps
         hold.set()
         received = []
@@ -238,7 +239,7 @@ async def test_shutdown_ends_a_running_stateless_answer(run_service: RunService)
         ScriptedSource(["partial"], hold=asyncio.Event()), shutdown_grace_seconds=0
     ) as harness:
         events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
-        harness.service.submit_stateless([user("Hi")], user_id="u1", listener=events)
+        harness.service.submit_stateless([user("Hi")], GenerationOptions(), user_id="u1", listener=events)
         async with asyncio.timeout(10):
             assert (await events.get()) is not None  # start
             assert (await events.get()) is not None  # the chunk: it is running

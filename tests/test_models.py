@@ -130,7 +130,7 @@ def test_a_negative_seq_is_refused() -> None:
         StartEvent(**BASE, seq=-1)
 
 
-def test_the_event_schema_is_valid_json_schema_covering_the_four_types() -> None:
+def test_the_event_schema_is_valid_json_schema_covering_every_type() -> None:
     schema = stream_event_schema()
     Draft202012Validator.check_schema(schema)
     types = {
@@ -138,7 +138,17 @@ def test_the_event_schema_is_valid_json_schema_covering_the_four_types() -> None
         for definition in schema["$defs"].values()
         if "type" in definition.get("properties", {})
     }
-    assert types == {"start", "chunk", "end", "error"}
+    assert types == {
+        "start",
+        "chunk",
+        "reasoning",
+        "refusal",
+        "tool_call_start",
+        "tool_call_delta",
+        "tool_call_end",
+        "end",
+        "error",
+    }
     assert schema["discriminator"]["propertyName"] == "type"
 
 

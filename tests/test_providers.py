@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from ai_service import ChatService
 from config import Settings, format_validation_error
 from models import (
-    AIHealth,
     ChatRequest,
     ChatTurn,
     ChunkEvent,
@@ -26,9 +25,10 @@ from models import (
     ErrorEvent,
     StartEvent,
     StreamEvent,
-    Usage,
 )
+from parts import Usage
 from providers import PROVIDERS, create_answer_source
+from providers.base import AIHealth
 from providers.openai_compatible import model_location
 from services import build_services
 from stores.history import HistoryStore

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from conversation import ConversationMessage
+from generation import GenerationOptions
 from providers.base import Completion
 from providers.simulated import SimulatedAnswerSource, compose_answer
 from tests.chat_harness import (
@@ -22,7 +23,9 @@ def sentences(text: str) -> list[str]:
 
 
 async def collect(source: SimulatedAnswerSource, conversation: Sequence[ConversationMessage]) -> list[str]:
-    return [delta async for delta in source.stream(conversation, Completion())]
+    deltas = [delta async for delta in source.stream(conversation, GenerationOptions(), Completion())]
+    assert all(isinstance(delta, str) for delta in deltas)
+    return [str(delta) for delta in deltas]
 
 
 @pytest.mark.parametrize(

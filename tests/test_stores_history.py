@@ -63,14 +63,14 @@ async def started_writer(redis: RedisClient, timeout: float = 2) -> CommandBatch
 async def test_history_append_keeps_order(fake: Redis) -> None:
     history = history_on(fake)
     for number in range(5):
-        await history.append("s1", turn(number))
+        await history.append("s1", [turn(number)])
     assert [t.message_id for t in await history.read("s1")] == [f"m-{n}" for n in range(5)]
 
 
 async def test_history_is_trimmed_to_the_most_recent_turns(fake: Redis) -> None:
     history = history_on(fake, max_messages=3)
     for number in range(7):
-        await history.append("s1", turn(number))
+        await history.append("s1", [turn(number)])
     assert [t.message_id for t in await history.read("s1")] == ["m-4", "m-5", "m-6"]
     assert await fake.llen(KEYS.history("s1")) == 3
 
@@ -78,24 +78,24 @@ async def test_history_is_trimmed_to_the_most_recent_turns(fake: Redis) -> None:
 async def test_history_limit_returns_the_most_recent_oldest_first(fake: Redis) -> None:
     history = history_on(fake)
     for number in range(5):
-        await history.append("s1", turn(number))
+        await history.append("s1", [turn(number)])
     assert [t.message_id for t in await history.read("s1", limit=2)] == ["m-3", "m-4"]
     assert len(await history.read("s1", limit=50)) == 5
 
 
 async def test_sessions_do_not_share_history(fake: Redis) -> None:
     history = history_on(fake)
-    await history.append("a", turn(1))
-    await history.append("b", turn(2))
+    await history.append("a", [turn(1)])
+    await history.append("b", [turn(2)])
     assert [t.message_id for t in await history.read("a")] == ["m-1"]
     assert await history.read("unknown") == []
 
 
 async def test_an_unreadable_entry_is_skipped_not_fatal(fake: Redis) -> None:
     history = history_on(fake)
-    await history.append("s1", turn(1))
+    await history.append("s1", [turn(1)])
     await fake.rpush(KEYS.history("s1"), b"{not json")
-    await history.append("s1", turn(2))
+    await history.append("s1", [turn(2)])
     assert [t.message_id for t in await history.read("s1")] == ["m-1", "m-2"]
 
 
@@ -108,21 +108,21 @@ async def test_embedded_redis_answers_ping(make_settings: Callable[..., Settings
 
 
 async def test_history_ttl_is_set_on_first_append(real: Redis) -> None:
-    await history_on(real).append("s1", turn(1))
+    await history_on(real).append("s1", [turn(1)])
     assert TTL - 5 <= await real.ttl(KEYS.history("s1")) <= TTL
 
 
 async def test_history_ttl_is_refreshed_on_every_append(real: Redis) -> None:
     history = history_on(real)
-    await history.append("s1", turn(1))
+    await history.append("s1", [turn(1)])
     await real.expire(KEYS.history("s1"), 5)
-    await history.append("s1", turn(2))
+    await history.append("s1", [turn(2)])
     assert await real.ttl(KEYS.history("s1")) > TTL - 5
 
 
 async def test_writer_appends_refresh_the_ttl_too(real: Redis) -> None:
     history = history_on(real)
-    await history.append("s1", turn(1))
+    await history.append("s1", [turn(1)])
     await real.expire(KEYS.history("s1"), 5)
     writer = await started_writer(real)
     try:
@@ -138,7 +138,7 @@ async def test_every_chat_key_has_a_ttl(real: Redis) -> None:
     writer = await started_writer(real)
     try:
         for session in ("a", "b", "c"):
-            await history.append(session, turn(1))
+            await history.append(session, [turn(1)])
             await writer.submit(history.append_commands(session, turn(2)))
             await writer.submit(history.append_commands(session, turn(3)))  # trims
             await writer.submit([("PUBLISH", KEYS.channel(session), b"{}")])
@@ -158,7 +158,7 @@ async def test_history_calls_fail_fast_when_redis_is_down(
     own_redis.stop()
     try:
         async with asyncio.timeout(10):
-            for call in (history.ping(), history.read("s1"), history.append("s1", turn(1))):
+            for call in (history.ping(), history.read("s1"), history.append("s1", [turn(1)])):
                 with pytest.raises(RedisUnavailable) as caught:
                     await call
                 assert caught.value.reason in {"cannot connect to Redis", "Redis did not answer in time"}

@@ -89,11 +89,10 @@ def _conversation(
     system_prompt = "\n\n".join(m.text() for m in messages[:leading]) if leading else settings.system_prompt
     earlier = [
         ConversationMessage(role="system" if m.role == "developer" else m.role, content=m.text())
-        for m in messages[leading:-1]
+        for m in messages[leading:]
     ]
     conversation = build_context(
         earlier,
-        message,
         system_prompt=system_prompt,
         max_messages=settings.max_context_messages,
         max_chars=settings.max_context_chars,
@@ -233,7 +232,7 @@ async def _stateless(
     user_id = body.user or DEFAULT_USER_ID
     events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
     async with admission.admit(principal, user_id=user_id, message_id=answer_id):
-        service.submit_stateless(conversation, user_id=user_id, listener=events, message_id=answer_id)
+        service.submit_stateless(conversation, body, user_id=user_id, listener=events, message_id=answer_id)
     # Nobody else can follow a stateless answer: it ends when its caller leaves.
     deltas = _relay(events, completion, stop=lambda: service.stop_local(answer_id))
     return f"chatcmpl-{answer_id.replace('-', '')}", deltas

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from models import Usage
+from generation import GenerationOptions
+from parts import Usage
 
 __all__ = [
     "AssistantMessage",
@@ -55,7 +56,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(GenerationOptions):
     """OpenAI's Chat Completions request. Sampling options (`temperature`, `max_tokens`, ...) are accepted
     and ignored: the service's `AI_TEMPERATURE` and `AI_MAX_TOKENS` apply."""
 
