@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 # closed network (CI here) cannot reach. tests/test_ui.py reads the same variable.
 CHROMIUM_PATH ?= /usr/bin/chromium
 export CHROMIUM_PATH
+# The Node clients that tests/test_node_clients.py runs, pinned in tests/node/package-lock.json.
+NODE_CLIENTS := tests/node
 
-.PHONY: run test lint typecheck format pytest browser bench bench-smoke bench-cluster clean
+.PHONY: run test lint typecheck format pytest browser node-clients bench bench-smoke bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,7 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev browser
+pytest: $(VENV)/.dev browser node-clients
 	$(BIN)/pytest
 
 ## bench: measure the service against the machine's ceilings (a few minutes; needs redis-server)
@@ -62,9 +64,24 @@ browser:
 	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "could not install chromium: the browser tests cannot run" >&2; }
 
+## node-clients: install the Node clients for tests/test_node_clients.py (`npm ci` in tests/node) when
+## node_modules is missing or older than the lockfile. Without npm the Node client tests skip, saying
+## why; under CI=true they fail.
+node-clients: $(NODE_CLIENTS)/node_modules/.package-lock.json
+
+# `npm ci` writes node_modules/.package-lock.json last, so its age tells whether the install is current.
+$(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  echo "installing the Node clients for the tests (npm ci in $(NODE_CLIENTS))"; \
+	  (cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error) || \
+	    echo "could not install the Node clients: the Node client tests cannot run" >&2; \
+	else \
+	  echo "npm is not installed: the Node client tests cannot run" >&2; \
+	fi
+
 format: $(VENV)/.dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules
