@@ -127,9 +127,9 @@ def schema_errors(schema: Json, instance: Any) -> list[str]:
     return [error.message for error in validator.iter_errors(instance)]
 
 
-def assert_valid_weather_calls(calls: list[Json], schema: Json) -> None:
+def assert_valid_weather_calls(calls: list[Json], schema: Json, step: Json) -> None:
     """Each call names the tool, and its input passed the SDK's zod check and passes the JSON Schema."""
-    assert calls, "the model called no tool"
+    assert calls, f"no tool call; the step ended {step['rawFinishReason']!r} with text {step['text']!r}"
     for call in calls:
         assert call["name"] == WEATHER
         assert call["invalid"] is False, call["error"]
@@ -145,7 +145,7 @@ def test_ai_sdk_stream_text_with_required_tool_choice_gets_a_schema_valid_tool_c
     result = run_node(node, simulated, "ai-sdk-tool-required")
     assert sent(result)["tool_choice"] == "required"
     assert result["problems"] == []
-    assert_valid_weather_calls(result["toolCalls"], tool_schema(sent(result)))
+    assert_valid_weather_calls(result["toolCalls"], tool_schema(sent(result)), result["steps"][0])
     # The call streamed as tool-input parts before it was whole, and the answer ended for the tools.
     assert result["parts"]["tool-input-start"] == len(result["toolCalls"])
     assert result["parts"]["tool-input-delta"] >= 1
@@ -159,7 +159,7 @@ def test_ai_sdk_tool_loop_runs_the_tool_and_answers_from_its_result(
     result = run_node(node, simulated, "ai-sdk-tool-loop")
     assert result["problems"] == []
     steps = result["steps"]
-    assert_valid_weather_calls(steps[0]["toolCalls"], tool_schema(sent(result)))
+    assert_valid_weather_calls(steps[0]["toolCalls"], tool_schema(sent(result)), steps[0])
     assert steps[0]["finishReason"] == "tool-calls"
     assert len(steps) == 2, steps
     first, second = steps
@@ -195,7 +195,7 @@ def test_openai_streamed_tool_calls_assemble_into_schema_valid_calls(
 ) -> None:
     result = run_node(node, simulated, "openai-tools-stream")
     calls = result["toolCalls"]
-    assert calls, f"no tool call in the stream; content: {result['content']!r}"
+    assert calls, f"no tool call; the stream ended {result['finishReason']!r} with {result['content']!r}"
     schema = tool_schema(sent(result))
     for index, call in enumerate(calls):
         assert call["index"] == index
@@ -215,7 +215,7 @@ def test_openai_run_tools_calls_the_function_and_finishes_with_text(
     result = run_node(node, simulated, "openai-run-tools", *(["--stream"] if stream else []))
     schema = tool_schema(sent(result))
     # zodFunction parsed the arguments before the function was called with them.
-    assert result["called"], "runTools never called the function"
+    assert result["called"], f"runTools never called the function: {result['completions']}"
     for arguments in result["called"]:
         assert schema_errors(schema, arguments) == []
     completions = result["completions"]
