@@ -4,6 +4,7 @@ history, tool results continuing the conversation, and the conflicts that store 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -318,3 +319,26 @@ async def test_images_to_the_simulated_model_are_400_over_http(client: httpx.Asy
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "images_unsupported"
     assert (await client.get("/history/s1")).json()["count"] == 0
+
+
+async def test_a_retried_tool_result_post_gets_the_same_answer_not_a_conflict(
+    run_service: RunService,
+) -> None:
+    source = ScriptedSource(CALLING)
+    async with run_service(source) as harness:
+        await harness.chat("Weather?", tools=[WEATHER, TIME])
+        source.deltas = ["Sunny."]
+        results = ChatRequest.model_validate(
+            {
+                "session_id": "s1",
+                "user_id": "u1",
+                "message_id": str(uuid.uuid4()),
+                "tool_results": [{"tool_call_id": "call_1", "content": "sunny"}],
+            }
+        )
+        accepted, started = await harness.service.submit(results)
+        retried, started_again = await harness.service.submit(results)
+        turns = await harness.history.read("s1")
+    assert (started, started_again) == (True, False)
+    assert retried.message_id == accepted.message_id
+    assert [turn.role for turn in turns].count("tool") == 1
