@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from jsonschema.validators import validator_for
 
-from testkit.openai_server import OpenAIServer
+from testkit.openai_server import OpenAIServer, Reply, tool_call
 from testkit.prerequisites import need
 from testkit.processes import ROOT
 from testkit.redis_server import RedisServer
@@ -223,3 +223,54 @@ def test_openai_run_tools_calls_the_function_and_finishes_with_text(
     assert completions[-1] == {"finishReason": "stop", "toolCalls": []}
     assert len(completions) == 2
     assert STATION in result["content"]
+
+
+# --- The Vercel AI SDK, through the service to the scriptable upstream --------------------------------
+
+# The upstream streams this call's arguments in several pieces, as OpenAI does.
+OSLO = {"city": "Oslo", "unit": "celsius", "days": 3}
+
+
+def called_upstream(call_id: str) -> Reply:
+    return Reply(
+        tokens=tool_call(0, WEATHER, json.dumps(OSLO), call_id=call_id, pieces=5), finish_reason="tool_calls"
+    )
+
+
+def test_ai_sdk_required_tool_call_through_the_openai_provider(
+    node: str, upstream: ServiceProcess, model_server: OpenAIServer
+) -> None:
+    model_server.script(called_upstream("call_up_1"))
+    result = run_node(node, upstream, "ai-sdk-tool-required", model=UPSTREAM_MODEL)
+    assert result["problems"] == []
+    assert [(call["name"], call["input"], call["invalid"]) for call in result["toolCalls"]] == [
+        (WEATHER, OSLO, False)
+    ]
+    assert result["finishReason"] == "tool-calls"
+    # The model got the user's tool, its schema unchanged, and the required choice.
+    (received,) = model_server.requests
+    assert received.body["tool_choice"] == "required"
+    assert tool_schema(received.body) == tool_schema(sent(result))
+
+
+def test_ai_sdk_tool_loop_through_the_openai_provider_sends_the_result_upstream(
+    node: str, upstream: ServiceProcess, model_server: OpenAIServer
+) -> None:
+    answer = ("Light rain in Oslo", " today", f" (station {STATION}).")
+    model_server.script(called_upstream("call_up_2"), Reply(tokens=answer))
+    result = run_node(node, upstream, "ai-sdk-tool-loop", model=UPSTREAM_MODEL)
+    assert result["problems"] == []
+    assert result["executed"] == [OSLO]
+    assert [step["finishReason"] for step in result["steps"]] == ["tool-calls", "stop"]
+    assert result["text"] == "".join(answer)
+    # On the second turn the model received its own call and the tool's result, paired by id.
+    first, second = model_server.requests
+    assert first.body["tool_choice"] == "auto"
+    *_, call, outcome = second.body["messages"]
+    assert call["role"] == "assistant"
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in call["tool_calls"]] == [
+        (WEATHER, OSLO)
+    ]
+    assert outcome["role"] == "tool"
+    assert outcome["tool_call_id"] == call["tool_calls"][0]["id"]
+    assert outcome["content"] == result["toolResults"][0]["output"]
