@@ -143,6 +143,9 @@ _REASONING_SENTENCES = {"minimal": 1, "low": 2, "medium": 3, "high": 4, "xhigh":
 # Words that ask for a tool rather than say what it is for: not argument material.
 _INSTRUCTIONS = frozenset({"use", "using", "call", "calling", "run", "invoke", "tool", "tools", "function"})
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+# Tool-call arguments stream a JSON token at a time, as models write them: a string (a key with its
+# colon), an opening brace or bracket, or a run of anything else; each with the whitespace before it.
+_JSON_TOKEN = re.compile(r'\s*(?:"(?:[^"\\]|\\.)*":?|[{\[]|[^"\s{\[]+)')
 Piece = tuple[Delta, int]  # a delta, and how many words it counts as for pacing
 
 
@@ -233,7 +236,8 @@ class SimulatedAnswerSource(AnswerSource):
     ) -> AsyncGenerator[Delta, None]:
         pieces: Sequence[Piece]
         changed = options.tools or options.response_format or options.max_tokens or options.stop
-        if changed or options.reasoning_effort or self.reasoning or self.max_tokens:
+        answering_results = bool(conversation) and conversation[-1].role == "tool"
+        if changed or answering_results or options.reasoning_effort or self.reasoning or self.max_tokens:
             try:
                 pieces, finish_reason = self._plan(conversation, options)
             except SchemaUnsupported as error:
@@ -295,15 +299,14 @@ class SimulatedAnswerSource(AnswerSource):
     def _calls(
         self, conversation: Sequence[ConversationMessage], calls: Sequence[FunctionTool], material: Material
     ) -> list[Piece]:
-        """Each call's start, then its arguments in word chunks; the ids are the conversation's."""
+        """Each call's start, then its arguments a JSON token at a time, each paced as a word; the ids
+        are the conversation's."""
         pieces: list[Piece] = []
         for index, tool in enumerate(calls):
             arguments = arguments_for(tool, material)
             identifier = call_id(conversation, index)
             pieces.append((ToolCallStart(identifier, tool.function.name), 0))
-            pieces += [
-                (ToolCallArguments(identifier, text), words) for text, words in self._chunks(arguments)
-            ]
+            pieces += [(ToolCallArguments(identifier, token), 1) for token in _JSON_TOKEN.findall(arguments)]
         return pieces
 
     @staticmethod
