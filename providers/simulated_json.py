@@ -38,6 +38,8 @@ Schema = Mapping[str, Any] | bool
 # recursive model (a tree of nodes) ends; a schema that still nests deeper cannot be satisfied.
 OPTIONAL_DEPTH = 3
 MAX_DEPTH = 32
+# How many multiples of a fractional `multipleOf` are tried from the lowest candidate up.
+FRACTIONAL_MULTIPLES = 24
 # Properties whose name asks for prose get a sentence; those that ask for a search get a phrase.
 _PROSE = frozenset(
     {"answer", "summary", "text", "content", "description", "explanation", "message", "reply"}
@@ -246,6 +248,8 @@ class _Builder:
         missing += [f"field{number}" for number in range(1, wanted + 1)]
         extra = schema.get("additionalProperties", True)
         for name in missing:
+            if extra is False:
+                raise SchemaUnsupported(f"{name!r} is required but additionalProperties is false")
             value[name] = self.build(extra, depth + 1, name)
         return value
 
@@ -326,11 +330,13 @@ def _near_bounds(schema: Mapping[str, Any]) -> list[float]:
 
 
 def _multiples(value: float, step: float) -> list[float]:
-    """Multiples of `step` near `value`. For a fractional step, rounded ones too: 3 * 0.1 is not
-    0.3 in floating point, and `jsonschema` divides to check."""
+    """Multiples of `step` from `value` up. For a fractional step, rounded ones too, and more of
+    them: `jsonschema` checks by dividing, and in floating point 3 * 0.1 / 0.1 is not 3."""
     count = math.ceil(value / step)
-    near = [count * step, (count + 1) * step, (count - 1) * step]
-    return near if isinstance(step, int) else near + [round(multiple, 12) for multiple in near]
+    if isinstance(step, int):
+        return [count * step, (count + 1) * step, (count - 1) * step]
+    near = [(count + offset) * step for offset in range(-1, FRACTIONAL_MULTIPLES)]
+    return [multiple for exact in near for multiple in (exact, round(exact, 12))]
 
 
 # --- A string for a `pattern` made of literals, character classes and quantifiers -----------------
