@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import openai
 import pytest
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, Field
@@ -191,3 +192,23 @@ def test_a_long_result_is_shortened() -> None:
 
 def test_a_conversation_that_does_not_end_with_results_gets_none() -> None:
     assert results_answer([user("Hello")], "hello") is None
+
+
+class Trip(BaseModel):
+    """A model as the openai SDK sends it for strict function calling: every field required, nullable
+    ones as `anyOf [..., null]`, no additional properties, a recursive part."""
+
+    destination: str
+    guests: int = Field(ge=1, le=8)
+    notes: str | None = None
+    next_leg: Trip | None = None
+
+
+def test_arguments_for_the_openai_sdks_strict_pydantic_tool_parse_into_the_model() -> None:
+    strict = openai.pydantic_function_tool(Trip)
+    assert strict["function"].get("strict") is True
+    trip_tool = FunctionTool.model_validate(strict)
+    arguments = arguments_for(trip_tool, MATERIAL)
+    Draft202012Validator(strict["function"]["parameters"]).validate(json.loads(arguments))
+    trip = Trip.model_validate_json(arguments)
+    assert trip.destination == "Oslo"
