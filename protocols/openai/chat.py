@@ -1,9 +1,11 @@
 """`POST /v1/chat/completions`: OpenAI's Chat Completions, whole or streamed as `chat.completion.chunk`
 events, on the service's model.
 
-With an `X-Session-Id` header a call runs through `ChatService` like `POST /chat`: its user turn and its
-answer land in the session's history and the answer's events are published on the session's channel.
-Without it the call is stateless, as clients of that API expect: nothing is stored or published.
+With an `X-Session-Id` header a call runs through `ChatService` like `POST /chat`: its user turn (or the
+tool results that end its messages, as `tool` turns) and its answer land in the session's history, and
+the answer's events are published on the session's channel. Without it the call is stateless, as clients
+of that API expect: nothing is stored or published. Either way the request's options (tools, structured
+output, sampling) go to the model; `protocols.openai.encoder` puts the answer's parts on the wire.
 """
 
 from __future__ import annotations

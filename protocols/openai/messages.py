@@ -73,6 +73,15 @@ _parts: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
 _ALLOWED = {"user": {"text", "image_url"}, "assistant": {"text", "refusal"}}
 
 
+def _joined(parts: list[ContentPart]) -> str:
+    """The text of a message's parts: its text and refusal parts, a line apart."""
+    return "\n".join(
+        part.text if isinstance(part, TextPart) else part.refusal
+        for part in parts
+        if not isinstance(part, ImagePart)
+    )
+
+
 class InboundFunction(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -129,7 +138,7 @@ class InboundMessage(BaseModel):
                 raise ValueError(
                     f"content part {index}: {info.data['role']} messages have no {part.type} parts"
                 )
-        if sum(len(part.text) for part in parts if isinstance(part, TextPart)) > MAX_CONTENT:
+        if len(_joined(parts)) > MAX_CONTENT:
             raise ValueError(f"at most {MAX_CONTENT} characters")
         return parts
 
@@ -153,11 +162,7 @@ class InboundMessage(BaseModel):
     def text(self) -> str:
         """The text of the message: its string, or its text (and refusal) parts joined."""
         if isinstance(self.content, list):
-            return "\n".join(
-                part.text if isinstance(part, TextPart) else part.refusal
-                for part in self.content
-                if not isinstance(part, ImagePart)
-            )
+            return _joined(self.content)
         return self.content or ""
 
     def images(self) -> tuple[str, ...]:
