@@ -263,20 +263,13 @@ PINNED = [
 ]
 
 
-# ChatService reads MAX_CONTEXT_MESSAGES + 2 turns for an answer to one tool result, but what is always
-# sent here (question, call, result) is 3: one earlier turn fewer than the limit reaches build_context.
-SHORT_WINDOW = pytest.mark.xfail(
-    strict=True, reason="the history window read for tool results is short by the turns after the question"
-)
-
-
 @pytest.mark.parametrize(
     ("budget", "earlier"),
     [
         pytest.param({}, FIRST + EARLIER, id="within-defaults"),
         pytest.param({"max_context_messages": 8}, FIRST + EARLIER, id="8-messages"),
-        pytest.param({"max_context_messages": 7}, FIRST + EARLIER, id="7-messages", marks=SHORT_WINDOW),
-        pytest.param({"max_context_messages": 5}, EARLIER, id="5-messages", marks=SHORT_WINDOW),
+        pytest.param({"max_context_messages": 7}, FIRST + EARLIER, id="7-messages"),
+        pytest.param({"max_context_messages": 5}, EARLIER, id="5-messages"),
         # Cut per message, these would send a tool result whose call is gone: OpenAI refuses that
         # (and so does the scriptable server). The exchange goes whole, or not at all.
         pytest.param({"max_context_messages": 4}, [], id="4-messages"),
