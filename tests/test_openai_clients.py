@@ -1,5 +1,5 @@
 """Real client libraries against `/v1/chat/completions`, as their users call them: the openai SDK (tools
-and tool choice, streamed and whole, a full tool round trip, `chat.completions.parse`), langchain-openai
+and tool choice, streamed and whole, a full tool round trip, `chat.completions.parse`, reasoning), langchain-openai
 (`bind_tools`, `with_structured_output` by function calling and by JSON Schema) and instructor's
 `Mode.TOOLS`. Each runs against both model paths: the simulated model (the default provider), and the
 `openai` provider in front of the scriptable model server, which is told what to answer."""
@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI, OpenAI
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, Field
 
 from app import create_app
@@ -64,7 +65,7 @@ class Backend:
         return OpenAI(base_url=f"{self.url}/v1", api_key="k", max_retries=0)
 
     def chat_model(self) -> ChatOpenAI:
-        return ChatOpenAI(model=self.model, base_url=f"{self.url}/v1", api_key="k", max_retries=0)  # type: ignore[arg-type]
+        return ChatOpenAI(model=self.model, base_url=f"{self.url}/v1", api_key="k", max_retries=0)
 
 
 @pytest.fixture(params=["simulated", "upstream"])
@@ -108,6 +109,7 @@ PARIS = '{"city": "Paris"}'
 )
 def test_openai_sdk_gets_the_tool_call_it_asked_for(backend: Backend, stream: bool, tool_choice: Any) -> None:
     backend.script(calls_reply(("get_weather", PARIS)))
+    completion: ChatCompletion
     with backend.openai() as client:
         if stream:
             with client.chat.completions.stream(
@@ -179,6 +181,37 @@ def test_openai_sdk_parse_returns_the_pydantic_object(backend: Backend) -> None:
         assert backend.server.requests[0].body["response_format"]["json_schema"]["name"] == "Person"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_sees_the_reasoning_apart_from_the_answer(backend: Backend, stream: bool) -> None:
+    backend.script(
+        Reply(tokens=({"reasoning_content": "Redis keeps "}, {"reasoning_content": "it fast."}, "Use AOF."))
+    )
+    question: list[Any] = [{"role": "user", "content": "How should I tune Redis persistence?"}]
+    with backend.openai() as client:
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model=backend.model, messages=question, reasoning_effort="low", stream=True
+                )
+            )
+            deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+            reasoning = "".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas)
+            content = "".join(delta.content or "" for delta in deltas)
+        else:
+            message = (
+                client.chat.completions.create(model=backend.model, messages=question, reasoning_effort="low")
+                .choices[0]
+                .message
+            )
+            reasoning, content = getattr(message, "reasoning_content", None) or "", message.content or ""
+    assert reasoning.strip()
+    assert content.strip()
+    assert reasoning not in content
+    if backend.server is not None:
+        assert (reasoning, content) == ("Redis keeps it fast.", "Use AOF.")
+        assert backend.server.requests[0].body["reasoning_effort"] == "low"
+
+
 # --- langchain-openai ----------------------------------------------------------------------------
 
 
@@ -192,10 +225,10 @@ def test_langchain_bind_tools_returns_tool_calls(backend: Backend) -> None:
     backend.script(calls_reply(("get_weather", PARIS)), calls_reply(("get_weather", PARIS)))
     model = backend.chat_model().bind_tools([get_weather])
     whole = model.invoke("What is the weather in Paris? Use get_weather.")
-    chunks = list(model.stream("What is the weather in Paris? Use get_weather."))
-    streamed = chunks[0]
-    for chunk in chunks[1:]:
-        streamed += chunk
+    streamed: AIMessageChunk | None = None
+    for chunk in model.stream("What is the weather in Paris? Use get_weather."):
+        assert isinstance(chunk, AIMessageChunk)
+        streamed = chunk if streamed is None else streamed + chunk  # LangChain's own assembly
     assert isinstance(whole, AIMessage)
     assert isinstance(streamed, AIMessageChunk)
     for message in (whole, streamed):
