@@ -1,14 +1,15 @@
 """The chat page (`/ui`) and the offline docs: served in-process, then used in headless Chromium.
 
 The browser tests drive Debian's chromium through Playwright. There the service runs as `python app.py`
-(the Docker image's start command) on a free loopback port, on the embedded Redis, with the model paced
-slowly enough to reload or stop in the middle of an answer. Every request the browser makes to a host
-other than the service is recorded and aborted.
+(the Docker image's start command) on a free loopback port, on the embedded Redis, with the simulated
+model showing its reasoning and paced slowly enough to reload or stop in the middle of an answer. Every
+request the browser makes to a host other than the service is recorded and aborted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from config import Settings
@@ -46,6 +47,19 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Per chunk of three words: 3 x STREAM_DELAY + CHUNK_DELAY = 0.2 s, so an answer takes a few seconds.
 PACING = {"STREAM_DELAY": "0.05", "CHUNK_DELAY": "0.05"}
+# A tool for the simulated model to call: it calls one when the message names it.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 ANSWER_TIMEOUT_MS = 30_000
 
 
@@ -53,7 +67,7 @@ class LiveServer(ServiceProcess):
     """`python app.py` (the image's start command) on the embedded Redis, paced for the browser."""
 
     def __init__(self) -> None:
-        super().__init__({"LOG_LEVEL": "WARNING", **PACING})
+        super().__init__({"LOG_LEVEL": "WARNING", "SIMULATED_REASONING": "true", **PACING})
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/history/{session_id}", timeout=5)
@@ -381,6 +395,118 @@ def test_new_chat_starts_a_session_and_the_list_goes_back_to_the_old_one(tab: Ta
     expect(tab.page.locator("#session-id")).to_have_text(first)
     expect(tab.page.locator(".msg[data-role='assistant'] .content")).to_have_text([first_answer])
     assert tab.blocked == []
+    assert tab.console_errors == []
+
+
+def post_chat(server: LiveServer, body: dict[str, Any]) -> None:
+    """`POST /chat` as a backend would, not through the page."""
+    accepted = httpx.post(f"{server.url}/chat", json=body, timeout=5)
+    assert accepted.status_code == 202, accepted.text
+
+
+def pretty_json(text: str) -> str:
+    """How the page shows JSON text: indented by two, as the browser's `JSON.stringify` writes it."""
+    return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+
+
+def call_the_weather_tool(tab: Tab) -> tuple[str, dict[str, Any]]:
+    """Open a session, and through the API have the model call a tool in it; return the session and the
+    stored answer, once the page shows that answer finished."""
+    session_id = open_chat(tab, "ui-user")
+    # Connected before the answer starts, so the page follows it as it streams.
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "live")
+    post_chat(
+        tab.server,
+        {
+            "session_id": session_id,
+            "user_id": "api-user",
+            "message": "What is the weather in Paris? Please call get_weather.",
+            "tools": [WEATHER_TOOL],
+        },
+    )
+    expect(tab.page.locator(".msg[data-role='user'] .content")).to_have_text(
+        ["What is the weather in Paris? Please call get_weather."]
+    )
+    expect(tab.page.locator(".msg[data-role='assistant']")).to_have_attribute("data-state", "done")
+    answer = stored_answer(tab, session_id)
+    assert answer["finish_reason"] == "tool_calls", answer
+    assert answer["reasoning"], answer
+    return session_id, answer
+
+
+def tool_call(tab: Tab, call_id: str) -> Locator:
+    return tab.page.locator(f".tool-call[data-tool-call-id='{call_id}']")
+
+
+def expect_parts(bubble: Locator, stored: dict[str, Any]) -> None:
+    """The answer's bubble shows its stored reasoning, collapsed under "Thinking", and its tool calls:
+    each one's name and its arguments pretty-printed."""
+    thinking = bubble.locator("details.reasoning")
+    expect(thinking.locator("summary")).to_have_text("Thinking")
+    expect(thinking).to_have_js_property("open", False)
+    expect(thinking.locator(".reasoning-text")).to_be_hidden()
+    expect(thinking.locator(".reasoning-text")).to_have_text(stored["reasoning"])
+    calls = stored["tool_calls"] or []
+    expect(bubble.locator(".tool-call")).to_have_count(len(calls))
+    for position, call in enumerate(calls):
+        shown = bubble.locator(".tool-call").nth(position)
+        expect(shown).to_have_attribute("data-tool-call-id", call["id"])
+        expect(shown.locator(".tool-name")).to_have_text(call["name"])
+        expect(shown.locator(".tool-arguments")).to_have_text(pretty_json(call["arguments"]))
+
+
+@pytest.mark.browser
+def test_reasoning_and_tool_calls_are_shown_and_survive_a_reload(tab: Tab) -> None:
+    session_id, stored = call_the_weather_tool(tab)
+    answer = tab.page.locator(".msg[data-role='assistant']")
+    expect_parts(answer, stored)
+    assert json.loads(stored["tool_calls"][0]["arguments"])["city"]  # valid for the tool's schema
+    expect(answer).to_have_attribute("data-finish-reason", "tool_calls")
+    answer.locator(".reasoning summary").click()
+    expect(answer.locator(".reasoning-text")).to_be_visible()  # collapsed, not absent
+
+    tab.page.reload()
+
+    expect(tab.page.locator("#session-id")).to_have_text(session_id)
+    expect(answer).to_have_attribute("data-state", "done")
+    expect_parts(answer, stored)
+    expect(answer.locator(".tool-result")).to_have_count(len(stored["tool_calls"]))
+    expect(answer.locator(".tool-result")).to_be_hidden()  # none has a result yet
+    assert tab.blocked == []
+    assert tab.errors == []
+    assert tab.console_errors == []
+
+
+@pytest.mark.browser
+def test_a_tool_result_appears_under_its_call_and_the_next_answer_resumes_after_a_reload(tab: Tab) -> None:
+    session_id, stored = call_the_weather_tool(tab)
+    result = '{"city": "Paris", "temperature_c": 21, "sky": "clear"}'
+    results = [{"tool_call_id": call["id"], "content": result} for call in stored["tool_calls"]]
+
+    post_chat(tab.server, {"session_id": session_id, "user_id": "api-user", "tool_results": results})
+
+    call = tool_call(tab, stored["tool_calls"][0]["id"])
+    expect(call.locator(".tool-result-content")).to_have_text(pretty_json(result))
+    expect(call.locator(".tool-result")).to_be_visible()
+    wait_for_streamed_words(tab, 3)
+    assert tab.server.history(session_id)[-1]["role"] == "tool"  # the next answer is still streaming
+
+    tab.page.reload()
+
+    expect(call.locator(".tool-result-content")).to_have_text(pretty_json(result))
+    # The running answer's reasoning comes back from the replay log, before the answer ends.
+    running = tab.page.locator(".msg[data-role='assistant'][data-state='streaming']")
+    expect(running.locator(".reasoning-text")).not_to_be_empty()
+    final = answer_text_when(tab, "done")
+    follow_up = [m for m in tab.server.history(session_id) if m["role"] == "assistant"][-1]
+    assert final == follow_up["content"]
+    answers = tab.page.locator(".msg[data-role='assistant']")
+    expect(answers).to_have_count(2)
+    expect_parts(answers.last, follow_up)
+    expect_parts(answers.first, stored)
+    expect(tab.page.locator(".msg[data-role='user']")).to_have_count(1)
+    assert tab.blocked == []
+    assert tab.errors == []
     assert tab.console_errors == []
 
 
