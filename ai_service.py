@@ -179,18 +179,18 @@ class ChatService:
         session_id = request.session_id
         if request.images and not self.source.accepts_images:
             raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="images")
-        if request.tool_results is not None and context is None:
-            # With `context` (the OpenAI-compatible API) the caller checked them against its messages.
-            await self._check_tool_results(session_id, request.tool_results)
         existing = await self._answers_store.claim(message_id, session_id)
         if existing is not None:
             if existing.session_id != session_id:
                 raise MessageConflict("this message_id belongs to another session")
-            return self._accepted(existing), False
+            return self._accepted(existing), False  # a retry, tool results included, is answered alike
         try:
+            if request.tool_results is not None and context is None:
+                # With `context` (the OpenAI-compatible API) the caller checked them against its messages.
+                await self._check_tool_results(session_id, request.tool_results)
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
             since, conversation = await self._store_and_read(request, message_id, context)
-        except RedisUnavailable:
+        except (RedisUnavailable, ToolResultConflict):
             with contextlib.suppress(RedisUnavailable):
                 await self._answers_store.release(message_id)
             raise

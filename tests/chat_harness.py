@@ -51,16 +51,52 @@ async def read_answers(
     return events
 
 
+PARTS = {"chunk", "reasoning", "refusal", "tool_call_start", "tool_call_delta", "tool_call_end"}
+
+
 def assert_well_formed(events: list[Json], message_id: str) -> None:
-    """One answer's events as the stream contract promises: start, chunks, then one end or error."""
+    """One answer's events as the stream contract promises: start, its parts, then one end or error;
+    and an `end` holds exactly what the parts' deltas add up to."""
     assert {event["message_id"] for event in events} == {message_id}
     assert [event["seq"] for event in events] == list(range(len(events))), "seq is not 0..n"
     assert events[0]["type"] == "start"
-    assert [event["type"] for event in events[1:-1]] == ["chunk"] * (len(events) - 2)
+    assert {event["type"] for event in events[1:-1]} <= PARTS
     assert events[-1]["type"] in {"end", "error"}
-    text = "".join(event["content"] for event in events if event["type"] == "chunk")
     if events[-1]["type"] == "end":
-        assert events[-1]["content"] == text
+        assert events[-1] == {**events[-1], **assembled(events)}
+
+
+def assembled(events: list[Json]) -> Json:
+    """The message an answer's part events add up to, as its `end` carries it."""
+
+    def joined(kind: str) -> str:
+        return "".join(event["content"] for event in events if event["type"] == kind)
+
+    calls: dict[str, Json] = {}
+    for event in events:
+        if event["type"] == "tool_call_start":
+            calls[event["tool_call_id"]] = {
+                "id": event["tool_call_id"],
+                "name": event["name"],
+                "arguments": "",
+            }
+        elif event["type"] == "tool_call_delta":
+            calls[event["tool_call_id"]]["arguments"] += event["arguments"]
+    for event in events:
+        if event["type"] == "tool_call_end":
+            assert calls[event["tool_call_id"]] == {
+                "id": event["tool_call_id"],
+                "name": event["name"],
+                "arguments": event["arguments"],
+            }
+    message: Json = {"content": joined("chunk")}
+    if joined("reasoning"):
+        message["reasoning"] = joined("reasoning")
+    if joined("refusal"):
+        message["refusal"] = joined("refusal")
+    if calls:
+        message["tool_calls"] = list(calls.values())
+    return message
 
 
 def user(content: str) -> ConversationMessage:
@@ -113,12 +149,17 @@ class Harness:
         self.history = services.history
         self.redis = services.redis
 
-    async def chat(self, message: str = "Hello!", session_id: str = "s1") -> tuple[str, list[Json]]:
-        """Submit a chat while subscribed to its channel; return its message id and its events."""
+    async def chat(
+        self, message: str | None = "Hello!", session_id: str = "s1", **fields: Any
+    ) -> tuple[str, list[Json]]:
+        """Submit a chat (with any other `ChatRequest` fields: options, `tool_results` in place of the
+        message) while subscribed to its channel; return its message id and its events."""
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(KEYS.channel(session_id))
             accepted, _ = await self.service.submit(
-                ChatRequest(session_id=session_id, message=message, user_id="user1")
+                ChatRequest.model_validate(
+                    {"session_id": session_id, "message": message, "user_id": "user1", **fields}
+                )
             )
             events = await read_answers(pubsub, {accepted.message_id}, timeout=10)
         return accepted.message_id, events[accepted.message_id]
