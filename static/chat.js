@@ -417,7 +417,12 @@ function finished(message) {
     content: message.content || "",
     reasoning: message.reasoning || "",
     refusal: message.refusal || "",
-    calls: calls.map((c) => ({ id: String(c.id), name: c.name || "", arguments: c.arguments || "", complete: true })),
+    calls: calls.map((c) => ({
+      id: String(c.id),
+      name: c.name || "",
+      arguments: c.arguments || "",
+      complete: true,
+    })),
     state,
     finishReason: message.finish_reason,
     note,
@@ -551,7 +556,9 @@ function renderAnswer(v, el, answer) {
   const calls = answer.calls || [];
   list.hidden = calls.length === 0;
   while (list.children.length > calls.length) list.lastElementChild.remove();
-  calls.forEach((call, i) => renderCall(list.children[i] || list.appendChild(toolCallItem()), call, v.results));
+  calls.forEach((call, i) => {
+    renderCall(list.children[i] || list.appendChild(toolCallItem()), call, v.results);
+  });
   el.querySelector(".note").textContent = answer.note || "";
 }
 
