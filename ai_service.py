@@ -50,6 +50,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# How many turns of tool calls and results since their question an answer to tool results reads beyond
+# MAX_CONTEXT_MESSAGES: a question more rounds back than this is not sent with them.
+TOOL_ROUNDS_READ = 64
+
 
 class ServiceUnavailable(ServiceError):
     """The service is shutting down and takes no new chats."""
@@ -248,8 +252,14 @@ class ChatService:
             turns = [ChatTurn.user(request, message_id)]
         else:
             turns = [ChatTurn.tool(result, message_id, request.user_id) for result in request.tool_results]
-        # The new turns, and the limit's worth before them; the one more is the answer they follow.
-        recent = 0 if context is not None else settings.max_context_messages + len(turns) + 1
+        # The new turns and the limit's worth before them; the one more is the answer a user message
+        # follows. Tool results also bring what is always sent with them: their question, and the calls
+        # and results since it (up to TOOL_ROUNDS_READ turns of them).
+        recent = settings.max_context_messages + len(turns) + 1
+        if request.tool_results is not None:
+            recent += TOOL_ROUNDS_READ
+        if context is not None:
+            recent = 0
         (position,), stored = await self._history.append(
             request.session_id, turns, along=[self._log.position_command(request.session_id)], recent=recent
         )
@@ -268,7 +278,9 @@ class ChatService:
         answer of the session may be streaming (its calls are not final until it ends)."""
         if await self._log.running_starts(session_id):
             raise ToolResultConflict("An answer of this session is still streaming.", param="tool_results")
-        turns = await self._history.recent(session_id, self._settings.max_context_messages + 129)
+        # The last answer and the results it has had: one POST of at most 128 answers it (a result for
+        # an answer starts the next one).
+        turns = await self._history.recent(session_id, 129)
         last = max((i for i, (_, turn) in enumerate(turns) if turn.role == "assistant"), default=-1)
         open_calls = set()
         if last >= 0:

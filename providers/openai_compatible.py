@@ -4,8 +4,10 @@ llama.cpp, LM Studio, LiteLLM and OpenRouter alike, through the `openai` client.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from openai import (
@@ -24,11 +26,21 @@ from openai import (
 from conversation import ConversationMessage
 from generation import GenerationOptions
 from models import FinishReason
-from parts import Delta, Usage
+from parts import (
+    CompletionTokensDetails,
+    Delta,
+    Reasoning,
+    Refusal,
+    ToolCallArguments,
+    ToolCallStart,
+    Usage,
+)
 from providers.base import AIHealth, AnswerError, AnswerSource, Completion
 
 if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types import CompletionUsage
+    from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
+    from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
     from config import Settings
 
@@ -40,12 +52,16 @@ logger = logging.getLogger(__name__)
 # none configured gets this placeholder.
 NO_KEY = "no-key"
 
-# The model's own endings; `tool_calls` and `function_call` cannot happen (no tools are sent) and map to stop.
+# The model's own endings. `function_call` is the legacy name of `tool_calls`; anything unknown is a stop.
 FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
     "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
 }
+# The sampling options passed through as they are, when a request sets them.
+SAMPLING = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
 
 
 def create(settings: Settings) -> AnswerSource:
@@ -65,9 +81,106 @@ def model_location(base_url: str) -> str:
 def _message(message: ConversationMessage) -> ChatCompletionMessageParam:
     if message.role == "system":
         return {"role": "system", "content": message.content}
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
     if message.role == "assistant":
-        return {"role": "assistant", "content": message.content}
+        return _assistant_message(message)
+    if message.images:
+        content: list[ChatCompletionContentPartParam] = [{"type": "text", "text": message.content}]
+        content.extend({"type": "image_url", "image_url": {"url": url}} for url in message.images)
+        return {"role": "user", "content": content}
     return {"role": "user", "content": message.content}
+
+
+def _assistant_message(message: ConversationMessage) -> ChatCompletionMessageParam:
+    sent: dict[str, Any] = {"role": "assistant", "content": message.content}
+    if message.tool_calls:
+        # OpenAI's own shape: `content` null when the answer was only calls.
+        sent["content"] = message.content or None
+        sent["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.reasoning:
+        # Only with AI_SEND_REASONING; vLLM, DeepSeek and Ollama read it under this name.
+        sent["reasoning_content"] = message.reasoning
+    return sent  # type: ignore[return-value]  # reasoning_content is not in the SDK's TypedDict
+
+
+def _usage(usage: CompletionUsage) -> Usage:
+    details = usage.completion_tokens_details
+    reasoning = details.reasoning_tokens if details is not None else None
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        completion_tokens_details=(
+            CompletionTokensDetails(reasoning_tokens=reasoning) if reasoning is not None else None
+        ),
+    )
+
+
+@dataclass(slots=True)
+class _StreamedCall:
+    id: str | None
+    name: str | None
+    started: bool = False
+    pieces: list[str] = field(default_factory=list)  # arguments that came before the name
+
+
+class ToolCallReader:
+    """Streamed `tool_calls` deltas, accumulated by `index`, as the source's `ToolCallStart` and
+    `ToolCallArguments`. A call's first delta normally carries its id and name and the rest pieces of
+    its arguments; some servers send the name late (its arguments wait for it) or no id at all (one is
+    made up). Calls are relayed one after another, as every known server streams them."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _StreamedCall] = {}
+        self._current = -1  # the index of the call being relayed
+
+    @property
+    def called(self) -> bool:
+        return any(call.started for call in self._calls.values())
+
+    def read(self, deltas: Sequence[ChoiceDeltaToolCall]) -> list[Delta]:
+        read: list[Delta] = []
+        for delta in deltas:
+            function = delta.function
+            name = function.name if function is not None else None
+            arguments = function.arguments if function is not None else None
+            call = self._calls.get(delta.index)
+            if call is None:
+                call = self._calls[delta.index] = _StreamedCall(delta.id, name)
+            elif not call.started:
+                call.id = call.id or delta.id
+                call.name = call.name or name
+            if call.started:
+                if arguments:
+                    if delta.index != self._current:
+                        raise AnswerError(
+                            "upstream_error", "The model server interleaved the arguments of its tool calls."
+                        )
+                    read.append(ToolCallArguments(call.id or "", arguments))
+                continue
+            if arguments:
+                call.pieces.append(arguments)
+            if call.name:
+                read.extend(self._start(delta.index, call))
+        return read
+
+    def _start(self, index: int, call: _StreamedCall) -> list[Delta]:
+        call.started = True
+        call.id = call.id or f"call_{secrets.token_hex(12)}"
+        self._current = index
+        started: list[Delta] = [ToolCallStart(call.id, call.name or "")]
+        if call.pieces:
+            started.append(ToolCallArguments(call.id, "".join(call.pieces)))
+            call.pieces.clear()
+        return started
+
+    def unnamed(self) -> int:
+        """How many calls never got a name: they cannot be relayed."""
+        return sum(not call.started for call in self._calls.values())
 
 
 class OpenAIAnswerSource:
@@ -125,6 +238,33 @@ class OpenAIAnswerSource:
         """Close the client and its connection pool."""
         await self._client.close()
 
+    def _options(self, options: GenerationOptions) -> dict[str, Any]:
+        """The request's options as Chat Completions parameters, capped by the settings; unset ones are
+        left out, so that the server's own defaults apply."""
+        sent: dict[str, Any] = {}
+        if options.tools:
+            sent["tools"] = [tool.model_dump(exclude_none=True) for tool in options.tools]
+            # OpenAI refuses these two without `tools` (400), so they go only with them.
+            if options.tool_choice is not None:
+                choice = options.tool_choice
+                sent["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+            if options.parallel_tool_calls is not None:
+                sent["parallel_tool_calls"] = options.parallel_tool_calls
+        if options.response_format is not None:
+            sent["response_format"] = options.response_format.model_dump(by_alias=True, exclude_none=True)
+        temperature = options.temperature if options.temperature is not None else self.temperature
+        if temperature is not None:
+            sent["temperature"] = temperature
+        # AI_MAX_TOKENS is a ceiling: a request may ask for fewer tokens, never for more.
+        limits = [limit for limit in (options.max_tokens, self.max_tokens) if limit is not None]
+        if limits:
+            sent["max_tokens"] = min(limits)
+        for name in SAMPLING:
+            value = getattr(options, name)
+            if value is not None:
+                sent[name] = value
+        return sent
+
     async def stream(
         self,
         conversation: Sequence[ConversationMessage],
@@ -137,38 +277,56 @@ class OpenAIAnswerSource:
                 messages=[_message(message) for message in conversation],
                 stream=True,
                 stream_options={"include_usage": True} if self.include_usage else omit,
-                temperature=self.temperature if self.temperature is not None else omit,
-                max_tokens=self.max_tokens if self.max_tokens is not None else omit,
+                **self._options(options),
             )
         except OpenAIError as error:
             raise self._failure(error) from None
-        finish: FinishReason | None = None
+        finish: str | None = None
+        calls = ToolCallReader()
         # `async with`: however the answer ends (done, failed, cancelled, closed by its consumer), the
         # HTTP response is closed here, so the model server sees the disconnect and stops generating.
         async with response:
             try:
                 async for chunk in response:
                     if chunk.usage is not None:
-                        completion.usage = Usage(
-                            prompt_tokens=chunk.usage.prompt_tokens,
-                            completion_tokens=chunk.usage.completion_tokens,
-                            total_tokens=chunk.usage.total_tokens,
-                        )
+                        completion.usage = _usage(chunk.usage)
                     for choice in chunk.choices:
                         if choice.index != 0:
                             continue
+                        delta = choice.delta
+                        # Fields the SDK does not know (reasoning) are pydantic extras; most chunks have none.
+                        extra = delta.model_extra
+                        if extra:
+                            # vLLM, DeepSeek and Ollama say `reasoning_content`, OpenRouter `reasoning`;
+                            # some servers send both, with the same text.
+                            thought = extra.get("reasoning_content") or extra.get("reasoning")
+                            if thought and isinstance(thought, str):
+                                yield Reasoning(thought)
+                        if delta.content:
+                            yield delta.content
+                        if delta.refusal:
+                            yield Refusal(delta.refusal)
+                        if delta.tool_calls:
+                            for part in calls.read(delta.tool_calls):
+                                yield part
                         if choice.finish_reason is not None:
-                            finish = FINISH_REASONS.get(choice.finish_reason, "stop")
-                        if choice.delta.content:
-                            yield choice.delta.content
+                            finish = choice.finish_reason
             except OpenAIError as error:
                 raise self._failure(error) from None
+        completion.finish_reason = self._finish(finish, calls)
+
+    def _finish(self, finish: str | None, calls: ToolCallReader) -> FinishReason:
         if finish is None:
             # Every Chat Completions stream ends with a chunk carrying `finish_reason`; without it the
             # server closed the stream part-way (a crash, a proxy's timeout).
             logger.warning("the model server at %s ended a stream without finishing it", self.location)
             raise AnswerError("upstream_error", "The model server ended the answer before it was complete.")
-        completion.finish_reason = finish
+        if unnamed := calls.unnamed():
+            logger.warning("the model server at %s sent %d tool calls without a name", self.location, unnamed)
+        reason = FINISH_REASONS.get(finish, "stop")
+        if reason == "tool_calls" and not calls.called:
+            return "stop"  # a client told `tool_calls` looks for calls: there are none to find
+        return reason
 
     def _failure(self, error: OpenAIError) -> AnswerError:
         """The `AnswerError` for a client error. Its message goes to users: no upstream text in it."""

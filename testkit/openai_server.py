@@ -1,5 +1,11 @@
 """A scriptable model server speaking OpenAI's Chat Completions streaming wire format: the upstream of
-the service's `openai` provider in the tests. Serve it with `testkit.asgi_server.serve`."""
+the service's `openai` provider in the tests. Serve it with `testkit.asgi_server.serve`.
+
+A reply streams text tokens and, between them, any raw delta: tool calls split across many deltas
+(`tool_call`), parallel ones (several indexes), `reasoning_content` (vLLM, DeepSeek, Ollama), `reasoning`
+(OpenRouter) and `refusal` deltas. Like OpenAI, it refuses (400) a conversation in which a tool call has
+no result or a result has no call, so every test that sends tool turns upstream checks their pairing.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,16 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["OpenAIServer", "Received", "Reply"]
+__all__ = ["OpenAIServer", "Received", "Reply", "pairing_error", "tool_call"]
+
+# One streamed delta: text (a `content` delta), or the `delta` object itself, sent as it is.
+Token = str | Mapping[str, Any]
 
 
 @dataclass
@@ -21,13 +30,62 @@ class Reply:
     """What the model server does with one request."""
 
     status: int = 200
-    tokens: Sequence[str] = ("Hello", " there", ", friend.")
+    tokens: Sequence[Token] = ("Hello", " there", ", friend.")
     delay: float = 0.0  # seconds before each token after the first
     finish_reason: str | None = "stop"  # None: end the stream cleanly without finishing the answer
     usage: tuple[int, int] | None = None  # prompt and completion tokens, sent when the client asks
+    reasoning_tokens: int | None = None  # with `usage`: its `completion_tokens_details.reasoning_tokens`
     drop_after: int | None = None  # drop the connection after this many tokens
     headers: dict[str, str] = field(default_factory=dict)  # for example Retry-After on a 429
     message: str = "scripted failure"
+
+
+def tool_call(
+    index: int,
+    name: str,
+    arguments: str,
+    *,
+    call_id: str | None,
+    pieces: int = 1,
+    name_late: bool = False,
+) -> list[dict[str, Any]]:
+    """The deltas that stream one tool call as OpenAI does: its id and name first, then its arguments in
+    `pieces` parts. `call_id=None` sends no id; `name_late` sends the name after the first piece."""
+    head: dict[str, Any] = {"index": index, "type": "function", "function": {"arguments": ""}}
+    if call_id is not None:
+        head["id"] = call_id
+    if not name_late:
+        head["function"]["name"] = name
+    size = -(-len(arguments) // pieces) if arguments else 1
+    parts = [arguments[start : start + size] for start in range(0, len(arguments), size)]
+    deltas = [{"tool_calls": [head]}]
+    deltas += [{"tool_calls": [{"index": index, "function": {"arguments": part}}]} for part in parts]
+    if name_late:
+        deltas.insert(2, {"tool_calls": [{"index": index, "function": {"name": name}}]})
+    return deltas
+
+
+def pairing_error(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """What OpenAI says of a conversation whose tool calls and results are not paired, or None."""
+    awaiting: list[str] = []  # the last assistant message's calls still without a result
+    for message in messages:
+        if message.get("role") == "tool":
+            if message.get("tool_call_id") not in awaiting:
+                return (
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    "message with 'tool_calls'."
+                )
+            awaiting.remove(message["tool_call_id"])
+            continue
+        if awaiting:
+            break
+        awaiting = [call["id"] for call in message.get("tool_calls") or ()]
+    if awaiting:
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+            f"'tool_call_id'. The following tool_call_ids did not have response messages: {awaiting[0]}"
+        )
+    return None
 
 
 @dataclass
@@ -97,6 +155,10 @@ class OpenAIServer:
         if body.get("model") not in self.models:
             await self._error(send, 404, f"The model `{body.get('model')}` does not exist", "model_not_found")
             return
+        unpaired = pairing_error(body.get("messages") or ())
+        if unpaired is not None:
+            await self._error(send, 400, unpaired, None)
+            return
         reply = self._next_reply()
         if reply.status != 200:
             await self._error(send, reply.status, reply.message, None, reply.headers)
@@ -121,7 +183,7 @@ class OpenAIServer:
             )
             return True
 
-        def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+        def chunk(delta: Mapping[str, Any], finish: str | None = None) -> dict[str, Any]:
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
             return {
                 "id": chunk_id,
@@ -147,7 +209,8 @@ class OpenAIServer:
                     raise DropConnection
                 if index and reply.delay:
                     await asyncio.wait({watcher}, timeout=reply.delay)
-                if not await event(chunk({"content": token})):
+                delta = {"content": token} if isinstance(token, str) else token
+                if not await event(chunk(delta)):
                     return
             if reply.drop_after is not None and reply.drop_after >= len(reply.tokens):
                 raise DropConnection
@@ -156,11 +219,13 @@ class OpenAIServer:
                 options = body.get("stream_options") or {}
                 if reply.usage is not None and options.get("include_usage"):
                     prompt, completion = reply.usage
-                    usage = {
+                    usage: dict[str, Any] = {
                         "prompt_tokens": prompt,
                         "completion_tokens": completion,
                         "total_tokens": prompt + completion,
                     }
+                    if reply.reasoning_tokens is not None:
+                        usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
                     await event(
                         {
                             "id": chunk_id,

@@ -1,16 +1,16 @@
-"""Answer sources against a real OpenAI-compatible server on loopback: the context they send, retries,
-failures, usage, and cancellation, as the chat pipeline (ChatService on the embedded Redis) sees them."""
+"""The answer-source seam: the registry, what `/health` and `/v1/models` say of the source, and the chat
+pipeline harness (ChatService on the embedded Redis, a listener on each answer) that the provider tests
+share. The OpenAI-compatible provider's own tests are in `test_providers_openai_compatible.py`."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -21,21 +21,18 @@ from models import (
     ChatRequest,
     ChatTurn,
     ChunkEvent,
-    EndEvent,
     ErrorEvent,
     StartEvent,
     StreamEvent,
 )
-from parts import Usage
+from parts import ToolResult
 from providers import PROVIDERS, create_answer_source
 from providers.base import AIHealth
-from providers.openai_compatible import model_location
 from services import build_services
 from stores.history import HistoryStore
-from testkit.openai_server import OpenAIServer, Reply
+from testkit.openai_server import OpenAIServer
 from testkit.processes import ROOT
-from testkit.redis_server import RedisServer
-from tests.conftest import AppClient, wait_for_history
+from tests.conftest import AppClient
 
 SettingsFactory = Callable[..., Settings]
 
@@ -47,16 +44,31 @@ class Chat:
     service: ChatService
     history: HistoryStore
 
-    async def start(self, message: str, session_id: str = "s1") -> asyncio.Queue[StreamEvent | None]:
-        """Send a message; return the queue its answer's events arrive on."""
+    async def start(
+        self, message: str, session_id: str = "s1", **options: Any
+    ) -> asyncio.Queue[StreamEvent | None]:
+        """Send a message with these `ChatRequest` options; return the queue its answer's events reach."""
+        request = ChatRequest(session_id=session_id, message=message, user_id="u1", **options)
+        return await self.submit(request)
+
+    async def ask(self, message: str, session_id: str = "s1", **options: Any) -> list[StreamEvent]:
+        """Send a message and return every event of its answer."""
+        return await collect(await self.start(message, session_id, **options))
+
+    async def answer_calls(
+        self, results: dict[str, str], session_id: str = "s1", **options: Any
+    ) -> list[StreamEvent]:
+        """Send the results of tool calls (by call id); return every event of the answer that follows."""
+        tool_results = [
+            ToolResult(tool_call_id=call_id, content=content) for call_id, content in results.items()
+        ]
+        request = ChatRequest(session_id=session_id, tool_results=tool_results, user_id="u1", **options)
+        return await collect(await self.submit(request))
+
+    async def submit(self, request: ChatRequest) -> asyncio.Queue[StreamEvent | None]:
         events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
-        request = ChatRequest(session_id=session_id, message=message, user_id="u1")
         await self.service.submit(request, listener=events)
         return events
-
-    async def ask(self, message: str, session_id: str = "s1") -> list[StreamEvent]:
-        """Send a message and return every event of its answer."""
-        return await collect(await self.start(message, session_id))
 
     async def turns(self, session_id: str = "s1") -> list[ChatTurn]:
         return await self.history.read(session_id)
@@ -87,112 +99,13 @@ def text_of(events: list[StreamEvent]) -> str:
     return "".join(event.content for event in events if isinstance(event, ChunkEvent))
 
 
-def sent(model_server: OpenAIServer, index: int = -1) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = model_server.requests[index].body["messages"]
+def sent(model_server: OpenAIServer, index: int = -1) -> list[dict[str, Any]]:
+    """The messages of a request the model server received, the last by default."""
+    messages: list[dict[str, Any]] = model_server.requests[index].body["messages"]
     return messages
 
 
 # --- Context -------------------------------------------------------------------------------------
-
-
-async def test_model_receives_system_prompt_earlier_turns_and_new_message(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(tokens=("Answer", " one.")), Reply(tokens=("Answer two.",)))
-    async with chat_pipeline(openai_settings(system_prompt="Answer in haiku.")) as chat:
-        await chat.ask("First question")
-        await chat.ask("Second question")
-        events = await chat.ask("Third question")
-    assert isinstance(events[-1], EndEvent)
-    assert sent(model_server) == [
-        {"role": "system", "content": "Answer in haiku."},
-        {"role": "user", "content": "First question"},
-        {"role": "assistant", "content": "Answer one."},
-        {"role": "user", "content": "Second question"},
-        {"role": "assistant", "content": "Answer two."},
-        {"role": "user", "content": "Third question"},
-    ]
-    body = model_server.requests[-1].body
-    assert body["model"] == "test-model"
-    assert body["stream"] is True
-
-
-@pytest.mark.parametrize(
-    ("max_messages", "expected_earlier"),
-    [
-        (2, ["Second question", "Answer two."]),
-        # The newest three turns begin with an answer whose question is gone: it is dropped too.
-        (3, ["Second question", "Answer two."]),
-        (0, []),
-    ],
-)
-async def test_context_holds_at_most_max_context_messages_newest_turns(
-    openai_settings: SettingsFactory,
-    model_server: OpenAIServer,
-    max_messages: int,
-    expected_earlier: list[str],
-) -> None:
-    model_server.script(Reply(tokens=("Answer one.",)), Reply(tokens=("Answer two.",)))
-    async with chat_pipeline(
-        openai_settings(system_prompt="Be brief.", max_context_messages=max_messages)
-    ) as chat:
-        await chat.ask("First question")
-        await chat.ask("Second question")
-        await chat.ask("Third question")
-    messages = sent(model_server)
-    assert messages[0] == {"role": "system", "content": "Be brief."}
-    assert [m["content"] for m in messages[1:-1]] == expected_earlier
-    assert messages[-1] == {"role": "user", "content": "Third question"}
-
-
-async def test_character_budget_drops_the_oldest_turns_first(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(tokens=("Answer one.",)), Reply(tokens=("Answer two.",)))
-    # "S" + "Second question" + "Answer two." + "Third question" is 41 characters; one more turn is not.
-    settings = openai_settings(system_prompt="S", max_context_chars=45)
-    async with chat_pipeline(settings) as chat:
-        await chat.ask("First question")
-        await chat.ask("Second question")
-        await chat.ask("Third question")
-    assert [m["content"] for m in sent(model_server)] == [
-        "S",
-        "Second question",
-        "Answer two.",
-        "Third question",
-    ]
-
-
-async def test_system_prompt_and_new_message_are_sent_even_over_the_budget(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    settings = openai_settings(system_prompt="A system prompt longer than the budget.", max_context_chars=10)
-    async with chat_pipeline(settings) as chat:
-        await chat.ask("An earlier question")
-        await chat.ask("A question that alone is over the budget")
-    assert sent(model_server) == [
-        {"role": "system", "content": "A system prompt longer than the budget."},
-        {"role": "user", "content": "A question that alone is over the budget"},
-    ]
-
-
-async def test_an_answer_that_failed_before_its_first_token_is_left_out_of_the_context(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(status=500))
-    async with chat_pipeline(openai_settings(system_prompt="S")) as chat:
-        await chat.ask("First question")
-        await chat.ask("Second question")
-        turns = await chat.turns()
-    assert [(turn.content, turn.finish_reason) for turn in turns[:2]] == [
-        ("First question", None),
-        ("", "error"),
-    ]
-    assert sent(model_server) == [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "First question"},
-        {"role": "user", "content": "Second question"},
-    ]
 
 
 @pytest.mark.parametrize(("max_messages", "refers_back"), [(20, True), (0, False)])
@@ -203,229 +116,6 @@ async def test_simulated_model_sees_earlier_turns_only_within_the_limit(
         await chat.ask("Tell me about kubernetes")
         events = await chat.ask("And what about databases?")
     assert ("Earlier you asked about kubernetes" in text_of(events)) is refers_back
-
-
-# --- Retries and failures ------------------------------------------------------------------------
-
-
-async def test_rate_limit_is_retried_after_retry_after(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(status=429, headers={"Retry-After": "1"}))
-    async with chat_pipeline(openai_settings(ai_max_retries=2)) as chat:
-        events = await chat.ask("Hello?")
-    end = events[-1]
-    assert isinstance(end, EndEvent)
-    assert end.content == "Hello there, friend."
-    first, second = model_server.requests
-    # The client's own first backoff is at most 0.5 s: waiting a second is the server's Retry-After.
-    assert second.at - first.at >= 0.95
-
-
-async def test_server_errors_before_the_first_token_are_retried(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    quick = {"retry-after-ms": "10"}
-    model_server.script(Reply(status=500, headers=quick), Reply(status=503, headers=quick))
-    async with chat_pipeline(openai_settings(ai_max_retries=2)) as chat:
-        events = await chat.ask("Hello?")
-        turns = await chat.turns()
-    assert len(model_server.requests) == 3
-    assert isinstance(events[-1], EndEvent)
-    assert turns[-1].content == "Hello there, friend."
-    assert turns[-1].finish_reason == "stop"
-
-
-@pytest.mark.parametrize(
-    ("status", "code"), [(429, "rate_limited"), (500, "upstream_error"), (502, "upstream_error")]
-)
-async def test_failure_once_retries_are_spent_ends_with_its_error_code(
-    openai_settings: SettingsFactory, model_server: OpenAIServer, status: int, code: str
-) -> None:
-    quick = {"retry-after-ms": "10"}
-    model_server.script(Reply(status=status, headers=quick), Reply(status=status, headers=quick))
-    async with chat_pipeline(openai_settings(ai_max_retries=1)) as chat:
-        events = await chat.ask("Hello?")
-        turns = await chat.turns()
-    assert len(model_server.requests) == 2
-    assert error_of(events).error.code == code
-    assert [turn.role for turn in turns] == ["user", "assistant"]
-    assert turns[-1].content == ""
-    assert turns[-1].finish_reason == "error"
-
-
-async def test_connection_dropped_mid_answer_is_not_retried_and_keeps_the_partial_answer(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(tokens=("One", " two", " three", " four"), drop_after=2))
-    async with chat_pipeline(openai_settings(ai_max_retries=3)) as chat:
-        events = await chat.ask("Count to four")
-        turns = await chat.turns()
-    assert len(model_server.requests) == 1
-    assert text_of(events) == "One two"
-    assert error_of(events).error.code == "upstream_error"
-    assert turns[-1].content == "One two"
-    assert turns[-1].finish_reason == "error"
-
-
-async def test_stalled_stream_times_out_and_keeps_the_partial_answer(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(tokens=("Slow", " answer"), delay=5))
-    async with chat_pipeline(openai_settings(ai_timeout=0.5, ai_max_retries=2)) as chat:
-        started = time.monotonic()
-        events = await chat.ask("Take your time")
-        elapsed = time.monotonic() - started
-        turns = await chat.turns()
-    assert elapsed < 3
-    assert len(model_server.requests) == 1
-    assert error_of(events).error.code == "upstream_timeout"
-    assert turns[-1].content == "Slow"
-    assert turns[-1].finish_reason == "error"
-
-
-async def test_stream_closed_before_its_finish_is_an_incomplete_answer(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(tokens=("Half", " an answer"), finish_reason=None))
-    async with chat_pipeline(openai_settings()) as chat:
-        events = await chat.ask("Hello?")
-        turns = await chat.turns()
-    assert error_of(events).error.code == "upstream_error"
-    assert turns[-1].content == "Half an answer"
-    assert turns[-1].finish_reason == "error"
-
-
-async def test_wrong_api_key_is_a_clear_error_and_never_logged(
-    openai_settings: SettingsFactory, model_server: OpenAIServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    wrong_key = "sk-wrong-secret-4242"
-    async with chat_pipeline(openai_settings(openai_api_key=wrong_key, ai_max_retries=2)) as chat:
-        events = await chat.ask("Hello?")
-        turns = await chat.turns()
-    assert len(model_server.requests) == 1  # a refused key is not retried
-    error = error_of(events).error
-    assert error.code == "upstream_auth"
-    assert any(
-        record.levelno == logging.ERROR and "OPENAI_API_KEY" in record.getMessage()
-        for record in caplog.records
-    )
-    # The model server quoted the key back: it must reach neither the logs, nor the stream, nor history.
-    assert wrong_key in str(model_server.requests[0].headers)
-    assert wrong_key not in caplog.text
-    assert wrong_key not in error.message
-    assert all(wrong_key not in turn.content for turn in turns)
-
-
-async def test_unknown_model_is_a_clear_error(
-    openai_settings: SettingsFactory, model_server: OpenAIServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with chat_pipeline(openai_settings(ai_model="no-such-model")) as chat:
-        events = await chat.ask("Hello?")
-    assert error_of(events).error.code == "model_not_found"
-    assert any(
-        record.levelno == logging.ERROR
-        and "AI_MODEL" in record.getMessage()
-        and "no-such-model" in record.getMessage()
-        for record in caplog.records
-    )
-
-
-# --- Usage ---------------------------------------------------------------------------------------
-
-
-async def test_token_usage_reaches_the_end_event_and_history(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(usage=(12, 5)))
-    async with chat_pipeline(openai_settings()) as chat:
-        events = await chat.ask("Hello?")
-        turns = await chat.turns()
-    assert model_server.requests[0].body["stream_options"] == {"include_usage": True}
-    expected = Usage(prompt_tokens=12, completion_tokens=5, total_tokens=17)
-    end = events[-1]
-    assert isinstance(end, EndEvent)
-    assert end.usage == expected
-    assert turns[-1].usage == expected
-    assert not model_server.disconnected.is_set()  # a finished stream is not a hang-up
-
-
-async def test_usage_is_not_asked_for_when_disabled(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(usage=(12, 5)))
-    async with chat_pipeline(openai_settings(ai_stream_usage=False)) as chat:
-        events = await chat.ask("Hello?")
-    assert "stream_options" not in model_server.requests[0].body
-    end = events[-1]
-    assert isinstance(end, EndEvent)
-    assert end.usage is None
-
-
-# --- Cancellation --------------------------------------------------------------------------------
-
-
-async def test_shutdown_closes_the_upstream_stream_at_once(
-    openai_settings: SettingsFactory, model_server: OpenAIServer
-) -> None:
-    model_server.script(Reply(tokens=("First", " second"), delay=30))
-    async with chat_pipeline(openai_settings(shutdown_grace_seconds=0)) as chat:
-        events = await chat.start("Write a long essay")
-        received: list[StreamEvent] = []
-        async with asyncio.timeout(5):
-            while not any(isinstance(event, ChunkEvent) for event in received):
-                event = await events.get()
-                assert event is not None
-                received.append(event)
-        cancelled = time.monotonic()
-        await chat.service.shutdown()
-        closed = await asyncio.to_thread(model_server.disconnected.wait, 5)
-        elapsed = time.monotonic() - cancelled
-        received += await collect(events)
-        turns = await chat.turns()
-    assert closed, "the model server never saw the client hang up"
-    assert elapsed < 1.5
-    assert error_of(received).error.code == "shutdown"
-    assert turns[-1].content == "First"
-    assert turns[-1].finish_reason == "shutdown"
-
-
-async def test_listener_hears_the_end_of_an_answer_even_when_redis_goes_away(
-    openai_settings: SettingsFactory, model_server: OpenAIServer, own_redis: RedisServer
-) -> None:
-    model_server.script(Reply(tokens=("One", " two", " three"), delay=0.5))
-    settings = openai_settings(redis_url=own_redis.url, redis_timeout=0.5)
-    async with chat_pipeline(settings) as chat:
-        events = await chat.start("Count")
-        first = [await events.get(), await events.get()]
-        own_redis.stop(kill=True)
-        rest = await collect(events)
-    assert [type(event) for event in first] == [StartEvent, ChunkEvent]
-    received = [event for event in first if event is not None] + rest
-    assert error_of(received).error.code == "redis_unavailable"
-
-
-# --- Wiring --------------------------------------------------------------------------------------
-
-
-async def test_app_answers_from_the_configured_model_server(
-    openai_settings: SettingsFactory, model_server: OpenAIServer, app_client: AppClient
-) -> None:
-    model_server.script(Reply(usage=(7, 3)))
-    async with app_client(openai_settings(system_prompt="Be kind.")) as client:
-        health = (await client.get("/health")).json()
-        accepted = await client.post("/chat", json={"session_id": "wired", "message": "Hi!", "user_id": "u1"})
-        assert accepted.status_code == 202
-        history = await wait_for_history(client, "wired")
-    assert health["ai"] == {"provider": "openai", "model": "test-model", "base_url": model_server.url}
-    answer = history["messages"][1]
-    assert answer["content"] == "Hello there, friend."
-    assert answer["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
-    assert sent(model_server) == [
-        {"role": "system", "content": "Be kind."},
-        {"role": "user", "content": "Hi!"},
-    ]
 
 
 # --- The registry ---------------------------------------------------------------------------------
@@ -492,12 +182,6 @@ def test_openai_without_a_key_for_api_openai_com_stops_start_up(make_settings: S
     assert (
         make_settings(ai_provider="openai", openai_base_url="http://localhost:11434/v1").openai_api_key
         is None
-    )
-
-
-def test_the_model_server_location_shown_carries_no_credentials_or_query() -> None:
-    assert model_location("https://user:pw@models.example:8443/v1?api-version=1") == (
-        "https://models.example:8443/v1"
     )
 
 
