@@ -1,8 +1,8 @@
 """Real client libraries against `/v1/chat/completions`, as their users call them: the openai SDK (tools
 and tool choice, streamed and whole, a full tool round trip, `chat.completions.parse`, reasoning),
 langchain-openai (`bind_tools`, `with_structured_output` by function calling and by JSON Schema) and
-instructor's `Mode.TOOLS`. Each runs against both model paths: the simulated model (the default provider), and the
-`openai` provider in front of the scriptable model server, which is told what to answer."""
+instructor's `Mode.TOOLS`. Each runs against both model paths: the simulated model (the default
+provider), and the `openai` provider in front of the scriptable model server, told what to answer."""
 
 from __future__ import annotations
 
