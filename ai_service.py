@@ -189,9 +189,10 @@ class ChatService:
                 raise MessageConflict("this message_id belongs to another session")
             return self._accepted(existing), False  # a retry, tool results included, is answered alike
         try:
-            if request.tool_results is not None and context is None:
-                # With `context` (the OpenAI-compatible API) the caller checked them against its messages.
-                await self._check_tool_results(session_id, request.tool_results)
+            if request.tool_results is not None:
+                # With `context` (the OpenAI-compatible API) the caller checked the ids against its
+                # messages; no answer of the session may be streaming all the same.
+                await self._check_tool_results(session_id, request.tool_results, by_history=context is None)
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
             since, conversation = await self._store_and_read(request, message_id, context)
         except (RedisUnavailable, ToolResultConflict):
@@ -273,11 +274,15 @@ class ChatService:
             send_reasoning=settings.ai_send_reasoning,
         )
 
-    async def _check_tool_results(self, session_id: str, results: Sequence[ToolResult]) -> None:
-        """Each result must answer a call of the session's last answer that has no result yet, and no
-        answer of the session may be streaming (its calls are not final until it ends)."""
+    async def _check_tool_results(
+        self, session_id: str, results: Sequence[ToolResult], *, by_history: bool
+    ) -> None:
+        """No answer of the session may be streaming (its calls are not final until it ends), and (if
+        `by_history`) each result must answer a call of its last answer that has no result yet."""
         if await self._log.running_starts(session_id):
             raise ToolResultConflict("An answer of this session is still streaming.", param="tool_results")
+        if not by_history:
+            return
         # The last answer and the results it has had: one POST of at most 128 answers it (a result for
         # an answer starts the next one).
         turns = await self._history.recent(session_id, 129)

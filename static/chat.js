@@ -5,9 +5,26 @@
 // `start`, so an answer that was mid-way when the page (re)loaded continues where it was. History is
 // authoritative for finished answers; stream events are deduplicated by message_id and seq, so
 // nothing shows twice. Only the public API is used (issue #3, part 6).
+//
+// An answer has parts (issue #11): its text, its reasoning (shown collapsed, "Thinking"), a refusal,
+// and tool calls. Tool results are not stream events: a client posts them (POST /chat with
+// `tool_results`) and they are stored as `tool` turns, the prompt of the answer that follows. So the
+// page learns of them from history, and it reads history whenever an answer starts whose prompt it
+// did not send itself, which is always the case for the answer that follows tool results.
 
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
-const EVENT_TYPES = ["start", "chunk", "end", "error", "reset"];
+const EVENT_TYPES = [
+  "start",
+  "chunk",
+  "reasoning",
+  "refusal",
+  "tool_call_start",
+  "tool_call_delta",
+  "tool_call_end",
+  "end",
+  "error",
+  "reset",
+];
 const MAX_SESSIONS = 50;
 const HISTORY_FALLBACK_MS = 1500; // read history even if the stream does not connect by then
 const STORAGE = { sessions: "chat.sessions", user: "chat.userId", apiKey: "chat.apiKey" };
@@ -191,7 +208,8 @@ function openSession(sessionId) {
   if (view) closeView(view);
   view = {
     sessionId,
-    turns: new Map(), // message_id -> { user, answer, li }
+    turns: new Map(), // message_id -> { user, toolResults, answer, li }
+    results: new Map(), // tool_call_id -> the content of its result, from history's `tool` turns
     source: null,
     lastEventId: null,
     streamToken: loadToken(sessionId),
@@ -303,51 +321,114 @@ function applyEvent(v, type, data) {
   switch (type) {
     case "start":
       if (answer && answer.lastSeq >= 0) return;
-      turn.answer = { ...answer, content: "", state: "streaming", lastSeq: 0, done: false, note: "" };
-      if (!turn.user) loadHistory(v); // sent from another tab or client: the question is in history
+      turn.answer = { ...emptyAnswer("streaming"), lastSeq: 0 };
+      // Sent from another tab or client, or tool results: the prompt is in history.
+      if (!promptKnown(turn)) loadHistory(v);
       break;
-    case "chunk": {
-      const current = answer || { content: "", lastSeq: -1 };
-      if (data.seq <= current.lastSeq) return; // already shown
-      turn.answer = {
-        ...current,
-        content: current.content + (data.content || ""),
-        lastSeq: data.seq,
-        state: "streaming",
-        done: false,
-        note: "",
-      };
-      break;
-    }
     case "end":
-      turn.answer = finished(data.content, data.finish_reason);
-      if (!turn.user) loadHistory(v);
+      turn.answer = finished(data);
+      if (!promptKnown(turn)) loadHistory(v);
       break;
     case "error":
       turn.answer = {
-        content: (answer && answer.content) || "",
+        ...(answer || emptyAnswer("error")),
         state: "error",
         done: true,
         note: `Error: ${(data.error && data.error.message) || "the answer failed"}`,
       };
       break;
-    default:
-      return;
+    default: {
+      // A part's delta. Without its `start` (missed, or the answer began before a reset) it still
+      // shows: what came before it is in history once the answer ends.
+      const current = answer && answer.lastSeq >= 0 ? answer : emptyAnswer("streaming");
+      if (typeof data.seq !== "number" || data.seq <= current.lastSeq) return; // already shown
+      if (!addPart(current, type, data)) return;
+      current.lastSeq = data.seq;
+      current.state = "streaming";
+      turn.answer = current;
+    }
   }
   renderTurn(v, turn);
   updateStop();
 }
 
-function finished(content, finishReason) {
+function promptKnown(turn) {
+  return Boolean(turn.user || turn.toolResults);
+}
+
+function emptyAnswer(state) {
+  return { content: "", reasoning: "", refusal: "", calls: [], state, lastSeq: -1, done: false, note: "" };
+}
+
+// Adds one part's delta to a running answer; false for an event that is not a part.
+function addPart(answer, type, data) {
+  switch (type) {
+    case "chunk":
+      answer.content += data.content || "";
+      return true;
+    case "reasoning":
+      answer.reasoning += data.content || "";
+      return true;
+    case "refusal":
+      answer.refusal += data.content || "";
+      return true;
+    case "tool_call_start":
+      toolCall(answer, data.tool_call_id).name = data.name || "";
+      return true;
+    case "tool_call_delta":
+      toolCall(answer, data.tool_call_id).arguments += data.arguments || "";
+      return true;
+    case "tool_call_end": {
+      const call = toolCall(answer, data.tool_call_id);
+      call.name = data.name || call.name;
+      call.arguments = data.arguments || "";
+      call.complete = true;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+// The answer's call with this id, added (in the order calls start) if it is new.
+function toolCall(answer, id) {
+  let call = answer.calls.find((c) => c.id === id);
+  if (!call) {
+    call = { id: String(id), name: "", arguments: "", complete: false };
+    answer.calls.push(call);
+  }
+  return call;
+}
+
+// An answer as it ended: from its `end` event, or from its turn in history (the same fields).
+function finished(message) {
   const notes = {
     stop: ["done", ""],
+    tool_calls: ["done", ""],
     cancelled: ["cancelled", "Stopped"],
     length: ["done", "Cut short: the length limit was reached"],
+    content_filter: ["done", "Cut short by the model's content filter"],
     shutdown: ["error", "Interrupted: the service restarted"],
     error: ["error", "Error: the answer failed"],
   };
-  const [state, note] = notes[finishReason] || ["done", ""];
-  return { content: content || "", state, finishReason, note, done: true, lastSeq: Infinity };
+  const [state, note] = notes[message.finish_reason] || ["done", ""];
+  const calls = Array.isArray(message.tool_calls) ? message.tool_calls : [];
+  return {
+    content: message.content || "",
+    reasoning: message.reasoning || "",
+    refusal: message.refusal || "",
+    calls: calls.map((c) => ({
+      id: String(c.id),
+      name: c.name || "",
+      arguments: c.arguments || "",
+      complete: true,
+    })),
+    state,
+    finishReason: message.finish_reason,
+    note,
+    done: true,
+    lastSeq: Infinity,
+  };
 }
 
 async function loadHistory(v) {
@@ -385,7 +466,11 @@ function applyHistory(v, messages) {
     if (m.role === "user") {
       turn.user = { content: m.content, userId: m.user_id };
     } else if (m.role === "assistant") {
-      turn.answer = finished(m.content, m.finish_reason);
+      turn.answer = finished(m);
+    } else if (m.role === "tool") {
+      // The prompt of this turn's answer, and shown under the call it answers (in an earlier turn).
+      turn.toolResults = true;
+      v.results.set(String(m.tool_call_id), m.content || "");
     }
   }
   // History order first, then turns known only from the stream or from this page's own sends.
@@ -404,28 +489,41 @@ function ensureTurn(v, messageId) {
     const li = document.createElement("li");
     li.className = "turn";
     li.dataset.messageId = messageId;
-    turn = { messageId, user: null, answer: null, li, accepted: false };
+    turn = { messageId, user: null, toolResults: false, answer: null, li, accepted: false };
     v.turns.set(messageId, turn);
     els.messages.append(li);
   }
   return turn;
 }
 
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A message's bubble in its turn, made once and then updated in place (an open "Thinking" block stays
+// open while the answer streams). Assistant bubbles hold every part, each hidden while it is empty.
 function bubble(li, role) {
   let el = li.querySelector(`.msg[data-role="${role}"]`);
   if (!el) {
-    el = document.createElement("div");
-    el.className = "msg";
+    el = element("div", "msg");
     el.dataset.role = role;
     el.dataset.messageId = li.dataset.messageId;
-    const who = document.createElement("span");
-    who.className = "who";
-    who.textContent = role === "user" ? "You" : "Assistant";
-    const content = document.createElement("p");
-    content.className = "content";
-    const note = document.createElement("p");
-    note.className = "note";
-    el.append(who, content, note);
+    el.append(element("span", "who", role === "user" ? "You" : "Assistant"));
+    if (role === "assistant") {
+      const thinking = element("details", "reasoning");
+      thinking.append(element("summary", "", "Thinking"), element("p", "reasoning-text"));
+      const refusal = element("div", "refusal");
+      refusal.append(element("span", "label", "Refused"), element("p", "refusal-text"));
+      const calls = element("ol", "tool-calls");
+      calls.setAttribute("aria-label", "Tool calls");
+      el.append(thinking, element("p", "content"), refusal, calls);
+    } else {
+      el.append(element("p", "content"));
+    }
+    el.append(element("p", "note"));
     if (role === "user") li.prepend(el);
     else li.append(el);
   }
@@ -439,15 +537,62 @@ function renderTurn(v, turn) {
     el.querySelector(".content").textContent = turn.user.content;
     el.querySelector(".note").textContent = turn.user.note || "";
   }
-  if (turn.answer) {
-    const el = bubble(turn.li, "assistant");
-    el.dataset.state = turn.answer.state;
-    if (turn.answer.finishReason) el.dataset.finishReason = turn.answer.finishReason;
-    el.setAttribute("aria-busy", String(turn.answer.state === "streaming" || turn.answer.state === "pending"));
-    el.querySelector(".content").textContent = turn.answer.content;
-    el.querySelector(".note").textContent = turn.answer.note || "";
-  }
+  if (turn.answer) renderAnswer(v, bubble(turn.li, "assistant"), turn.answer);
   scrollToEnd(nearEnd);
+}
+
+function renderAnswer(v, el, answer) {
+  el.dataset.state = answer.state;
+  if (answer.finishReason) el.dataset.finishReason = answer.finishReason;
+  el.setAttribute("aria-busy", String(answer.state === "streaming" || answer.state === "pending"));
+  const thinking = el.querySelector(".reasoning");
+  thinking.hidden = !answer.reasoning;
+  thinking.querySelector(".reasoning-text").textContent = answer.reasoning || "";
+  el.querySelector(".content").textContent = answer.content;
+  const refusal = el.querySelector(".refusal");
+  refusal.hidden = !answer.refusal;
+  refusal.querySelector(".refusal-text").textContent = answer.refusal || "";
+  const list = el.querySelector(".tool-calls");
+  const calls = answer.calls || [];
+  list.hidden = calls.length === 0;
+  while (list.children.length > calls.length) list.lastElementChild.remove();
+  calls.forEach((call, i) => {
+    renderCall(list.children[i] || list.appendChild(toolCallItem()), call, v.results);
+  });
+  el.querySelector(".note").textContent = answer.note || "";
+}
+
+function toolCallItem() {
+  const item = element("li", "tool-call");
+  const head = element("p", "tool-head");
+  head.append(element("span", "label", "Tool call"), " ", element("code", "tool-name"));
+  const result = element("div", "tool-result");
+  result.append(element("span", "label", "Result"), element("pre", "tool-result-content"));
+  item.append(head, element("pre", "tool-arguments"), result);
+  return item;
+}
+
+// A call's name and arguments (as they stream; pretty-printed once complete), and its result if known.
+function renderCall(item, call, results) {
+  item.dataset.toolCallId = call.id;
+  item.dataset.state = call.complete ? "complete" : "streaming";
+  item.querySelector(".tool-name").textContent = call.name;
+  item.querySelector(".tool-arguments").textContent = call.complete ? pretty(call.arguments) : call.arguments;
+  const result = item.querySelector(".tool-result");
+  const content = results.get(call.id);
+  result.hidden = content === undefined;
+  result.querySelector(".tool-result-content").textContent = content === undefined ? "" : pretty(content);
+}
+
+// JSON indented for reading; any other text as it is.
+function pretty(text) {
+  try {
+    const value = JSON.parse(text);
+    if (value !== null && typeof value === "object") return JSON.stringify(value, null, 2);
+  } catch {
+    // Not JSON: shown as written.
+  }
+  return text;
 }
 
 function isNearEnd() {
@@ -497,7 +642,7 @@ async function send() {
   const messageId = uuid4();
   const turn = ensureTurn(v, messageId);
   turn.user = { content: text, userId };
-  turn.answer = { content: "", state: "pending", lastSeq: -1, done: false, note: "" };
+  turn.answer = emptyAnswer("pending");
   renderTurn(v, turn);
   scrollToEnd(true);
   els.message.value = "";

@@ -52,7 +52,7 @@ async def test_a_missing_key_on_v1_is_an_authentication_error(
         http,
     ):
         with pytest.raises(openai.AuthenticationError) as raised:
-            await client.chat.completions.create(model="m", messages=HELLO)
+            await client.chat.completions.create(model="simulated", messages=HELLO)
         none_sent = await http.get("/v1/models")
     assert_openai_shape(raised.value, 401, "authentication_error", "unauthorized")
     assert raised.value.response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -88,7 +88,7 @@ async def test_an_invalid_body_is_a_bad_request_naming_the_field(
 ) -> None:
     async with openai_client(app_client, make_settings()) as (client, _):
         with pytest.raises(openai.BadRequestError) as raised:
-            await client.chat.completions.create(model="m", messages=[])
+            await client.chat.completions.create(model="simulated", messages=[])
     assert_openai_shape(raised.value, 400, "invalid_request_error", "invalid_request")
     assert raised.value.param == "messages"
 
@@ -99,7 +99,7 @@ async def test_a_too_large_body_is_413_in_openai_shape(
     async with openai_client(app_client, make_settings(max_body_bytes=1024)) as (client, _):
         with pytest.raises(openai.APIStatusError) as raised:
             await client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "x" * 4096}]
+                model="simulated", messages=[{"role": "user", "content": "x" * 4096}]
             )
     assert_openai_shape(raised.value, 413, "invalid_request_error", "payload_too_large")
 
@@ -108,9 +108,9 @@ async def test_the_rate_limit_is_a_rate_limit_error_with_retry_after(
     make_settings: Callable[..., Settings], app_client: AppClient
 ) -> None:
     async with openai_client(app_client, make_settings(rate_limit="1/minute")) as (client, _):
-        await client.chat.completions.create(model="m", messages=HELLO)
+        await client.chat.completions.create(model="simulated", messages=HELLO)
         with pytest.raises(openai.RateLimitError) as raised:
-            await client.chat.completions.create(model="m", messages=HELLO)
+            await client.chat.completions.create(model="simulated", messages=HELLO)
     assert_openai_shape(raised.value, 429, "rate_limit_error", "rate_limited")
     assert 1 <= int(raised.value.response.headers["Retry-After"]) <= 60
 
@@ -124,7 +124,7 @@ async def test_at_capacity_v1_is_a_503_server_error_with_retry_after(
         running = await http.post("/chat", json=CHAT)
         assert running.status_code == 202
         with pytest.raises(openai.InternalServerError) as raised:
-            await client.chat.completions.create(model="m", messages=HELLO)
+            await client.chat.completions.create(model="simulated", messages=HELLO)
         refused_chat = await http.post("/chat", json={**CHAT, "session_id": "other"})
         await http.post(f"/chat/{running.json()['message_id']}/cancel")
     assert_openai_shape(raised.value, 503, "server_error", "overloaded")
@@ -175,10 +175,10 @@ async def test_a_running_stateless_completion_counts_against_max_active_streams(
     # From the attacker's side (issue #10): stateless completions used to bypass the cap entirely.
     settings = make_settings(max_active_streams=1, chunk_delay=10)
     async with openai_client(app_client, settings) as (client, http):
-        first = asyncio.create_task(client.chat.completions.create(model="m", messages=HELLO))
+        first = asyncio.create_task(client.chat.completions.create(model="simulated", messages=HELLO))
         await eventually(lambda: active_answers(http, 1), "the first answer is running")
         with pytest.raises(openai.InternalServerError) as raised:
-            await client.chat.completions.create(model="m", messages=HELLO)
+            await client.chat.completions.create(model="simulated", messages=HELLO)
         refused_chat = await http.post("/chat", json=CHAT)
         first.cancel()  # the caller leaves: its stateless answer is stopped
         with contextlib.suppress(asyncio.CancelledError):

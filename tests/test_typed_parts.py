@@ -342,3 +342,24 @@ async def test_a_retried_tool_result_post_gets_the_same_answer_not_a_conflict(
     assert (started, started_again) == (True, False)
     assert retried.message_id == accepted.message_id
     assert [turn.role for turn in turns].count("tool") == 1
+
+
+async def test_results_with_a_given_context_are_refused_while_an_answer_streams(
+    run_service: RunService,
+) -> None:
+    # The OpenAI-compatible API checks the ids against its own messages, but not whether one streams.
+    hold = asyncio.Event()
+    async with run_service(ScriptedSource(["..."], hold=hold)) as harness:
+        async with harness.redis.pubsub() as pubsub:
+            await pubsub.subscribe(KEYS.channel("s1"))
+            accepted, _ = await harness.service.submit(
+                ChatRequest(session_id="s1", message="Hi", user_id="u")
+            )
+            late = ChatRequest.model_validate(
+                {"session_id": "s1", "user_id": "u", "tool_results": [{"tool_call_id": "c1", "content": "x"}]}
+            )
+            with pytest.raises(ToolResultConflict):
+                await harness.service.submit(late, context=[])
+            hold.set()
+            await read_answers(pubsub, {accepted.message_id})
+        assert [turn.role for turn in await harness.history.read("s1")] == ["user", "assistant"]

@@ -1,14 +1,15 @@
 """The chat page (`/ui`) and the offline docs: served in-process, then used in headless Chromium.
 
 The browser tests drive Debian's chromium through Playwright. There the service runs as `python app.py`
-(the Docker image's start command) on a free loopback port, on the embedded Redis, with the model paced
-slowly enough to reload or stop in the middle of an answer. Every request the browser makes to a host
-other than the service is recorded and aborted.
+(the Docker image's start command) on a free loopback port, on the embedded Redis, with the simulated
+model showing its reasoning and paced slowly enough to reload or stop in the middle of an answer. Every
+request the browser makes to a host other than the service is recorded and aborted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Request, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from config import Settings
@@ -46,6 +47,20 @@ CHROMIUM_ARGS = [
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Per chunk of three words: 3 x STREAM_DELAY + CHUNK_DELAY = 0.2 s, so an answer takes a few seconds.
 PACING = {"STREAM_DELAY": "0.05", "CHUNK_DELAY": "0.05"}
+# A tool for the simulated model to call: it calls one when the message names it.
+QUESTION = "What is the weather in Paris? Please call get_weather."
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 ANSWER_TIMEOUT_MS = 30_000
 
 
@@ -53,7 +68,7 @@ class LiveServer(ServiceProcess):
     """`python app.py` (the image's start command) on the embedded Redis, paced for the browser."""
 
     def __init__(self) -> None:
-        super().__init__({"LOG_LEVEL": "WARNING", **PACING})
+        super().__init__({"LOG_LEVEL": "WARNING", "SIMULATED_REASONING": "true", **PACING})
 
     def history(self, session_id: str) -> list[dict[str, Any]]:
         response = httpx.get(f"{self.url}/history/{session_id}", timeout=5)
@@ -236,9 +251,10 @@ def conversation(tab: Tab) -> str:
     return f"page shows:\n{shown}\nconsole errors: {tab.console_errors}"
 
 
-def wait_for_streamed_words(tab: Tab, words: int) -> str:
-    """Wait until the running answer shows at least `words` words; return its text so far."""
-    selector = ".msg[data-role='assistant'][data-state='streaming'] .content"
+def wait_for_streamed_words(tab: Tab, words: int, part: str = ".content") -> str:
+    """Wait until the running answer shows at least `words` words of its text (or of another `part`,
+    such as its `.reasoning-text`); return that part so far."""
+    selector = f".msg[data-role='assistant'][data-state='streaming'] {part}"
     try:
         tab.page.wait_for_function(
             """([selector, words]) => {
@@ -251,7 +267,7 @@ def wait_for_streamed_words(tab: Tab, words: int) -> str:
         )
     except PlaywrightError:
         raise AssertionError(f"no streaming answer of {words} words; {conversation(tab)}") from None
-    return tab.page.locator(selector).last.inner_text()
+    return tab.page.locator(selector).last.text_content() or ""
 
 
 def stored_answer(tab: Tab, session_id: str) -> dict[str, Any]:
@@ -381,6 +397,138 @@ def test_new_chat_starts_a_session_and_the_list_goes_back_to_the_old_one(tab: Ta
     expect(tab.page.locator("#session-id")).to_have_text(first)
     expect(tab.page.locator(".msg[data-role='assistant'] .content")).to_have_text([first_answer])
     assert tab.blocked == []
+    assert tab.console_errors == []
+
+
+def post_chat(server: LiveServer, body: dict[str, Any]) -> None:
+    """`POST /chat` as a backend would, not through the page."""
+    accepted = httpx.post(f"{server.url}/chat", json=body, timeout=5)
+    assert accepted.status_code == 202, accepted.text
+
+
+def pretty_json(text: str) -> str:
+    """How the page shows JSON text: indented by two, as the browser's `JSON.stringify` writes it."""
+    return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+
+
+def ask_for_the_weather(tab: Tab) -> str:
+    """Open a session, and through the API ask in it for an answer that calls a tool; return the
+    session once the page shows the question."""
+    session_id = open_chat(tab, "ui-user")
+    # Connected before the answer starts, so the page follows it as it streams.
+    expect(tab.page.locator("#connection")).to_have_attribute("data-state", "live")
+    post_chat(
+        tab.server,
+        {
+            "session_id": session_id,
+            "user_id": "api-user",
+            "message": QUESTION,
+            "tools": [WEATHER_TOOL],
+        },
+    )
+    expect(tab.page.locator(".msg[data-role='user'] .content")).to_have_text([QUESTION])
+    return session_id
+
+
+def tool_calling_answer(tab: Tab, session_id: str) -> dict[str, Any]:
+    """The session's answer that called the tool, once the page shows it finished."""
+    expect(tab.page.locator(".msg[data-role='assistant']").first).to_have_attribute("data-state", "done")
+    answer = next(m for m in tab.server.history(session_id) if m["role"] == "assistant")
+    assert answer["finish_reason"] == "tool_calls", answer
+    assert answer["reasoning"], answer
+    return answer
+
+
+def expect_parts(bubble: Locator, stored: dict[str, Any]) -> None:
+    """The answer's bubble shows its stored reasoning, collapsed under "Thinking", and its tool calls:
+    each one's name and its arguments pretty-printed."""
+    thinking = bubble.locator("details.reasoning")
+    expect(thinking.locator("summary")).to_have_text("Thinking")
+    expect(thinking).to_have_js_property("open", False)
+    expect(thinking.locator(".reasoning-text")).to_be_hidden()
+    expect(thinking.locator(".reasoning-text")).to_have_text(stored["reasoning"])
+    calls = stored.get("tool_calls") or []
+    expect(bubble.locator(".tool-call")).to_have_count(len(calls))
+    for position, call in enumerate(calls):
+        shown = bubble.locator(".tool-call").nth(position)
+        expect(shown).to_have_attribute("data-tool-call-id", call["id"])
+        expect(shown.locator(".tool-name")).to_have_text(call["name"])
+        expect(shown.locator(".tool-arguments")).to_have_text(pretty_json(call["arguments"]))
+
+
+@pytest.mark.browser
+def test_reasoning_and_tool_calls_are_shown_and_survive_a_reload(tab: Tab) -> None:
+    session_id = ask_for_the_weather(tab)
+    thought = wait_for_streamed_words(tab, 6, part=".reasoning-text")
+    assert [m["role"] for m in tab.server.history(session_id)] == ["user"]  # still mid-answer
+
+    tab.page.reload()
+
+    # The running answer's reasoning so far comes back from the replay log; the rest follows live.
+    running = tab.page.locator(".msg[data-role='assistant'][data-state='streaming']")
+    expect(running.locator(".reasoning-text")).to_contain_text(thought)
+    stored = tool_calling_answer(tab, session_id)
+    answer = tab.page.locator(".msg[data-role='assistant']")
+    expect_parts(answer, stored)
+    assert json.loads(stored["tool_calls"][0]["arguments"])["city"] == "Paris"
+    expect(answer).to_have_attribute("data-finish-reason", "tool_calls")
+    answer.locator(".reasoning summary").click()
+    expect(answer.locator(".reasoning-text")).to_be_visible()  # collapsed, not absent
+
+    tab.page.reload()  # now from history
+
+    expect(answer).to_have_attribute("data-state", "done")
+    expect_parts(answer, stored)
+    expect(answer.locator(".tool-result")).to_have_count(len(stored["tool_calls"]))
+    expect(answer.locator(".tool-result:visible")).to_have_count(0)  # none has a result yet
+    expect(tab.page.locator(".msg[data-role='user']")).to_have_count(1)
+    assert tab.blocked == []
+    assert tab.errors == []
+    assert tab.console_errors == []
+
+
+@pytest.mark.browser
+def test_a_tool_result_appears_under_its_call_and_the_next_answer_resumes_after_a_reload(tab: Tab) -> None:
+    session_id = ask_for_the_weather(tab)
+    stored = tool_calling_answer(tab, session_id)
+    # Six fields, which the simulated model quotes: a next answer long enough to reload in its middle.
+    result = json.dumps(
+        {
+            "city": "Paris",
+            "temperature_c": 21,
+            "sky": "clear",
+            "wind_kmh": 12,
+            "humidity_percent": 60,
+            "forecast": "sunny through the evening with a light breeze from the west",
+        }
+    )
+    results = [{"tool_call_id": call["id"], "content": result} for call in stored["tool_calls"]]
+
+    post_chat(tab.server, {"session_id": session_id, "user_id": "api-user", "tool_results": results})
+
+    call = tab.page.locator(".tool-call").first
+    expect(call.locator(".tool-result-content")).to_have_text(pretty_json(result))
+    expect(call.locator(".tool-result")).to_be_visible()
+    wait_for_streamed_words(tab, 3)  # shown while the next answer streams, not only once it ends
+    assert tab.server.history(session_id)[-1]["role"] == "tool"  # still mid-answer
+
+    tab.page.reload()
+
+    expect(call.locator(".tool-result-content")).to_have_text(pretty_json(result))  # from history
+    # The running answer's reasoning comes back from the replay log, before the answer ends.
+    running = tab.page.locator(".msg[data-role='assistant'][data-state='streaming']")
+    expect(running.locator(".reasoning-text")).not_to_be_empty()
+    final = answer_text_when(tab, "done")
+    follow_up = [m for m in tab.server.history(session_id) if m["role"] == "assistant"][-1]
+    assert final == follow_up["content"]
+    assert "Paris" in final  # it answered from the result
+    answers = tab.page.locator(".msg[data-role='assistant']")
+    expect(answers).to_have_count(2)
+    expect_parts(answers.last, follow_up)
+    expect_parts(answers.first, stored)
+    expect(tab.page.locator(".msg[data-role='user']")).to_have_count(1)
+    assert tab.blocked == []
+    assert tab.errors == []
     assert tab.console_errors == []
 
 

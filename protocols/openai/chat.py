@@ -1,19 +1,19 @@
 """`POST /v1/chat/completions`: OpenAI's Chat Completions, whole or streamed as `chat.completion.chunk`
 events, on the service's model.
 
-With an `X-Session-Id` header a call runs through `ChatService` like `POST /chat`: its user turn and its
-answer land in the session's history and the answer's events are published on the session's channel.
-Without it the call is stateless, as clients of that API expect: nothing is stored or published.
+With an `X-Session-Id` header a call runs through `ChatService` like `POST /chat`: its user turn (or the
+tool results that end its messages, as `tool` turns) and its answer land in the session's history, and
+the answer's events are published on the session's channel. Without it the call is stateless, as clients
+of that API expect: nothing is stored or published. Either way the request's options (tools, structured
+output, sampling) go to the model; `protocols.openai.encoder` puts the answer's parts on the wire.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
@@ -21,29 +21,29 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from admission import Principal
-from ai_service import ChatService
-from config import Settings
-from conversation import ConversationMessage, build_context
-from models import ID_PATTERN, ChatRequest, ChunkEvent, EndEvent, ErrorEvent, StreamEvent
+from ai_service import ChatService, ImagesUnsupported
+from generation import GenerationOptions
+from models import ID_PATTERN, ChatRequest, EndEvent, ErrorEvent, StartEvent, StreamEvent
 from protocols.deps import AdmissionDep, ChatServiceDep, PrincipalDep, SettingsDep
-from protocols.errors import OpenAIErrorResponse, openai_error, problem_of
-from protocols.openai.wire import (
-    AssistantMessage,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    Choice,
-    InboundMessage,
-)
-from protocols.validation import InvalidRequest, check_message_length
-from providers.base import AnswerError, Completion
+from protocols.errors import OpenAIErrorResponse
+from protocols.openai.context import Exchange, read_messages
+from protocols.openai.encoder import Meta, event_stream, whole_response
+from protocols.openai.models import ModelNotFound
+from protocols.openai.wire import ChatCompletionRequest, ChatCompletionResponse
+from protocols.validation import InvalidRequest
+from providers.base import AnswerError
 
 __all__ = ["router"]
 
 # The user id stored with a session's turns when the request names none in `user`.
 DEFAULT_USER_ID = "openai-api"
+# What a `ChatRequest` takes over from the completion request: everything the model is asked besides
+# the messages (tools, structured output, sampling).
+OPTION_FIELDS = tuple(GenerationOptions.model_fields)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "Invalid request; `param` names the field."},
+    404: {"model": OpenAIErrorResponse, "description": "`model` is not the model that answers."},
     429: {"model": OpenAIErrorResponse, "description": "The model server is rate limiting."},
     502: {
         "model": OpenAIErrorResponse,
@@ -70,172 +70,102 @@ SessionHeader = Annotated[
 router = APIRouter()
 
 
-def _conversation(
-    messages: list[InboundMessage], settings: Settings
-) -> tuple[list[ConversationMessage], str]:
-    """The conversation to answer, through the same context limits as `POST /chat`, and its new message.
-
-    The request's leading system (or developer) messages replace `SYSTEM_PROMPT`; a request with none
-    gets `SYSTEM_PROMPT`.
-    """
-    last = messages[-1]
-    message = last.text()
-    if last.role != "user" or not message.strip():
-        raise InvalidRequest([("messages", "The last message must be a non-empty user message.")])
-    check_message_length(message, settings.max_message_length, "messages")
-    leading = 0
-    while leading < len(messages) - 1 and messages[leading].role in {"system", "developer"}:
-        leading += 1
-    system_prompt = "\n\n".join(m.text() for m in messages[:leading]) if leading else settings.system_prompt
-    earlier = [
-        ConversationMessage(role="system" if m.role == "developer" else m.role, content=m.text())
-        for m in messages[leading:]
-    ]
-    conversation = build_context(
-        earlier,
-        system_prompt=system_prompt,
-        max_messages=settings.max_context_messages,
-        max_chars=settings.max_context_chars,
-    )
-    return conversation, message
-
-
 async def _relay(
-    events: asyncio.Queue[StreamEvent | None],
-    completion: Completion,
-    *,
-    stop: Callable[[], object] | None = None,
-) -> AsyncGenerator[str, None]:
-    """The text deltas of a `ChatService` answer, read from its listener queue. `stop` ends the
-    answer when the caller leaves before its end."""
+    events: asyncio.Queue[StreamEvent | None], *, stop: Callable[[], object] | None = None
+) -> AsyncGenerator[StreamEvent, None]:
+    """The events of a `ChatService` answer after its `start`, read from its listener queue, up to and
+    including its `end`; its `error` is raised as `AnswerError`. `stop` ends the answer when the caller
+    leaves before its end."""
     try:
         while (event := await events.get()) is not None:
-            if isinstance(event, ChunkEvent):
-                yield event.content
-            elif isinstance(event, EndEvent):
-                completion.finish_reason = event.finish_reason
-                completion.usage = event.usage
-                return
-            elif isinstance(event, ErrorEvent):
+            if isinstance(event, ErrorEvent):
                 raise AnswerError(event.error.code, event.error.message)
+            if not isinstance(event, StartEvent):
+                yield event
+            if isinstance(event, EndEvent):
+                return
         raise AnswerError("internal_error", "The answer ended without a result.")
     finally:
         if stop is not None:
             stop()
 
 
-# --- The chunk encoder ---------------------------------------------------------------------------
+async def _end_of(first: StreamEvent, events: AsyncGenerator[StreamEvent, None]) -> EndEvent:
+    """The answer's `end`, which carries the whole message: the events before it are not needed."""
+    event = first
+    while not isinstance(event, EndEvent):
+        event = await anext(events)
+    return event
 
 
-@dataclass(frozen=True, slots=True)
-class _Meta:
-    id: str
-    model: str
-    created: int
-    include_usage: bool
-
-
-def _data(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-
-
-def _chunk(meta: _Meta, choices: list[dict[str, Any]], **extra: Any) -> str:
-    body: dict[str, Any] = {
-        "id": meta.id,
-        "object": "chat.completion.chunk",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": choices,
-    }
-    if meta.include_usage:
-        body["usage"] = None  # every chunk but the last carries a null usage, as OpenAI's do
-    body.update(extra)
-    return _data(body)
-
-
-def _delta(meta: _Meta, delta: dict[str, str], finish_reason: str | None = None) -> str:
-    return _chunk(meta, [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-
-
-async def _event_stream(
-    meta: _Meta, first: str | None, deltas: AsyncGenerator[str, None], completion: Completion
-) -> AsyncIterator[str]:
-    """The answer as Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`.
-
-    A failure once the stream has begun is sent as an `error` object (the OpenAI clients raise it) and
-    ends the stream without `[DONE]`.
-    """
+def _chat_request(session_id: str, body: ChatCompletionRequest, exchange: Exchange) -> ChatRequest:
+    """`POST /chat`'s request for the exchange: the user's message, or the tool results to store."""
+    options = {name: getattr(body, name) for name in OPTION_FIELDS}
     try:
-        yield _delta(meta, {"role": "assistant", "content": ""})
-        if first:
-            yield _delta(meta, {"content": first})
-        try:
-            async for delta in deltas:
-                yield _delta(meta, {"content": delta})
-        except AnswerError as error:
-            yield _data({"error": openai_error(problem_of(error)).model_dump()})
-            return
-        yield _delta(meta, {}, completion.finish_reason)
-        if meta.include_usage:
-            usage = completion.usage.model_dump() if completion.usage else None
-            yield _chunk(meta, [], usage=usage)
-        yield "data: [DONE]\n\n"
-    finally:
-        # A client that hangs up closes this stream; closing the source closes its upstream request.
-        await deltas.aclose()
-
-
-# --- The route -----------------------------------------------------------------------------------
+        return ChatRequest(
+            session_id=session_id,
+            message=exchange.message,
+            images=list(exchange.images) or None,
+            tool_results=list(exchange.tool_results) or None,
+            user_id=body.user or DEFAULT_USER_ID,
+            message_id=uuid.uuid4(),
+            **options,
+        )
+    except ValidationError as error:  # what the completion request's own schema let through
+        raise InvalidRequest([("messages", error.errors()[0]["msg"])]) from None
 
 
 async def _in_session(
     session_id: str,
     body: ChatCompletionRequest,
-    conversation: list[ConversationMessage],
-    message: str,
-    completion: Completion,
+    exchange: Exchange,
     *,
     principal: Principal,
     admission: AdmissionDep,
     service: ChatService,
-) -> tuple[str, AsyncGenerator[str, None]]:
-    """Admit, then submit to `ChatService` like `POST /chat`; the completion's id and its deltas."""
-    try:
-        chat = ChatRequest(
-            session_id=session_id,
-            message=message,
-            user_id=body.user or DEFAULT_USER_ID,
-            message_id=uuid.uuid4(),
-        )
-    except ValidationError as error:
-        raise InvalidRequest([("user", f"Invalid user: {error.errors()[0]['msg']}")]) from None
+) -> tuple[str, AsyncGenerator[StreamEvent, None]]:
+    """Admit, then submit to `ChatService` like `POST /chat`: the user's message or the tool results
+    are stored as the session's turns. The completion's id and the answer's events."""
+    chat = _chat_request(session_id, body, exchange)
     events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
     async with admission.admit(
         principal, user_id=chat.user_id, session_id=session_id, message_id=str(chat.message_id)
     ):
-        accepted, _ = await service.submit(chat, context=conversation, listener=events)
-    return f"chatcmpl-{accepted.message_id}", _relay(events, completion)
+        accepted, _ = await service.submit(chat, context=exchange.conversation, listener=events)
+    return f"chatcmpl-{accepted.message_id}", _relay(events)
 
 
 async def _stateless(
     body: ChatCompletionRequest,
-    conversation: list[ConversationMessage],
-    completion: Completion,
+    exchange: Exchange,
     *,
     principal: Principal,
     admission: AdmissionDep,
     service: ChatService,
-) -> tuple[str, AsyncGenerator[str, None]]:
+) -> tuple[str, AsyncGenerator[StreamEvent, None]]:
     """Admit, then run through `ChatService` like every answer (counted, observed, ended at shutdown),
     but neither stored nor published: no session to own; capacity, the rate limit and the slot apply."""
     answer_id = str(uuid.uuid4())
     user_id = body.user or DEFAULT_USER_ID
     events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
     async with admission.admit(principal, user_id=user_id, message_id=answer_id):
-        service.submit_stateless(conversation, body, user_id=user_id, listener=events, message_id=answer_id)
+        service.submit_stateless(
+            exchange.conversation, body, user_id=user_id, listener=events, message_id=answer_id
+        )
     # Nobody else can follow a stateless answer: it ends when its caller leaves.
-    deltas = _relay(events, completion, stop=lambda: service.stop_local(answer_id))
-    return f"chatcmpl-{answer_id.replace('-', '')}", deltas
+    events_out = _relay(events, stop=lambda: service.stop_local(answer_id))
+    return f"chatcmpl-{answer_id.replace('-', '')}", events_out
+
+
+def _check_servable(body: ChatCompletionRequest, exchange: Exchange, service: ChatService) -> None:
+    """The model must be the one that answers, and able to see the conversation's images."""
+    model = service.source.model
+    if body.model != model:
+        raise ModelNotFound(
+            f"The model {body.model!r} does not exist; this service answers with {model!r}.", param="model"
+        )
+    if not service.source.accepts_images and any(m.images for m in exchange.conversation):
+        raise ImagesUnsupported(f"The model {model!r} cannot see images.", param="messages")
 
 
 @router.post(
@@ -260,50 +190,31 @@ async def create_chat_completion(
     session_id: SessionHeader = None,
 ) -> Response:
     """Answer the conversation, whole or streamed, as OpenAI's Chat Completions API does."""
-    conversation, message = _conversation(body.messages, settings)
-    completion = Completion()
+    exchange = read_messages(body.messages, settings)
+    _check_servable(body, exchange, service)
     if session_id is None:
-        completion_id, deltas = await _stateless(
-            body, conversation, completion, principal=principal, admission=admission, service=service
+        completion_id, events = await _stateless(
+            body, exchange, principal=principal, admission=admission, service=service
         )
     else:
-        completion_id, deltas = await _in_session(
-            session_id,
-            body,
-            conversation,
-            message,
-            completion,
-            principal=principal,
-            admission=admission,
-            service=service,
+        completion_id, events = await _in_session(
+            session_id, body, exchange, principal=principal, admission=admission, service=service
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    meta = _Meta(completion_id, service.source.model, int(time.time()), include_usage)
+    meta = Meta(completion_id, service.source.model, int(time.time()), include_usage)
 
-    # Wait for the first piece: a failure before it gets an HTTP status, which clients raise as such.
+    # Wait for the first event: a failure before it gets an HTTP status, which clients raise as such.
     try:
-        first = await anext(deltas, None)
+        first = await anext(events)
+        end = None if body.stream else await _end_of(first, events)
     except BaseException:
-        await deltas.aclose()
+        await events.aclose()
         raise
-    if body.stream:
+    if end is None:
         return StreamingResponse(
-            _event_stream(meta, first, deltas, completion),
+            event_stream(meta, first, events),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    parts = [first] if first else []
-    try:
-        parts.extend([delta async for delta in deltas])
-    finally:
-        await deltas.aclose()
-    response = ChatCompletionResponse(
-        id=meta.id,
-        created=meta.created,
-        model=meta.model,
-        choices=[
-            Choice(message=AssistantMessage(content="".join(parts)), finish_reason=completion.finish_reason)
-        ],
-        usage=completion.usage,
-    )
-    return JSONResponse(response.model_dump(mode="json"))
+    await events.aclose()
+    return JSONResponse(whole_response(meta, end).model_dump(mode="json"))
