@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 CHROMIUM_PATH ?= /usr/bin/chromium
 export CHROMIUM_PATH
 # The Node clients that tests/test_node_clients.py runs, pinned in tests/node/package-lock.json.
-NODE_CLIENTS := tests/node
+# Every tests/node*/ directory with a package.json is one set of Node clients, installed with `npm ci`.
+NODE_CLIENTS := $(patsubst %/package.json,%,$(wildcard tests/node*/package.json))
 
 .PHONY: run test lint typecheck format pytest browser node-clients bench bench-smoke bench-cluster clean
 
@@ -65,16 +66,16 @@ browser:
 	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "could not install chromium: the browser tests cannot run" >&2; }
 
-## node-clients: install the Node clients for tests/test_node_clients.py (`npm ci` in tests/node) when
-## node_modules is missing or older than the lockfile. Without npm the Node client tests skip, saying
+## node-clients: install the Node clients the tests drive (`npm ci` in each tests/node*/) when its
+## node_modules is missing or older than its lockfile. Without npm the Node client tests skip, saying
 ## why; under CI=true they fail.
-node-clients: $(NODE_CLIENTS)/node_modules/.package-lock.json
+node-clients: $(addsuffix /node_modules/.package-lock.json,$(NODE_CLIENTS))
 
 # `npm ci` writes node_modules/.package-lock.json last, so its age tells whether the install is current.
-$(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json
+tests/%/node_modules/.package-lock.json: tests/%/package.json tests/%/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
-	  echo "installing the Node clients for the tests (npm ci in $(NODE_CLIENTS))"; \
-	  (cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error) || \
+	  echo "installing the Node clients for the tests (npm ci in tests/$*)"; \
+	  (cd tests/$* && npm ci --no-audit --no-fund --loglevel=error) || \
 	    echo "could not install the Node clients: the Node client tests cannot run" >&2; \
 	else \
 	  echo "npm is not installed: the Node client tests cannot run" >&2; \
@@ -85,4 +86,4 @@ format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(NODE_CLIENTS)/node_modules
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(addsuffix /node_modules,$(NODE_CLIENTS))
