@@ -31,7 +31,7 @@ from providers.base import AnswerSource
 from redis_client import KeySpace, RedisUnavailable
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
-from stores.replay_log import ReplayLog, position_of
+from stores.replay_log import ReplayLog, parse_entry_id, position_of
 
 if TYPE_CHECKING:
     from batcher import CommandBatcher
@@ -311,6 +311,13 @@ class ChatService:
             since = await self._log.start_of(message_id)
             answer = AnswerStart(message_id, since, finished=state.status != "streaming")
         return EventCursor(self._hub, session_id, after=after, answer=answer)
+
+    async def running_answer(self, session_id: str) -> str | None:
+        """The message id of the session's answer that is running now (the newest, if several), or None."""
+        running = await self._log.running(session_id)
+        if not running:
+            return None
+        return max(running, key=lambda message_id: parse_entry_id(running[message_id]))
 
     async def clear(self, session_id: str) -> None:
         """Delete the session's history and its replay log."""

@@ -136,6 +136,14 @@ class ReplayLog:
     async def newest(self, session_id: str) -> str | None:
         return (await self.bounds(session_id))[1]
 
+    async def running(self, session_id: str) -> dict[str, str]:
+        """The session's running answers: each one's message id, and the entry after which its events
+        begin."""
+        (values,) = await self._reader.submit([("HGETALL", self._keys.active(session_id))])
+        if isinstance(values, dict):  # a cluster's pipeline hands back redis-py's dict
+            return {bytes(k).decode(): bytes(v).decode() for k, v in values.items()}
+        return {bytes(values[i]).decode(): bytes(values[i + 1]).decode() for i in range(0, len(values), 2)}
+
     async def running_starts(self, session_id: str) -> list[str]:
         """For each running answer of the session, the entry after which its events begin."""
         (values,) = await self._reader.submit([("HVALS", self._keys.active(session_id))])

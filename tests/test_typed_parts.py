@@ -363,3 +363,19 @@ async def test_results_with_a_given_context_are_refused_while_an_answer_streams(
             hold.set()
             await read_answers(pubsub, {accepted.message_id})
         assert [turn.role for turn in await harness.history.read("s1")] == ["user", "assistant"]
+
+
+async def test_the_running_answer_of_a_session_is_known_until_it_ends(run_service: RunService) -> None:
+    hold = asyncio.Event()
+    async with (
+        run_service(ScriptedSource(["..."], hold=hold)) as harness,
+        harness.redis.pubsub() as pubsub,
+    ):
+        await pubsub.subscribe(KEYS.channel("s1"))
+        assert await harness.service.running_answer("s1") is None
+        accepted, _ = await harness.service.submit(ChatRequest(session_id="s1", message="Hi", user_id="u"))
+        await read_answers(pubsub, {accepted.message_id}, until=lambda events: len(events) >= 2)
+        assert await harness.service.running_answer("s1") == accepted.message_id
+        hold.set()
+        await read_answers(pubsub, {accepted.message_id})
+        assert await harness.service.running_answer("s1") is None
