@@ -7,10 +7,17 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from ag_ui.core import BaseEvent, Event
+from ag_ui.core import (
+    BaseEvent,
+    Event,
+    MessagesSnapshotEvent,
+    RunErrorEvent,
+    RunFinishedEvent,
+    RunStartedEvent,
+)
 from pydantic import TypeAdapter
 
 from conversation import ConversationMessage
@@ -62,13 +69,40 @@ def events_of(response: httpx.Response) -> list[BaseEvent]:
         lines = [line for line in block.splitlines() if not line.startswith(":")]
         if not lines:
             continue
-        assert len(lines) == 1 and lines[0].startswith("data: "), block
+        assert len(lines) == 1, block
+        assert lines[0].startswith("data: "), block
         raw = json.loads(lines[0].removeprefix("data: "))
         event = _events.validate_python(raw)
         assert not event.model_extra, f"fields the protocol does not define: {event.model_extra}"
         assert event.model_dump(mode="json", by_alias=True) == raw
         events.append(event)
     return events
+
+
+T = TypeVar("T")
+
+
+def as_a(value: object, kind: type[T]) -> T:
+    """`value`, which must be a `kind` (an event, or a run's outcome)."""
+    assert isinstance(value, kind), value
+    return value
+
+
+def started(events: list[BaseEvent]) -> RunStartedEvent:
+    return as_a(events[0], RunStartedEvent)
+
+
+def snapshot(events: list[BaseEvent]) -> MessagesSnapshotEvent:
+    """A reconnect's snapshot, which follows its RUN_STARTED."""
+    return as_a(events[1], MessagesSnapshotEvent)
+
+
+def finished(events: list[BaseEvent]) -> RunFinishedEvent:
+    return as_a(events[-1], RunFinishedEvent)
+
+
+def failed(events: list[BaseEvent]) -> RunErrorEvent:
+    return as_a(events[-1], RunErrorEvent)
 
 
 def types(events: list[BaseEvent]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ag_ui.core import RunFinishedCancelledOutcome, RunFinishedSuccessOutcome
 from asgi_lifespan import LifespanManager
 
 from app import create_app
@@ -23,10 +24,14 @@ from testkit.openai_server import OpenAIServer, Reply
 from tests.agui_events import (
     WEATHER,
     HeldSource,
+    as_a,
     events_of,
+    failed,
+    finished,
     of_type,
     run_input,
     squeezed,
+    started,
     text_of,
     tool_result,
     types,
@@ -76,22 +81,23 @@ async def test_a_run_streams_reasoning_and_a_tool_call_as_agui_events(
         "TOOL_CALL_END",
         "RUN_FINISHED",
     ]
-    started, finished = events[0], events[-1]
-    assert (started.thread_id, started.run_id) == ("t1", body["runId"])
+    assert (started(events).thread_id, started(events).run_id) == ("t1", body["runId"])
     (call,) = of_type(events, "TOOL_CALL_START")
     assert call.tool_call_name == "get_weather"
     assert call.parent_message_id == body["runId"]  # a UUID runId is the answer's message_id
     arguments = "".join(event.delta for event in of_type(events, "TOOL_CALL_ARGS"))
     assert json.loads(arguments) == {"city": "Paris"}
-    assert (finished.thread_id, finished.run_id) == ("t1", body["runId"])
-    assert finished.outcome.type == "success"
-    assert finished.outcome.pending_tool_call_ids == [call.tool_call_id]
-    assert finished.result == {"messageId": body["runId"], "finishReason": "tool_calls"}
+    assert (finished(events).thread_id, finished(events).run_id) == ("t1", body["runId"])
+    outcome = as_a(finished(events).outcome, RunFinishedSuccessOutcome)
+    assert outcome.pending_tool_call_ids == [call.tool_call_id]
+    assert finished(events).result == {"messageId": body["runId"], "finishReason": "tool_calls"}
     reasoning = "".join(event.delta for event in of_type(events, "REASONING_MESSAGE_CONTENT"))
     assert [turn["role"] for turn in turns] == ["user", "assistant"]
     assert turns[1]["message_id"] == body["runId"]
     assert turns[1]["reasoning"] == reasoning
-    assert turns[1]["tool_calls"] == [{"id": call.tool_call_id, "name": "get_weather", "arguments": arguments}]
+    assert turns[1]["tool_calls"] == [
+        {"id": call.tool_call_id, "name": "get_weather", "arguments": arguments}
+    ]
 
 
 async def test_tool_messages_answer_the_calls_and_the_next_run_streams_the_final_text(
@@ -102,10 +108,14 @@ async def test_tool_messages_answer_the_calls_and_the_next_run_streams_the_final
         first = events_of(await client.post("/agui", json=run_input("t2", question, tools=[WEATHER])))
         (call,) = of_type(first, "TOOL_CALL_START")
         asked = {
-            "id": first[-1].run_id,
+            "id": finished(first).run_id,
             "role": "assistant",
             "toolCalls": [
-                {"id": call.tool_call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                {
+                    "id": call.tool_call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{}"},
+                }
             ],
         }
         result = tool_result(call.tool_call_id, "station WX-4471: snow, -3 C")
@@ -122,7 +132,7 @@ async def test_tool_messages_answer_the_calls_and_the_next_run_streams_the_final
         "RUN_FINISHED",
     ]
     assert "WX-4471" in text_of(second)
-    assert second[-1].outcome.pending_tool_call_ids is None
+    assert as_a(finished(second).outcome, RunFinishedSuccessOutcome).pending_tool_call_ids is None
     assert [turn["role"] for turn in turns] == ["user", "assistant", "tool", "assistant"]
     assert turns[2]["tool_call_id"] == call.tool_call_id
     assert turns[3]["content"] == text_of(second)
@@ -139,14 +149,17 @@ async def test_a_run_id_that_is_no_uuid_names_its_answer_and_a_repeated_run_repl
 
     message_id = str(message_id_of("t3", "run-1"))
     assert message_id == str(uuid.uuid5(uuid.UUID("0b6f4f7a-6c1e-4a8e-9d1f-7a0b6f4f7a6c"), "t3\nrun-1"))
-    assert first[0].run_id == first[-1].run_id == "run-1"
-    assert first[-1].result["messageId"] == message_id
+    assert started(first).run_id == finished(first).run_id == "run-1"
+    assert finished(first).result == {"messageId": message_id, "finishReason": "stop"}
     assert of_type(first, "TEXT_MESSAGE_START")[0].message_id == message_id
-    assert types(again) == types(first) and text_of(again) == text_of(first)
+    assert types(again) == types(first)
+    assert text_of(again) == text_of(first)
     assert [turn["message_id"] for turn in turns] == [message_id, message_id]  # answered once
 
 
-async def test_context_and_system_messages_become_the_system_prompt(make_settings: Callable[..., Settings]) -> None:
+async def test_context_and_system_messages_become_the_system_prompt(
+    make_settings: Callable[..., Settings],
+) -> None:
     source = ScriptedSource(["Noted."])
     system = {"id": "s", "role": "system", "content": "You are terse."}
     context = [{"description": "The user's timezone", "value": "Europe/Oslo"}]
@@ -155,7 +168,10 @@ async def test_context_and_system_messages_become_the_system_prompt(make_setting
 
     prompt = source.conversations[0][0]
     assert prompt.role == "system"
-    assert prompt.content == "You are terse.\n\nContext from the application:\n- The user's timezone: Europe/Oslo"
+    assert (
+        prompt.content
+        == "You are terse.\n\nContext from the application:\n- The user's timezone: Europe/Oslo"
+    )
     assert [(m.role, m.content) for m in source.conversations[0][1:]] == [("user", "Hi")]
 
 
@@ -170,19 +186,36 @@ async def test_context_reaches_the_model_with_the_thread_history_and_tool_result
 
     prompt, *turns = source.conversations[1]
     assert prompt.content == "Be kind.\n\nContext from the application:\n- Units: metric"
-    assert [(m.role, m.content) for m in turns] == [("user", "First"), ("assistant", "Done."), ("user", "Second")]
+    assert [(m.role, m.content) for m in turns] == [
+        ("user", "First"),
+        ("assistant", "Done."),
+        ("user", "Second"),
+    ]
 
 
-async def test_forwarded_props_carry_generation_options_and_the_user(make_settings: Callable[..., Settings]) -> None:
+async def test_forwarded_props_carry_generation_options_and_the_user(
+    make_settings: Callable[..., Settings],
+) -> None:
     source = ScriptedSource(["Fine."])
-    props = {"temperature": 0.25, "toolChoice": "none", "reasoning_effort": "low", "userId": "ann", "copilot": 1}
+    props = {
+        "temperature": 0.25,
+        "toolChoice": "none",
+        "reasoning_effort": "low",
+        "userId": "ann",
+        "copilot": 1,
+    }
     async with scripted(make_settings(), source) as client:
-        events_of(await client.post("/agui", json=run_input("t6", user("Hi"), tools=[WEATHER], forwardedProps=props)))
+        events_of(
+            await client.post(
+                "/agui", json=run_input("t6", user("Hi"), tools=[WEATHER], forwardedProps=props)
+            )
+        )
         turns = await history(client, "t6")
 
     options = source.options[0]
     assert (options.temperature, options.tool_choice, options.reasoning_effort) == (0.25, "none", "low")
-    assert options.tools is not None and options.tools[0].function.name == "get_weather"
+    assert options.tools is not None
+    assert options.tools[0].function.name == "get_weather"
     assert {turn["user_id"] for turn in turns} == {"ann"}
 
 
@@ -249,7 +282,9 @@ async def test_another_keys_thread_is_not_found_like_a_missing_one(
 
 
 async def history_as(client: httpx.AsyncClient, thread: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = (await client.get(f"/history/{thread}", headers=headers)).json()["messages"]
+    messages: list[dict[str, Any]] = (await client.get(f"/history/{thread}", headers=headers)).json()[
+        "messages"
+    ]
     return messages
 
 
@@ -278,9 +313,10 @@ async def test_a_failing_model_ends_the_run_with_run_error(
         turns = await history(client, "t9")
 
     assert squeezed(types(events)) == expected
-    error = events[-1]
+    error = failed(events)
     assert error.code == "upstream_error"
-    assert said in error.message and "exploded" not in error.message  # the upstream's words stay here
+    assert said in error.message
+    assert "exploded" not in error.message
     assert turns[-1]["finish_reason"] == "error"
 
 
@@ -302,4 +338,4 @@ async def test_a_stopped_answer_finishes_its_run_as_cancelled(make_settings: Cal
         "RUN_FINISHED",
     ]
     assert text_of(events) == "Working on it"
-    assert events[-1].outcome.type == "cancelled"
+    assert isinstance(finished(events).outcome, RunFinishedCancelledOutcome)
