@@ -23,6 +23,7 @@ from ag_ui.core import (
     RunAgentInput,
     SystemMessage,
     TextPart,
+    Tool,
     ToolMessage,
     UrlSource,
     UserMessage,
@@ -141,6 +142,22 @@ def _new_turn(messages: Sequence[Any], settings: Settings) -> dict[str, Any]:
     return {"message": text, "images": images or None}
 
 
+def _tools(tools: Sequence[Tool]) -> list[FunctionTool]:
+    """The input's tools as function tools (their `parameters`, a JSON Schema, checked as such)."""
+    converted = []
+    for index, tool in enumerate(tools):
+        try:
+            definition = FunctionDefinition(
+                name=tool.name, description=tool.description, parameters=tool.parameters
+            )
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(["tools", str(index), *(str(part) for part in first["loc"])])
+            raise _refuse(field, first["msg"].removeprefix("Value error, ")) from None
+        converted.append(FunctionTool(function=definition))
+    return converted
+
+
 def _forwarded(props: Any) -> dict[str, Any]:
     """The generation options and user id `forwardedProps` carries; its other keys are the
     application's own and are left alone."""
@@ -176,14 +193,7 @@ def read_input(body: RunAgentInput, settings: Settings) -> Run:
         raise _refuse("threadId", "1 to 128 of A-Z a-z 0-9 _ . : -")
     if body.resume:
         raise _refuse("resume", "this agent never interrupts a run, so there is nothing to resume")
-    tools = [
-        FunctionTool(
-            function=FunctionDefinition(
-                name=tool.name, description=tool.description, parameters=tool.parameters
-            )
-        )
-        for tool in body.tools or ()
-    ]
+    tools = _tools(body.tools or ())
     options = _forwarded(body.forwarded_props)
     try:
         request = ChatRequest(
