@@ -166,6 +166,7 @@ class ChatService:
         request: ChatRequest,
         *,
         context: Sequence[ConversationMessage] | None = None,
+        system_prompt: str | None = None,
         listener: EventQueue | None = None,
     ) -> tuple[ChatAccepted, bool]:
         """Store the user's turn and start the answer; return at once.
@@ -177,6 +178,8 @@ class ChatService:
         answer, in place of the one built from the session's history; `listener` receives every event
         of the answer as it is published (in `seq` order, ending with its `end` or `error`, which it
         receives even when Redis refuses the event), then `None` once the answer's task is over.
+        `system_prompt` replaces `SYSTEM_PROMPT` in the context built from history (a protocol whose
+        input brings its own instructions).
         """
         self._check_accepting()
         message_id = str(request.message_id) if request.message_id else new_message_id()
@@ -194,7 +197,7 @@ class ChatService:
                 # messages; no answer of the session may be streaming all the same.
                 await self._check_tool_results(session_id, request.tool_results, by_history=context is None)
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
-            since, conversation = await self._store_and_read(request, message_id, context)
+            since, conversation = await self._store_and_read(request, message_id, context, system_prompt)
         except (RedisUnavailable, ToolResultConflict):
             with contextlib.suppress(RedisUnavailable):
                 await self._answers_store.release(message_id)
@@ -244,7 +247,11 @@ class ChatService:
             task.add_done_callback(lambda _: listener.put_nowait(None))
 
     async def _store_and_read(
-        self, request: ChatRequest, message_id: str, context: Sequence[ConversationMessage] | None
+        self,
+        request: ChatRequest,
+        message_id: str,
+        context: Sequence[ConversationMessage] | None,
+        system_prompt: str | None,
     ) -> tuple[str, list[ConversationMessage]]:
         """Store the user's turn (or the tool results); return where the answer's events will begin in
         the replay log, and the conversation to answer (`context`, or one built from recent turns)."""
@@ -268,7 +275,7 @@ class ChatService:
             return position_of(position), list(context)
         return position_of(position), build_context(
             [message for _, message in stored],
-            system_prompt=settings.system_prompt,
+            system_prompt=settings.system_prompt if system_prompt is None else system_prompt,
             max_messages=settings.max_context_messages,
             max_chars=settings.max_context_chars,
             send_reasoning=settings.ai_send_reasoning,

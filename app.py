@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             {"name": "chat", "description": "Send messages, follow and stop their answers."},
             {"name": "history", "description": "A session's stored turns."},
             {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
+            {"name": "agui", "description": "AG-UI: run the agent on a thread, and reconnect to it."},
             {"name": "service", "description": "Health, metrics and what the service publishes."},
         ],
         lifespan=build_lifespan(settings, metrics, source),

@@ -327,6 +327,8 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),
         ("GET", "/v1/models/{model_id}"),
+        ("POST", "/agui"),
+        ("POST", "/agui/connect"),
     }
     for key, operation in operations.items():
         assert operation.get("summary"), key
@@ -337,6 +339,8 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("GET", "/stream/{session_id}"),
         ("GET", "/history/{session_id}"),
         ("DELETE", "/history/{session_id}"),
+        ("POST", "/agui"),
+        ("POST", "/agui/connect"),
     ]
     for key in service_routes:
         responses = operations[key]["responses"]

@@ -32,7 +32,6 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from config import Settings
-from conversation import ConversationMessage, build_context
 from generation import FunctionDefinition, FunctionTool, GenerationOptions
 from models import ID_PATTERN, ChatRequest
 from parts import ToolResult
@@ -41,9 +40,7 @@ from protocols.validation import InvalidRequest, check_message_length
 __all__ = [
     "DEFAULT_USER_ID",
     "Run",
-    "conversation_of",
     "message_id_of",
-    "open_calls",
     "read_input",
     "system_prompt_of",
 ]
@@ -221,37 +218,3 @@ def _located(error: ValidationError, options: dict[str, Any]) -> list[tuple[str,
             loc = ["threadId"]
         located.append((".".join(loc), item["msg"].removeprefix("Value error, ")))
     return located
-
-
-def conversation_of(
-    turns: Sequence[ConversationMessage], request: ChatRequest, system_prompt: str, settings: Settings
-) -> list[ConversationMessage]:
-    """The conversation for an input with its own instructions: the thread's recent turns, then the
-    new turn, under the input's system prompt (within the same limits as every answer's)."""
-    if request.tool_results is not None:
-        new = [
-            ConversationMessage(role="tool", content=result.content, tool_call_id=result.tool_call_id)
-            for result in request.tool_results
-        ]
-    else:
-        new = [
-            ConversationMessage(
-                role="user", content=request.message or "", images=tuple(request.images or ())
-            )
-        ]
-    return build_context(
-        [*turns, *new],
-        system_prompt=system_prompt,
-        max_messages=settings.max_context_messages,
-        max_chars=settings.max_context_chars,
-        send_reasoning=settings.ai_send_reasoning,
-    )
-
-
-def open_calls(turns: Sequence[ConversationMessage]) -> set[str]:
-    """The calls of the thread's last answer that have no result yet."""
-    last = max((i for i, turn in enumerate(turns) if turn.role == "assistant"), default=-1)
-    if last < 0:
-        return set()
-    answered = {turn.tool_call_id for turn in turns[last + 1 :]}
-    return {call.id for call in turns[last].tool_calls} - answered

@@ -18,12 +18,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from admission import SessionForbidden, SessionNotFound
-from ai_service import TOOL_ROUNDS_READ, ChatService, ToolResultConflict
-from config import Settings
-from conversation import ConversationMessage
-from models import ID_PATTERN, ChatRequest
+from ai_service import ChatService
+from models import ID_PATTERN
 from protocols.agui.encoder import RunEncoder
-from protocols.agui.inputs import conversation_of, open_calls, read_input
+from protocols.agui.inputs import read_input
 from protocols.agui.snapshot import snapshot_messages
 from protocols.deps import (
     AdmissionDep,
@@ -36,7 +34,6 @@ from protocols.deps import (
 from protocols.errors import ErrorResponse
 from protocols.sse import EventStreamResponse
 from protocols.validation import InvalidRequest
-from stores.history import HistoryStore
 
 __all__ = ["router"]
 
@@ -55,24 +52,6 @@ STREAM: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter(prefix="/agui", tags=["agui"])
-
-
-async def _conversation(
-    history: HistoryStore, request: ChatRequest, system_prompt: str, settings: Settings
-) -> list[ConversationMessage]:
-    """The conversation under the input's own system prompt. `submit` checks tool results against
-    history only when it builds the conversation itself, so they are checked here as it would."""
-    recent = settings.max_context_messages + TOOL_ROUNDS_READ + 1
-    turns = [message for _, message in await history.recent(request.session_id, recent)]
-    if request.tool_results is not None:
-        awaiting = open_calls(turns)
-        for result in request.tool_results:
-            if result.tool_call_id not in awaiting:
-                raise ToolResultConflict(
-                    f"The tool call {result.tool_call_id!r} is not awaiting a result in this thread.",
-                    param="tool_results",
-                )
-    return conversation_of(turns, request, system_prompt, settings)
 
 
 def _encoder(body: RunAgentInput, service: ChatService, run_id: str, **kwargs: Any) -> RunEncoder:
@@ -100,7 +79,6 @@ async def run_agent(
     principal: PrincipalDep,
     admission: AdmissionDep,
     service: ChatServiceDep,
-    history: HistoryDep,
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> EventStreamResponse:
@@ -114,10 +92,7 @@ async def run_agent(
         async with admission.admit(
             principal, user_id=request.user_id, session_id=session_id, message_id=message_id
         ):
-            context = None
-            if run.system_prompt is not None:
-                context = await _conversation(history, request, run.system_prompt, settings)
-            await service.submit(request, context=context)
+            await service.submit(request, system_prompt=run.system_prompt)
     except SessionForbidden:
         raise SessionNotFound(session_id) from None  # another key's thread is as good as missing
     cursor = await service.follow(session_id, message_id=message_id)
