@@ -102,7 +102,8 @@ def tool_output_error(tool_call_id: str, error: str) -> Chunk:
 def step_chunks(
     step_id: str, *, text: str = "", reasoning: str | None = None, tool_calls: Iterable[ToolCall] = ()
 ) -> list[Chunk]:
-    """A whole step (an earlier answer of the UI message) as chunks, in the order its parts streamed."""
+    """A whole earlier step of the UI message (an answer whose tool calls have their results) as
+    chunks, in the order its parts streamed."""
     chunks: list[Chunk] = [{"type": "start-step"}]
     for kind, value in (("reasoning", reasoning), ("text", text)):
         if value:
@@ -112,7 +113,13 @@ def step_chunks(
                 {"type": f"{kind}-delta", "id": part_id, "delta": value},
                 {"type": f"{kind}-end", "id": part_id},
             ]
-    chunks += [tool_input(call) for call in tool_calls]
+    for call in tool_calls:
+        # Streamed rather than `tool-input-available`, which would make the client's `onToolCall` run
+        # the tool again: its result follows this step, and turns the part into `output-available`.
+        chunks += [
+            {"type": "tool-input-start", "toolCallId": call.id, "toolName": call.name},
+            {"type": "tool-input-delta", "toolCallId": call.id, "inputTextDelta": call.arguments},
+        ]
     chunks.append({"type": "finish-step"})
     return chunks
 
