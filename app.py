@@ -22,6 +22,7 @@ from logs import RequestLogMiddleware, configure_logging, valid_request_id
 from metrics import Metrics, MetricsMiddleware
 from protocols import errors
 from protocols.agui import router as agui_router
+from protocols.ai_sdk import router as ai_sdk_router
 from protocols.body_limit import BodyLimitMiddleware
 from protocols.deps import require_key
 from protocols.native import ERRORS
@@ -88,6 +89,10 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             {"name": "history", "description": "A session's stored turns."},
             {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
             {"name": "agui", "description": "AG-UI: run the agent on a thread, and reconnect to it."},
+            {
+                "name": "ai-sdk",
+                "description": "The Vercel AI SDK's UI message stream: useChat's chat endpoint.",
+            },
             {"name": "service", "description": "Health, metrics and what the service publishes."},
         ],
         lifespan=build_lifespan(settings, metrics, source),
@@ -98,6 +103,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     app.include_router(service_router)
     app.include_router(native_router)
     app.include_router(agui_router)
+    app.include_router(ai_sdk_router)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).
     app.include_router(openai_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
     add_ui(app)

@@ -329,6 +329,9 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("GET", "/v1/models/{model_id}"),
         ("POST", "/agui"),
         ("POST", "/agui/connect"),
+        ("POST", "/api/chat"),
+        ("GET", "/api/chat/{chat_id}/stream"),
+        ("POST", "/api/chat/{chat_id}/stop"),
     }
     for key, operation in operations.items():
         assert operation.get("summary"), key
