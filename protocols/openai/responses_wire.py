@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 from generation import NAME_PATTERN, ReasoningEffort, check_image_url, check_json_schema
 from models import ID_PATTERN
@@ -223,6 +232,18 @@ class TextConfig(BaseModel):
 
     format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
+
+    @field_validator("format", mode="wrap")
+    @classmethod
+    def _format(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Reported as `text.format` with the failing part in the message: pydantic would put the
+        union's tag into the field's name (`text.format.json_schema.schema`)."""
+        try:
+            return handler(value)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"][1:])
+            raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
 
 
 class ReasoningConfig(BaseModel):
