@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -76,6 +76,11 @@ def url(make_settings: SettingsFactory, redis_server: RedisServer, source: HeldS
 
 def client(url: str, key: str = ALICE) -> OpenAI:
     return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def body_of(error: openai.APIStatusError) -> Json:
+    """The error object the SDK read from the body (OpenAI's `error`)."""
+    return cast(Json, error.body)
 
 
 def dumped(events: Any) -> Iterator[Json]:
@@ -144,7 +149,7 @@ def test_cancelling_a_finished_response_is_refused(url: str, source: HeldSource)
         with pytest.raises(openai.BadRequestError) as refused:
             sdk.responses.cancel(done.id)
     assert done.status == "completed"
-    assert refused.value.body["param"] == "response_id"  # type: ignore[index]
+    assert body_of(refused.value)["param"] == "response_id"
 
 
 def test_another_keys_response_is_not_found_like_a_missing_one(url: str, source: HeldSource) -> None:
@@ -152,7 +157,7 @@ def test_another_keys_response_is_not_found_like_a_missing_one(url: str, source:
     with client(url) as alice, client(url, BOB) as bob:
         mine = alice.responses.create(model="scripted", input="Count.")
         missing = "resp_" + "0" * 32
-        errors = []
+        errors: list[Json] = []
         for call in (
             lambda: bob.responses.retrieve(mine.id),
             lambda: bob.responses.cancel(mine.id),
@@ -163,12 +168,12 @@ def test_another_keys_response_is_not_found_like_a_missing_one(url: str, source:
         ):
             with pytest.raises(openai.NotFoundError) as caught:
                 call()
-            errors.append(caught.value.body)
+            errors.append(body_of(caught.value))
         assert alice.responses.retrieve(mine.id).output_text == "".join(BEFORE + AFTER)
     for body in errors:
         assert body["type"] == "invalid_request_error"
         assert body["code"] == "not_found"
-        assert body["message"].startswith("Response with id 'resp_")  # type: ignore[index]
+        assert body["message"].startswith("Response with id 'resp_")
 
 
 def test_delete_forgets_the_response_and_input_items_list_what_it_was_asked(
@@ -207,7 +212,7 @@ def test_store_false_answers_but_keeps_nothing(url: str, source: HeldSource) -> 
     assert answered.status == "completed"
     assert answered.to_dict()["store"] is False
     assert answered.output_text == "".join(BEFORE + AFTER)
-    assert background.value.body["param"] == "background"  # type: ignore[index]
+    assert body_of(background.value)["param"] == "background"
 
 
 @pytest.mark.parametrize(
