@@ -1,8 +1,8 @@
-"""The Responses API (`/v1/responses`) driven by the official openai SDK, as its users call it: plain,
-streamed, with tools and a `function_call_output` through `previous_response_id`, with `text.format`,
-with reasoning; against the simulated model and the openai provider in front of the scriptable
-upstream, on a real redis-server. Every object and event the service sends is validated with the SDK's
-own types (`openai.types.responses`)."""
+"""The Responses API (`/v1/responses`) driven by its official clients as their users call them: the
+openai SDK (plain, streamed, tools and a `function_call_output` through `previous_response_id`,
+`text.format`, reasoning) and langchain-openai with `use_responses_api=True`; against the simulated
+model and the openai provider in front of the scriptable upstream, on a real redis-server. Every object
+and event the service sends is validated with the SDK's own types (`openai.types.responses`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
 from openai import OpenAI
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, SecretStr, TypeAdapter
 
 from app import create_app
 from config import Settings
@@ -55,6 +58,16 @@ class Backend:
 
     def openai(self) -> OpenAI:
         return OpenAI(base_url=f"{self.url}/v1", api_key="k", max_retries=0)
+
+    def langchain(self, **options: Any) -> ChatOpenAI:
+        return ChatOpenAI(
+            model=self.model,
+            base_url=f"{self.url}/v1",
+            api_key=SecretStr("k"),
+            max_retries=0,
+            use_responses_api=True,
+            **options,
+        )
 
 
 @pytest.fixture(params=["simulated", "upstream"])
@@ -312,3 +325,59 @@ def test_a_length_cut_answer_is_incomplete_with_its_reason(backend: Backend) -> 
     assert final.incomplete_details.reason == "max_output_tokens"
     assert final.output[0].type == "message"
     assert final.output[0].status == "incomplete"
+
+
+# --- langchain-openai with use_responses_api=True -----------------------------------------------
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"Sunny in {city}"
+
+
+def test_langchain_invokes_and_streams_through_the_responses_api(backend: Backend) -> None:
+    backend.script(
+        Reply(tokens=["Caching ", "saves ", "work."]), Reply(tokens=["Caching ", "saves ", "work."])
+    )
+    chat = backend.langchain()
+    answer = chat.invoke("Explain caching.")
+    chunks = list(chat.stream("Explain caching."))
+    streamed = "".join(chunk.text for chunk in chunks)
+    assert answer.text.strip()
+    assert answer.response_metadata["id"].startswith("resp_")
+    assert streamed == answer.text
+    if backend.server is not None:
+        assert answer.text == "Caching saves work."
+
+
+def test_langchain_tool_round_trip_sends_the_conversation_as_items(backend: Backend) -> None:
+    backend.script(calls_reply(("get_weather", PARIS)), Reply(tokens=["Sunny in Paris, it says."]))
+    chat = backend.langchain().bind_tools([get_weather])
+    asked = HumanMessage(ASK)
+    called = chat.invoke([asked])
+    assert isinstance(called, AIMessage)
+    [call] = called.tool_calls
+    assert (call["name"], call["args"]) == ("get_weather", {"city": "Paris"})
+    result = ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"] or "")
+    answered = chat.invoke([asked, called, result])
+    assert "Paris" in answered.text
+    if backend.server is not None:
+        sent = backend.server.requests[-1].body["messages"]
+        assert sent[-1] == {"role": "tool", "tool_call_id": "call_0", "content": "Sunny in Paris"}
+
+
+def test_langchain_continues_by_previous_response_id_with_reasoning(backend: Backend) -> None:
+    backend.script(
+        Reply(tokens=[{"reasoning_content": "Hmm."}, "Blue light scatters."]), Reply(tokens=["Yes."])
+    )
+    chat = backend.langchain(use_previous_response_id=True, reasoning={"effort": "low", "summary": "auto"})
+    first = chat.invoke("Why is the sky blue?")
+    second = chat.invoke([HumanMessage("Why is the sky blue?"), first, HumanMessage("Really?")])
+    blocks = first.content if isinstance(first.content, list) else []
+    assert [block["type"] for block in blocks if isinstance(block, dict)][:1] == ["reasoning"]
+    assert second.text.strip()
+    if backend.server is not None:
+        sent = backend.server.requests[-1].body["messages"]
+        assert [m["role"] for m in sent[-3:]] == ["user", "assistant", "user"]
+        assert sent[-2]["content"] == "Blue light scatters."
