@@ -264,6 +264,28 @@ def test_the_whole_conversation_can_be_sent_as_input_items(backend: Backend) -> 
         assert [m["role"] for m in sent[1:]] == ["user", "assistant", "tool"]
 
 
+def test_an_item_reference_brings_back_an_earlier_answer(backend: Backend) -> None:
+    """As the AI SDK sends an earlier answer while `store` is on: by the id of its output item."""
+    backend.script(Reply(tokens=["Blue light scatters."]), Reply(tokens=["Yes, really."]))
+    question: Any = {"role": "user", "content": "Why is the sky blue?"}
+    with backend.openai() as client:
+        first = create_raw(client, model=backend.model, input=[question])
+        [message] = [item for item in first.output if item.type == "message"]
+        again: Any = [
+            question,
+            {"type": "item_reference", "id": message.id},
+            {"role": "user", "content": "Really?"},
+        ]
+        second = create_raw(client, model=backend.model, input=again)
+    assert second.status == "completed"
+    if backend.server is not None:
+        sent = backend.server.requests[-1].body["messages"]
+        assert sent[-2:] == [
+            {"role": "assistant", "content": "Blue light scatters."},
+            {"role": "user", "content": "Really?"},
+        ]
+
+
 # --- Structured output and reasoning ------------------------------------------------------------
 
 

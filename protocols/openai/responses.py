@@ -10,7 +10,6 @@ are `POST /chat`'s; another key's response is `404` like a missing one.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, cast
@@ -19,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ai_service import AnswerFinished, ChatService, ImagesUnsupported
-from models import AnswerState, ChatRequest, StreamEvent
+from models import ChatRequest, StreamEvent
 from protocols.deps import AdmissionDep, ChatServiceDep, MetricsDep, PrincipalDep, SettingsDep
 from protocols.errors import OpenAIErrorResponse
 from protocols.openai.models import ModelNotFound
@@ -32,22 +31,14 @@ from protocols.openai.responses_create import (
     head_of,
     new_session_id,
     relay,
+    resolve_references,
+    response_object,
 )
 from protocols.openai.responses_encoder import ResponseEncoder, ResponseStream
 from protocols.openai.responses_input import Reading, input_items, read_input
-from protocols.openai.responses_store import (
-    ResponseRecord,
-    ResponseStore,
-    answer_events,
-    stored_message,
-)
-from protocols.openai.responses_wire import (
-    RESPONSE_ID_PATTERN,
-    InputItemList,
-    ResponseCreateRequest,
-    ResponseDeleted,
-    ResponseObject,
-)
+from protocols.openai.responses_objects import InputItemList, ResponseDeleted, ResponseObject
+from protocols.openai.responses_store import ResponseRecord, ResponseStore, stored_message
+from protocols.openai.responses_wire import RESPONSE_ID_PATTERN, ResponseCreateRequest
 from protocols.sse import EventStreamResponse
 from protocols.validation import InvalidRequest
 from services import Services
@@ -157,6 +148,7 @@ async def create_response(
         raise InvalidRequest([("background", "Background responses require `store: true`.")])
     store = ResponseStore.of(services)
     options = generation_options(body)
+    await resolve_references(body, principal, admission=admission, services=services, store=store)
     before = await continued(body, principal, admission=admission, services=services, store=store)
     reading = read_input(body, before.prior, settings)
     _check_servable(body, reading, service)
@@ -195,19 +187,6 @@ async def create_response(
     return EventStreamResponse(cursor, encoder=ResponseStream(encoder), clients=metrics.sse_clients)
 
 
-async def _object(
-    state: AnswerState, record: ResponseRecord | None, services: Services, response_id: str
-) -> dict[str, Any]:
-    """The response object as its answer stands: its events so far, from the log (or its stored turn)."""
-    head = record.head if record is not None else default_head(response_id, services.chat.source.model)
-    encoder = ResponseEncoder(dict(head), response_id.removeprefix("resp_"))
-    for event in await answer_events(services, state):
-        encoder.feed(event)
-    response = encoder.response()
-    response.setdefault("created_at", int(time.time()))  # an answer of another protocol, not started
-    return response
-
-
 @router.get(
     "/responses/{response_id}",
     response_model=ResponseObject,
@@ -234,7 +213,7 @@ async def retrieve_response(
         response_id, principal, admission=admission, registry=services.answers, store=store
     )
     if not stream:
-        return _json(await _object(state, record, services, response_id))
+        return _json(await response_object(state, record, services, response_id))
     head = record.head if record is not None else default_head(response_id, service.source.model)
     encoder = ResponseEncoder(dict(head), response_id.removeprefix("resp_"))
     cursor = await service.follow(state.session_id, message_id=state.message_id)
@@ -270,7 +249,7 @@ async def cancel_response(
                 [("response_id", "Cannot cancel a response that has already ended.")]
             ) from None
         state = finished.state
-    return _json(await _object(state, record, services, response_id))
+    return _json(await response_object(state, record, services, response_id))
 
 
 @router.delete(

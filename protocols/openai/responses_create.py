@@ -10,6 +10,7 @@ or published, and the response cannot be retrieved or continued.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -26,9 +27,15 @@ from protocols.openai.responses_store import (
     ResponseNotFound,
     ResponseRecord,
     ResponseStore,
+    answer_events,
     message_id_of,
 )
 from protocols.openai.responses_wire import (
+    FunctionCallItem,
+    InputItem,
+    InputMessage,
+    ItemReference,
+    ReasoningInput,
     ResponseCreateRequest,
     TextFormatJSONObject,
     TextFormatJSONSchema,
@@ -38,6 +45,9 @@ from protocols.validation import InvalidRequest
 from providers.base import AnswerError
 from services import Services
 from stores.answers import AnswerRegistry
+
+# The ids `ResponseEncoder` gives output items: kind, the answer's message id, the output index.
+ITEM_ID = re.compile(r"^(msg|rs|fc)_([0-9a-f]{32})_([0-9]+)$")
 
 __all__ = [
     "Continued",
@@ -49,6 +59,8 @@ __all__ = [
     "head_of",
     "new_session_id",
     "relay",
+    "resolve_references",
+    "response_object",
 ]
 
 # Where the Chat Completions names of the options are the Responses API's other names.
@@ -213,6 +225,64 @@ async def continued(
 def new_session_id(message_id: str) -> str:
     """A new conversation's session: named like its first response."""
     return f"resp_{uuid.UUID(message_id).hex}"
+
+
+async def response_object(
+    state: AnswerState, record: ResponseRecord | None, services: Services, response_id: str
+) -> dict[str, Any]:
+    """The response object as its answer stands: its events so far, from the log (or its stored turn)."""
+    head = record.head if record is not None else default_head(response_id, services.chat.source.model)
+    encoder = ResponseEncoder(dict(head), response_id.removeprefix("resp_"))
+    for event in await answer_events(services, state):
+        encoder.feed(event)
+    response = encoder.response()
+    response.setdefault("created_at", int(time.time()))  # an answer of another protocol, not started
+    return response
+
+
+def _as_input(item: dict[str, Any]) -> InputItem:
+    """An output item given back as input."""
+    if item["type"] == "function_call":
+        return FunctionCallItem.model_validate(item)
+    if item["type"] == "reasoning":
+        return ReasoningInput(type="reasoning", id=item["id"])
+    return InputMessage.model_validate({"role": "assistant", "content": item["content"]})
+
+
+async def resolve_references(
+    body: ResponseCreateRequest,
+    principal: Principal,
+    *,
+    admission: Admission,
+    services: Services,
+    store: ResponseStore,
+) -> None:
+    """Replace each `item_reference` of the input by the output item it names (one of the caller's
+    responses'), as the AI SDK sends earlier answers when `store` is on; `InvalidRequest` naming the
+    item when there is no such item."""
+    if isinstance(body.input, str):
+        return
+    resolved: list[InputItem] = []
+    for index, item in enumerate(body.input):
+        if not isinstance(item, ItemReference):
+            resolved.append(item)
+            continue
+        match = ITEM_ID.match(item.id)
+        output: list[dict[str, Any]] = []
+        if match is not None:
+            response_id = f"resp_{match[2]}"
+            try:
+                state, record = await find(
+                    response_id, principal, admission=admission, registry=services.answers, store=store
+                )
+                output = (await response_object(state, record, services, response_id))["output"]
+            except ResponseNotFound:
+                pass
+        position = int(match[3]) if match is not None else -1
+        if not 0 <= position < len(output) or output[position]["id"] != item.id:
+            raise InvalidRequest([(f"input.{index}", f"Item with id {item.id!r} not found.")])
+        resolved.append(_as_input(output[position]))
+    body.input = resolved
 
 
 async def relay(

@@ -74,12 +74,8 @@ def _converted(items: Sequence[InputItem], prior: list[ConversationMessage]) -> 
                 messages.append(ConversationMessage(role="assistant", content="", tool_calls=(call,)))
         elif isinstance(item, FunctionCallOutputItem):
             messages.append(ConversationMessage(role="tool", content=item.text(), tool_call_id=item.call_id))
-        elif isinstance(item, ItemReference):
-            raise _refuse(
-                f"input.{index}",
-                "item references are not supported: send the item itself, or continue the response "
-                "with `previous_response_id`",
-            )
+        elif isinstance(item, ItemReference):  # resolved before: `responses_create.resolve_references`
+            raise _refuse(f"input.{index}", f"Item with id {item.id!r} not found.")
     return messages
 
 

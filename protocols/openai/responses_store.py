@@ -48,6 +48,7 @@ __all__ = [
     "message_id_of",
     "response_id",
     "stored_message",
+    "turn_events",
 ]
 
 
@@ -143,7 +144,7 @@ class ResponseStore:
 _E = TypeVar("_E", bound=EventBase)
 
 
-def _turn_events(turn: ChatTurn, session_id: str) -> list[AnyEvent]:
+def turn_events(turn: ChatTurn, session_id: str) -> list[AnyEvent]:
     """The events of a stored answer, in the order every part is encoded: reasoning, text, refusal,
     tool calls, then its end (or its failure)."""
     seq = 0
@@ -193,4 +194,4 @@ async def answer_events(services: Services, state: AnswerState) -> list[AnyEvent
     answer = next(
         (t for t in reversed(turns) if t.role == "assistant" and t.message_id == state.message_id), None
     )
-    return [] if answer is None else _turn_events(answer, state.session_id)
+    return [] if answer is None else turn_events(answer, state.session_id)

@@ -1,6 +1,6 @@
-"""OpenAI's Responses API shapes, as far as the service speaks them: the `POST /v1/responses` request
-(its input items, function tools in the Responses' flat shape, `text.format`, `reasoning`), and the
-response object and its output items (documented here; `protocols.openai.responses_encoder` builds them).
+"""OpenAI's Responses API shapes, as far as the service speaks them: the `POST /v1/responses` request,
+its input items, function tools in the Responses' flat shape, `text.format`, `reasoning`. The response
+object is `protocols.openai.responses_objects`'.
 
 What has no meaning here is refused with `400` naming the field, never ignored: built-in tools (web
 search, file search, ...), `input_file` parts, stored prompts, `conversation` objects.
@@ -31,7 +31,6 @@ __all__ = [
     "FunctionCallOutputItem",
     "InputImage",
     "InputItem",
-    "InputItemList",
     "InputMessage",
     "InputText",
     "ItemReference",
@@ -39,9 +38,7 @@ __all__ = [
     "ReasoningInput",
     "RefusalContent",
     "ResponseCreateRequest",
-    "ResponseDeleted",
     "ResponseFunctionTool",
-    "ResponseObject",
 ]
 
 RESPONSE_ID_PATTERN = r"^resp_[0-9a-f]{32}$"
@@ -327,94 +324,3 @@ class ResponseCreateRequest(BaseModel):
 
     def function_tools(self) -> list[ResponseFunctionTool]:
         return [ResponseFunctionTool.model_validate(tool) for tool in self.tools or []]
-
-
-# --- What the service answers (documented; the encoder builds them) ------------------------------
-
-
-class OutputTextPart(BaseModel):
-    type: Literal["output_text"] = "output_text"
-    text: str
-    annotations: list[Any] = Field(default_factory=list)
-    logprobs: list[Any] = Field(default_factory=list)
-
-
-class OutputMessage(BaseModel):
-    type: Literal["message"] = "message"
-    id: str
-    role: Literal["assistant"] = "assistant"
-    status: Literal["in_progress", "completed", "incomplete"]
-    content: list[OutputTextPart | RefusalContent]
-
-
-class SummaryText(BaseModel):
-    type: Literal["summary_text"] = "summary_text"
-    text: str
-
-
-class ReasoningOutput(BaseModel):
-    type: Literal["reasoning"] = "reasoning"
-    id: str
-    summary: list[SummaryText] = Field(description="The model's reasoning, as one summary part.")
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
-
-
-class FunctionCallOutput(BaseModel):
-    type: Literal["function_call"] = "function_call"
-    id: str
-    call_id: str
-    name: str
-    arguments: str
-    status: Literal["in_progress", "completed", "incomplete"]
-
-
-class ResponseUsage(BaseModel):
-    input_tokens: int
-    input_tokens_details: dict[str, int]
-    output_tokens: int
-    output_tokens_details: dict[str, int] = Field(description="`reasoning_tokens`, 0 when not reported.")
-    total_tokens: int
-
-
-class ResponseObject(BaseModel):
-    """A response: `id` is `resp_` and its answer's `message_id` without dashes."""
-
-    id: str
-    object: Literal["response"] = "response"
-    created_at: int
-    completed_at: int | None = None
-    status: Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
-    background: bool
-    error: dict[str, Any] | None = None
-    incomplete_details: dict[str, Any] | None = None
-    instructions: str | None = None
-    max_output_tokens: int | None = None
-    metadata: dict[str, str]
-    model: str
-    output: list[OutputMessage | ReasoningOutput | FunctionCallOutput]
-    parallel_tool_calls: bool
-    previous_response_id: str | None = None
-    reasoning: ReasoningConfig
-    store: bool
-    temperature: float | None = None
-    text: dict[str, Any]
-    tool_choice: str | dict[str, Any]
-    tools: list[ResponseFunctionTool]
-    top_p: float | None = None
-    truncation: str
-    usage: ResponseUsage | None = None
-    user: str | None = None
-
-
-class ResponseDeleted(BaseModel):
-    id: str
-    object: Literal["response"] = "response"
-    deleted: Literal[True] = True
-
-
-class InputItemList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[dict[str, Any]]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
