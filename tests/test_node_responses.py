@@ -84,6 +84,23 @@ def test_generate_text_answers_through_the_responses_api(node: str, simulated: S
     assert result["responseIds"] == [result["responseId"]]
 
 
+def test_a_follow_up_turn_references_the_earlier_answer_by_its_item_id(
+    node: str, upstream: ServiceProcess, shared_model_server: OpenAIServer
+) -> None:
+    shared_model_server.reset()
+    shared_model_server.script(Reply(tokens=["Streams ", "keep order."]), Reply(tokens=["Yes."]))
+    result = run_node(node, upstream, "responses-generate", "--follow-up", "Really?", model=UPSTREAM_MODEL)
+    follow_up = result["requests"][1]["body"]["input"]
+    [reference] = [item for item in follow_up if item.get("type") == "item_reference"]
+    assert reference["id"].startswith("msg_")
+    assert result["followUp"]["text"] == "Yes."
+    sent = shared_model_server.requests[-1].body["messages"]
+    assert sent[-2:] == [
+        {"role": "assistant", "content": "Streams keep order."},
+        {"role": "user", "content": "Really?"},
+    ]
+
+
 def test_stream_text_streams_a_plain_answer(node: str, simulated: ServiceProcess) -> None:
     result = run_node(node, simulated, "responses-stream", "--steps", "1", "--prompt", "Explain caching.")
     assert result["requests"][0]["body"]["stream"] is True
