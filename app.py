@@ -21,6 +21,7 @@ from draining import server_draining
 from logs import RequestLogMiddleware, configure_logging, valid_request_id
 from metrics import Metrics, MetricsMiddleware
 from protocols import errors
+from protocols.agui import router as agui_router
 from protocols.body_limit import BodyLimitMiddleware
 from protocols.deps import require_key
 from protocols.native import ERRORS
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     errors.install(app)
     app.include_router(service_router)
     app.include_router(native_router)
+    app.include_router(agui_router)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).
     app.include_router(openai_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
     add_ui(app)

@@ -12,6 +12,9 @@
 // page learns of them from history, and it reads history whenever an answer starts whose prompt it
 // did not send itself, which is always the case for the answer that follows tool results.
 
+import { addPart, emptyAnswer, finished } from "./answer.js";
+import { bubble, renderAnswer } from "./render.js";
+
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
 const EVENT_TYPES = [
   "start",
@@ -356,81 +359,6 @@ function promptKnown(turn) {
   return Boolean(turn.user || turn.toolResults);
 }
 
-function emptyAnswer(state) {
-  return { content: "", reasoning: "", refusal: "", calls: [], state, lastSeq: -1, done: false, note: "" };
-}
-
-// Adds one part's delta to a running answer; false for an event that is not a part.
-function addPart(answer, type, data) {
-  switch (type) {
-    case "chunk":
-      answer.content += data.content || "";
-      return true;
-    case "reasoning":
-      answer.reasoning += data.content || "";
-      return true;
-    case "refusal":
-      answer.refusal += data.content || "";
-      return true;
-    case "tool_call_start":
-      toolCall(answer, data.tool_call_id).name = data.name || "";
-      return true;
-    case "tool_call_delta":
-      toolCall(answer, data.tool_call_id).arguments += data.arguments || "";
-      return true;
-    case "tool_call_end": {
-      const call = toolCall(answer, data.tool_call_id);
-      call.name = data.name || call.name;
-      call.arguments = data.arguments || "";
-      call.complete = true;
-      return true;
-    }
-    default:
-      return false;
-  }
-}
-
-// The answer's call with this id, added (in the order calls start) if it is new.
-function toolCall(answer, id) {
-  let call = answer.calls.find((c) => c.id === id);
-  if (!call) {
-    call = { id: String(id), name: "", arguments: "", complete: false };
-    answer.calls.push(call);
-  }
-  return call;
-}
-
-// An answer as it ended: from its `end` event, or from its turn in history (the same fields).
-function finished(message) {
-  const notes = {
-    stop: ["done", ""],
-    tool_calls: ["done", ""],
-    cancelled: ["cancelled", "Stopped"],
-    length: ["done", "Cut short: the length limit was reached"],
-    content_filter: ["done", "Cut short by the model's content filter"],
-    shutdown: ["error", "Interrupted: the service restarted"],
-    error: ["error", "Error: the answer failed"],
-  };
-  const [state, note] = notes[message.finish_reason] || ["done", ""];
-  const calls = Array.isArray(message.tool_calls) ? message.tool_calls : [];
-  return {
-    content: message.content || "",
-    reasoning: message.reasoning || "",
-    refusal: message.refusal || "",
-    calls: calls.map((c) => ({
-      id: String(c.id),
-      name: c.name || "",
-      arguments: c.arguments || "",
-      complete: true,
-    })),
-    state,
-    finishReason: message.finish_reason,
-    note,
-    done: true,
-    lastSeq: Infinity,
-  };
-}
-
 async function loadHistory(v) {
   if (v.historyLoading) {
     v.historyAgain = true;
@@ -496,40 +424,6 @@ function ensureTurn(v, messageId) {
   return turn;
 }
 
-function element(tag, className, text) {
-  const el = document.createElement(tag);
-  if (className) el.className = className;
-  if (text !== undefined) el.textContent = text;
-  return el;
-}
-
-// A message's bubble in its turn, made once and then updated in place (an open "Thinking" block stays
-// open while the answer streams). Assistant bubbles hold every part, each hidden while it is empty.
-function bubble(li, role) {
-  let el = li.querySelector(`.msg[data-role="${role}"]`);
-  if (!el) {
-    el = element("div", "msg");
-    el.dataset.role = role;
-    el.dataset.messageId = li.dataset.messageId;
-    el.append(element("span", "who", role === "user" ? "You" : "Assistant"));
-    if (role === "assistant") {
-      const thinking = element("details", "reasoning");
-      thinking.append(element("summary", "", "Thinking"), element("p", "reasoning-text"));
-      const refusal = element("div", "refusal");
-      refusal.append(element("span", "label", "Refused"), element("p", "refusal-text"));
-      const calls = element("ol", "tool-calls");
-      calls.setAttribute("aria-label", "Tool calls");
-      el.append(thinking, element("p", "content"), refusal, calls);
-    } else {
-      el.append(element("p", "content"));
-    }
-    el.append(element("p", "note"));
-    if (role === "user") li.prepend(el);
-    else li.append(el);
-  }
-  return el;
-}
-
 function renderTurn(v, turn) {
   const nearEnd = isNearEnd();
   if (turn.user) {
@@ -537,62 +431,8 @@ function renderTurn(v, turn) {
     el.querySelector(".content").textContent = turn.user.content;
     el.querySelector(".note").textContent = turn.user.note || "";
   }
-  if (turn.answer) renderAnswer(v, bubble(turn.li, "assistant"), turn.answer);
+  if (turn.answer) renderAnswer(bubble(turn.li, "assistant"), turn.answer, v.results);
   scrollToEnd(nearEnd);
-}
-
-function renderAnswer(v, el, answer) {
-  el.dataset.state = answer.state;
-  if (answer.finishReason) el.dataset.finishReason = answer.finishReason;
-  el.setAttribute("aria-busy", String(answer.state === "streaming" || answer.state === "pending"));
-  const thinking = el.querySelector(".reasoning");
-  thinking.hidden = !answer.reasoning;
-  thinking.querySelector(".reasoning-text").textContent = answer.reasoning || "";
-  el.querySelector(".content").textContent = answer.content;
-  const refusal = el.querySelector(".refusal");
-  refusal.hidden = !answer.refusal;
-  refusal.querySelector(".refusal-text").textContent = answer.refusal || "";
-  const list = el.querySelector(".tool-calls");
-  const calls = answer.calls || [];
-  list.hidden = calls.length === 0;
-  while (list.children.length > calls.length) list.lastElementChild.remove();
-  calls.forEach((call, i) => {
-    renderCall(list.children[i] || list.appendChild(toolCallItem()), call, v.results);
-  });
-  el.querySelector(".note").textContent = answer.note || "";
-}
-
-function toolCallItem() {
-  const item = element("li", "tool-call");
-  const head = element("p", "tool-head");
-  head.append(element("span", "label", "Tool call"), " ", element("code", "tool-name"));
-  const result = element("div", "tool-result");
-  result.append(element("span", "label", "Result"), element("pre", "tool-result-content"));
-  item.append(head, element("pre", "tool-arguments"), result);
-  return item;
-}
-
-// A call's name and arguments (as they stream; pretty-printed once complete), and its result if known.
-function renderCall(item, call, results) {
-  item.dataset.toolCallId = call.id;
-  item.dataset.state = call.complete ? "complete" : "streaming";
-  item.querySelector(".tool-name").textContent = call.name;
-  item.querySelector(".tool-arguments").textContent = call.complete ? pretty(call.arguments) : call.arguments;
-  const result = item.querySelector(".tool-result");
-  const content = results.get(call.id);
-  result.hidden = content === undefined;
-  result.querySelector(".tool-result-content").textContent = content === undefined ? "" : pretty(content);
-}
-
-// JSON indented for reading; any other text as it is.
-function pretty(text) {
-  try {
-    const value = JSON.parse(text);
-    if (value !== null && typeof value === "object") return JSON.stringify(value, null, 2);
-  } catch {
-    // Not JSON: shown as written.
-  }
-  return text;
 }
 
 function isNearEnd() {

@@ -159,6 +159,7 @@ async def test_chat_page_and_its_assets_are_served_from_the_service(
     async with app_client(make_settings()) as client:
         page = await client.get("/ui")
         script = await client.get("/ui/chat.js")
+        modules = [await client.get(f"/ui/{name}") for name in ("answer.js", "render.js")]
         style = await client.get("/ui/chat.css")
         schema = (await client.get("/openapi.json")).json()
 
@@ -169,6 +170,9 @@ async def test_chat_page_and_its_assets_are_served_from_the_service(
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]
     assert script.headers["cache-control"] == "no-cache"
+    for module in modules:  # the modules chat.js imports
+        assert module.status_code == 200
+        assert "javascript" in module.headers["content-type"]
     assert style.status_code == 200
     assert not any(path.startswith("/ui") for path in schema["paths"])
 
