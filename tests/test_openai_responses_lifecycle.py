@@ -247,3 +247,21 @@ def test_a_bad_request_names_the_field_and_starts_nothing(
     error = reply.json()["error"]
     assert error["param"] == param, error
     assert source.conversations == []
+
+
+def test_an_answer_started_by_post_chat_is_a_response_too(url: str, source: HeldSource) -> None:
+    source.released.set()
+    chat = {"session_id": "s-native", "message": "Count.", "user_id": "u1"}
+    accepted = httpx.post(f"{url}/chat", json=chat, headers={"Authorization": f"Bearer {ALICE}"}).json()
+    response_id = "resp_" + accepted["message_id"].replace("-", "")
+    with client(url) as sdk:
+        eventually_sync(
+            lambda: sdk.responses.retrieve(response_id).status == "completed", "the answer has ended"
+        )
+        done = sdk.responses.retrieve(response_id)
+        items = sdk.responses.input_items.list(response_id)
+        replay = list(dumped(sdk.responses.retrieve(response_id, stream=True)))
+    assert done.output_text == "".join(BEFORE + AFTER)
+    assert [item.to_dict()["content"] for item in items.data] == [[{"type": "input_text", "text": "Count."}]]
+    assert replay[-1]["type"] == "response.completed"
+    assert Response.model_validate(replay[-1]["response"]).output == done.output
