@@ -332,6 +332,11 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("POST", "/api/chat"),
         ("GET", "/api/chat/{chat_id}/stream"),
         ("POST", "/api/chat/{chat_id}/stop"),
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/{response_id}"),
+        ("POST", "/v1/responses/{response_id}/cancel"),
+        ("DELETE", "/v1/responses/{response_id}"),
+        ("GET", "/v1/responses/{response_id}/input_items"),
     }
     for key, operation in operations.items():
         assert operation.get("summary"), key

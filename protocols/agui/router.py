@@ -42,6 +42,7 @@ STREAM: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "AG-UI events, each as `data: <JSON>` (the `ag-ui-protocol` package's encoding).",
     },
+    400: {"model": ErrorResponse, "description": "The body cannot be read (not UTF-8 JSON)."},
     401: {"model": ErrorResponse, "description": "API keys are on and no valid key was sent."},
     404: {
         "model": ErrorResponse,

@@ -44,6 +44,7 @@ OPTION_FIELDS = tuple(GenerationOptions.model_fields)
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "Invalid request; `param` names the field."},
     404: {"model": OpenAIErrorResponse, "description": "`model` is not the model that answers."},
+    413: {"model": OpenAIErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
     429: {"model": OpenAIErrorResponse, "description": "The model server is rate limiting."},
     502: {
         "model": OpenAIErrorResponse,

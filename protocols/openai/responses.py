@@ -52,6 +52,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": OpenAIErrorResponse, "description": "Invalid request; `param` names the field."},
     404: {"model": OpenAIErrorResponse, "description": "No such response (or another key's), or model."},
     409: {"model": OpenAIErrorResponse, "description": "Tool results while the session's answer streams."},
+    413: {"model": OpenAIErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
     429: {"model": OpenAIErrorResponse, "description": "A limit is reached, or the model server limits."},
     502: {"model": OpenAIErrorResponse, "description": "The model server failed (`code` says how)."},
     503: {"model": OpenAIErrorResponse, "description": "Redis is unavailable, or the service is stopping."},
