@@ -60,7 +60,7 @@ def _stream(cursor: Any, encoder: UIMessageEncoder, metrics: MetricsDep) -> Even
 
 @router.post(
     "",
-    summary="Send a message and stream the answer (AI SDK UI message stream)",
+    summary="Chat through the AI SDK UI message stream (useChat)",
     response_class=EventStreamResponse,
     responses={
         **STREAM,
