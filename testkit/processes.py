@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,6 +69,8 @@ class ServerProcess:
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own process group: `kill` ends the workers it started too, never orphans them.
+                start_new_session=True,
             )
         eventually_sync(
             lambda: self._answers(ready),
@@ -114,8 +117,12 @@ class ServerProcess:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL the process and every process it started (its uvicorn workers)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
             self.process.wait(timeout=10)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
