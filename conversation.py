@@ -10,10 +10,15 @@ from parts import ToolCall
 
 __all__ = ["ConversationMessage", "build_context"]
 
+# The fields of a stored turn (`ChatTurn`) that a model is sent besides its role and text.
+PARTS = frozenset({"tool_calls", "tool_call_id", "images", "reasoning"})
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class ConversationMessage:
-    """One message sent to a model: text, and the parts its role may carry."""
+    """One message sent to a model: text, and the parts its role may carry. Treated as immutable (use
+    `dataclasses.replace`); not frozen, because a frozen dataclass is slower to build and every answer
+    builds one per turn of its context."""
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
@@ -27,6 +32,8 @@ class ConversationMessage:
     @classmethod
     def from_stored(cls, turn: Mapping[str, Any]) -> ConversationMessage:
         """From a stored turn's JSON object (`ChatTurn`); `KeyError`/`TypeError` if it is not one."""
+        if PARTS.isdisjoint(turn):  # a turn of text only, the common case: nothing else to read
+            return cls(turn["role"], turn["content"])
         return cls(
             role=turn["role"],
             content=turn["content"],
@@ -38,6 +45,8 @@ class ConversationMessage:
 
     def size(self) -> int:
         """What it counts against `MAX_CONTEXT_CHARS`: its text, its calls, its reasoning."""
+        if not self.tool_calls and self.reasoning is None:
+            return len(self.content)
         calls = sum(len(call.name) + len(call.arguments) for call in self.tool_calls)
         return len(self.content) + calls + len(self.reasoning or "")
 

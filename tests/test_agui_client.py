@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from testkit.prerequisites import need
+from testkit.node import node_for
 from testkit.processes import ROOT
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
@@ -27,17 +26,12 @@ from testkit.waiting import eventually_sync
 Json = dict[str, Any]
 
 NODE_DIR = ROOT / "tests" / "node-agui"
-INSTALLED = NODE_DIR / "node_modules" / ".package-lock.json"  # what `npm ci` writes last
 SCRIPT_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    binary = shutil.which("node")
-    need(binary is not None, "node is not installed (Debian's nodejs and npm)")
-    need(INSTALLED.exists(), f"@ag-ui/client is not installed in {NODE_DIR} (`make pytest` installs it)")
-    assert binary is not None
-    return binary
+    return node_for(NODE_DIR)
 
 
 def start(**variables: str) -> ServiceProcess:

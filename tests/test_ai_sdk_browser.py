@@ -22,10 +22,11 @@ from playwright.sync_api import Error as PlaywrightError
 from starlette.staticfiles import StaticFiles
 
 from testkit.asgi_server import serve
+from testkit.node import node_for
 from testkit.prerequisites import need
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
-from tests.test_ai_sdk_clients import INSTALLED, NODE_DIR, PACING
+from tests.test_ai_sdk_clients import NODE_DIR, PACING
 from tests.test_ui import CHROMIUM, CHROMIUM_ARGS
 
 ANSWER_TIMEOUT_MS = 30_000
@@ -35,10 +36,10 @@ BUILD_TIMEOUT = 180  # seconds: a cold Vite build of React and the SDK takes ten
 @pytest.fixture(scope="module")
 def page_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The useChat page, built with Vite into a directory of its own."""
-    need(INSTALLED.exists(), f"the Node clients are not in {NODE_DIR} (`make pytest` installs them)")
+    node = node_for(NODE_DIR)
     out = tmp_path_factory.mktemp("use-chat-page")
     vite = NODE_DIR / "node_modules" / "vite" / "bin" / "vite.js"
-    command = ["node", str(vite), "build", "--config", "page/vite.config.mjs", "--outDir", str(out)]
+    command = [node, str(vite), "build", "--config", "page/vite.config.mjs", "--outDir", str(out)]
     built = subprocess.run(
         command, cwd=NODE_DIR, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False
     )

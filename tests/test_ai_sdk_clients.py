@@ -10,7 +10,6 @@ so that an answer lasts long enough to lose its connection or stop it in the mid
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from testkit.prerequisites import need
+from testkit.node import node_for
 from testkit.processes import ROOT
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
@@ -27,7 +26,6 @@ from testkit.service import ServiceProcess
 Json = dict[str, Any]
 
 NODE_DIR = ROOT / "tests" / "node-ui"
-INSTALLED = NODE_DIR / "node_modules" / ".package-lock.json"
 SCRIPT_TIMEOUT = 60
 # Per chunk of three words: 3 x STREAM_DELAY + CHUNK_DELAY = 0.2 s, so an answer takes a few seconds.
 PACING = {"STREAM_DELAY": "0.05", "CHUNK_DELAY": "0.05"}
@@ -38,11 +36,7 @@ STATION = "WX-4471"  # what the scenario's tool returns: an answer built from it
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    binary = shutil.which("node")
-    need(binary is not None, "node is not installed (Debian's nodejs and npm)")
-    need(INSTALLED.exists(), f"the Node clients are not in {NODE_DIR} (`make pytest` installs them)")
-    assert binary is not None
-    return binary
+    return node_for(NODE_DIR)
 
 
 @pytest.fixture(scope="module")

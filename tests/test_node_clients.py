@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import pytest
 from jsonschema.validators import validator_for
 
+from testkit.node import node_for
 from testkit.openai_server import OpenAIServer, Reply, tool_call
-from testkit.prerequisites import need
 from testkit.processes import ROOT
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
@@ -29,7 +28,6 @@ Json = dict[str, Any]
 
 NODE_DIR = ROOT / "tests" / "node"
 # What `npm ci` writes last: present only when the pinned packages are installed.
-INSTALLED = NODE_DIR / "node_modules" / ".package-lock.json"
 SCRIPT_TIMEOUT = 60  # seconds for one whole scenario; each answer is a few hundred milliseconds
 WEATHER = "get_weather"
 # The tool's result names this station (tests/node/weather.mjs): an answer built from it repeats it.
@@ -40,11 +38,7 @@ UPSTREAM_MODEL = "test-model"
 @pytest.fixture(scope="module")
 def node() -> str:
     """The `node` binary, with the pinned clients installed beside the scenarios."""
-    binary = shutil.which("node")
-    need(binary is not None, "node is not installed (Debian's nodejs and npm)")
-    need(INSTALLED.exists(), f"the Node clients are not in {NODE_DIR} (`make pytest` installs them)")
-    assert binary is not None
-    return binary
+    return node_for(NODE_DIR)
 
 
 def start(variables: dict[str, str]) -> ServiceProcess:

@@ -9,17 +9,15 @@ in front of the scriptable upstream. The process helpers are `tests/test_node_cl
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
+from testkit.node import node_for
 from testkit.openai_server import OpenAIServer, Reply, tool_call
-from testkit.prerequisites import need
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
 from tests.test_node_clients import (
-    INSTALLED,
     NODE_DIR,
     STATION,
     UPSTREAM_MODEL,
@@ -34,11 +32,7 @@ OSLO = '{"city": "Oslo", "unit": "celsius", "days": 2}'
 
 @pytest.fixture(scope="module")
 def node() -> str:
-    binary = shutil.which("node")
-    need(binary is not None, "node is not installed (Debian's nodejs and npm)")
-    need(INSTALLED.exists(), f"the Node clients are not in {NODE_DIR} (`make pytest` installs them)")
-    assert binary is not None
-    return binary
+    return node_for(NODE_DIR)
 
 
 @pytest.fixture(scope="module")

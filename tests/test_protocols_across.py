@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from httpx_sse import aconnect_sse
 from openai import AsyncOpenAI
 
-from testkit.prerequisites import need
+from testkit.node import node_for
 from testkit.processes import ROOT
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
@@ -76,10 +75,7 @@ async def follow_ai_sdk(node: str, base_url: str, session_id: str, ready: Path) 
 async def test_an_answer_started_through_responses_is_followed_and_stopped_through_the_others(
     service: ServiceProcess, tmp_path: Path
 ) -> None:
-    node = shutil.which("node")
-    need(node is not None, "node is not installed (Debian's nodejs and npm)")
-    need((NODE_DIR / "node_modules" / ".package-lock.json").exists(), "`make pytest` installs tests/node-ui")
-    assert node is not None
+    node = node_for(NODE_DIR)
     client = AsyncOpenAI(base_url=f"{service.url}/v1", api_key="unused")
     started = await client.responses.create(
         model="simulated", input="Tell me about streaming answers to many frontends", background=True
@@ -92,6 +88,7 @@ async def test_an_answer_started_through_responses_is_followed_and_stopped_throu
     ready = tmp_path / "ai-sdk-reading"
     following = asyncio.create_task(follow_native(service.url, session_id, message_id, native))
     resuming = asyncio.create_task(follow_ai_sdk(node, service.url, session_id, ready))
+
     async def both_reading() -> bool:
         return ready.exists() and any(event["type"] == "chunk" for event in native)
 
