@@ -30,6 +30,7 @@ from testkit.redis_server import RedisServer, start_redis
 from testkit.service import SETTINGS_VARIABLES, ServiceProcess
 from testkit.waiting import eventually
 from tests.chat_harness import Harness, Json, RunService, ScriptedSource
+from tests.openai_backends import Backend
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -229,3 +230,20 @@ def openai_settings(
         return make_settings(**values)
 
     return build
+
+
+@pytest.fixture(params=["simulated", "upstream"])
+def backend(
+    request: pytest.FixtureRequest,
+    make_settings: Callable[..., Settings],
+    openai_settings: Callable[..., Settings],
+    redis_server: RedisServer,
+) -> Iterator[Backend]:
+    """The app served on a port, answering from the simulated model, then from the scriptable one."""
+    if request.param == "simulated":
+        settings, model, server = make_settings(redis_url=redis_server.url), "simulated", None
+    else:
+        settings = openai_settings(redis_url=redis_server.url)
+        model, server = "test-model", request.getfixturevalue("model_server")
+    with serve(create_app(settings)) as url:
+        yield Backend(url, model, server)

@@ -51,6 +51,19 @@ def start(variables: dict[str, str]) -> ServiceProcess:
     return service
 
 
+def upstream_variables(redis: RedisServer, server: OpenAIServer) -> dict[str, str]:
+    """The service's variables for the openai provider in front of the scriptable upstream."""
+    return {
+        "REDIS_URL": redis.url,
+        "AI_PROVIDER": "openai",
+        "OPENAI_BASE_URL": server.url,
+        "OPENAI_API_KEY": server.api_key,
+        "AI_MODEL": UPSTREAM_MODEL,
+        "AI_MAX_RETRIES": "0",
+        "AI_TIMEOUT": "10",
+    }
+
+
 @pytest.fixture(scope="module")
 def simulated(node: str, shared_redis: RedisServer) -> Iterator[ServiceProcess]:
     """The service with the simulated model, on a real redis-server."""
@@ -64,17 +77,7 @@ def upstream(
     node: str, shared_redis: RedisServer, shared_model_server: OpenAIServer
 ) -> Iterator[ServiceProcess]:
     """The service with the openai provider, in front of the scriptable upstream."""
-    service = start(
-        {
-            "REDIS_URL": shared_redis.url,
-            "AI_PROVIDER": "openai",
-            "OPENAI_BASE_URL": shared_model_server.url,
-            "OPENAI_API_KEY": shared_model_server.api_key,
-            "AI_MODEL": UPSTREAM_MODEL,
-            "AI_MAX_RETRIES": "0",
-            "AI_TIMEOUT": "10",
-        }
-    )
+    service = start(upstream_variables(shared_redis, shared_model_server))
     yield service
     service.cleanup()
 

@@ -25,6 +25,7 @@ from tests.test_node_clients import (
     Json,
     run_node,
     start,
+    upstream_variables,
 )
 
 OSLO = '{"city": "Oslo", "unit": "celsius", "days": 2}'
@@ -46,17 +47,7 @@ def simulated(node: str, shared_redis: RedisServer) -> Iterator[ServiceProcess]:
 def upstream(
     node: str, shared_redis: RedisServer, shared_model_server: OpenAIServer
 ) -> Iterator[ServiceProcess]:
-    service = start(
-        {
-            "REDIS_URL": shared_redis.url,
-            "AI_PROVIDER": "openai",
-            "OPENAI_BASE_URL": shared_model_server.url,
-            "OPENAI_API_KEY": shared_model_server.api_key,
-            "AI_MODEL": UPSTREAM_MODEL,
-            "AI_MAX_RETRIES": "0",
-            "AI_TIMEOUT": "10",
-        }
-    )
+    service = start(upstream_variables(shared_redis, shared_model_server))
     yield service
     service.cleanup()
 

@@ -7,8 +7,6 @@ provider), and the `openai` provider in front of the scriptable model server, to
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import instructor
@@ -16,18 +14,12 @@ import jsonschema
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, Field
 
-from app import create_app
-from config import Settings
-from testkit.asgi_server import serve
-from testkit.openai_server import OpenAIServer, Reply, tool_call
-from testkit.redis_server import RedisServer
-
-SettingsFactory = Callable[..., Settings]
+from testkit.openai_server import Reply
+from tests.openai_backends import Backend, calls_reply
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 WEATHER: Any = {
@@ -46,52 +38,6 @@ class Person(BaseModel):
 
     name: str = Field(description="Their name.")
     age: int = Field(description="Their age in years.")
-
-
-@dataclass
-class Backend:
-    """The service's base URL and the model it answers with; `script` tells the model server what to
-    answer when there is one (the simulated model decides for itself)."""
-
-    url: str
-    model: str
-    server: OpenAIServer | None
-
-    def script(self, *replies: Reply) -> None:
-        if self.server is not None:
-            self.server.script(*replies)
-
-    def openai(self) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key="k", max_retries=0)
-
-    def chat_model(self) -> ChatOpenAI:
-        return ChatOpenAI(model=self.model, base_url=f"{self.url}/v1", api_key="k", max_retries=0)
-
-
-@pytest.fixture(params=["simulated", "upstream"])
-def backend(
-    request: pytest.FixtureRequest,
-    make_settings: SettingsFactory,
-    openai_settings: SettingsFactory,
-    redis_server: RedisServer,
-) -> Iterator[Backend]:
-    if request.param == "simulated":
-        settings, model, server = make_settings(redis_url=redis_server.url), "simulated", None
-    else:
-        settings = openai_settings(redis_url=redis_server.url)
-        model, server = "test-model", request.getfixturevalue("model_server")
-    with serve(create_app(settings)) as url:
-        yield Backend(url, model, server)
-
-
-def calls_reply(*calls: tuple[str, str]) -> Reply:
-    """The model server calls these tools (name, arguments), each streamed in pieces."""
-    deltas = [
-        delta
-        for index, (name, arguments) in enumerate(calls)
-        for delta in tool_call(index, name, arguments, call_id=f"call_{index}", pieces=3)
-    ]
-    return Reply(tokens=deltas, finish_reason="tool_calls")
 
 
 PERSON_JSON = '{"name": "Ada Lovelace", "age": 36}'

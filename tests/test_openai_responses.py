@@ -7,25 +7,19 @@ and event the service sends is validated with the SDK's own types (`openai.types
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 from openai import OpenAI
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import BaseModel, SecretStr, TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
-from app import create_app
-from config import Settings
-from testkit.asgi_server import serve
-from testkit.openai_server import OpenAIServer, Reply, tool_call
-from testkit.redis_server import RedisServer
+from testkit.openai_server import Reply
+from tests.openai_backends import Backend, calls_reply
 
-SettingsFactory = Callable[..., Settings]
 Json = dict[str, Any]
 
 EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
@@ -44,55 +38,6 @@ PARIS = '{"city": "Paris"}'
 class Person(BaseModel):
     name: str
     age: int
-
-
-@dataclass
-class Backend:
-    url: str
-    model: str
-    server: OpenAIServer | None
-
-    def script(self, *replies: Reply) -> None:
-        if self.server is not None:
-            self.server.script(*replies)
-
-    def openai(self) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key="k", max_retries=0)
-
-    def langchain(self, **options: Any) -> ChatOpenAI:
-        return ChatOpenAI(
-            model=self.model,
-            base_url=f"{self.url}/v1",
-            api_key=SecretStr("k"),
-            max_retries=0,
-            use_responses_api=True,
-            **options,
-        )
-
-
-@pytest.fixture(params=["simulated", "upstream"])
-def backend(
-    request: pytest.FixtureRequest,
-    make_settings: SettingsFactory,
-    openai_settings: SettingsFactory,
-    redis_server: RedisServer,
-) -> Iterator[Backend]:
-    if request.param == "simulated":
-        settings, model, server = make_settings(redis_url=redis_server.url), "simulated", None
-    else:
-        settings = openai_settings(redis_url=redis_server.url)
-        model, server = "test-model", request.getfixturevalue("model_server")
-    with serve(create_app(settings)) as url:
-        yield Backend(url, model, server)
-
-
-def calls_reply(*calls: tuple[str, str]) -> Reply:
-    deltas = [
-        delta
-        for index, (name, arguments) in enumerate(calls)
-        for delta in tool_call(index, name, arguments, call_id=f"call_{index}", pieces=3)
-    ]
-    return Reply(tokens=deltas, finish_reason="tool_calls")
 
 
 def create_raw(client: OpenAI, **params: Any) -> Response:
@@ -362,7 +307,7 @@ def test_langchain_invokes_and_streams_through_the_responses_api(backend: Backen
     backend.script(
         Reply(tokens=["Caching ", "saves ", "work."]), Reply(tokens=["Caching ", "saves ", "work."])
     )
-    chat = backend.langchain()
+    chat = backend.chat_model(use_responses_api=True)
     answer = chat.invoke("Explain caching.")
     chunks = list(chat.stream("Explain caching."))
     streamed = "".join(chunk.text for chunk in chunks)
@@ -375,7 +320,7 @@ def test_langchain_invokes_and_streams_through_the_responses_api(backend: Backen
 
 def test_langchain_tool_round_trip_sends_the_conversation_as_items(backend: Backend) -> None:
     backend.script(calls_reply(("get_weather", PARIS)), Reply(tokens=["Sunny in Paris, it says."]))
-    chat = backend.langchain().bind_tools([get_weather])
+    chat = backend.chat_model(use_responses_api=True).bind_tools([get_weather])
     asked = HumanMessage(ASK)
     called = chat.invoke([asked])
     assert isinstance(called, AIMessage)
@@ -393,7 +338,9 @@ def test_langchain_continues_by_previous_response_id_with_reasoning(backend: Bac
     backend.script(
         Reply(tokens=[{"reasoning_content": "Hmm."}, "Blue light scatters."]), Reply(tokens=["Yes."])
     )
-    chat = backend.langchain(use_previous_response_id=True, reasoning={"effort": "low", "summary": "auto"})
+    chat = backend.chat_model(
+        use_responses_api=True, use_previous_response_id=True, reasoning={"effort": "low", "summary": "auto"}
+    )
     first = chat.invoke("Why is the sky blue?")
     second = chat.invoke([HumanMessage("Why is the sky blue?"), first, HumanMessage("Really?")])
     blocks = first.content if isinstance(first.content, list) else []
