@@ -10,7 +10,7 @@ export CHROMIUM_PATH
 # Every tests/node*/ directory with a package.json is one set of Node clients, installed with `npm ci`.
 NODE_CLIENTS := $(patsubst %/package.json,%,$(wildcard tests/node*/package.json))
 
-.PHONY: run test lint typecheck format pytest browser node-clients bench bench-smoke bench-cluster clean
+.PHONY: run migrate test lint typecheck format pytest browser node-clients bench bench-smoke bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt requirements-nodeps.txt | $(
 ## run: install the runtime dependencies and serve on $$PORT (8000); embedded Redis unless configured
 run: $(VENV)/.runtime
 	$(BIN)/python app.py
+
+## migrate: bring the conversation record (DATABASE_URL, or the SQLite file) to the newest schema;
+## the service also does it at start-up, under the same lock
+migrate: $(VENV)/.runtime
+	$(BIN)/python -m records.database upgrade head
 
 ## test: install the test dependencies, lint, type-check and run every test
 test: lint typecheck pytest

@@ -24,6 +24,7 @@ from protocols import errors
 from protocols.agui import router as agui_router
 from protocols.ai_sdk import router as ai_sdk_router
 from protocols.body_limit import BodyLimitMiddleware
+from protocols.conversations import router as conversations_router
 from protocols.deps import require_key
 from protocols.native import ERRORS
 from protocols.native import router as native_router
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "DELETE"],
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
                 allow_headers=[
                     "Content-Type",
                     "Authorization",
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         openapi_tags=[
             {"name": "chat", "description": "Send messages, follow and stop their answers."},
             {"name": "history", "description": "A session's stored turns."},
+            {"name": "conversations", "description": "A user's conversations, kept in the SQL record."},
             {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
             {"name": "agui", "description": "AG-UI: run the agent on a thread, and reconnect to it."},
             {
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     errors.install(app)
     app.include_router(service_router)
     app.include_router(native_router)
+    app.include_router(conversations_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).

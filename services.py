@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from admission import Admission
 from ai_service import ChatService
+from archiver import Archiver, open_archive
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe
@@ -23,6 +24,7 @@ from hub import StreamHub
 from metrics import Metrics
 from providers import create_answer_source
 from providers.base import AnswerSource
+from records.store import ConversationStore
 from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
 from stores.answers import AnswerRegistry
@@ -52,6 +54,9 @@ class Services:
     admission: Admission
     probe: PubSubProbe
     metrics: Metrics
+    # The conversation record and the task that archives into it (issue #15).
+    records: ConversationStore
+    archiver: Archiver
 
 
 @asynccontextmanager
@@ -91,8 +96,17 @@ async def build_services(
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
+        record = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
-            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds
+            settings,
+            redis,
+            keys,
+            (writer, reader),
+            answer_source,
+            metrics,
+            draining,
+            end_retry_seconds,
+            record,
         )
         await services.hub.start()
         stack.push_async_callback(services.hub.close)
@@ -119,6 +133,7 @@ def _assemble(
     metrics: Metrics,
     draining: Callable[[], bool],
     end_retry_seconds: float,
+    record: tuple[ConversationStore, Archiver],
 ) -> Services:
     """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
@@ -158,4 +173,6 @@ def _assemble(
         observers=[metrics, admission],
         end_retry_seconds=end_retry_seconds,
     )
-    return Services(settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics)
+    return Services(
+        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, *record
+    )

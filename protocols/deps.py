@@ -16,23 +16,27 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from admission import Admission, Principal, Unauthorized
 from ai_service import ChatService
+from archiver import Archiver
 from config import Settings
 from health import PubSubProbe
 from hub import StreamHub
 from metrics import Metrics
 from models import ID_PATTERN
+from records.store import ConversationStore
 from services import Services
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 
 __all__ = [
     "AdmissionDep",
+    "ArchiverDep",
     "ChatServiceDep",
     "HistoryDep",
     "HubDep",
     "MetricsDep",
     "PrincipalDep",
     "ProbeDep",
+    "RecordsDep",
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
@@ -85,6 +89,14 @@ async def get_admission(request: Request) -> Admission:
     return _services(request).admission
 
 
+async def get_records(request: Request) -> ConversationStore:
+    return _services(request).records
+
+
+async def get_archiver(request: Request) -> Archiver:
+    return _services(request).archiver
+
+
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -93,6 +105,8 @@ HubDep = Annotated[StreamHub, Depends(get_hub)]
 ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
+RecordsDep = Annotated[ConversationStore, Depends(get_records)]
+ArchiverDep = Annotated[Archiver, Depends(get_archiver)]
 
 
 # --- The caller ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from protocols.deps import (
     HistoryDep,
     MetricsDep,
     PrincipalDep,
+    RecordsDep,
     RegistryDep,
     SettingsDep,
     StreamPrincipalDep,
@@ -30,6 +31,7 @@ from protocols.deps import (
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse
 from protocols.validation import check_message_length
+from records.history import read_history
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
 
@@ -194,11 +196,14 @@ async def get_session_history(
     principal: PrincipalDep,
     admission: AdmissionDep,
     history: HistoryDep,
+    records: RecordsDep,
     limit: Annotated[int | None, Query(ge=1, le=100_000, description="Only the most recent N turns.")] = None,
 ) -> HistoryResponse:
-    """The session's turns, oldest first; an unknown session has an empty history (404 with API keys)."""
-    await admission.check_session(principal, session_id)
-    messages = await history.read(session_id, limit)
+    """The session's turns, oldest first (from the conversation record once Redis has let them expire);
+    an unknown session has an empty history (404 with API keys)."""
+    messages = await read_history(
+        principal, session_id, limit, admission=admission, history=history, records=records
+    )
     return HistoryResponse(session_id=session_id, messages=messages, count=len(messages))
 
 

@@ -14,6 +14,7 @@ from batcher import CommandBatcher
 from conversation import ConversationMessage
 from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
+from stores.outbox import outbox_append
 
 __all__ = ["HistoryStore", "RecentTurn"]
 
@@ -48,10 +49,13 @@ class HistoryStore:
     def append_commands(self, session_id: str, *turns: ChatTurn) -> list[Command]:
         """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL."""
         key = self._keys.history(session_id)
+        stored = [turn.model_dump_json(exclude_none=True) for turn in turns]
         return [
-            ("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns)),
+            ("RPUSH", key, *stored),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
+            # The durable outbox, in the same transaction: the archiver copies it to SQL (issue #15).
+            *(outbox_append(self._keys, session_id, turn) for turn in stored),
         ]
 
     def clear_commands(self, session_id: str) -> list[Command]:

@@ -1,0 +1,296 @@
+"""What the service reads from and writes to the conversation record (`records/schema.py`).
+
+Writes come from the archiver, as batches of outbox entries: each turn is inserted by its own id and
+a turn already there is left as it is, so an entry archived twice (a retry after a timeout, a claim of a
+dead consumer's entries) is stored once. Reads serve the Conversations API and the history of a session
+whose Redis keys have expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from errors import ServiceError
+from records.schema import conversations, feedback, messages
+from stores.outbox import OutboxEntry, position_of_entry
+
+__all__ = ["ConversationStore", "RecordUnavailable", "reachable", "turn_row_id"]
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 80
+
+
+class RecordUnavailable(ServiceError):
+    """The conversation record (the SQL database) does not answer; chats go on, archived later."""
+
+    status = 503
+    code = "database_unavailable"
+
+
+@contextlib.asynccontextmanager
+async def reachable() -> AsyncIterator[None]:
+    """Every database failure of a request becomes `RecordUnavailable` (no driver text reaches a client)."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as error:
+        logger.warning("conversation record unavailable: %s", type(error).__name__)
+        raise RecordUnavailable("The conversation record is temporarily unavailable") from None
+
+
+def turn_row_id(turn: Mapping[str, Any]) -> str:
+    """A turn's own id: the turns of one exchange share its message_id."""
+    base = f"{turn['message_id']}:{turn['role']}"
+    return f"{base}:{turn['tool_call_id']}" if turn["role"] == "tool" else base
+
+
+def title_of(content: str) -> str:
+    """A conversation's first title: its first user message's first line, shortened."""
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes: every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class ConversationStore:
+    """The conversation record over one engine. `model`: the model recorded on archived answers."""
+
+    def __init__(self, engine: AsyncEngine, *, model: str | None = None) -> None:
+        self.engine = engine
+        self._model = model
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(select(1))
+
+    # -- archiving --
+
+    async def archive(self, entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
+        """Store the entries' turns (each at most once) and bring their conversations up to date."""
+        by_session: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for entry in entries:
+            if entry.turn is not None and entry.session_id:
+                by_session[entry.session_id].append((position_of_entry(entry.entry_id), entry.turn))
+        if not by_session:
+            return 0
+        async with self.engine.begin() as connection:
+            for session_id, turns in by_session.items():
+                await self._archive_session(connection, session_id, turns, owners.get(session_id, ""))
+        return sum(len(turns) for turns in by_session.values())
+
+    async def _archive_session(
+        self,
+        connection: AsyncConnection,
+        session_id: str,
+        turns: list[tuple[int, dict[str, Any]]],
+        owner: str,
+    ) -> None:
+        rows = [self._message_row(session_id, position, turn) for position, turn in turns]
+        first, latest = min(row["created_at"] for row in rows), max(row["created_at"] for row in rows)
+        users = [row for row in rows if row["role"] == "user"]
+        await connection.execute(
+            self._insert(conversations)
+            .values(
+                id=session_id,
+                owner=owner,
+                user_id=rows[0]["user_id"],
+                title=title_of(users[0]["content"]) if users else "",
+                created_at=first,
+                updated_at=latest,
+                pinned=False,
+                archived=False,
+                message_count=0,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        await connection.execute(
+            self._insert(messages).values(rows).on_conflict_do_nothing(index_elements=["id"])
+        )
+        table = conversations.c
+        count = select(func.count()).select_from(messages).where(messages.c.conversation_id == session_id)
+        changes: dict[str, Any] = {"message_count": count.scalar_subquery()}
+        changes["updated_at"] = func.coalesce(
+            select(func.max(messages.c.created_at))
+            .where(messages.c.conversation_id == session_id)
+            .scalar_subquery(),
+            table.updated_at,
+        )
+        await connection.execute(update(conversations).where(table.id == session_id).values(**changes))
+        if users:
+            await connection.execute(
+                update(conversations)
+                .where(table.id == session_id, table.title == "")
+                .values(title=title_of(users[0]["content"]))
+            )
+
+    def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": turn_row_id(turn),
+            "message_id": turn["message_id"],
+            "conversation_id": session_id,
+            "parent_id": turn.get("parent_id"),
+            "role": turn["role"],
+            "content": turn.get("content", ""),
+            "parts": turn,
+            "finish_reason": turn.get("finish_reason"),
+            "usage": turn.get("usage"),
+            "model": self._model if turn["role"] == "assistant" else None,
+            "user_id": turn.get("user_id", ""),
+            "created_at": utc(datetime.fromisoformat(turn["created_at"])),
+            "position": position,
+        }
+
+    # -- reading --
+
+    async def owner_of(self, session_id: str) -> str | None:
+        """The key that owns the conversation ("" on an open service), or None if there is none."""
+        async with self.engine.connect() as connection:
+            owner = await connection.scalar(
+                select(conversations.c.owner).where(conversations.c.id == session_id)
+            )
+        return None if owner is None else str(owner)
+
+    async def history(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The session's archived turns, oldest first, as history holds them."""
+        query = (
+            select(messages.c.parts)
+            .where(messages.c.conversation_id == session_id)
+            .order_by(messages.c.position.desc())
+        )
+        if limit:
+            query = query.limit(limit)
+        async with self.engine.connect() as connection:
+            parts = (await connection.scalars(query)).all()
+        return list(reversed(parts))
+
+    async def conversation(self, owner: str, session_id: str) -> RowMapping | None:
+        async with self.engine.connect() as connection:
+            return (
+                (
+                    await connection.execute(
+                        select(conversations).where(
+                            conversations.c.id == session_id, conversations.c.owner == owner
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+
+    async def messages(self, session_id: str) -> list[RowMapping]:
+        query = (
+            select(messages.c.id, messages.c.message_id, messages.c.parent_id, messages.c.parts)
+            .where(messages.c.conversation_id == session_id)
+            .order_by(messages.c.position)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).mappings().all())
+
+    async def page(
+        self,
+        owner: str,
+        user_id: str,
+        *,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        archived: bool,
+    ) -> list[RowMapping]:
+        """One page of a user's conversations, newest first, after the cursor's (updated_at, id)."""
+        table = conversations.c
+        query = select(conversations).where(
+            table.owner == owner, table.user_id == user_id, table.archived == archived
+        )
+        if after is not None:
+            moment, last_id = after
+            query = query.where(
+                or_(table.updated_at < moment, and_(table.updated_at == moment, table.id < last_id))
+            )
+        query = query.order_by(table.updated_at.desc(), table.id.desc()).limit(limit)
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).mappings().all())
+
+    async def search(self, owner: str, user_id: str, words: str, limit: int) -> list[RowMapping]:
+        """The user's conversations whose messages match `words` (full-text), newest first."""
+        if self.engine.dialect.name == "postgresql":
+            matches = text("to_tsvector('simple', messages.content) @@ plainto_tsquery('simple', :q)")
+            query_text = words
+        else:
+            matches = text("messages.rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q)")
+            # Each word as an FTS5 string: what a user types is never FTS5 query syntax.
+            query_text = " ".join('"' + word.replace('"', '""') + '"' for word in words.split())
+        hits = (
+            select(messages.c.conversation_id, func.min(messages.c.content).label("snippet"))
+            .where(matches.bindparams(q=query_text))
+            .group_by(messages.c.conversation_id)
+            .subquery()
+        )
+        table = conversations.c
+        query = (
+            select(conversations, hits.c.snippet)
+            .join(hits, hits.c.conversation_id == table.id)
+            .where(table.owner == owner, table.user_id == user_id)
+            .order_by(table.updated_at.desc(), table.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).mappings().all())
+
+    # -- changing --
+
+    async def update(self, owner: str, session_id: str, changes: Mapping[str, Any]) -> RowMapping | None:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                update(conversations)
+                .where(conversations.c.id == session_id, conversations.c.owner == owner)
+                .values(**changes)
+            )
+            if not result.rowcount:
+                return None
+        return await self.conversation(owner, session_id)
+
+    async def delete(self, owner: str, session_ids: Sequence[str]) -> None:
+        """Delete the conversations (their messages and feedback first: SQLite may not cascade)."""
+        if not session_ids:
+            return
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(feedback).where(feedback.c.conversation_id.in_(session_ids)))
+            await connection.execute(delete(messages).where(messages.c.conversation_id.in_(session_ids)))
+            await connection.execute(
+                delete(conversations).where(
+                    conversations.c.id.in_(session_ids), conversations.c.owner == owner
+                )
+            )
+
+    async def ids_of_user(self, owner: str, user_id: str) -> list[str]:
+        async with self.engine.connect() as connection:
+            found = await connection.scalars(
+                select(conversations.c.id).where(
+                    conversations.c.owner == owner, conversations.c.user_id == user_id
+                )
+            )
+            return list(found.all())
+
+    async def expired(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """(owner, id) of conversations last updated before `before` (CONVERSATION_RETENTION_DAYS)."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(conversations.c.owner, conversations.c.id)
+                .where(conversations.c.updated_at < before)
+                .limit(limit)
+            )
+            return [(str(owner), str(session_id)) for owner, session_id in rows.all()]
