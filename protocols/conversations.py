@@ -17,7 +17,15 @@ from sqlalchemy.engine import RowMapping
 from admission import Principal, SessionNotFound
 from archiver import Archiver
 from models import ID_PATTERN, ChatTurn, StatusResponse
-from protocols.deps import AdmissionDep, ArchiverDep, ChatServiceDep, PrincipalDep, RecordsDep, RegistryDep
+from protocols.deps import (
+    AdmissionDep,
+    ArchiverDep,
+    ChatServiceDep,
+    HistoryDep,
+    PrincipalDep,
+    RecordsDep,
+    RegistryDep,
+)
 from protocols.errors import ErrorResponse
 from protocols.native import ERRORS
 from protocols.validation import InvalidRequest
@@ -157,6 +165,7 @@ async def search_conversations(
 @router.get(
     "/{conversation_id}",
     response_model=ConversationDetail,
+    response_model_exclude_none=True,
     summary="Get a conversation with its messages",
     responses={**ERRORS, **NOT_FOUND},
 )
@@ -233,6 +242,7 @@ async def delete_conversation(
     conversation_id: ConversationIdPath,
     principal: PrincipalDep,
     admission: AdmissionDep,
+    history: HistoryDep,
     records: RecordsDep,
     archiver: ArchiverDep,
     service: ChatServiceDep,
@@ -241,9 +251,9 @@ async def delete_conversation(
     """Delete it everywhere: its history, replay log and answer states in Redis, and its SQL rows."""
     async with reachable():
         owner = await records.owner_of(conversation_id)
-    if owner != _owner(principal) and not (
-        owner is None and await admission.owns(principal, conversation_id)
-    ):
+    # Not archived yet: it is the caller's if Redis has its turns under the caller's key.
+    in_redis = owner is None and await admission.owns(principal, conversation_id)
+    if owner != _owner(principal) and not (in_redis and await history.read(conversation_id, 1)):
         raise SessionNotFound(conversation_id)
     await _delete(
         principal, [conversation_id], records=records, archiver=archiver, service=service, registry=registry
