@@ -90,28 +90,28 @@ class Outbox:
     async def _ensure_group(self, stream: str) -> None:
         if stream in self._grouped:
             return
-        try:
-            async with bounded(self._timeout):
+        async with bounded(self._timeout):
+            try:
                 # From 0: entries appended before the group existed are archived too.
                 await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+            except ResponseError as error:
+                if "BUSYGROUP" not in str(error):
+                    raise
         self._grouped.add(stream)
 
     async def read(self, stream: str, count: int, *, new: bool) -> list[OutboxEntry]:
         """This consumer's entries: new ones, or (`new=False`) those it read and has not acknowledged."""
         await self._ensure_group(stream)
-        try:
-            async with bounded(self._timeout):
+        async with bounded(self._timeout):
+            try:
                 reply: Any = await self._redis.xreadgroup(
                     GROUP, self.consumer, {stream: ">" if new else "0"}, count=count
                 )
-        except ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            self._grouped.discard(stream)  # the stream was deleted (a cleared session): start again
-            return []
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self._grouped.discard(stream)  # the stream was deleted (a cleared session): start again
+                return []
         return [entry for _, raw in reply or () for entry in _entries(stream, raw)]
 
     async def claim(self, stream: str, idle_seconds: float, count: int) -> list[OutboxEntry]:
