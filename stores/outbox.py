@@ -147,12 +147,15 @@ class Outbox:
 
     async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
         """The API key that owns each session ("" on an open service, or once the key has expired)."""
-        owners = {}
-        for session_id in session_ids:
-            async with bounded(self._timeout):
-                value = await self._redis.get(self._keys.owner(session_id))
-            owners[session_id] = _text(value) if value else ""
-        return owners
+        sessions = list(session_ids)
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for session_id in sessions:
+                pipe.get(self._keys.owner(session_id))
+            values = await pipe.execute()
+        return {
+            session_id: _text(value) if value else ""
+            for session_id, value in zip(sessions, values, strict=True)
+        }
 
     async def forget(self, session_id: str) -> None:
         """Drop the session's entries still waiting (its conversation is being deleted)."""
