@@ -22,6 +22,7 @@ import orjson
 from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
+from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, bounded
 
 __all__ = ["GROUP", "Outbox", "OutboxEntry", "outbox_append", "position_of_entry"]
@@ -31,9 +32,17 @@ logger = logging.getLogger(__name__)
 GROUP = "archiver"
 
 
-def outbox_append(keys: KeySpace, session_id: str, turn_json: str) -> Command:
+def outbox_append(keys: KeySpace, session_id: str, turn: ChatTurn) -> Command:
     """The XADD of one stored turn (its JSON as history holds it)."""
-    return ("XADD", keys.outbox(session_id), "*", "s", session_id, "t", turn_json)
+    return (
+        "XADD",
+        keys.outbox(session_id),
+        "*",
+        "s",
+        session_id,
+        "t",
+        turn.model_dump_json(exclude_none=True),
+    )
 
 
 def position_of_entry(entry_id: str) -> int:
