@@ -26,6 +26,7 @@ from protocols.ai_sdk import router as ai_sdk_router
 from protocols.body_limit import BodyLimitMiddleware
 from protocols.conversations import router as conversations_router
 from protocols.deps import require_key
+from protocols.feedback import router as feedback_router
 from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     app.include_router(service_router)
     app.include_router(native_router)
     app.include_router(conversations_router)
+    app.include_router(feedback_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).

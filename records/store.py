@@ -303,3 +303,27 @@ class ConversationStore:
                 .limit(limit)
             )
             return [(str(owner), str(session_id)) for owner, session_id in rows.all()]
+
+    # -- feedback --
+
+    async def answer_of(self, message_id: str) -> RowMapping | None:
+        """An archived answer's conversation, its owner and model, or None."""
+        query = (
+            select(messages.c.conversation_id, messages.c.model, conversations.c.owner)
+            .join(conversations, conversations.c.id == messages.c.conversation_id)
+            .where(messages.c.message_id == message_id, messages.c.role == "assistant")
+            .limit(1)
+        )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).mappings().first()
+
+    async def rate(self, row: Mapping[str, Any]) -> None:
+        """Store one key's and user's rating of an answer, replacing theirs if they rated it before."""
+        statement = self._insert(feedback).values(**row)
+        changes = {name: statement.excluded[name] for name in ("rating", "comment", "tags", "created_at")}
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["message_id", "owner", "user_id"], set_=changes
+                )
+            )
