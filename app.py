@@ -26,7 +26,6 @@ from protocols.ai_sdk import router as ai_sdk_router
 from protocols.body_limit import BodyLimitMiddleware
 from protocols.conversations import router as conversations_router
 from protocols.deps import require_key
-from protocols.feedback import router as feedback_router
 from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
@@ -88,8 +87,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         summary="Streams AI chat answers over Redis PubSub and Server-Sent Events, with TTL-bound history.",
         openapi_tags=[
             {"name": "chat", "description": "Send messages, follow and stop their answers."},
-            {"name": "history", "description": "A session's stored turns."},
-            {"name": "conversations", "description": "A user's conversations, kept in the SQL record."},
+            {"name": "history", "description": "A session's stored turns, and a user's conversations."},
             {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
             {"name": "agui", "description": "AG-UI: run the agent on a thread, and reconnect to it."},
             {
@@ -106,7 +104,6 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
     app.include_router(service_router)
     app.include_router(native_router)
     app.include_router(conversations_router)
-    app.include_router(feedback_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).

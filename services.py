@@ -96,17 +96,9 @@ async def build_services(
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
-        record = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
+        sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
-            settings,
-            redis,
-            keys,
-            (writer, reader),
-            answer_source,
-            metrics,
-            draining,
-            end_retry_seconds,
-            record,
+            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds, sql
         )
         await services.hub.start()
         stack.push_async_callback(services.hub.close)
