@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     stream_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # Per-key totals (issue #13): what one API key may use across all its user ids, so that a new
+    # `user_id` per request buys nothing (on an open service, the whole service is one key).
+    rate_limit_per_key: str | None = None
+    max_streams_per_key: int = Field(default=0, ge=0)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -148,7 +153,7 @@ class Settings(BaseSettings):
             keys[name] = key
         return keys
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "rate_limit_per_key", mode="before")
     @classmethod
     def _check_rate_limit(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -166,6 +166,10 @@ class KeySpace:
         """Sorted set of one key's and user's running answers, scored by their lease's expiry."""
         return f"{self.prefix}:streams:{{{owner}:{user_id}}}"
 
+    def key_stream_slots(self, owner: str) -> str:
+        """Sorted set of all of one key's running answers (a key's name has no `:`, so no user's set)."""
+        return f"{self.prefix}:streams:{{{owner}}}"
+
     @property
     def rate_limits(self) -> str:
         """The prefix under which the `limits` library keeps `RATE_LIMIT`'s moving windows."""

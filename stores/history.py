@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -15,12 +16,21 @@ from conversation import ConversationMessage
 from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
 
-__all__ = ["HistoryStore", "RecentTurn"]
+__all__ = ["HistoryPage", "HistoryStore", "RecentTurn"]
 
 logger = logging.getLogger(__name__)
 
 # (message_id, the turn as a model is sent it) of a stored turn, as the context for an answer needs it.
 RecentTurn = tuple[str, ConversationMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Some of a session's turns, as stored (one JSON object each, oldest first), and the cursor to the
+    turns before them: their position in the stored list, None when none is older."""
+
+    turns: list[bytes]
+    next_before: int | None
 
 
 class HistoryStore:
@@ -143,6 +153,47 @@ class HistoryStore:
             except ValueError:
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
         return turns
+
+    async def read_page(
+        self, session_id: str, *, limit: int, before: int | None = None, max_bytes: int
+    ) -> HistoryPage:
+        """Up to `limit` turns before position `before` (the newest without it), and no more of them
+        than fit in `max_bytes` (always one): the newest are kept. The turns stay as stored, so a page
+        costs the event loop a parse check and a copy, never a model per turn (issue #13).
+
+        Positions count from the oldest stored turn, so a cursor holds while turns are appended; when
+        the oldest are trimmed (MAX_HISTORY_MESSAGES) between two pages, the next page repeats as many
+        turns as were trimmed, and skips none."""
+        key = self._keys.history(session_id)
+        async with bounded(self._timeout):
+            if before is None:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.llen(key)
+                    pipe.lrange(key, -limit, -1)
+                    length, raw = await pipe.execute()
+                start = int(length) - len(raw)
+            else:
+                start = max(0, before - limit)
+                raw = await self._redis.lrange(key, start, before - 1) if before > 0 else []
+        kept: list[bytes] = []
+        size = 0
+        oldest = start
+        for index in range(len(raw) - 1, -1, -1):
+            item = cast(bytes, raw[index])
+            if kept and size + len(item) > max_bytes:
+                oldest = start + index + 1
+                break
+            try:
+                readable = isinstance(orjson.loads(item), dict)
+            except orjson.JSONDecodeError:
+                readable = False
+            if not readable:
+                logger.warning("skipping an unreadable history entry in session %s", session_id)
+                continue
+            kept.append(item)
+            size += len(item)
+        kept.reverse()
+        return HistoryPage(kept, oldest or None)
 
     async def ping(self) -> float:
         """Round trip of a PING, in milliseconds."""
