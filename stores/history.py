@@ -167,11 +167,14 @@ class HistoryStore:
         key = self._keys.history(session_id)
         async with bounded(self._timeout):
             if before is None:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.llen(key)
+                # No MULTI: out of memory, Redis refuses even the reads queued in one. The length, read
+                # after the turns, can only be longer (a turn appended between): that moves the cursor
+                # later, so the next page repeats that many turns and skips none.
+                async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.lrange(key, -limit, -1)
-                    length, raw = await pipe.execute()
-                start = int(length) - len(raw)
+                    pipe.llen(key)
+                    raw, length = await pipe.execute()
+                start = max(0, int(length) - len(raw))
             else:
                 start = max(0, before - limit)
                 raw = await self._redis.lrange(key, start, before - 1) if before > 0 else []
