@@ -175,14 +175,27 @@ class HistoryStore:
                     pipe.llen(key)
                     raw, length = await pipe.execute()
                 start = max(0, int(length) - len(raw))
+            elif before == 0:  # nothing is before the oldest turn (and LRANGE 0 -1 would be all)
+                start, raw = 0, []
             else:
                 start = max(0, before - limit)
-                raw = await self._redis.lrange(key, start, before - 1) if before > 0 else []
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.lrange(key, start, before - 1)
+                    pipe.llen(key)
+                    raw, length = await pipe.execute()
+                if before > int(length):  # a cursor past the end (cleared, or trimmed): from the end
+                    start = max(0, int(length) - limit)
+                    raw = await self._redis.lrange(key, start, int(length) - 1)
+        return self._fit(session_id, raw, start, max_bytes)
+
+    @staticmethod
+    def _fit(session_id: str, raw: Sequence[bytes], start: int, max_bytes: int) -> HistoryPage:
+        """The newest of `raw` (stored from position `start` on) that fit in `max_bytes`, and readable."""
         kept: list[bytes] = []
         size = 0
         oldest = start
         for index in range(len(raw) - 1, -1, -1):
-            item = cast(bytes, raw[index])
+            item = raw[index]
             if kept and size + len(item) > max_bytes:
                 oldest = start + index + 1
                 break

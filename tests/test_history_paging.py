@@ -80,6 +80,9 @@ async def test_history_is_read_newest_page_first_with_a_cursor_to_older_turns(
             "count": 0,
         }
         assert (await client.get("/history/s1", params={"before": 0})).json()["count"] == 0
+        # A cursor past the end (the history was cleared or trimmed meanwhile) reads from the end.
+        past = (await client.get("/history/s1", params={"before": 5000, "limit": 2})).json()
+        assert (ids(past), past["next_before"]) == (["m-250", "m-251"], 250)
 
 
 async def test_a_page_of_large_turns_is_cut_at_its_byte_bound_and_continues_from_there(
