@@ -192,7 +192,7 @@ async def stream(
     "/history/{session_id}",
     response_model=HistoryResponse,
     response_model_exclude_none=True,
-    summary="Get a page of a session's history",
+    summary="Get a session's history",
     tags=["history"],
     responses={
         **ERRORS,
