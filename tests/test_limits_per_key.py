@@ -9,8 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from admission import Principal, RateLimited, StreamSlots
 from config import Settings
+from redis_client import KeySpace
 from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
 from tests.conftest import AppClient
@@ -134,3 +137,26 @@ async def test_rotating_user_ids_gains_no_request_beyond_rate_limit_per_key(
     assert read.status_code == 429
     assert read.json()["error"]["code"] == "rate_limited"
     assert other.status_code == 404  # bob's budget is untouched: his read gets as far as the session
+
+
+@pytest.mark.redis
+async def test_a_refused_answer_holds_no_slot_in_either_set(redis_server: RedisServer) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        slots = StreamSlots(redis, KeySpace("chat"), limit=1, per_key=2, lease=30.0, timeout=2)
+        alice = Principal("alice")
+        assert await slots.acquire(alice, "u1", "m1")
+        assert not await slots.acquire(alice, "u1", "m1")  # a repeated send takes no second slot
+        with pytest.raises(RateLimited, match="one user"):
+            await slots.acquire(alice, "u1", "m2")
+        # m2's place in the key's set was given back: u2 still fits in the key's two.
+        assert await slots.acquire(alice, "u2", "m3")
+        with pytest.raises(RateLimited, match="one API key"):
+            await slots.acquire(alice, "u3", "m4")
+        assert sorted(await redis.zrange("chat:streams:{alice}", 0, -1)) == [b"m1", b"m3"]
+        await slots.release("m1")
+        assert await redis.zrange("chat:streams:{alice}", 0, -1) == [b"m3"]
+        assert await redis.zrange("chat:streams:{alice:u1}", 0, -1) == []
+        assert await slots.acquire(alice, "u3", "m4")
+    finally:
+        await redis.aclose()
