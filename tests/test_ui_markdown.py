@@ -8,7 +8,6 @@ is recorded and aborted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -16,13 +15,10 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from config import Settings
 from testkit.openai_server import OpenAIServer, Reply
 from testkit.prerequisites import need
 from testkit.service import ServiceProcess
-from tests.conftest import AppClient
 from tests.test_ui import ANSWER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, is_local
-from ui import STATIC_DIR
 
 # Before any script of the page: what ran that should not have (`__ran`), and every violation of the
 # page's Content-Security-Policy (an `eval` or an inline script in a library would be one).
@@ -232,24 +228,3 @@ def test_html_and_javascript_links_in_an_answer_render_inert(
         tab.page.reload()
     assert tab.blocked == []
     assert tab.errors == []
-
-
-# --- Served in-process -----------------------------------------------------------------------------
-
-
-async def test_vendored_libraries_are_served_by_the_service_as_javascript(
-    make_settings: Callable[..., Settings], app_client: AppClient
-) -> None:
-    vendored = json.loads((STATIC_DIR / "vendor" / "vendored.json").read_text())
-    paths = ["markdown.js"] + [f"vendor/{path}" for entry in vendored.values() for path in entry["files"]]
-    async with app_client(make_settings()) as client:
-        answers = {path: await client.get(f"/ui/{path}") for path in paths}
-
-    scripts = {path for path in paths if path.endswith(".js")}
-    assert scripts == {"markdown.js", "vendor/marked/marked.esm.js", "vendor/dompurify/purify.es.js"}
-    for path, answer in answers.items():
-        assert answer.status_code == 200, path
-        assert answer.headers["x-content-type-options"] == "nosniff", path
-        # Module scripts: browsers refuse one served without a JavaScript type. The licences: text.
-        wanted = "text/javascript" if path in scripts else "text/plain"
-        assert answer.headers["content-type"].startswith(wanted), (path, answer.headers["content-type"])

@@ -1,17 +1,21 @@
 """The chat page's vendored libraries (static/vendor/) are what ui-vendor/package-lock.json pins: each
-file as `make vendor` copied it, with its package's version and licence (issue #15)."""
+file as `make vendor` copied it, with its package's version and licence, served by the service itself
+(issue #15)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from config import Settings
 from testkit.processes import ROOT
+from tests.conftest import AppClient
 from ui import STATIC_DIR
 
 VENDOR = STATIC_DIR / "vendor"
@@ -76,3 +80,21 @@ def test_every_vendored_package_ships_its_licence_text(vendored: dict[str, Any])
             assert "Apache License" in texts, name
         if "MPL-2.0" in entry["license"]:
             assert "Mozilla Public License Version 2.0" in texts, name
+
+
+async def test_vendored_libraries_are_served_by_the_service_as_javascript(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    vendored = read_json(VENDOR / "vendored.json")
+    paths = ["markdown.js"] + [f"vendor/{path}" for entry in vendored.values() for path in entry["files"]]
+    async with app_client(make_settings()) as client:
+        answers = {path: await client.get(f"/ui/{path}") for path in paths}
+
+    scripts = {path for path in paths if path.endswith(".js")}
+    assert scripts == {"markdown.js", "vendor/marked/marked.esm.js", "vendor/dompurify/purify.es.js"}
+    for path, answer in answers.items():
+        assert answer.status_code == 200, path
+        assert answer.headers["x-content-type-options"] == "nosniff", path
+        # Module scripts: browsers refuse one served without a JavaScript type. The licences: text.
+        wanted = "text/javascript" if path in scripts else "text/plain"
+        assert answer.headers["content-type"].startswith(wanted), (path, answer.headers["content-type"])
