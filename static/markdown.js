@@ -43,9 +43,17 @@ purify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
-// Replaces `el`'s children with `text` rendered as sanitised Markdown.
+// Replaces `el`'s children with `text` rendered as sanitised Markdown; as plain text should marked fail
+// on it, so that an answer is always shown.
 export function renderMarkdown(el, text) {
-  const html = marked.parse(text).trim();
-  const fragment = purify.sanitize(html, { ALLOWED_TAGS, ALLOWED_ATTR, RETURN_DOM_FRAGMENT: true });
+  let fragment;
+  try {
+    const html = marked.parse(text).trim();
+    fragment = purify.sanitize(html, { ALLOWED_TAGS, ALLOWED_ATTR, RETURN_DOM_FRAGMENT: true });
+  } catch (error) {
+    console.warn("the answer is shown as plain text:", error);
+    el.textContent = text;
+    return;
+  }
   el.replaceChildren(fragment);
 }

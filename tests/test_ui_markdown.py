@@ -43,7 +43,10 @@ MARKDOWN_TOKENS = (
     "print(text.upper())\n",
     "```\n\n",
     "- it closes the file\n",
-    "- it decodes UTF-8",
+    "- it decodes UTF-8\n\n",
+    "| mode | reads |\n|---|---|\n| `r",
+    "` | text |\n\n- [x] re",
+    "ad it\n- [ ] write it",
 )
 # What an attacker would like an answer to carry, for example from a web page the model was shown.
 HOSTILE_TOKENS = (
@@ -186,7 +189,10 @@ def test_markdown_answer_renders_as_it_streams_with_its_code_block(
     expect(content.locator("p code")).to_have_text("read_text()")
     expect(content.locator("pre > code")).to_have_text(CODE)
     expect(content.locator("pre > code")).to_have_class("language-python")
-    expect(content.locator("ul > li")).to_have_text(["it closes the file", "it decodes UTF-8"])
+    expect(content.locator("ul").first.locator("li")).to_have_text(["it closes the file", "it decodes UTF-8"])
+    expect(content.locator("td")).to_have_text(["r", "text"])
+    expect(content.locator("input[type='checkbox']")).to_have_count(2)
+    expect(content.locator("input[type='checkbox'][checked]")).to_be_disabled()
     states: list[str] = tab.page.evaluate("window.__states")
     assert len(set(states)) > 1, "the answer was not shown while it streamed"
     # Re-rendered as the text grew: a code block was shown before its fence closed.
