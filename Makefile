@@ -13,7 +13,7 @@ export CHROMIUM_PATH
 PYTEST_WORKERS ?= 4
 NODE_CLIENTS := $(patsubst %/package.json,%,$(wildcard tests/node*/package.json))
 
-.PHONY: run test lint typecheck format pytest browser node-clients bench bench-smoke bench-cluster clean
+.PHONY: run test lint typecheck format pytest browser node-clients vendor bench bench-smoke bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,9 +84,14 @@ tests/%/node_modules/.package-lock.json: tests/%/package.json tests/%/package-lo
 	  echo "npm is not installed: the Node client tests cannot run" >&2; \
 	fi
 
+## vendor: refresh the chat page's libraries (marked, DOMPurify) in static/vendor/ from the versions
+## pinned in ui-vendor/package-lock.json; commit the result. The page itself needs no build step.
+vendor:
+	cd ui-vendor && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && node vendor.mjs
+
 format: $(VENV)/.dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(addsuffix /node_modules,$(NODE_CLIENTS))
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(addsuffix /node_modules,$(NODE_CLIENTS)) ui-vendor/node_modules
