@@ -18,7 +18,7 @@ from admission import Admission
 from ai_service import ChatService
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
-from health import PubSubProbe
+from health import PubSubProbe, Readiness
 from hub import StreamHub
 from metrics import Metrics
 from providers import create_answer_source
@@ -52,6 +52,7 @@ class Services:
     admission: Admission
     probe: PubSubProbe
     metrics: Metrics
+    readiness: Readiness
 
 
 @asynccontextmanager
@@ -158,4 +159,13 @@ def _assemble(
         observers=[metrics, admission],
         end_retry_seconds=end_retry_seconds,
     )
-    return Services(settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics)
+    readiness = Readiness(
+        redis,
+        keys,
+        probe.round_trip,
+        timeout=min(timeout, HEALTH_TIMEOUT),
+        memory=not settings.embedded_redis,
+    )
+    return Services(
+        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, readiness
+    )
