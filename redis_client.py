@@ -172,6 +172,11 @@ class KeySpace:
         return f"{self.prefix}:streams:{{{owner}:{user_id}}}"
 
     @property
+    def leases(self) -> str:
+        """Sorted set of the stored answers that are running, scored by when their lease expires (ms)."""
+        return f"{self.prefix}:leases"
+
+    @property
     def health(self) -> str:
         """The tiny key `/health` writes (with a short TTL) to prove that Redis takes writes."""
         return f"{self.prefix}:health"

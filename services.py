@@ -20,6 +20,7 @@ from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe, Readiness
 from hub import StreamHub
+from leases import AnswerEnds, LeaseKeeper
 from metrics import Metrics
 from providers import create_answer_source
 from providers.base import AnswerSource
@@ -27,6 +28,7 @@ from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
+from stores.leases import AnswerLeases
 from stores.replay_log import ReplayLog
 
 __all__ = ["HEALTH_TIMEOUT", "Services", "build_services"]
@@ -53,6 +55,7 @@ class Services:
     probe: PubSubProbe
     metrics: Metrics
     readiness: Readiness
+    keeper: LeaseKeeper
 
 
 @asynccontextmanager
@@ -62,15 +65,15 @@ async def build_services(
     metrics: Metrics | None = None,
     source: AnswerSource | None = None,
     draining: Callable[[], bool] = lambda: False,
-    end_retry_seconds: float = 15.0,
+    end_retry_seconds: float | None = None,
     pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs for `settings`; close it all, in reverse, on exit.
 
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
     hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
-    keeps trying to store its end while Redis is down (tests shorten it); `pipes` opens the batchers'
-    connections (tests wrap them).
+    keeps trying to store its end while Redis is down (ANSWER_END_RETRY_SECONDS unless given); `pipes`
+    opens the batchers' connections (tests wrap them).
     """
     if settings.embedded_redis:
         logger.warning(
@@ -92,6 +95,8 @@ async def build_services(
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
+        if end_retry_seconds is None:
+            end_retry_seconds = settings.answer_end_retry_seconds
         services = _assemble(
             settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds
         )
@@ -99,6 +104,9 @@ async def build_services(
         stack.push_async_callback(services.hub.close)
         services.admission.start()
         stack.push_async_callback(services.admission.close)
+        # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
+        services.keeper.start()
+        stack.push_async_callback(services.keeper.close)
         stack.push_async_callback(services.chat.shutdown)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
@@ -135,6 +143,20 @@ def _assemble(
     )
     answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
+    leases = AnswerLeases(keys, reader, seconds=settings.answer_lease_seconds)
+    ends = AnswerEnds(
+        redis, writer, keys, history=history, answers=answers, log=log, leases=leases, timeout=timeout
+    )
+    keeper = LeaseKeeper(
+        ends,
+        writer,
+        log=log,
+        answers=answers,
+        running=lambda: chat.local_answers(),
+        # Often enough that neither the lease nor the session's TTL runs out between two renewals.
+        renew_seconds=min(settings.answer_lease_seconds, ttl) / 3,
+        sweep_seconds=settings.answer_sweep_seconds,
+    )
     admission = Admission(settings, redis, keys)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
@@ -156,6 +178,8 @@ def _assemble(
         writer=writer,
         keys=keys,
         source=source,
+        ends=ends,
+        keeper=keeper,
         observers=[metrics, admission],
         end_retry_seconds=end_retry_seconds,
     )
@@ -167,5 +191,5 @@ def _assemble(
         memory=not settings.embedded_redis,
     )
     return Services(
-        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, readiness
+        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, readiness, keeper
     )

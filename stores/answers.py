@@ -3,6 +3,7 @@ instance stop or follow an answer that another one runs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from batcher import CommandBatcher
@@ -24,15 +25,20 @@ class AnswerRegistry:
         self._ttl = ttl
         self._timeout = timeout
 
-    async def claim(self, message_id: str, session_id: str) -> AnswerState | None:
-        """Record a new answer; if the id is taken, return the existing answer's state instead."""
+    async def claim(
+        self, message_id: str, session_id: str, user_id: str, *, along: Sequence[Command] = ()
+    ) -> AnswerState | None:
+        """Record a new answer (with `along`, such as its lease); if the id is taken, return the existing
+        answer's state instead."""
         key = self._keys.message(message_id)
         # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
-        won, _, _ = await self._writer.submit(
+        won, *_ = await self._writer.submit(
             [
                 ("HSETNX", key, "session_id", session_id),
                 ("HSETNX", key, "status", "streaming"),
+                ("HSETNX", key, "user_id", user_id),
                 ("EXPIRE", key, self._ttl),
+                *along,
             ]
         )
         if won:
@@ -60,6 +66,15 @@ class AnswerRegistry:
                 "finish_reason": finish_reason.decode() if finish_reason else None,
             }
         )
+
+    async def user_of(self, message_id: str) -> str:
+        """Who asked for the answer ("" for a state written before this was recorded)."""
+        async with bounded(self._timeout):
+            value = await self._redis.hget(self._keys.message(message_id), "user_id")
+        return cast(bytes, value).decode() if value else ""
+
+    def keep_alive_command(self, message_id: str) -> Command:
+        return ("EXPIRE", self._keys.message(message_id), self._ttl)
 
     def finished_commands(self, message_id: str, finish_reason: FinishReason) -> list[Command]:
         status: AnswerStatus = status_of(finish_reason)
