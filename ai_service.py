@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import orjson
@@ -36,7 +36,7 @@ from stores.replay_log import ReplayLog, parse_entry_id, position_of
 if TYPE_CHECKING:
     from batcher import CommandBatcher
     from config import Settings
-    from leases import AnswerEnds, LeaseKeeper
+    from leases import LeaseKeeper
 
 __all__ = [
     "AnswerFinished",
@@ -121,15 +121,13 @@ class ChatService:
         writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
-        ends: AnswerEnds,
         keeper: LeaseKeeper,
         observers: Sequence[AnswerObserver] = (),
         end_retry_seconds: float = 15.0,
         cancel_wait_seconds: float = 2.0,
     ) -> None:
-        """`ends` writes answers' ends and `keeper` their leases (`leases.py`); `end_retry_seconds`: how
-        long an answer keeps trying to store its end while Redis is unavailable; `cancel_wait_seconds`:
-        how long `cancel` waits for another instance to confirm."""
+        """`keeper`: answers' leases and ends (`leases.py`); `end_retry_seconds`: how long an answer retries
+        storing its end while Redis refuses; `cancel_wait_seconds`: how long `cancel` waits for another."""
         self._settings = settings
         self._history = history
         self._answers_store = answers
@@ -139,7 +137,6 @@ class ChatService:
         self._keys = keys
         self.source = source
         self._cancel_wait = cancel_wait_seconds
-        self._ends = ends
         self._keeper = keeper
         self._runner = AnswerRunner(
             source,
@@ -147,8 +144,7 @@ class ChatService:
             writer=writer,
             observers=observers,
             end_retry_seconds=end_retry_seconds,
-            ends=ends,
-            holds=keeper.holds,
+            keeper=keeper,
         )
         self._answers: dict[str, Answer] = {}
         self._accepting = True
@@ -156,21 +152,6 @@ class ChatService:
     @property
     def active_answers(self) -> int:
         return len(self._answers)
-
-    def local_answers(self) -> Collection[Answer]:
-        """The answers this process runs now."""
-        return self._answers.values()
-
-    async def _settled(self, state: AnswerState) -> AnswerState:
-        """The answer's state, once it has been ended as lost if it is `streaming` with no instance
-        holding its lease (#13, item 5)."""
-        message_id = state.message_id
-        if state.status != "streaming" or message_id in self._answers:
-            return state
-        if await self._ends.leases.live(message_id):
-            return state
-        await self._ends.end_lost(message_id)
-        return await self._answers_store.get(message_id) or state
 
     def _accepted(self, state: AnswerState) -> ChatAccepted:
         return ChatAccepted(
@@ -207,15 +188,12 @@ class ChatService:
         session_id = request.session_id
         if request.images and not self.source.accepts_images:
             raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="images")
-        existing = await self._answers_store.claim(
-            message_id, session_id, request.user_id, along=[self._ends.leases.take_command(message_id)]
-        )
+        existing = await self._answers_store.claim(message_id, session_id, request.user_id)
         if existing is not None:
-            existing = await self._settled(existing)
+            existing = await self._keeper.settled(existing)  # ended first if it was lost
             if existing.session_id != session_id:
                 raise MessageConflict("this message_id belongs to another session")
             return self._accepted(existing), False  # a retry, tool results included, is answered alike
-        self._keeper.taken(message_id)
         try:
             if request.tool_results is not None:
                 # With `context` (the OpenAI-compatible API) the caller checked the ids against its
@@ -337,10 +315,9 @@ class ChatService:
         it is not an answer of this session), or over its running answers and then everything live."""
         answer = None
         if message_id is not None:
-            state = await self._answers_store.get(message_id)
+            state = await self._keeper.state(message_id)
             if state is None or state.session_id != session_id:
                 raise AnswerNotFound(message_id)
-            state = await self._settled(state)
             since = await self._log.start_of(message_id)
             answer = AnswerStart(message_id, since, finished=state.status != "streaming")
         return EventCursor(self._hub, session_id, after=after, answer=answer)
@@ -361,10 +338,9 @@ class ChatService:
     async def cancel(self, message_id: str) -> AnswerState:
         """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
         if the instance running it has not confirmed within `cancel_wait_seconds`)."""
-        state = await self._answers_store.get(message_id)
+        state = await self._keeper.state(message_id)
         if state is None:
             raise AnswerNotFound(message_id)
-        state = await self._settled(state)
         if state.status != "streaming":
             raise AnswerFinished(state)
         local = self._answers.get(message_id)

@@ -34,7 +34,7 @@ from redis_client import Command, RedisUnavailable
 
 if TYPE_CHECKING:
     from batcher import CommandBatcher
-    from leases import AnswerEnds
+    from leases import LeaseKeeper
     from stores.replay_log import ReplayLog
 
 __all__ = ["Answer", "AnswerObserver", "AnswerRunner", "EventQueue", "Phase"]
@@ -76,13 +76,12 @@ class AnswerRunner:
         writer: CommandBatcher,
         observers: Sequence[AnswerObserver],
         end_retry_seconds: float,
-        ends: AnswerEnds,
-        holds: Callable[[str], bool],
+        keeper: LeaseKeeper,
     ) -> None:
-        """`ends` writes each answer's end; `holds` tells whether our lease on an answer surely holds."""
+        """`keeper` writes each answer's end, and knows whether our lease on an answer surely holds."""
         self._source = source
-        self._ends = ends
-        self._holds = holds
+        self._ends = keeper.ends
+        self._holds = keeper.holds
         self._log = log
         self._writer = writer
         self._emitter = EventEmitter(writer)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,7 +25,7 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import WatchError
 
 from answer_events import Answer, Phase
-from models import ChatTurn, ErrorEvent, ErrorInfo, utc_now
+from models import AnswerState, ChatTurn, ErrorEvent, ErrorInfo, utc_now
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
 
 if TYPE_CHECKING:
@@ -190,19 +190,19 @@ class LeaseKeeper:
         *,
         log: ReplayLog,
         answers: AnswerRegistry,
-        running: Callable[[], Collection[Answer]],
         renew_seconds: float,
         sweep_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`running`: this process's answers; `renew_seconds`, `sweep_seconds`: how often their leases
-        are renewed (with their session's TTLs) and how often expired leases are looked for."""
-        self._ends = ends
+        """`renew_seconds`, `sweep_seconds`: how often the leases of this process's answers are renewed
+        (with their sessions' TTLs) and how often expired leases are looked for."""
+        self.ends = ends
         self._leases = ends.leases
         self._writer = writer
         self._log = log
         self._answers = answers
-        self._running = running
+        # The stored answers this process runs (it is an `AnswerObserver` of the chat service).
+        self._running: dict[str, Answer] = {}
         self._renew_every = renew_seconds
         self._sweep_every = sweep_seconds
         self._clock = clock
@@ -210,9 +210,35 @@ class LeaseKeeper:
         self._held: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def taken(self, message_id: str) -> None:
-        """A lease was just taken for the answer (with its claim)."""
-        self._held[message_id] = self._clock() + self._validity()
+    # -- AnswerObserver --
+
+    def answer_started(self, answer: Answer) -> None:
+        if answer.stored:  # its lease was taken with its claim, a moment ago
+            self._running[answer.message_id] = answer
+            self._held[answer.message_id] = self._clock() + self._validity()
+
+    def chunk_published(self, answer: Answer) -> None:
+        pass
+
+    def answer_ended(self, answer: Answer) -> None:
+        self._running.pop(answer.message_id, None)
+        self._held.pop(answer.message_id, None)
+
+    async def state(self, message_id: str) -> AnswerState | None:
+        """The answer's state (`settled`), or None if there is no such answer."""
+        state = await self._answers.get(message_id)
+        return None if state is None else await self.settled(state)
+
+    async def settled(self, state: AnswerState) -> AnswerState:
+        """The answer's state, once it has been ended as lost if it is `streaming` and no instance holds
+        its lease: whoever sees a lost answer first ends it."""
+        message_id = state.message_id
+        if state.status != "streaming" or message_id in self._running:
+            return state
+        if await self._leases.live(message_id):
+            return state
+        await self.ends.end_lost(message_id)
+        return await self._answers.get(message_id) or state
 
     def holds(self, message_id: str) -> bool:
         """Whether our lease on the answer surely has not expired, so no other instance may end it."""
@@ -250,9 +276,7 @@ class LeaseKeeper:
     async def renew(self) -> None:
         """Extend the leases of our running answers and the TTLs of their sessions' keys; stop any answer
         that another instance has meanwhile ended as lost."""
-        answers = [answer for answer in self._running() if answer.stored]
-        for message_id in set(self._held) - {answer.message_id for answer in answers}:
-            del self._held[message_id]
+        answers = list(self._running.values())
         if not answers:
             return
         commands = self._leases.renew_commands([answer.message_id for answer in answers])
@@ -278,9 +302,9 @@ class LeaseKeeper:
 
     async def sweep(self) -> int:
         """End every answer whose lease has expired and that does not run here; how many were ended."""
-        ours = {answer.message_id for answer in self._running()}
+        ours = self._running
         ended = 0
         for message_id in await self._leases.expired():
-            if message_id not in ours and await self._ends.end_lost(message_id):
+            if message_id not in ours and await self.ends.end_lost(message_id):
                 ended += 1
         return ended

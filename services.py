@@ -119,6 +119,38 @@ async def build_services(
     logger.info("%s stopped", SERVICE_NAME)
 
 
+def _lease_keeper(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    writer: CommandBatcher,
+    history: HistoryStore,
+    answers: AnswerRegistry,
+    log: ReplayLog,
+    leases: AnswerLeases,
+) -> LeaseKeeper:
+    """How answers' ends are written, and their leases kept (`leases.py`)."""
+    ends = AnswerEnds(
+        redis,
+        writer,
+        keys,
+        history=history,
+        answers=answers,
+        log=log,
+        leases=leases,
+        timeout=settings.redis_timeout,
+    )
+    return LeaseKeeper(
+        ends,
+        writer,
+        log=log,
+        answers=answers,
+        # Often enough that neither the lease nor the session's TTL runs out between two renewals.
+        renew_seconds=min(settings.answer_lease_seconds, settings.chat_history_ttl) / 3,
+        sweep_seconds=settings.answer_sweep_seconds,
+    )
+
+
 def _assemble(
     settings: Settings,
     redis: RedisClient,
@@ -141,22 +173,10 @@ def _assemble(
         timeout=timeout,
         wait_replicas=settings.redis_wait_replicas,
     )
-    answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
-    log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
     leases = AnswerLeases(keys, reader, seconds=settings.answer_lease_seconds)
-    ends = AnswerEnds(
-        redis, writer, keys, history=history, answers=answers, log=log, leases=leases, timeout=timeout
-    )
-    keeper = LeaseKeeper(
-        ends,
-        writer,
-        log=log,
-        answers=answers,
-        running=lambda: chat.local_answers(),
-        # Often enough that neither the lease nor the session's TTL runs out between two renewals.
-        renew_seconds=min(settings.answer_lease_seconds, ttl) / 3,
-        sweep_seconds=settings.answer_sweep_seconds,
-    )
+    answers = AnswerRegistry(redis, writer, keys, leases, ttl=ttl, timeout=timeout)
+    log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
+    keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
     admission = Admission(settings, redis, keys)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
@@ -178,17 +198,13 @@ def _assemble(
         writer=writer,
         keys=keys,
         source=source,
-        ends=ends,
         keeper=keeper,
-        observers=[metrics, admission],
+        observers=[metrics, admission, keeper],
         end_retry_seconds=end_retry_seconds,
     )
+    health_timeout = min(timeout, HEALTH_TIMEOUT)
     readiness = Readiness(
-        redis,
-        keys,
-        probe.round_trip,
-        timeout=min(timeout, HEALTH_TIMEOUT),
-        memory=not settings.embedded_redis,
+        redis, keys, probe.round_trip, timeout=health_timeout, memory=not settings.embedded_redis
     )
     return Services(
         settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, readiness, keeper

@@ -3,12 +3,12 @@ instance stop or follow an answer that another one runs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import cast
 
 from batcher import CommandBatcher
 from models import AnswerState, AnswerStatus, FinishReason, status_of
 from redis_client import Command, KeySpace, RedisClient, bounded
+from stores.leases import AnswerLeases
 
 __all__ = ["AnswerRegistry"]
 
@@ -17,19 +17,25 @@ class AnswerRegistry:
     """A hash per answer: its session, status and finish reason, with the history's TTL."""
 
     def __init__(
-        self, redis: RedisClient, writer: CommandBatcher, keys: KeySpace, *, ttl: int, timeout: float
+        self,
+        redis: RedisClient,
+        writer: CommandBatcher,
+        keys: KeySpace,
+        leases: AnswerLeases,
+        *,
+        ttl: int,
+        timeout: float,
     ) -> None:
         self._redis = redis
+        self._leases = leases
         self._writer = writer
         self._keys = keys
         self._ttl = ttl
         self._timeout = timeout
 
-    async def claim(
-        self, message_id: str, session_id: str, user_id: str, *, along: Sequence[Command] = ()
-    ) -> AnswerState | None:
-        """Record a new answer (with `along`, such as its lease); if the id is taken, return the existing
-        answer's state instead."""
+    async def claim(self, message_id: str, session_id: str, user_id: str) -> AnswerState | None:
+        """Record a new answer, and take its lease; if the id is taken, return the existing answer's
+        state instead (a lease that it already holds is left as it is)."""
         key = self._keys.message(message_id)
         # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
         won, *_ = await self._writer.submit(
@@ -38,7 +44,7 @@ class AnswerRegistry:
                 ("HSETNX", key, "status", "streaming"),
                 ("HSETNX", key, "user_id", user_id),
                 ("EXPIRE", key, self._ttl),
-                *along,
+                self._leases.take_command(message_id),
             ]
         )
         if won:
