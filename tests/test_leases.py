@@ -228,3 +228,27 @@ def test_a_new_process_ends_the_answer_of_a_process_killed_mid_answer(
     last = history["messages"][-1]
     assert (last["role"], last["content"], last["finish_reason"]) == ("assistant", written, "error")
     assert httpx.post(f"{second.url}/chat/{message_id}/cancel", timeout=5).status_code == 409
+
+
+async def test_an_answer_ended_as_lost_elsewhere_is_stopped_by_its_instance_and_written_once(
+    run_service: RunService, redis_server: RedisServer
+) -> None:
+    # Its instance could not renew the lease in time (writes refused) and another one ended it: when the
+    # instance renews again, it learns so and stops the answer without writing a second end.
+    hold = asyncio.Event()
+    async with run_service(
+        ScriptedSource(["partial"], hold=hold), redis_url=redis_server.url, answer_lease_seconds=1
+    ) as harness:
+        message_id = await submit(harness, "s1")
+        await eventually(lambda: _logged(harness, "s1", 2), "the answer has written its chunk")
+        assert await harness.services.keeper.ends.end_lost(message_id)  # as another instance would
+        await eventually(lambda: _idle(harness), "the answer's task has stopped", timeout=5)
+        events = await log_events(harness, "s1")
+        assert [event["type"] for event in events] == ["start", "chunk", "error"]
+        assert events[-1]["error"]["code"] == "answer_lost"
+        turns = await harness.history.read("s1")
+        assert [(turn.role, turn.finish_reason) for turn in turns] == [("user", None), ("assistant", "error")]
+
+
+async def _logged(harness: Harness, session_id: str, count: int) -> bool:
+    return int(await harness.redis.xlen(KEYS.events(session_id))) >= count
