@@ -56,12 +56,15 @@ class HistoryStore:
         self._wait_replicas = wait_replicas
 
     def append_commands(self, session_id: str, *turns: ChatTurn) -> list[Command]:
-        """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL."""
+        """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL. The session's
+        owner record (if keys are on) is refreshed with it, so it never expires before the turns it
+        guards (#13, item 4)."""
         key = self._keys.history(session_id)
         return [
             ("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns)),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
+            ("EXPIRE", self._keys.owner(session_id), self._ttl),
         ]
 
     def clear_commands(self, session_id: str) -> list[Command]:
