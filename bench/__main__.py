@@ -3,6 +3,7 @@
     python -m bench                   # every scenario (a few minutes)
     python -m bench --smoke           # each scenario for a moment: proves the suite runs (CI)
     python -m bench --only a,c        # some scenarios
+    python -m bench --only g,h        # the relay of a real model's stream, against LiteLLM's proxy
     python -m bench --workers 2       # also scenario a with two uvicorn workers
 
 It starts its own redis-server and servers on free loopback ports, prints a table, writes the figures to
@@ -28,9 +29,13 @@ import uvloop
 
 from bench import report
 from bench.processes import ROOT, bench_redis
+from bench.relay import scenario_g, scenario_h
 from bench.scenarios import Run, scenario_a, scenario_b, scenario_c, scenario_d, scenario_e
 
 RESULTS = ROOT / "bench" / "results"
+# h: the paced answers at once each relay is tried with, upwards until one exceeds a bound.
+H_LEVELS = {"v1": [100, 200, 400, 700, 1000, 1400, 2000], "litellm": [10, 25, 50, 100, 200, 400, 700]}
+H_SMOKE = {"v1": [5]}
 
 
 async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
@@ -42,6 +47,8 @@ async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
         "c": lambda: scenario_c(run, [1, 20] if smoke else [1, 50, 100, 250, 500], think=1.0),
         "d": lambda: scenario_d(run, 50 if smoke else 2000),
         "e": lambda: scenario_e(run, *((50, 5) if smoke else (1000, 100))),
+        "g": lambda: scenario_g(run, *((1, 1, 20, 4) if smoke else (3, 3, 300, 16))),
+        "h": lambda: scenario_h(run, H_SMOKE if smoke else H_LEVELS, 10 if smoke else 150),
     }
     for name, step in steps.items():
         if name not in only:
@@ -59,7 +66,7 @@ async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="run each scenario for a moment (CI)")
-    parser.add_argument("--only", default="abcde", help="scenarios to run, e.g. a,c (f comes from d and e)")
+    parser.add_argument("--only", default="abcdegh", help="scenarios to run, e.g. a,c (f comes from d and e)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "2")))
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args()
@@ -95,7 +102,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
     written = orjson.loads(out.read_bytes())["scenarios"]
-    missing = sorted(name for name in only if name in "abcde" and not written.get(name))
+    missing = sorted(name for name in only if name in "abcdegh" and not written.get(name))
     if missing:  # what CI's smoke run asserts: every scenario ran and wrote its figures
         raise SystemExit(f"bench: no figures for scenario {', '.join(missing)}")
     sys.stdout.write(report.table(figures) + "\n")

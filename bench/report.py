@@ -89,7 +89,108 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 unit="KB",
             )
         )
+    found += _relay_goals(results)
     return found
+
+
+# g and h: the service's modes as the table and the chart name them.
+MODES = {"v1": "/v1 stateless", "v1-session": "/v1 with X-Session-Id", "chat": "POST /chat"}
+FIRST_CHUNK_LIMITS = {"v1": 1.0, "v1-session": 2.0, "chat": 2.0}
+
+
+def _relay_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if "g" in results:
+        relays = results["g"]["relays"]
+        litellm = relays.get("litellm", {}).get("cpu_us_per_chunk")
+        for mode, label in MODES.items():
+            if mode not in relays:
+                continue
+            cpu = relays[mode]["cpu_us_per_chunk"]
+            ratio = round(cpu / litellm, 3) if litellm else None
+            found.append(
+                _goal(f"g. CPU per chunk / LiteLLM's, {label}", ratio, 0.1, at_least=False, unit="x")
+            )
+            found.append(
+                _goal(
+                    f"g. first chunk over the upstream's, {label}",
+                    relays[mode]["first_chunk_over_upstream_ms"],
+                    FIRST_CHUNK_LIMITS[mode],
+                    at_least=False,
+                    unit="ms",
+                )
+            )
+    if "h" in results:
+        relays = results["h"]["relays"]
+        if "v1" in relays:
+            ours = relays["v1"]["sustained"]
+            found.append(_goal("h. paced answers sustained, /v1", ours, 1000, at_least=True, unit=""))
+            if "litellm" in relays:
+                theirs = relays["litellm"]["sustained"]
+                ratio = round(ours / theirs, 2) if theirs else None
+                found.append(
+                    _goal("h. paced answers sustained / LiteLLM's", ratio, 10, at_least=True, unit="x")
+                )
+    return found
+
+
+def _met(goal: dict[str, Any] | None) -> str:
+    return "-" if goal is None or goal["met"] is None else ("yes" if goal["met"] else "**no**")
+
+
+def _relay_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    s = figures["scenarios"]
+    by_name = {goal["goal"]: goal for goal in figures["goals"]}
+    rows: list[tuple[str, str, str, str, str]] = []
+    if "g" in s:
+        g = s["g"]
+        relays = g["relays"]
+        litellm = relays.get("litellm")
+        reference = (
+            f"LiteLLM {_fmt(litellm['cpu_us_per_chunk'])} µs/chunk, first chunk "
+            f"+{litellm['first_chunk_over_upstream_ms']} ms"
+            if litellm
+            else g.get("litellm", "LiteLLM not run")
+        )
+        for mode, label in MODES.items():
+            if mode not in relays:
+                continue
+            relay = relays[mode]
+            redis = f" (+{relay['redis_cpu_us_per_chunk']} Redis)" if relay["redis_cpu_us_per_chunk"] else ""
+            cpu_goal = by_name.get(f"g. CPU per chunk / LiteLLM's, {label}")
+            first_goal = by_name.get(f"g. first chunk over the upstream's, {label}")
+            ratio = (
+                f"ratio {cpu_goal['figure']}" if cpu_goal and cpu_goal["figure"] is not None else "no ratio"
+            )
+            rows.append(
+                (
+                    f"g. relay, {label}",
+                    f"{_fmt(relay['cpu_us_per_chunk'])} µs/chunk{redis}, first chunk "
+                    f"+{relay['first_chunk_over_upstream_ms']} ms",
+                    reference,
+                    f"{ratio} <= 0.1, +{FIRST_CHUNK_LIMITS[mode]:g} ms",
+                    "yes"
+                    if _met(cpu_goal) == "yes" and _met(first_goal) == "yes"
+                    else ("-" if _met(cpu_goal) == "-" and _met(first_goal) == "-" else "**no**"),
+                )
+            )
+    if "h" in s:
+        h = s["h"]
+        relays = h["relays"]
+        if "v1" in relays:
+            theirs = relays.get("litellm")
+            rows.append(
+                (
+                    f"h. paced answers at {h['tokens_per_s']} tokens/s, /v1",
+                    f"{_fmt(relays['v1']['sustained'])} at once within {h['bound_ms']:g} ms",
+                    f"LiteLLM {_fmt(theirs['sustained'])}" if theirs else h.get("litellm", "LiteLLM not run"),
+                    ">= 1,000, >= 10x LiteLLM",
+                    "yes"
+                    if all(_met(goal) == "yes" for name, goal in by_name.items() if name.startswith("h."))
+                    else "**no**",
+                )
+            )
+    return rows
 
 
 def _fmt(value: Any) -> str:
@@ -198,6 +299,7 @@ def table(figures: dict[str, Any]) -> str:
                 met("f."),
             )
         )
+    rows += _relay_rows(figures)
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
