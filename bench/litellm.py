@@ -107,7 +107,8 @@ class LiteLLMProxy(ServerProcess):
     def command(self) -> list[str]:
         return [
             str(self.python.with_name("litellm")),
-            "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port), "--num_workers", "1",
+            "--config", str(self.config), "--host", "127.0.0.1", "--port", str(self.port),
+            "--num_workers", "1",
         ]  # fmt: skip
 
     def environment(self) -> dict[str, str]:

@@ -38,18 +38,19 @@ MODEL = "bench-upstream"
 TOKEN = re.compile(rb'"content": ?"tok')
 PACE = 0.02  # h: 50 tokens/s per answer
 BOUND_MS = 50.0  # h: chunk lateness p99 and loop lag p99
+FIRST_GAP = 0.02  # g: the upstream's pause after its first token, then the rest of the answer at once
 
 
 class UpstreamServer(ServerProcess):
-    """`bench.upstream` on a free port: CHUNKS tokens per answer, INTERVAL seconds apart."""
+    """`bench.upstream` on a free port: CHUNKS tokens per answer, INTERVAL seconds apart, or the first
+    one alone and the rest GAP seconds later."""
 
-    def __init__(self, log: Path, chunks: int, interval: float = 0.0) -> None:
+    def __init__(self, log: Path, chunks: int, interval: float = 0.0, gap: float = 0.0) -> None:
         super().__init__(log)
-        self.chunks = chunks
-        self.interval = interval
+        self.args = [str(chunks), str(interval), str(gap)]
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "bench.upstream", str(self.port), str(self.chunks), str(self.interval)]
+        return [sys.executable, "-m", "bench.upstream", str(self.port), *self.args]
 
 
 @dataclass
@@ -102,9 +103,8 @@ class ChatChannels:
             return
         if b'"type":"chunk"' in data:
             entry[0].append((now, 1))
-        elif b'"type":"end"' in data or b'"type":"error"' in data:
-            if not entry[1].done():
-                entry[1].set_result(None)
+        elif (b'"type":"end"' in data or b'"type":"error"' in data) and not entry[1].done():
+            entry[1].set_result(None)
 
 
 class Client:
@@ -118,11 +118,15 @@ class Client:
         self.connection = connection
         self.channels = channels
         self.sent = 0
+        self.reopened = 0
 
     async def answer(self) -> tuple[float, list[tuple[float, int]]]:
         """One answer: when it was asked for, and its tokens' arrivals."""
         n = self.sent
         self.sent += 1
+        if self.connection.closed.done():  # the relay closed it, idle between two answers
+            self.reopened += 1
+            self.connection = await StreamingConnection.open_streaming(self.relay.port, TOKEN)
         raw = self.relay.request(self.index, n)
         asked = time.perf_counter()
         if self.relay.pubsub:
@@ -195,8 +199,13 @@ async def first_chunk(relay: Relay, client: Client, samples: int) -> float:
 async def scenario_g(
     run: Run, rounds: int, answers: int, chunks: int = 300, clients: int = 16
 ) -> dict[str, Any]:
-    upstream = _upstream(run, chunks)
-    result: dict[str, Any] = {"chunks_per_answer": chunks, "clients": clients, "rounds": rounds}
+    upstream = _upstream(run, chunks, gap=FIRST_GAP)
+    result: dict[str, Any] = {
+        "chunks_per_answer": chunks,
+        "clients": clients,
+        "rounds": rounds,
+        "first_token_gap_ms": FIRST_GAP * 1000,
+    }
     try:
         relays, note = await _relays(run, upstream)
         if note:
@@ -205,19 +214,25 @@ async def scenario_g(
         subscriber = await Subscriber.open(run.redis.port, "chat:g*", channels)
         samples = 5 if run.smoke else 30
         figures: dict[str, list[dict[str, float]]] = {relay.name: [] for relay in relays}
-        try:
-            pools = {relay.name: await open_clients(relay, clients, channels) for relay in relays}
-            for relay in relays:  # warm-up: connections, first answers, imports on first use
-                await cpu_round(relay, pools[relay.name], 1, chunks)
-            for _ in range(rounds):
-                for relay in relays:
-                    pool = pools[relay.name]
-                    figure = await cpu_round(relay, pool, answers, chunks)
+
+        async def measure(relay: Relay, answers: int, samples: int) -> dict[str, float]:
+            # Connections of the round's own: a relay closes those left idle while another is measured.
+            pool = await open_clients(relay, clients, channels)
+            try:
+                figure = await cpu_round(relay, pool, answers, chunks)
+                if samples:
                     figure["first_chunk_ms"] = await first_chunk(relay, pool[0], samples)
-                    figures[relay.name].append(figure)
-            for pool in pools.values():
+                return figure
+            finally:
                 for client in pool:
                     client.connection.close()
+
+        try:
+            for relay in relays:  # warm-up: connections, first answers, imports on first use
+                await measure(relay, 1, 0)
+            for _ in range(rounds):
+                for relay in relays:
+                    figures[relay.name].append(await measure(relay, answers, samples))
         finally:
             subscriber.close()
     finally:
@@ -357,8 +372,8 @@ async def scenario_h(run: Run, levels: dict[str, list[int]], chunks: int) -> dic
 # --- the relays ----------------------------------------------------------------------------------
 
 
-def _upstream(run: Run, chunks: int, interval: float = 0.0) -> UpstreamServer:
-    upstream = UpstreamServer(run.logs / "upstream.log", chunks, interval)
+def _upstream(run: Run, chunks: int, interval: float = 0.0, gap: float = 0.0) -> UpstreamServer:
+    upstream = UpstreamServer(run.logs / "upstream.log", chunks, interval, gap)
     run.others.append(upstream)
     upstream.start("/health")
     return upstream

@@ -1,10 +1,12 @@
 """A local OpenAI-compatible model server that costs little per chunk: the upstream of scenarios g and h.
 
-    python -m bench.upstream PORT CHUNKS [INTERVAL]
+    python -m bench.upstream PORT CHUNKS [INTERVAL [GAP]]
 
 `POST /v1/chat/completions` streams CHUNKS one-token `chat.completion.chunk` events (then the finishing
 chunk, the usage chunk when `stream_options.include_usage` asks for it, and `[DONE]`), INTERVAL seconds
-apart (0: all at once). Every chunk is encoded once, at start-up, with its HTTP chunked framing, so
+apart; with INTERVAL 0, the first token at once and the rest together GAP seconds later (a model's
+first token comes alone: a relay's first chunk is then its own, not the end of a burst it read whole).
+Every chunk is encoded once, at start-up, with its HTTP chunked framing, so
 that a relay in front of it is what a run measures, not this server. Paced answers are written by one
 ticker per interval slot rather than a timer per answer. `GET /health` answers 200.
 """
@@ -66,8 +68,9 @@ DONE = _framed(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
 class Upstream:
-    def __init__(self, chunks: int, interval: float) -> None:
+    def __init__(self, chunks: int, interval: float, gap: float) -> None:
         self.tokens, ending, self.usage = encoded_answer(chunks)
+        self.gap = gap
         self.ending = ending
         self.interval = interval
         # The paced answers of each slot: [transport, next token, include usage].
@@ -76,7 +79,12 @@ class Upstream:
 
     def answer(self, transport: asyncio.Transport, usage: bool) -> None:
         if not self.interval:
-            transport.write(b"".join([HEADERS, *self.tokens, self._tail(usage)]))
+            rest = b"".join([*self.tokens[1:], self._tail(usage)])
+            if not self.gap:
+                transport.write(HEADERS + self.tokens[0] + rest)
+                return
+            transport.write(HEADERS + self.tokens[0])
+            asyncio.get_running_loop().call_later(self.gap, _write, transport, rest)
             return
         transport.write(HEADERS + self.tokens[0])
         self.slots[self._slot].append([transport, 1, usage])
@@ -107,6 +115,11 @@ class Upstream:
                 else:
                     transport.write(self._tail(bool(answer[2])))
             self.slots[slot] = kept
+
+
+def _write(transport: asyncio.Transport, data: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(data)
 
 
 class Connection(asyncio.Protocol):
@@ -146,8 +159,8 @@ class Connection(asyncio.Protocol):
             self.transport.write(NOT_FOUND)
 
 
-async def serve(port: int, chunks: int, interval: float) -> None:
-    upstream = Upstream(chunks, interval)
+async def serve(port: int, chunks: int, interval: float, gap: float) -> None:
+    upstream = Upstream(chunks, interval, gap)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Connection(upstream), "127.0.0.1", port, backlog=4096)
     ticker = asyncio.create_task(upstream.tick()) if interval else None
@@ -162,7 +175,8 @@ async def serve(port: int, chunks: int, interval: float) -> None:
 def main() -> None:
     port, chunks = int(sys.argv[1]), int(sys.argv[2])
     interval = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
-    uvloop.run(serve(port, chunks, interval))
+    gap = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+    uvloop.run(serve(port, chunks, interval, gap))
 
 
 if __name__ == "__main__":

@@ -186,6 +186,9 @@ def event_of(data: bytes) -> dict[str, object]:
     return event
 
 
+MARKER_MIN = 14  # the shortest text a `StreamingConnection` marker matches
+
+
 class StreamingConnection(HttpConnection):
     """A keep-alive connection for streamed answers (Server-Sent Events over a POST): per request, when
     each token arrived, read by counting `marker` in what came, so any relay's framing reads alike."""
@@ -193,6 +196,7 @@ class StreamingConnection(HttpConnection):
     def __init__(self, marker: re.Pattern[bytes]) -> None:
         super().__init__()
         self._marker = marker
+        self._tail = b""
         self.arrivals: list[tuple[float, int]] = []  # (perf_counter, tokens in that read)
 
     @classmethod
@@ -202,7 +206,11 @@ class StreamingConnection(HttpConnection):
         return protocol
 
     def on_body(self, body: bytes) -> None:
-        count = len(self._marker.findall(body))
+        # A marker may be split between two reads: search with the end of the last read before, too
+        # short to hold a whole marker, so none is counted twice.
+        searched = self._tail + body
+        self._tail = searched[-(MARKER_MIN - 1) :]
+        count = len(self._marker.findall(searched))
         if count:
             self.arrivals.append((time.perf_counter(), count))
         elif self._parser.get_status_code() >= 400:
@@ -211,5 +219,6 @@ class StreamingConnection(HttpConnection):
     async def stream(self, raw: bytes) -> tuple[int, list[tuple[float, int]]]:
         """Send one request; its status and its tokens' arrivals once the response has ended."""
         self.arrivals = []
+        self._tail = b""
         status, _ = await self.request(raw)
         return status, self.arrivals
