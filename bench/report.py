@@ -307,14 +307,30 @@ def table(figures: dict[str, Any]) -> str:
 
 
 def chart(figures: dict[str, Any], path: Path) -> None:
-    """Latency against load: POST /chat against its ceiling, and time to first chunk against sessions."""
+    """Latency against load: POST /chat against its ceiling, and time to first chunk against sessions;
+    below them, when the run has g and h, each relay's CPU per chunk and its lateness against answers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = figures["scenarios"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.4), dpi=110)
+    rows = []
+    if "a" in s and "c" in s:
+        rows.append(_latency_chart)
+    if "g" in s or "h" in s:
+        rows.append(_relay_chart)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 5.4 * len(rows)), dpi=110, squeeze=False)
+    for row, draw in enumerate(rows):
+        draw(s, axes[row][0], axes[row][1])
+    fig.suptitle(f"make bench, {figures['date'][:10]}, {figures['machine']['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _latency_chart(s: dict[str, Any], left: Any, right: Any) -> None:
+    """a: POST /chat against its ceiling; c: time to first chunk against sessions."""
     colours = {"service": "tab:blue", "ceiling": "tab:green"}
     names = {"service": "POST /chat", "ceiling": "bare FastAPI (HTTP ceiling)"}
     for name in ("service", "ceiling"):
@@ -375,7 +391,53 @@ def chart(figures: dict[str, Any], path: Path) -> None:
     right.set_title("c. time to first chunk against load")
     right.legend(fontsize=7, loc="center right")
     right.grid(alpha=0.3)
-    fig.suptitle(f"make bench, {figures['date'][:10]}, {figures['machine']['cores']} cores", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+
+RELAY_NAMES = {**MODES, "litellm": "LiteLLM proxy"}
+RELAY_COLOURS = {"v1": "tab:blue", "v1-session": "tab:cyan", "chat": "tab:purple", "litellm": "tab:orange"}
+
+
+def _relay_chart(s: dict[str, Any], left: Any, right: Any) -> None:
+    """g: CPU per relayed chunk of each relay; h: chunk lateness p99 against paced answers at once."""
+    if "g" in s:
+        relays = {name: r for name, r in s["g"]["relays"].items() if "cpu_us_per_chunk" in r}
+        names = list(relays)
+        values = [relays[name]["cpu_us_per_chunk"] for name in names]
+        bars = left.bar(
+            [RELAY_NAMES.get(name, name) for name in names],
+            values,
+            color=[RELAY_COLOURS.get(name, "tab:gray") for name in names],
+        )
+        left.bar_label(bars, [f"{value:.0f} µs" for value in values], fontsize=8)
+        left.set_ylabel("CPU per relayed chunk (µs, the relay process and its children)")
+        left.set_title(
+            f"g. relay CPU, {s['g']['clients']} clients, {s['g']['chunks_per_answer']}-chunk answers"
+        )
+        left.tick_params(axis="x", labelsize=7)
+        left.grid(alpha=0.3, axis="y")
+    if "h" in s:
+        h = s["h"]
+        for name, relay in h["relays"].items():
+            levels = relay["levels"]
+            right.plot(
+                [level["answers"] for level in levels],
+                [max(level["lateness_p99_ms"], 0.1) for level in levels],
+                "-o",
+                color=RELAY_COLOURS.get(name, "tab:gray"),
+                label=f"{RELAY_NAMES.get(name, name)}: {relay['sustained']:,} sustained",
+            )
+        right.axhline(h["bound_ms"], color="tab:red", linestyle="--", linewidth=0.8)
+        right.annotate(
+            f"bound: p99 {h['bound_ms']:g} ms",
+            (0.02, h["bound_ms"]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            va="bottom",
+        )
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.set_xlabel(f"paced answers at once ({h['tokens_per_s']} tokens/s each)")
+        right.set_ylabel("chunk lateness p99 (ms, log scale)")
+        right.set_title("h. answers a relay carries within the bounds")
+        right.legend(fontsize=7)
+        right.grid(alpha=0.3)
