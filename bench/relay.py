@@ -308,21 +308,26 @@ async def paced_level(
             failures += sum(n for _, n in arrivals) != chunks
             lateness.extend(late for now, late in lateness_of(arrivals, PACE) if window[0] <= now < window[1])
 
-    async def measure() -> tuple[list[float], dict[str, Any]]:
+    async def measure() -> tuple[list[float], dict[str, Any], float]:
         await asyncio.sleep(span)
         service = relay.process if isinstance(relay.process, Server) else None
         if service is not None:
             await restart_lag(service)
         stop = asyncio.Event()
         prober = asyncio.create_task(probe(relay.port, probe_path, stop))
+        cpu = await asyncio.to_thread(relay.process.cpu_seconds)
         await asyncio.sleep(span)
+        cpu = await asyncio.to_thread(relay.process.cpu_seconds) - cpu
         stop.set()
         lag = (await service_stats(service))["lag"] if service is not None else {}
-        return await prober, lag
+        return await prober, lag, cpu
 
     measuring = asyncio.create_task(measure())
     await asyncio.gather(*(one(client) for client in clients))
-    probes, lag = await measuring
+    probes, lag, cpu = await measuring
+    # CPU per token while answers start and end as they would: it bounds the answers per core whatever
+    # else shares the machine, which the lateness and the lag do not.
+    cpu_per_token = cpu / len(lateness) if lateness else float("nan")
     for client in clients:
         client.connection.close()
     lag_p99 = lag.get("p99_ms")
@@ -335,6 +340,8 @@ async def paced_level(
         "answers_run": answers,
         "failures": failures,
         "tokens_measured": len(lateness),
+        "cpu_us_per_token": round(cpu_per_token * 1e6, 1),
+        "answers_per_core": round(1 / (cpu_per_token / PACE)) if lateness and cpu else None,
         "lateness_p50_ms": ms(quantile(lateness, 0.5)),
         "lateness_p99_ms": late_p99,
         "loop_lag_p99_ms": lag_p99,
@@ -357,7 +364,8 @@ async def sustained(
         if not row["within"]:
             break
         best = level
-    return {"sustained": best, "levels": rows}
+    per_core = rows[0].get("answers_per_core") if rows else None
+    return {"sustained": best, "answers_per_core": per_core, "levels": rows}
 
 
 async def scenario_h(run: Run, levels: dict[str, list[int]], chunks: int) -> dict[str, Any]:
