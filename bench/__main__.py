@@ -7,7 +7,8 @@
     python -m bench --workers 2       # also scenario a with two uvicorn workers
 
 It starts its own redis-server and servers on free loopback ports, prints a table, writes the figures to
-`bench/results/latest.json` (smoke runs: `smoke.json`) and draws `latest.png`.
+`bench/results/latest.json` (smoke runs: `smoke.json`; g and h alone: `relay.json`) and draws the chart
+beside them.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     smoke = args.smoke or os.environ.get("BENCH_SMOKE") == "1"
     only = set(args.only.replace(",", ""))
-    out: Path = args.out or RESULTS / ("smoke.json" if smoke else "latest.json")
+    # A run of g and h alone has its own file, so that it never overwrites a full run's figures.
+    name = "relay.json" if only <= {"g", "h"} else "latest.json"
+    out: Path = args.out or RESULTS / ("smoke.json" if smoke else name)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
