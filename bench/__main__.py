@@ -35,7 +35,7 @@ from bench.scenarios import Run, scenario_a, scenario_b, scenario_c, scenario_d,
 
 RESULTS = ROOT / "bench" / "results"
 # h: the paced answers at once each relay is tried with, upwards until one exceeds a bound.
-H_LEVELS = {"v1": [100, 200, 400, 700, 1000, 1500], "litellm": [10, 25, 50, 100, 200, 400]}
+H_LEVELS = {"v1": [25, 50, 100, 200, 400, 700, 1000], "litellm": [5, 10, 25, 50, 100, 200]}
 H_SMOKE = {"v1": [5]}
 
 

@@ -376,13 +376,20 @@ async def scenario_h(run: Run, levels: dict[str, list[int]], chunks: int) -> dic
         "bound_ms": BOUND_MS,
     }
     try:
-        relays, note = await _relays(run, upstream, modes=("v1", "litellm"))
+        relays, note = await _relays(run, upstream, modes=("upstream", "v1", "litellm"))
         if note:
             result["litellm"] = note
         channels = ChatChannels()
         result["relays"] = {}
         for relay in relays:
-            if relay.name == "upstream" or relay.name not in levels:
+            if relay.name == "upstream":
+                # The floor: the upstream's own lateness, read by this load generator with no relay
+                # between them, at the service's first level; on a busy machine it is not zero.
+                row = await paced_level(relay, levels["v1"][0], chunks, channels, "/health")
+                result["upstream_alone"] = row
+                sys.stderr.write(f"bench: h upstream alone: {row}\n")
+                continue
+            if relay.name not in levels:
                 continue
             path = "/health/liveliness" if relay.name == "litellm" else "/health/live"
             result["relays"][relay.name] = await sustained(relay, levels[relay.name], chunks, channels, path)

@@ -186,11 +186,17 @@ def _relay_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
                     f" (its CPU per token: ~{_fmt(per_core)} per core)" if per_core else ""
                 )
 
+            alone = h.get("upstream_alone")
+            floor = (
+                f"; upstream alone, {alone['answers']} answers: lateness p99 {alone['lateness_p99_ms']} ms"
+                if alone
+                else ""
+            )
             rows.append(
                 (
                     f"h. paced answers at {h['tokens_per_s']} tokens/s, /v1",
                     f"{carried(relays['v1'])} within {h['bound_ms']:g} ms",
-                    f"LiteLLM {carried(theirs)}" if theirs else h.get("litellm", "LiteLLM not run"),
+                    (f"LiteLLM {carried(theirs)}" if theirs else h.get("litellm", "LiteLLM not run")) + floor,
                     ">= 1,000, >= 10x LiteLLM",
                     "yes"
                     if all(_met(goal) == "yes" for name, goal in by_name.items() if name.startswith("h."))
