@@ -29,8 +29,9 @@ import orjson
 import uvloop
 
 from bench import report
+from bench.paced import scenario_h
 from bench.processes import ROOT, bench_redis
-from bench.relay import scenario_g, scenario_h
+from bench.relay import scenario_g
 from bench.scenarios import Run, scenario_a, scenario_b, scenario_c, scenario_d, scenario_e
 
 RESULTS = ROOT / "bench" / "results"
