@@ -135,17 +135,23 @@ class ClusterPipe:
                 await self._drop(pipe)
                 answers = [error] * len(indices)
             for index, reply in zip(indices, answers, strict=True):
-                if is_redirect(reply):
-                    redirected.append(index)
-                else:
-                    replies[index] = reply
+                replies[index] = reply
+        if any(isinstance(reply, Exception) for reply in replies):
+            redirected.extend(index for index, reply in enumerate(replies) if is_redirect(reply))
         if redirected:
             redirected.sort()
             self.fallbacks += 1
             fallback = await self._through_redis_py([commands[index] for index in redirected])
             for index, reply in zip(redirected, fallback, strict=True):
                 replies[index] = reply
+            await self._forget_former_masters()
         return replies
+
+    async def _forget_former_masters(self) -> None:
+        """After a failover or a migration, close the connections to nodes that no longer own slots."""
+        masters = {node.name for node in self._redis.get_primaries()}
+        for name in [name for name in self._pipes if name not in masters]:
+            await self._pipes.pop(name).reset()
 
     async def _through_redis_py(self, commands: Sequence[Command]) -> list[Any]:
         try:
