@@ -8,7 +8,8 @@ its per-command Python work, which held the service to about half of that pipeli
 
 Within a node's group the commands keep their batch order, and a session's keys share one slot (their
 `{session}` hash tag), so a session's commands keep their order. What the fast path cannot place goes
-through redis-py's cluster pipeline, which redirects, refreshes the slot map and retries:
+through redis-py's cluster pipeline, which redirects, refreshes the slot map and retries, once the fast
+path's share of the batch has been answered:
 
 - a command without a single key in first place (not in `KEYED`), or a slot not in the map;
 - a reply of MOVED or ASK (the slot migrated, or a replica took over), TRYAGAIN or CLUSTERDOWN;
@@ -83,7 +84,7 @@ class ClusterPipe:
     def __init__(self, redis: RedisCluster) -> None:
         self._redis = redis
         self._pipes: dict[str, NodePipe] = {}
-        # Batches that needed redis-py's cluster path (redirects, retries): for tests and logs.
+        # Batches that needed redis-py's cluster path (redirects, retries), which tests watch.
         self.fallbacks = 0
 
     def _pipe_for(self, key: str | bytes) -> NodePipe | None:
