@@ -1,5 +1,5 @@
 """A cluster's pipe (redis_wire/cluster.py) on a real three-master Redis Cluster: one packed write per
-node per flush, each session's commands in order, and MOVED after a slot migration or a failover
+node per flush, each session's commands in order, and ASK or MOVED during a slot migration or after a failover
 answered through redis-py's cluster path, after which the fast path writes to the new owner."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ async def test_a_flush_sends_one_packed_write_per_node_and_keeps_each_sessions_o
     assert writer.pipe.fallbacks == 0  # redis-py's cluster pipeline was not needed
 
 
-async def test_moved_after_a_slot_migration_reaches_the_new_owner_in_order(
+async def test_ask_and_moved_during_a_slot_migration_reach_the_new_owner_in_order(
     cluster: ClusterServers, writer: Writer
 ) -> None:
     key = "chat:{moving}:list"
@@ -142,14 +142,17 @@ async def test_moved_after_a_slot_migration_reaches_the_new_owner_in_order(
     target.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
     source.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target))
     source.cli("MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", key)
+    # Mid-migration the key has left: the old owner answers ASK, and redis-py's path asks the new one.
+    assert await writer.submit([("RPUSH", key, "during")]) == [2]
+    assert writer.pipe.fallbacks == 1
     for node in (target, source, *(node for node in cluster.nodes if node not in (source, target))):
         node.cli("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))
 
-    assert await writer.submit([("RPUSH", key, "after"), ("SPUBLISH", "chat:{moving}", "x")]) == [2, 0]
-    assert writer.pipe.fallbacks == 1  # the old owner said MOVED: redis-py's path redirected it
-    assert await writer.submit([("RPUSH", key, "later")]) == [3]
-    assert writer.pipe.fallbacks == 1  # and the next batch went straight to the new owner
-    assert lrange(target, key) == ["before", "after", "later"]
+    assert await writer.submit([("RPUSH", key, "after"), ("SPUBLISH", "chat:{moving}", "x")]) == [3, 0]
+    assert writer.pipe.fallbacks == 2  # the old owner said MOVED: redis-py's path redirected it
+    assert await writer.submit([("RPUSH", key, "later")]) == [4]
+    assert writer.pipe.fallbacks == 2  # and the next batch went straight to the new owner
+    assert lrange(target, key) == ["before", "during", "after", "later"]
 
 
 def add_replica(master: RedisServer) -> RedisServer:
