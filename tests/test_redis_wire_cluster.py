@@ -1,6 +1,6 @@
 """A cluster's pipe (redis_wire/cluster.py) on a real three-master Redis Cluster: one packed write per
-node per flush, each session's commands in order, and ASK or MOVED during a slot migration or after a failover
-answered through redis-py's cluster path, after which the fast path writes to the new owner."""
+node per flush, each session's commands in order, and ASK or MOVED during a slot migration or after a
+failover answered through redis-py's cluster path, after which the fast path writes to the new owner."""
 
 from __future__ import annotations
 
