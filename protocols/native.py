@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from ai_service import AnswerNotFound
@@ -31,11 +32,17 @@ from protocols.deps import (
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse
 from protocols.validation import check_message_length
-from records.history import read_history
+from records.history import HistoryWindow, read_history
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
 
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+
+# A history page (issue #13): how many turns by default and at most, and how many bytes of turns at most
+# (a turn may hold a megabyte of tool results); the newest turns are kept when a page is cut short.
+HISTORY_PAGE = 100
+HISTORY_PAGE_MAX = 1000
+HISTORY_PAGE_BYTES = 1_048_576
 
 MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
@@ -189,7 +196,11 @@ async def stream(
     response_model_exclude_none=True,
     summary="Get a session's history",
     tags=["history"],
-    responses={**ERRORS, **NO_SESSION},
+    responses={
+        **ERRORS,
+        **NO_SESSION,
+        429: {"model": ErrorResponse, "description": "RATE_LIMIT_PER_KEY reached; see `Retry-After`."},
+    },
 )
 async def get_session_history(
     session_id: SessionIdPath,
@@ -197,14 +208,48 @@ async def get_session_history(
     admission: AdmissionDep,
     history: HistoryDep,
     records: RecordsDep,
-    limit: Annotated[int | None, Query(ge=1, le=100_000, description="Only the most recent N turns.")] = None,
-) -> HistoryResponse:
-    """The session's turns, oldest first (from the conversation record once Redis has let them expire);
-    an unknown session has an empty history (404 with API keys)."""
-    messages = await read_history(
-        principal, session_id, limit, admission=admission, history=history, records=records
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=HISTORY_PAGE_MAX,
+            description=f"At most this many turns (and at most {HISTORY_PAGE_BYTES} bytes of them).",
+        ),
+    ] = HISTORY_PAGE,
+    before: Annotated[
+        int | None,
+        Query(ge=0, description="The `next_before` of the previous page: read the turns older than it."),
+    ] = None,
+) -> Response:
+    """A page of the session's turns, oldest first: the most recent, or those before `before`; from
+    the conversation record once Redis has let them expire.
+
+    An unknown session has an empty history (404 with API keys). Each read counts toward the key's
+    `RATE_LIMIT_PER_KEY`."""
+    await admission.admit_read(principal)
+    page = await read_history(
+        principal,
+        session_id,
+        HistoryWindow(limit, before, HISTORY_PAGE_BYTES),
+        admission=admission,
+        history=history,
+        records=records,
     )
-    return HistoryResponse(session_id=session_id, messages=messages, count=len(messages))
+    # The stored turns are the response's messages as they are: joined, not parsed into models, so
+    # that 50 reads at once do not stall the event loop (issue #13).
+    cursor = b"" if page.next_before is None else b',"next_before":%d' % page.next_before
+    body = b"".join(
+        (
+            b'{"session_id":',
+            orjson.dumps(session_id),
+            b',"messages":[',
+            b",".join(page.turns),
+            b'],"count":%d' % len(page.turns),
+            cursor,
+            b"}",
+        )
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.delete(

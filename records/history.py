@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
-from admission import Admission, Principal, SessionNotFound
-from models import ChatTurn
-from records.store import ConversationStore, reachable
-from stores.history import HistoryStore
+from typing import NamedTuple
 
-__all__ = ["owner_of", "read_history"]
+import orjson
+
+from admission import Admission, Principal, SessionNotFound
+from records.store import ConversationStore, reachable
+from stores.history import HistoryPage, HistoryStore
+
+__all__ = ["HistoryWindow", "owner_of", "read_history"]
+
+
+class HistoryWindow(NamedTuple):
+    """Which page of history: at most `limit` turns before position `before`, within `max_bytes`."""
+
+    limit: int
+    before: int | None
+    max_bytes: int
 
 
 def owner_of(principal: Principal) -> str:
@@ -19,22 +30,27 @@ def owner_of(principal: Principal) -> str:
 async def read_history(
     principal: Principal,
     session_id: str,
-    limit: int | None,
+    window: HistoryWindow,
     *,
     admission: Admission,
     history: HistoryStore,
     records: ConversationStore,
-) -> list[ChatTurn]:
-    """A session's turns: from Redis while it holds them, then from the conversation record."""
+) -> HistoryPage:
+    """A page of the session's turns (its active branch): from Redis while it holds them, then from the
+    conversation record, paged alike (positions count from the branch's first turn)."""
     if await admission.owns(principal, session_id):
-        turns = await history.read(session_id, limit)
-        if turns:
-            return turns
+        page = await history.read_page(
+            session_id, limit=window.limit, before=window.before, max_bytes=window.max_bytes
+        )
+        if page.turns:
+            return page
     async with reachable():
         owner = await records.owner_of(session_id)
         if owner is None or owner != owner_of(principal):
             if principal.key_name is None or (owner is None and await admission.owns(principal, session_id)):
-                return []
+                return HistoryPage([], None)
             raise SessionNotFound(session_id)
-        stored = await records.history(session_id, limit)
-    return [ChatTurn.model_validate(turn) for turn in stored]
+        stored = [orjson.dumps(turn) for turn in await records.history(session_id)]
+    end = len(stored) if window.before is None else min(window.before, len(stored))
+    start = max(0, end - window.limit)
+    return HistoryStore.fit(session_id, stored[start:end], start, window.max_bytes)
