@@ -20,21 +20,22 @@ import orjson
 
 from answer_events import Answer, EventQueue, Phase
 from answer_run import AnswerObserver, AnswerRunner
-from conversation import ConversationMessage, build_context
+from conversation import ConversationMessage
 from cursor import AnswerStart, EventCursor
 from errors import ServiceError
 from generation import GenerationOptions
 from hub import StreamHub
-from models import AnswerState, ChatAccepted, ChatRequest, ChatTurn, new_message_id
+from models import AnswerState, ChatAccepted, ChatRequest, new_message_id
 from parts import ToolResult
 from providers.base import AnswerSource
 from redis_client import KeySpace, RedisUnavailable
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
-from stores.replay_log import ReplayLog, parse_entry_id, position_of
+from stores.replay_log import ReplayLog, parse_entry_id
 
 if TYPE_CHECKING:
     from batcher import CommandBatcher
+    from branches import Branches
     from config import Settings
     from leases import LeaseKeeper
 
@@ -50,10 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# How many turns of tool calls and results since their question an answer to tool results reads beyond
-# MAX_CONTEXT_MESSAGES: a question more rounds back than this is not sent with them.
-TOOL_ROUNDS_READ = 64
 
 
 class ServiceUnavailable(ServiceError):
@@ -122,6 +119,7 @@ class ChatService:
         keys: KeySpace,
         source: AnswerSource,
         keeper: LeaseKeeper,
+        branches: Branches,
         observers: Sequence[AnswerObserver] = (),
         end_retry_seconds: float = 15.0,
         cancel_wait_seconds: float = 2.0,
@@ -138,6 +136,7 @@ class ChatService:
         self.source = source
         self._cancel_wait = cancel_wait_seconds
         self._keeper = keeper
+        self._branches = branches
         self._runner = AnswerRunner(
             source,
             log=log,
@@ -148,6 +147,10 @@ class ChatService:
         )
         self._answers: dict[str, Answer] = {}
         self._accepting = True
+
+    @property
+    def branches(self) -> Branches:
+        return self._branches
 
     @property
     def active_answers(self) -> int:
@@ -200,15 +203,44 @@ class ChatService:
                 # messages; no answer of the session may be streaming all the same.
                 await self._check_tool_results(session_id, request.tool_results, by_history=context is None)
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
-            since, conversation = await self._store_and_read(request, message_id, context, system_prompt)
-        except (RedisUnavailable, ToolResultConflict):
+            since, conversation, parent = await self._branches.store_and_read(
+                request, message_id, context, system_prompt
+            )
+        except ServiceError:  # Redis, the record, tool results or the branch: nothing is stored
             with contextlib.suppress(RedisUnavailable):
                 await self._answers_store.release(message_id)
             raise
-        answer = Answer(message_id, session_id, request.user_id, since=since, listener=listener, stored=True)
+        answer = Answer(
+            message_id, session_id, request.user_id, since=since, listener=listener, parent_id=parent
+        )
         self._start(answer, conversation, request)
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
+
+    async def regenerate(
+        self, session_id: str, answer_id: str, options: GenerationOptions, *, user_id: str, message_id: str
+    ) -> tuple[ChatAccepted, bool]:
+        """Start another answer (`message_id`) to the message `answer_id` answered, as its sibling on a
+        branch made the active one (`branches.py`); a repeated `message_id` starts nothing, as `submit`."""
+        self._check_accepting()
+        existing = await self._answers_store.claim(message_id, session_id, user_id)
+        if existing is not None:
+            existing = await self._keeper.settled(existing)
+            if existing.session_id != session_id:
+                raise MessageConflict("this message_id belongs to another session")
+            return self._accepted(existing), False
+        try:
+            since, conversation, parent = await self._branches.regenerate(session_id, answer_id, message_id)
+        except ServiceError:
+            with contextlib.suppress(RedisUnavailable):
+                await self._answers_store.release(message_id)
+            raise
+        self._start(
+            Answer(message_id, session_id, user_id, since=since, parent_id=parent), conversation, options
+        )
+        return self._accepted(
+            AnswerState(message_id=message_id, session_id=session_id, status="streaming")
+        ), True
 
     def submit_stateless(
         self,
@@ -248,41 +280,6 @@ class ChatService:
         listener = answer.listener
         if listener is not None:
             task.add_done_callback(lambda _: listener.put_nowait(None))
-
-    async def _store_and_read(
-        self,
-        request: ChatRequest,
-        message_id: str,
-        context: Sequence[ConversationMessage] | None,
-        system_prompt: str | None,
-    ) -> tuple[str, list[ConversationMessage]]:
-        """Store the user's turn (or the tool results); return where the answer's events will begin in
-        the replay log, and the conversation to answer (`context`, or one built from recent turns)."""
-        settings = self._settings
-        if request.tool_results is None:
-            turns = [ChatTurn.user(request, message_id)]
-        else:
-            turns = [ChatTurn.tool(result, message_id, request.user_id) for result in request.tool_results]
-        # The new turns and the limit's worth before them; the one more is the answer a user message
-        # follows. Tool results also bring what is always sent with them: their question, and the calls
-        # and results since it (up to TOOL_ROUNDS_READ turns of them).
-        recent = settings.max_context_messages + len(turns) + 1
-        if request.tool_results is not None:
-            recent += TOOL_ROUNDS_READ
-        if context is not None:
-            recent = 0
-        (position,), stored = await self._history.append(
-            request.session_id, turns, along=[self._log.position_command(request.session_id)], recent=recent
-        )
-        if context is not None:
-            return position_of(position), list(context)
-        return position_of(position), build_context(
-            [message for _, message in stored],
-            system_prompt=settings.system_prompt if system_prompt is None else system_prompt,
-            max_messages=settings.max_context_messages,
-            max_chars=settings.max_context_chars,
-            send_reasoning=settings.ai_send_reasoning,
-        )
 
     async def _check_tool_results(
         self, session_id: str, results: Sequence[ToolResult], *, by_history: bool

@@ -69,6 +69,8 @@ class Answer:
     listener: EventQueue | None = None
     # False for a stateless answer: nothing of it is written to Redis.
     stored: bool = True
+    # The exchange its turn follows on the session's branch (issue #15); None for the first.
+    parent_id: str | None = None
     started: float = field(default_factory=time.perf_counter)
     seq: int = 0
     parts: list[str] = field(default_factory=list)  # the text deltas

@@ -116,7 +116,7 @@ class AnswerRunner:
         in_flight: deque[Written] = deque()
         try:
             starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
-            await self._publish(answer, event_of(answer, StartEvent), *starting)
+            await self._publish(answer, event_of(answer, StartEvent, parent_id=answer.parent_id), *starting)
             # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
             # once, even when the cancel lands while a chunk is being published.
             async with aclosing(self._source.stream(conversation, options, completion)) as deltas:
@@ -213,6 +213,7 @@ class AnswerRunner:
             reasoning=reasoning,
             tool_calls=tool_calls,
             refusal=refusal,
+            parent_id=answer.parent_id,
         )
         answer.phase = Phase.FINISHING
         answer.seq += 1

@@ -165,6 +165,8 @@ class AnswerEnds:
             "error",
             reasoning=joined("reasoning"),
             refusal=joined("refusal"),
+            # Where it hangs in the conversation's tree: as its `start` said (issue #15).
+            parent_id=next((event.get("parent_id") for event in events if event["type"] == "start"), None),
         )
         payload = None
         if not any(entry.terminal for entry in entries):  # on a cluster its event may have landed alone

@@ -85,6 +85,12 @@ class ChatRequest(GenerationOptions):
             "the same answer's state and never starts a second answer."
         ),
     )
+    parent_id: uuid.UUID | None = Field(
+        default=None,
+        description="An edited message: the message_id of the earlier exchange it follows (`null`: it is "
+        "the first); a new branch from there becomes the session's active one. Absent: the message "
+        "follows the active branch's last exchange.",
+    )
 
     @field_validator("message")
     @classmethod
@@ -166,6 +172,11 @@ class ChatTurn(BaseModel):
     content: str
     user_id: str
     created_at: datetime = Field(description="When the turn was written, ISO 8601 in UTC.")
+    parent_id: str | None = Field(
+        default=None,
+        description="The message_id of the exchange this one follows on its branch (absent: the first); "
+        "a regenerated answer's is the message it answers.",
+    )
     finish_reason: FinishReason | None = Field(
         default=None, description="How an assistant turn ended; absent on the others."
     )
@@ -213,9 +224,11 @@ class ChatTurn(BaseModel):
         reasoning: str | None = None,
         tool_calls: list[ToolCall] | None = None,
         refusal: str | None = None,
+        parent_id: str | None = None,
     ) -> ChatTurn:
         return cls(
             message_id=message_id,
+            parent_id=parent_id,
             role="assistant",
             content=content,
             user_id=user_id,
@@ -270,6 +283,11 @@ class StartEvent(EventBase):
     """An answer begins."""
 
     type: Literal["start"] = "start"
+    parent_id: str | None = Field(
+        default=None,
+        description="The exchange the answer's turn follows (absent: the first); for a regenerated "
+        "answer, the message it answers.",
+    )
 
 
 class ChunkEvent(EventBase):

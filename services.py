@@ -18,6 +18,7 @@ from admission import Admission
 from ai_service import ChatService
 from archiver import Archiver, open_archive
 from batcher import CommandBatcher
+from branches import Branches
 from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe, Readiness
 from hub import StreamHub
@@ -206,6 +207,7 @@ def _assemble(
         keys=keys,
         source=source,
         keeper=keeper,
+        branches=Branches(settings, history=history, log=log, keys=keys, records=record[0]),
         observers=[metrics, admission, keeper],
         end_retry_seconds=end_retry_seconds,
     )

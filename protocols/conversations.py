@@ -17,6 +17,8 @@ from sqlalchemy.engine import RowMapping
 from admission import Principal, SessionNotFound
 from archiver import Archiver
 from models import ID_PATTERN, ChatTurn, StatusResponse
+from protocols.branches import BranchPosition, active_branch
+from protocols.branches import router as branches_router
 from protocols.deps import (
     AdmissionDep,
     ArchiverDep,
@@ -73,7 +75,10 @@ class StoredMessage(BaseModel):
 
     id: str = Field(description="The turn's own id: `<message_id>:<role>` (`:<tool_call_id>` for a tool).")
     message_id: str
-    parent_id: str | None = Field(description="The message_id of the exchange it follows, if known.")
+    parent_id: str | None = Field(
+        description="The message_id of the exchange it follows (null for a first message); a "
+        "regenerated answer's is the message it answers."
+    )
     turn: ChatTurn
 
 
@@ -82,6 +87,9 @@ class ConversationDetail(ConversationSummary):
 
     messages: list[StoredMessage]
     active_branch: list[str] = Field(description="The ids of the turns on the active branch, oldest first.")
+    positions: list[BranchPosition] = Field(
+        description="Each message and answer of the active branch among its alternatives (a 2 / 3 switcher)."
+    )
 
 
 class ConversationPatch(BaseModel):
@@ -189,8 +197,9 @@ async def get_conversation(
         StoredMessage(id=m["id"], message_id=m["message_id"], parent_id=m["parent_id"], turn=m["parts"])
         for m in stored
     ]
+    branch, positions = active_branch((m["parts"] for m in stored), row["active_id"])
     return ConversationDetail(
-        **_summary(row).model_dump(), messages=messages, active_branch=[message.id for message in messages]
+        **_summary(row).model_dump(), messages=messages, active_branch=branch, positions=positions
     )
 
 
@@ -292,3 +301,4 @@ async def delete_user_conversations(
 
 
 router.include_router(feedback_router)
+router.include_router(branches_router)

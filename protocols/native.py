@@ -78,7 +78,11 @@ router = APIRouter()
             "description": "A repeated message_id: the existing answer's state.",
         },
         403: {"model": ErrorResponse, "description": "The session belongs to another API key."},
-        409: {"model": ErrorResponse, "description": "The message_id belongs to another session."},
+        409: {
+            "model": ErrorResponse,
+            "description": "The message_id belongs to another session; or, with `parent_id`, an answer "
+            "of the session is still streaming.",
+        },
         413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
         429: {
             "model": ErrorResponse,

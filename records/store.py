@@ -21,6 +21,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from conversation_tree import Tree, turn_row_id
 from errors import ServiceError
 from records.schema import conversations, feedback, messages
 from stores.outbox import OutboxEntry, position_of_entry
@@ -47,12 +48,6 @@ async def reachable() -> AsyncIterator[None]:
     except (SQLAlchemyError, OSError) as error:
         logger.warning("conversation record unavailable: %s", type(error).__name__)
         raise RecordUnavailable("The conversation record is temporarily unavailable") from None
-
-
-def turn_row_id(turn: Mapping[str, Any]) -> str:
-    """A turn's own id: the turns of one exchange share its message_id."""
-    base = f"{turn['message_id']}:{turn['role']}"
-    return f"{base}:{turn['tool_call_id']}" if turn["role"] == "tool" else base
 
 
 def title_of(content: str) -> str:
@@ -88,7 +83,8 @@ class ConversationStore:
             for entry in entries
             if entry.turn is not None and entry.session_id
         ]
-        if not rows:
+        active = self._active_ends(entries)
+        if not rows and not active:
             return 0
         by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -114,14 +110,36 @@ class ConversationStore:
         ]
         async with self.engine.begin() as connection:
             # Executemany (SQLAlchemy's "insertmanyvalues"): one cached statement, however many rows.
-            await connection.execute(
-                self._insert(conversations).on_conflict_do_nothing(index_elements=["id"]), new_conversations
-            )
-            await connection.execute(
-                self._insert(messages).on_conflict_do_nothing(index_elements=["id"]), rows
-            )
-            await self._refresh(connection, list(by_session), titles)
+            if rows:
+                await connection.execute(
+                    self._insert(conversations).on_conflict_do_nothing(index_elements=["id"]),
+                    new_conversations,
+                )
+                await connection.execute(
+                    self._insert(messages).on_conflict_do_nothing(index_elements=["id"]), rows
+                )
+                await self._refresh(connection, list(by_session), titles)
+            if active:
+                table = conversations.c
+                await connection.execute(
+                    update(conversations)
+                    .where(table.id.in_(list(active)))
+                    .values(active_id=case(active, value=table.id, else_=table.active_id))
+                )
         return len(rows)
+
+    @staticmethod
+    def _active_ends(entries: Sequence[OutboxEntry]) -> dict[str, str | None]:
+        """Where each session's active branch ends after these entries (issue #15): at its newest message
+        or tool results (a turn is always stored on the active branch), or where a switch, an edit or
+        a regeneration put it; an answer does not move it (answers may end in any order)."""
+        ends: dict[str, str | None] = {}
+        for entry in entries:
+            if entry.branch is not None:
+                ends[entry.session_id] = entry.branch or None
+            elif entry.turn is not None and entry.turn.get("role") in ("user", "tool"):
+                ends[entry.session_id] = entry.turn["message_id"]
+        return ends
 
     @staticmethod
     async def _refresh(
@@ -174,18 +192,32 @@ class ConversationStore:
             )
         return None if owner is None else str(owner)
 
-    async def history(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """The session's archived turns, oldest first, as history holds them."""
+    async def turns(self, session_id: str) -> list[dict[str, Any]]:
+        """Every archived turn of the session, every branch, in the order they were stored."""
         query = (
             select(messages.c.parts)
             .where(messages.c.conversation_id == session_id)
-            .order_by(messages.c.position.desc())
+            .order_by(messages.c.position)
         )
-        if limit:
-            query = query.limit(limit)
         async with self.engine.connect() as connection:
-            parts = (await connection.scalars(query)).all()
-        return list(reversed(parts))
+            return list((await connection.scalars(query)).all())
+
+    async def active_id(self, session_id: str) -> str | None:
+        async with self.engine.connect() as connection:
+            found = await connection.scalar(
+                select(conversations.c.active_id).where(conversations.c.id == session_id)
+            )
+        return None if found is None else str(found)
+
+    async def history(self, session_id: str) -> list[dict[str, Any]]:
+        """The turns of the session's active branch, oldest first, as history holds them (every turn in
+        order for a conversation archived before branches)."""
+        turns = await self.turns(session_id)
+        leaf = await self.active_id(session_id)
+        tree = Tree(turns)
+        if leaf is None or leaf not in tree.exchanges:
+            return turns
+        return [dict(turn) for turn in tree.path(leaf)]
 
     async def conversation(self, owner: str, session_id: str) -> RowMapping | None:
         async with self.engine.connect() as connection:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -61,8 +61,9 @@ class HistoryStore:
         owner record (if keys are on) is refreshed with it, so it never expires before the turns it
         guards (#13, item 4)."""
         key = self._keys.history(session_id)
+        pushed: list[Command] = [("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns))]
         return [
-            ("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns)),
+            *(pushed if turns else []),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
             # The durable outbox, in the same transaction: the archiver copies it to SQL (issue #15).
@@ -70,20 +71,32 @@ class HistoryStore:
             ("EXPIRE", self._keys.owner(session_id), self._ttl),
         ]
 
+    def replace_commands(self, session_id: str, turns: Sequence[Mapping[str, Any]]) -> list[Command]:
+        """The history becomes these stored turns (another branch's, issue #15): for `append`'s `first`."""
+        key = self._keys.history(session_id)
+        pushed: list[Command] = [("RPUSH", key, *(orjson.dumps(turn) for turn in turns))] if turns else []
+        return [("DEL", key), *pushed]
+
     def clear_commands(self, session_id: str) -> list[Command]:
         return [("DEL", self._keys.history(session_id))]
 
     async def append(
-        self, session_id: str, turns: Sequence[ChatTurn], *, along: Sequence[Command] = (), recent: int = 0
+        self,
+        session_id: str,
+        turns: Sequence[ChatTurn],
+        *,
+        along: Sequence[Command] = (),
+        recent: int = 0,
+        first: Sequence[Command] = (),
     ) -> tuple[list[Any], list[RecentTurn]]:
         """Store the turns in one transaction with `along` (another store's commands that must see the
-        same moment, such as the replay log's position); return their replies and the session's
-        `recent` newest turns, these included.
+        same moment, such as the replay log's position) and after `first` (`replace_commands`); return
+        the replies of `along` and the session's `recent` newest turns, these included.
 
         With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every attached
         replica if fewer are attached, so a failover cannot lose it.
         """
-        appended = self.append_commands(session_id, *turns)
+        appended = [*first, *self.append_commands(session_id, *turns)]
         commands = [*appended, *along]
         if recent:
             commands.append(("LRANGE", self._keys.history(session_id), -recent, -1))

@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, bounded
 
-__all__ = ["GROUP", "Outbox", "OutboxEntry", "outbox_append", "position_of_entry"]
+__all__ = ["GROUP", "Outbox", "OutboxEntry", "outbox_append", "outbox_branch", "position_of_entry"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ def outbox_append(keys: KeySpace, session_id: str, turn: ChatTurn) -> Command:
     )
 
 
+def outbox_branch(keys: KeySpace, session_id: str, leaf: str) -> Command:
+    """The XADD that makes the exchange `leaf` the end of the session's active branch in the record
+    ("" for none: an edited first message follows), in the transaction that rewrites its history."""
+    return ("XADD", keys.outbox(session_id), "*", "s", session_id, "b", leaf)
+
+
 def position_of_entry(entry_id: str) -> int:
     """An entry id (`ms-seq`) as one ordered number: the order the turns were stored in."""
     ms, _, seq = entry_id.partition("-")
@@ -53,12 +59,14 @@ def position_of_entry(entry_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """One entry read from an outbox; `turn` is None for an entry deleted while it was pending."""
+    """One entry read from an outbox; `turn` is None for an entry deleted while it was pending, and for
+    a switch of the active branch, whose new end (an exchange's message_id) is `branch`."""
 
     stream: str
     entry_id: str
     session_id: str
     turn: dict[str, Any] | None
+    branch: str | None = None
 
 
 def _text(value: Any) -> str:
@@ -68,14 +76,17 @@ def _text(value: Any) -> str:
 def _entries(stream: str, raw: Iterable[Any]) -> list[OutboxEntry]:
     entries = []
     for entry_id, fields in raw:
-        turn = session = None
+        turn = session = branch = None
         if fields:
             session = _text(fields.get(b"s", b""))
-            try:
-                turn = orjson.loads(fields.get(b"t", b""))
-            except orjson.JSONDecodeError:
-                logger.warning("dropping an unreadable outbox entry %s", _text(entry_id))
-        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn))
+            if b"b" in fields:
+                branch = _text(fields[b"b"])
+            else:
+                try:
+                    turn = orjson.loads(fields.get(b"t", b""))
+                except orjson.JSONDecodeError:
+                    logger.warning("dropping an unreadable outbox entry %s", _text(entry_id))
+        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn, branch))
     return entries
 
 

@@ -330,6 +330,8 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("GET", "/schema/events"),
         ("POST", "/chat/{message_id}/cancel"),
         ("POST", "/chat/{message_id}/feedback"),
+        ("POST", "/chat/{message_id}/regenerate"),
+        ("POST", "/conversations/{conversation_id}/branch"),
         ("GET", "/stream/{session_id}"),
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),

@@ -42,7 +42,7 @@ async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings],
     try:
         assert await migrate(engine) is True
         assert await tables(engine) == TABLES
-        assert await current_revision(engine) == "0001"
+        assert await current_revision(engine) == "0002"
         assert await migrate(engine) is False  # current: nothing to do
         assert await migrate(engine, "base", downgrade=True) is True
         assert await tables(engine) == set()

@@ -1,0 +1,198 @@
+"""Where each turn hangs in its conversation's tree, and the session's active branch (issue #15).
+
+Every turn carries its exchange's `parent_id` (`conversation_tree.py`). A message follows the active
+branch's newest exchange; an edited message (`parent_id` given) starts a new branch from its parent; a
+regenerated answer is a sibling of the answer it replaces; a switch makes another branch the active one.
+The Redis history holds the active branch, so the context an answer is built from is that branch's
+path: an edit, a regeneration or a switch rewrites it in one transaction with the owner's refresh and
+the outbox (a switch or a regeneration adds an entry that moves the record's active branch too).
+
+The tree comes from the conversation record, with the Redis history's turns not archived yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from conversation import ConversationMessage, build_context
+from conversation_tree import Tree, Turn
+from errors import ServiceError
+from models import ChatRequest, ChatTurn
+from records.store import ConversationStore, reachable
+from redis_client import Command, KeySpace
+from stores.history import HistoryStore
+from stores.outbox import outbox_branch
+from stores.replay_log import ReplayLog, position_of
+
+if TYPE_CHECKING:
+    from config import Settings
+
+__all__ = ["BranchBusy", "BranchInvalid", "Branches"]
+
+# How many turns of tool calls and results since their question an answer to tool results reads beyond
+# MAX_CONTEXT_MESSAGES: a question more rounds back than this is not sent with them.
+TOOL_ROUNDS_READ = 64
+# The newest turns a message looks through for the exchange it follows: the newest to begin among them
+# (the answers of two messages sent at once may be stored in either order).
+LEAF_WINDOW = 8
+
+
+class BranchInvalid(ServiceError):
+    """A branch names a message the conversation does not have (or one it cannot be built on)."""
+
+    status = 422
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            f"Invalid request: {field}: {message}", fields=[{"field": field, "message": message}], param=field
+        )
+
+
+class BranchBusy(ServiceError):
+    """An answer of the session is still streaming: its branch cannot change under it."""
+
+    status = 409
+    code = "answer_streaming"
+
+
+class Branches:
+    """The session's branches, over its Redis history and the conversation record."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        history: HistoryStore,
+        log: ReplayLog,
+        keys: KeySpace,
+        records: ConversationStore,
+    ) -> None:
+        self._settings = settings
+        self._history = history
+        self._log = log
+        self._keys = keys
+        self._records = records
+
+    async def tree(self, session_id: str) -> Tree:
+        """Every branch: the archived turns, then those of the Redis history not archived yet."""
+        async with reachable():
+            archived = await self._records.turns(session_id)
+        hot = [
+            turn.model_dump(mode="json", exclude_none=True) for turn in await self._history.read(session_id)
+        ]
+        return Tree([*archived, *hot])
+
+    async def _leaf(self, session_id: str) -> str | None:
+        """The exchange the active branch ends with: of the newest turns, the one to begin last."""
+        firsts: dict[str, int] = {}
+        for index, (message_id, _) in enumerate(await self._history.recent(session_id, LEAF_WINDOW)):
+            firsts.setdefault(message_id, index)
+        return max(firsts, key=firsts.__getitem__) if firsts else None
+
+    async def _idle(self, session_id: str, field: str) -> None:
+        if await self._log.running_starts(session_id):
+            raise BranchBusy("An answer of this session is still streaming.", param=field)
+
+    async def store_and_read(
+        self,
+        request: ChatRequest,
+        message_id: str,
+        context: Sequence[ConversationMessage] | None,
+        system_prompt: str | None,
+    ) -> tuple[str, list[ConversationMessage], str | None]:
+        """Store the user's turn (or the tool results) on its branch; return where the answer's events
+        will begin in the replay log, the conversation to answer (`context`, or one built from the
+        branch's recent turns), and the exchange the turns follow."""
+        settings = self._settings
+        if request.tool_results is None:
+            turns = [ChatTurn.user(request, message_id)]
+        else:
+            turns = [ChatTurn.tool(result, message_id, request.user_id) for result in request.tool_results]
+        # The new turns and the limit's worth before them; the one more is the answer a user message
+        # follows. Tool results also bring what is always sent with them: their question, and the calls
+        # and results since it (up to TOOL_ROUNDS_READ turns of them).
+        recent = settings.max_context_messages + len(turns) + 1
+        if request.tool_results is not None:
+            recent += TOOL_ROUNDS_READ
+        first: list[Command] = []
+        if "parent_id" in request.model_fields_set and context is None:
+            parent = str(request.parent_id) if request.parent_id else None
+            first = self._history.replace_commands(
+                session_id=request.session_id, turns=await self._edit(request, parent)
+            )
+        else:
+            parent = await self._leaf(request.session_id)
+        for turn in turns:
+            turn.parent_id = parent
+        (position,), stored = await self._history.append(
+            request.session_id,
+            turns,
+            along=[self._log.position_command(request.session_id)],
+            recent=0 if context is not None else recent,
+            first=first,
+        )
+        if context is not None:
+            return position_of(position), list(context), parent
+        return position_of(position), self._context([message for _, message in stored], system_prompt), parent
+
+    async def _edit(self, request: ChatRequest, parent: str | None) -> list[Turn]:
+        """The branch an edited message follows: the path to its parent (none for a first message)."""
+        if request.tool_results is not None:
+            raise BranchInvalid("parent_id", "goes with a message, not with tool results")
+        await self._idle(request.session_id, "parent_id")
+        if parent is None:
+            return []
+        tree = await self.tree(request.session_id)
+        if parent not in tree.exchanges:
+            raise BranchInvalid("parent_id", "not a message of this session")
+        return tree.path(parent)
+
+    def _context(
+        self, turns: list[ConversationMessage], system_prompt: str | None
+    ) -> list[ConversationMessage]:
+        settings = self._settings
+        return build_context(
+            turns,
+            system_prompt=settings.system_prompt if system_prompt is None else system_prompt,
+            max_messages=settings.max_context_messages,
+            max_chars=settings.max_context_chars,
+            send_reasoning=settings.ai_send_reasoning,
+        )
+
+    async def regenerate(
+        self, session_id: str, answer_id: str, message_id: str
+    ) -> tuple[str, list[ConversationMessage], str]:
+        """Make the branch to the message `answer_id` answered, without its answer, the active one, for
+        the new answer `message_id`; return where its events begin, its context, and its parent."""
+        await self._idle(session_id, "message_id")
+        tree = await self.tree(session_id)
+        exchange = tree.exchanges.get(answer_id)
+        prompt = tree.prompt_of(exchange) if exchange is not None and exchange.answered else None
+        if prompt is None:
+            raise BranchInvalid("message_id", "not an answer of this session")
+        path = tree.path(prompt.id, answered=False)
+        (position, _), stored = await self._history.append(
+            session_id,
+            [],
+            first=self._history.replace_commands(session_id, path),
+            along=[self._log.position_command(session_id), outbox_branch(self._keys, session_id, message_id)],
+            recent=self._settings.max_context_messages + TOOL_ROUNDS_READ + 1,
+        )
+        return position_of(position), self._context([message for _, message in stored], None), prompt.id
+
+    async def switch(self, session_id: str, leaf: str) -> list[dict[str, Any]]:
+        """Make the branch ending with the exchange `leaf` the active one; return its turns."""
+        await self._idle(session_id, "message_id")
+        tree = await self.tree(session_id)
+        if leaf not in tree.exchanges:
+            raise BranchInvalid("message_id", "not a message of this conversation")
+        path = tree.path(leaf)
+        await self._history.append(
+            session_id,
+            [],
+            first=self._history.replace_commands(session_id, path),
+            along=[outbox_branch(self._keys, session_id, leaf)],
+        )
+        return [dict(turn) for turn in path]
