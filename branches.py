@@ -56,6 +56,12 @@ class BranchBusy(ServiceError):
     status = 409
     code = "answer_streaming"
 
+    def __init__(self, field: str) -> None:
+        message = "an answer of this session is still streaming"
+        super().__init__(
+            f"Conflict: {field}: {message}", fields=[{"field": field, "message": message}], param=field
+        )
+
 
 class Branches:
     """The session's branches, over its Redis history and the conversation record."""
@@ -93,7 +99,7 @@ class Branches:
 
     async def _idle(self, session_id: str, field: str) -> None:
         if await self._log.running_starts(session_id):
-            raise BranchBusy("An answer of this session is still streaming.", param=field)
+            raise BranchBusy(field)
 
     async def store_and_read(
         self,
@@ -139,8 +145,6 @@ class Branches:
 
     async def _edit(self, request: ChatRequest, parent: str | None) -> list[Turn]:
         """The branch an edited message follows: the path to its parent (none for a first message)."""
-        if request.tool_results is not None:
-            raise BranchInvalid("parent_id", "goes with a message, not with tool results")
         await self._idle(request.session_id, "parent_id")
         if parent is None:
             return []

@@ -108,6 +108,13 @@ class ChatRequest(GenerationOptions):
             raise ValueError("images go with a `message`")
         return None if urls is None else [check_image_url(url) for url in urls]
 
+    @field_validator("parent_id")
+    @classmethod
+    def _edits_a_message(cls, value: uuid.UUID | None, info: ValidationInfo) -> uuid.UUID | None:
+        if info.data.get("tool_results") is not None:
+            raise ValueError("parent_id goes with a message, not with tool_results")
+        return value
+
     @field_validator("tool_results")
     @classmethod
     def _distinct_calls(cls, results: list[ToolResult] | None) -> list[ToolResult] | None:

@@ -34,6 +34,14 @@ BUSY: dict[int | str, dict[str, Any]] = {
 }
 
 
+class NoSuchAnswer(AnswerNotFound):
+    """`AnswerNotFound`, naming the path's field: no such answer, or another key's."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.details = {"fields": [{"field": "message_id", "message": "no such answer"}]}
+
+
 class BranchPosition(BaseModel):
     """A message or answer of the active branch among its alternatives, for a "2 / 3" switcher."""
 
@@ -103,12 +111,12 @@ async def _session_of_answer(
     state = await registry.get(answer_id)
     if state is not None:
         if not await admission.owns(principal, state.session_id):
-            raise AnswerNotFound(answer_id)
+            raise NoSuchAnswer(answer_id)
         return state.session_id
     async with reachable():
         answer = await records.answer_of(answer_id)
     if answer is None or answer["owner"] != owner_of(principal):
-        raise AnswerNotFound(answer_id)
+        raise NoSuchAnswer(answer_id)
     return str(answer["conversation_id"])
 
 

@@ -16,6 +16,7 @@ from config import Settings
 from testkit.openai_server import OpenAIServer, Reply
 from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
+from tests.conftest import AppClient
 from tests.record_backends import database_url
 from tests.sse_flows import collect, running
 from tests.test_providers import sent
@@ -50,7 +51,8 @@ async def ask(client: httpx.AsyncClient, message: str, **extra: Any) -> str:
 
 async def start_of(client: httpx.AsyncClient, message_id: str) -> Json:
     events = await collect(client, f"/stream/{SESSION}?message_id={message_id}")
-    assert events[0].event == "start" and events[-1].event == "end"
+    assert events[0].event == "start"
+    assert events[-1].event == "end"
     start: Json = events[0].json()
     return start
 
@@ -186,3 +188,128 @@ async def test_edit_regenerate_and_switch_send_the_model_the_active_branch_only(
         redis_server.cli("DEL", f"chat:{{{SESSION}}}:history")
         assert await history(client) == expected
         assert expected[-2:] == [("user", "Fourth?"), ("assistant", "Four.")]
+
+
+# --- Bad input: a 4xx naming the field, and nothing written --------------------------------------
+
+
+def assert_refused(response: httpx.Response, status: int, field: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    named = [item["field"] for item in error.get("fields", [])] or [error.get("param")]
+    assert field in named, error
+
+
+class Unchanged:
+    """What a refused request must not have written: the session's history, and any state of the id it
+    would have given its answer."""
+
+    def __init__(self, redis_server: RedisServer) -> None:
+        self._server = redis_server
+        self._history = self._read()
+
+    def _read(self) -> str:
+        return self._server.cli("LRANGE", f"chat:{{{SESSION}}}:history", "0", "-1")
+
+    def check(self, new_id: str) -> None:
+        assert self._read() == self._history
+        assert self._server.cli("EXISTS", f"chat:message:{{{new_id}}}") == "0"
+
+
+async def test_bad_branches_are_refused_naming_the_field_and_write_nothing(
+    openai_settings: SettingsFactory,
+    model_server: OpenAIServer,
+    redis_server: RedisServer,
+    app_client: AppClient,
+    tmp_path: Any,
+) -> None:
+    keys = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
+    settings = openai_settings(
+        redis_url=redis_server.url, api_keys=keys, database_url=f"sqlite:///{tmp_path / 'record.db'}"
+    )
+    async with app_client(settings) as client:
+
+        async def send(session: str, message: str, **extra: Any) -> str:
+            body = {"session_id": session, "message": message, "user_id": "u1", **extra}
+            response = await client.post("/chat", json=body, headers=ALICE)
+            assert response.status_code == 202, response.text
+            message_id: str = response.json()["message_id"]
+            return message_id
+
+        async def answered(session: str, count: int) -> None:
+            async def done() -> bool:
+                body = (await client.get(f"/history/{session}", headers=ALICE)).json()
+                return body["count"] >= count and body["messages"][-1]["role"] == "assistant"
+
+            await eventually(done, f"{count} turns in {session}")
+
+        first = await send(SESSION, "First?")
+        await answered(SESSION, 2)
+        elsewhere = await send("another", "Elsewhere?")
+        await answered("another", 2)
+        before = Unchanged(redis_server)
+
+        def chat_body(**extra: Any) -> Json:
+            return {
+                "session_id": SESSION,
+                "message": "Edited?",
+                "user_id": "u1",
+                "message_id": fresh,
+                **extra,
+            }
+
+        fresh = str(uuid.uuid4())
+        unknown = await client.post("/chat", json=chat_body(parent_id=str(uuid.uuid4())), headers=ALICE)
+        assert_refused(unknown, 422, "parent_id")
+        before.check(fresh)
+        other_conversation = await client.post("/chat", json=chat_body(parent_id=elsewhere), headers=ALICE)
+        assert_refused(other_conversation, 422, "parent_id")
+        before.check(fresh)
+        not_an_id = await client.post("/chat", json=chat_body(parent_id=f"{first}:user"), headers=ALICE)
+        assert_refused(not_an_id, 422, "parent_id")
+        before.check(fresh)
+        with_results = {
+            "session_id": SESSION,
+            "user_id": "u1",
+            "message_id": fresh,
+            "parent_id": first,
+            "tool_results": [{"tool_call_id": "call_1", "content": "{}"}],
+        }
+        assert_refused(await client.post("/chat", json=with_results, headers=ALICE), 422, "parent_id")
+        before.check(fresh)
+
+        regenerate = {"user_id": "u1", "message_id": fresh}
+        for answer_id in (str(uuid.uuid4()), elsewhere):
+            path = f"/chat/{answer_id}/regenerate"
+            if answer_id == elsewhere:  # another conversation of the key is fine: another key's is not
+                assert_refused(await client.post(path, json=regenerate, headers=BOB), 404, "message_id")
+            else:
+                assert_refused(await client.post(path, json=regenerate, headers=ALICE), 404, "message_id")
+            before.check(fresh)
+        bad_path = await client.post(f"/chat/{first}:user/regenerate", json=regenerate, headers=ALICE)
+        assert_refused(bad_path, 422, "message_id")
+        before.check(fresh)
+
+        switch = f"/conversations/{SESSION}/branch"
+        assert_refused(
+            await client.post(switch, json={"message_id": elsewhere}, headers=ALICE), 422, "message_id"
+        )
+        assert_refused(
+            await client.post(switch, json={"message_id": "not-an-id"}, headers=ALICE), 422, "message_id"
+        )
+        assert (await client.post(switch, json={"message_id": first}, headers=BOB)).status_code == 404
+        before.check(fresh)
+
+        # While an answer streams, a message that is not yet answered is no answer to regenerate, and
+        # neither an edit nor a switch may change the branch under it.
+        model_server.script(Reply(tokens=("slow", " answer", " indeed"), delay=2))
+        streaming = await send(SESSION, "Second?")
+        during = Unchanged(redis_server)
+        busy = await client.post(f"/chat/{streaming}/regenerate", json=regenerate, headers=ALICE)
+        assert_refused(busy, 409, "message_id")
+        edit = await client.post("/chat", json=chat_body(parent_id=first), headers=ALICE)
+        assert_refused(edit, 409, "parent_id")
+        assert_refused(
+            await client.post(switch, json={"message_id": first}, headers=ALICE), 409, "message_id"
+        )
+        during.check(fresh)
