@@ -238,8 +238,8 @@ async def test_bad_branches_are_refused_naming_the_field_and_write_nothing(
 
         async def answered(session: str, count: int) -> None:
             async def done() -> bool:
-                body = (await client.get(f"/history/{session}", headers=ALICE)).json()
-                return body["count"] >= count and body["messages"][-1]["role"] == "assistant"
+                body: Json = (await client.get(f"/history/{session}", headers=ALICE)).json()
+                return bool(body["count"] >= count) and body["messages"][-1]["role"] == "assistant"
 
             await eventually(done, f"{count} turns in {session}")
 
