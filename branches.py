@@ -93,7 +93,7 @@ class Branches:
     async def _leaf(self, session_id: str) -> str | None:
         """The exchange the active branch ends with: of the newest turns, the one to begin last."""
         firsts: dict[str, int] = {}
-        for index, (message_id, _) in enumerate(await self._history.recent(session_id, LEAF_WINDOW)):
+        for index, (message_id, _) in enumerate(await self._history.newest(session_id, LEAF_WINDOW)):
             firsts.setdefault(message_id, index)
         return max(firsts, key=firsts.__getitem__) if firsts else None
 

@@ -87,9 +87,7 @@ class ChatRequest(GenerationOptions):
     )
     parent_id: uuid.UUID | None = Field(
         default=None,
-        description="An edited message: the message_id of the earlier exchange it follows (`null`: it is "
-        "the first); a new branch from there becomes the session's active one. Absent: the message "
-        "follows the active branch's last exchange.",
+        description="An edit: the exchange the message follows on a new, active branch (`null`: first).",
     )
 
     @field_validator("message")
@@ -107,13 +105,6 @@ class ChatRequest(GenerationOptions):
         if urls and info.data.get("message") is None:
             raise ValueError("images go with a `message`")
         return None if urls is None else [check_image_url(url) for url in urls]
-
-    @field_validator("parent_id")
-    @classmethod
-    def _edits_a_message(cls, value: uuid.UUID | None, info: ValidationInfo) -> uuid.UUID | None:
-        if info.data.get("tool_results") is not None:
-            raise ValueError("parent_id goes with a message, not with tool_results")
-        return value
 
     @field_validator("tool_results")
     @classmethod
@@ -179,11 +170,7 @@ class ChatTurn(BaseModel):
     content: str
     user_id: str
     created_at: datetime = Field(description="When the turn was written, ISO 8601 in UTC.")
-    parent_id: str | None = Field(
-        default=None,
-        description="The message_id of the exchange this one follows on its branch (absent: the first); "
-        "a regenerated answer's is the message it answers.",
-    )
+    parent_id: str | None = Field(default=None, description="The exchange it follows (absent: the first).")
     finish_reason: FinishReason | None = Field(
         default=None, description="How an assistant turn ended; absent on the others."
     )
@@ -290,11 +277,7 @@ class StartEvent(EventBase):
     """An answer begins."""
 
     type: Literal["start"] = "start"
-    parent_id: str | None = Field(
-        default=None,
-        description="The exchange the answer's turn follows (absent: the first); for a regenerated "
-        "answer, the message it answers.",
-    )
+    parent_id: str | None = Field(default=None, description="As its stored turn's (`ChatTurn.parent_id`).")
 
 
 class ChunkEvent(EventBase):

@@ -31,7 +31,7 @@ from protocols.deps import (
 )
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse
-from protocols.validation import check_message_length
+from protocols.validation import InvalidRequest, check_message_length
 from records.history import HistoryWindow, read_history
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
@@ -102,6 +102,8 @@ async def chat(
     """Store the message, start the answer in the background, and return where it streams."""
     if request.message is not None:
         check_message_length(request.message, settings.max_message_length, "message")
+    if request.tool_results is not None and "parent_id" in request.model_fields_set:
+        raise InvalidRequest([("parent_id", "goes with a message (an edit), not with tool_results")])
     if request.message_id is None:
         request = request.model_copy(update={"message_id": uuid.uuid4()})
     async with admission.admit(

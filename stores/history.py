@@ -155,6 +155,12 @@ class HistoryStore:
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
         return turns
 
+    async def newest(self, session_id: str, count: int) -> list[RecentTurn]:
+        """`recent`, read in the writer's next batch: a round trip shared with other requests, and no
+        connection of its own (every message reads where its branch ends, issue #15)."""
+        (raw,) = await self._writer.submit([("LRANGE", self._keys.history(session_id), -count, -1)])
+        return self._parse(session_id, raw)
+
     async def recent(self, session_id: str, count: int) -> list[RecentTurn]:
         """The session's `count` newest turns, as a model is sent them."""
         async with bounded(self._timeout):
