@@ -234,6 +234,7 @@ class ChatService:
         self, answer: Answer, conversation: list[ConversationMessage], options: GenerationOptions
     ) -> None:
         self._answers[answer.message_id] = answer
+        answer.conversation = conversation
         # Before `submit` returns: admission counts it as running from here (its slot is not given back).
         self._runner.started(answer)
         task = asyncio.create_task(

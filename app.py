@@ -29,32 +29,46 @@ from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
 from protocols.service import router as service_router
+from protocols.usage import router as usage_router
 from providers.base import AnswerSource
 from services import Services, build_services
+from telemetry import Telemetry
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
 
 
-def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | None = None) -> Any:
+def build_lifespan(
+    settings: Settings,
+    metrics: Metrics,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> Any:
     """The lifespan: the services builder's object graph, as the routes' state (`protocols/deps.py`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         async with build_services(
-            settings, metrics=metrics, source=source, draining=server_draining
+            settings, metrics=metrics, source=source, draining=server_draining, telemetry=telemetry
         ) as services:
             yield {"services": services}
 
     return lifespan
 
 
-def create_app(settings: Settings | None = None, *, source: AnswerSource | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
     """Build the application for these settings (the environment's when none are given).
 
-    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`).
+    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`);
+    `telemetry` replaces the tracing that `OTEL_*` configures (tests give theirs).
     """
     settings = settings or get_settings()
+    telemetry = telemetry or Telemetry.from_environment()
     metrics = Metrics()
     middleware = [
         Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
@@ -95,12 +109,14 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             },
             {"name": "service", "description": "Health, metrics and what the service publishes."},
         ],
-        lifespan=build_lifespan(settings, metrics, source),
+        lifespan=build_lifespan(settings, metrics, source, telemetry),
         middleware=middleware,
         debug=False,
     )
     errors.install(app)
+    telemetry.instrument_app(app)
     app.include_router(service_router)
+    app.include_router(usage_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
     app.include_router(native_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from admission import Admission
-from ai_service import ChatService
+from ai_service import AnswerObserver, ChatService
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe
@@ -28,6 +28,11 @@ from redis_wire import RedisPipe, open_pipe
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 from stores.replay_log import ReplayLog
+from telemetry import Telemetry
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger
+from usage.recorder import UsageRecorder
+from usage.tokens import TokenCounter
 
 __all__ = ["HEALTH_TIMEOUT", "Services", "build_services"]
 
@@ -52,6 +57,9 @@ class Services:
     admission: Admission
     probe: PubSubProbe
     metrics: Metrics
+    usage: UsageLedger
+    budgets: Budgets
+    telemetry: Telemetry
 
 
 @asynccontextmanager
@@ -63,13 +71,14 @@ async def build_services(
     draining: Callable[[], bool] = lambda: False,
     end_retry_seconds: float = 15.0,
     pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs for `settings`; close it all, in reverse, on exit.
 
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
     hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
     keeps trying to store its end while Redis is down (tests shorten it); `pipes` opens the batchers'
-    connections (tests wrap them).
+    connections (tests wrap them); `telemetry` traces the answers (off when not given).
     """
     if settings.embedded_redis:
         logger.warning(
@@ -77,10 +86,13 @@ async def build_services(
             "history lives only as long as this process and no other process can subscribe"
         )
     metrics = metrics or Metrics()
+    telemetry = telemetry or Telemetry()
     async with AsyncExitStack() as stack:
         stack.callback(metrics.close)
         redis = create_redis(settings)
         stack.push_async_callback(redis.aclose)
+        telemetry.open(redis)
+        stack.callback(telemetry.close)
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         writer, reader = (
             CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
@@ -91,9 +103,19 @@ async def build_services(
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
+        recorder, budgets = _accounting(settings, redis, answer_source, metrics)
         services = _assemble(
-            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds
+            settings,
+            redis,
+            keys,
+            (writer, reader),
+            answer_source,
+            (metrics, telemetry, recorder, budgets),
+            draining,
+            end_retry_seconds,
         )
+        recorder.start()
+        stack.push_async_callback(recorder.close)
         await services.hub.start()
         stack.push_async_callback(services.hub.close)
         services.admission.start()
@@ -110,19 +132,51 @@ async def build_services(
     logger.info("%s stopped", SERVICE_NAME)
 
 
+def _accounting(
+    settings: Settings, redis: RedisClient, source: AnswerSource, metrics: Metrics
+) -> tuple[UsageRecorder, Budgets]:
+    """Usage accounting and budgets (issue #16), over the Redis client."""
+    timeout, prefix = settings.redis_timeout, settings.redis_key_prefix
+    budgets = Budgets(
+        redis,
+        prefix,
+        settings.budgets,
+        timeout,
+        hold_seconds=settings.budget_hold_seconds,
+        refused=lambda key: metrics.budget_refusals.labels(key).inc(),
+    )
+    ledger = UsageLedger(
+        redis,
+        prefix,
+        retention_days=settings.usage_retention_days,
+        session_ttl=settings.chat_history_ttl,
+        timeout=timeout,
+    )
+    recorder = UsageRecorder(
+        ledger,
+        budgets,
+        lambda: TokenCounter(source.model),
+        model=source.model,
+        prices=settings.prices,
+        sinks=(metrics.record_usage,),
+    )
+    return recorder, budgets
+
+
 def _assemble(
     settings: Settings,
     redis: RedisClient,
     keys: KeySpace,
     batchers: tuple[CommandBatcher, CommandBatcher],
     source: AnswerSource,
-    metrics: Metrics,
+    observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets],
     draining: Callable[[], bool],
     end_retry_seconds: float,
 ) -> Services:
     """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
     writer, reader = batchers
+    metrics, telemetry, recorder, budgets = observing
     history = HistoryStore(
         redis,
         writer,
@@ -134,7 +188,7 @@ def _assemble(
     )
     answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
-    admission = Admission(settings, redis, keys)
+    admission = Admission(settings, redis, keys, budgets=budgets)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
         redis,
@@ -155,7 +209,37 @@ def _assemble(
         writer=writer,
         keys=keys,
         source=source,
-        observers=[metrics, admission],
+        observers=_observers(metrics, admission, recorder, telemetry, source),
         end_retry_seconds=end_retry_seconds,
     )
-    return Services(settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics)
+    return Services(
+        settings,
+        redis,
+        keys,
+        history,
+        answers,
+        log,
+        hub,
+        chat,
+        admission,
+        probe,
+        metrics,
+        recorder.ledger,
+        budgets,
+        telemetry,
+    )
+
+
+def _observers(
+    metrics: Metrics,
+    admission: Admission,
+    recorder: UsageRecorder,
+    telemetry: Telemetry,
+    source: AnswerSource,
+) -> list[AnswerObserver]:
+    """Who hears of each answer's life. The tracer only when tracing is on: off, it costs nothing."""
+    observers: list[AnswerObserver] = [metrics, admission, recorder]
+    tracer = telemetry.observer(provider=source.name, model=source.model)
+    if tracer is not None:
+        observers.insert(0, tracer)  # first: the answer's trace id is set before anything logs it
+    return observers

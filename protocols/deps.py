@@ -24,9 +24,12 @@ from models import ID_PATTERN
 from services import Services
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger
 
 __all__ = [
     "AdmissionDep",
+    "BudgetsDep",
     "ChatServiceDep",
     "HistoryDep",
     "HubDep",
@@ -36,14 +39,17 @@ __all__ = [
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
+    "UsageDep",
     "get_admission",
     "get_app_settings",
+    "get_budgets",
     "get_chat_service",
     "get_history",
     "get_hub",
     "get_metrics",
     "get_probe",
     "get_registry",
+    "get_usage",
     "require_key",
     "require_stream_access",
 ]
@@ -85,6 +91,16 @@ async def get_admission(request: Request) -> Admission:
     return _services(request).admission
 
 
+async def get_usage(request: Request) -> UsageLedger:
+    return _services(request).usage
+
+
+async def get_budgets(request: Request) -> Budgets:
+    return _services(request).budgets
+
+
+UsageDep = Annotated[UsageLedger, Depends(get_usage)]
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
