@@ -122,8 +122,7 @@ class AnswerRunner:
         in_flight: deque[Written] = deque()
         try:
             starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
-            start = event_of(answer, StartEvent, trace_id=answer.trace_id)
-            await self._publish(answer, start, *starting)
+            await self._publish(answer, event_of(answer, StartEvent, trace_id=answer.trace_id), *starting)
             # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
             # once, even when the cancel lands while a chunk is being published.
             async with aclosing(self._source.stream(conversation, options, completion)) as deltas:

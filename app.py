@@ -56,20 +56,8 @@ def build_lifespan(
     return lifespan
 
 
-def create_app(
-    settings: Settings | None = None,
-    *,
-    source: AnswerSource | None = None,
-    telemetry: Telemetry | None = None,
-) -> FastAPI:
-    """Build the application for these settings (the environment's when none are given).
-
-    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`);
-    `telemetry` replaces the tracing that `OTEL_*` configures (tests give theirs).
-    """
-    settings = settings or get_settings()
-    telemetry = telemetry or Telemetry.from_environment()
-    metrics = Metrics()
+def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """The middleware, outermost first: request id, metrics, the access log, the body limit, CORS."""
     middleware = [
         Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
         Middleware(MetricsMiddleware, metrics=metrics),
@@ -93,6 +81,24 @@ def create_app(
                 expose_headers=["X-Request-ID"],
             )
         )
+    return middleware
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
+    """Build the application for these settings (the environment's when none are given).
+
+    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`);
+    `telemetry` replaces the tracing that `OTEL_*` configures (tests give theirs).
+    """
+    settings = settings or get_settings()
+    telemetry = telemetry or Telemetry.from_environment()
+    metrics = Metrics()
+    middleware = _middleware(settings, metrics)
     # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
     app = FastAPIOffline(
         title="AI Chat Service",
@@ -116,7 +122,7 @@ def create_app(
     errors.install(app)
     telemetry.instrument_app(app)
     app.include_router(service_router)
-    app.include_router(usage_router, dependencies=[Depends(require_key)], responses={401: ERRORS[401]})
+    app.include_router(usage_router)
     app.include_router(native_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from answer_run import Answer
     from usage.ledger import UsageRecord
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "UsageMetrics"]
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -98,9 +98,47 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.usage = UsageMetrics(registry)
 
-        # Usage and budgets (issue #16). `key` is the API key's name (`-` on an open service): a
-        # bounded set, from API_KEYS. `source`: `reported` by the model, or `counted` with tiktoken.
+    def render(self) -> bytes:
+        """The exposition text: this process's metrics, or with several workers every live worker's."""
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """On shutdown: a worker's live gauges (active answers, SSE clients) stop counting."""
+        if multiprocess_dir() is not None:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    # -- AnswerObserver --
+
+    def answer_started(self, answer: Answer) -> None:
+        self.active_answers.inc()
+
+    def chunk_published(self, answer: Answer) -> None:
+        self.chunks.inc()
+        if answer.seq == 1:
+            self.time_to_first_chunk.observe(time.perf_counter() - answer.started)
+
+    def answer_ended(self, answer: Answer) -> None:
+        self.active_answers.dec()
+        self.answer_duration.labels(answer.finish_reason or "lost").observe(
+            time.perf_counter() - answer.started
+        )
+        if answer.error_code is not None:
+            self.errors.labels("answer", answer.error_code).inc()
+            if answer.error_code == "redis_unavailable":
+                self.redis_errors.labels("answer").inc()
+
+
+class UsageMetrics:
+    """Usage and budgets (issue #16). `key` is the API key's name (`-` on an open service): a bounded set,
+    from API_KEYS. `source`: `reported` by the model, or `counted` here with tiktoken."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.tokens = Counter(
             "chat_tokens",
             "Tokens spent by answers, by API key name, model, kind (prompt, completion, reasoning), source.",
@@ -126,20 +164,7 @@ class Metrics:
             registry=registry,
         )
 
-    def render(self) -> bytes:
-        """The exposition text: this process's metrics, or with several workers every live worker's."""
-        if multiprocess_dir() is None:
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-
-    def close(self) -> None:
-        """On shutdown: a worker's live gauges (active answers, SSE clients) stop counting."""
-        if multiprocess_dir() is not None:
-            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-    def record_usage(self, record: UsageRecord) -> None:
+    def record(self, record: UsageRecord) -> None:
         """A `UsageRecorder` sink: the answer's tokens and cost in the counters."""
         source = "counted" if record.counted else "reported"
         for kind, tokens in (
@@ -150,26 +175,6 @@ class Metrics:
             self.tokens.labels(record.key, record.model, kind, source).inc(tokens)
         self.cost.labels(record.key, record.model).inc(record.cost_nanos / 1_000_000_000)
         self.accounted_answers.labels(record.key, record.model).inc()
-
-    # -- AnswerObserver --
-
-    def answer_started(self, answer: Answer) -> None:
-        self.active_answers.inc()
-
-    def chunk_published(self, answer: Answer) -> None:
-        self.chunks.inc()
-        if answer.seq == 1:
-            self.time_to_first_chunk.observe(time.perf_counter() - answer.started)
-
-    def answer_ended(self, answer: Answer) -> None:
-        self.active_answers.dec()
-        self.answer_duration.labels(answer.finish_reason or "lost").observe(
-            time.perf_counter() - answer.started
-        )
-        if answer.error_code is not None:
-            self.errors.labels("answer", answer.error_code).inc()
-            if answer.error_code == "redis_unavailable":
-                self.redis_errors.labels("answer").inc()
 
 
 def _route_template(scope: Scope) -> str:

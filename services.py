@@ -78,7 +78,7 @@ async def build_services(
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
     hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
     keeps trying to store its end while Redis is down (tests shorten it); `pipes` opens the batchers'
-    connections (tests wrap them); `telemetry` traces the answers (off when not given).
+    connections (tests wrap them); `telemetry` traces answers (off when not given).
     """
     if settings.embedded_redis:
         logger.warning(
@@ -91,8 +91,7 @@ async def build_services(
         stack.callback(metrics.close)
         redis = create_redis(settings)
         stack.push_async_callback(redis.aclose)
-        telemetry.open(redis)
-        stack.callback(telemetry.close)
+        stack.enter_context(telemetry.tracing(redis))
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         writer, reader = (
             CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
@@ -104,15 +103,9 @@ async def build_services(
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
         recorder, budgets = _accounting(settings, redis, answer_source, metrics)
+        observing = (metrics, telemetry, recorder, budgets)
         services = _assemble(
-            settings,
-            redis,
-            keys,
-            (writer, reader),
-            answer_source,
-            (metrics, telemetry, recorder, budgets),
-            draining,
-            end_retry_seconds,
+            settings, redis, keys, (writer, reader), answer_source, observing, draining, end_retry_seconds
         )
         recorder.start()
         stack.push_async_callback(recorder.close)
@@ -143,7 +136,7 @@ def _accounting(
         settings.budgets,
         timeout,
         hold_seconds=settings.budget_hold_seconds,
-        refused=lambda key: metrics.budget_refusals.labels(key).inc(),
+        refused=lambda key: metrics.usage.budget_refusals.labels(key).inc(),
     )
     ledger = UsageLedger(
         redis,
@@ -158,7 +151,7 @@ def _accounting(
         lambda: TokenCounter(source.model),
         model=source.model,
         prices=settings.prices,
-        sinks=(metrics.record_usage,),
+        sinks=(metrics.usage.record,),
     )
     return recorder, budgets
 
@@ -212,21 +205,9 @@ def _assemble(
         observers=_observers(metrics, admission, recorder, telemetry, source),
         end_retry_seconds=end_retry_seconds,
     )
+    accounting = (recorder.ledger, budgets, telemetry)
     return Services(
-        settings,
-        redis,
-        keys,
-        history,
-        answers,
-        log,
-        hub,
-        chat,
-        admission,
-        probe,
-        metrics,
-        recorder.ledger,
-        budgets,
-        telemetry,
+        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, *accounting
     )
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -150,23 +152,24 @@ class Telemetry:
                 app, tracer_provider=self.provider, excluded_urls=EXCLUDED_URLS
             )
 
-    def open(self, redis: RedisClient) -> None:
-        """At start-up: trace the Redis client's commands and every httpx request (the model's)."""
+    @contextmanager
+    def tracing(self, redis: RedisClient) -> Iterator[None]:
+        """For the services' lifetime: trace the Redis client's commands and every httpx request (the
+        model's); at the end, export what is buffered and stop."""
         if self.provider is None:
+            yield
             return
         RedisInstrumentor.instrument_client(redis, tracer_provider=self.provider)
         if not self._httpx.is_instrumented_by_opentelemetry:
             self._httpx.instrument(tracer_provider=self.provider)
+        try:
+            yield
+        finally:
+            if self._httpx.is_instrumented_by_opentelemetry:
+                self._httpx.uninstrument()
+            self.provider.shutdown()
 
     def observer(self, *, provider: str, model: str) -> AnswerTracer | None:
         if self.provider is None:
             return None
         return AnswerTracer(self.provider.get_tracer(__name__, VERSION), provider=provider, model=model)
-
-    def close(self) -> None:
-        """At shutdown: export what is buffered, then stop."""
-        if self.provider is None:
-            return
-        if self._httpx.is_instrumented_by_opentelemetry:
-            self._httpx.uninstrument()
-        self.provider.shutdown()
