@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -118,7 +117,6 @@ class Telemetry:
 
     def __init__(self, provider: TracerProvider | None = None) -> None:
         self.provider = provider
-        self._httpx = HTTPXClientInstrumentor()
 
     @classmethod
     def from_environment(cls) -> Telemetry:
@@ -154,19 +152,19 @@ class Telemetry:
 
     @contextmanager
     def tracing(self, redis: RedisClient) -> Iterator[None]:
-        """For the services' lifetime: trace the Redis client's commands and every httpx request (the
-        model's); at the end, export what is buffered and stop."""
+        """For the services' lifetime: trace the Redis client's commands; at the end, export what is
+        buffered and stop.
+
+        No httpx instrumentation: the service makes no httpx requests of its own, and the openai SDK
+        (3.x) talks to the model server through `httpx2`, which it does not see; the GenAI span is the
+        model call's."""
         if self.provider is None:
             yield
             return
         RedisInstrumentor.instrument_client(redis, tracer_provider=self.provider)
-        if not self._httpx.is_instrumented_by_opentelemetry:
-            self._httpx.instrument(tracer_provider=self.provider)
         try:
             yield
         finally:
-            if self._httpx.is_instrumented_by_opentelemetry:
-                self._httpx.uninstrument()
             self.provider.shutdown()
 
     def observer(self, *, provider: str, model: str) -> AnswerTracer | None:
