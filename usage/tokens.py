@@ -47,11 +47,11 @@ class TokenCounter:
         except KeyError:
             name = FALLBACK_ENCODING
         self.encoding_name = name if name in VENDORED else FALLBACK_ENCODING
-        self._encoding = tiktoken.get_encoding(self.encoding_name)
+        self.encoding = tiktoken.get_encoding(self.encoding_name)
 
     def text(self, text: str) -> int:
         """Tokens of plain text (special tokens counted as text: a user may type `<|endoftext|>`)."""
-        return len(self._encoding.encode_ordinary(text)) if text else 0
+        return len(self.encoding.encode_ordinary(text)) if text else 0
 
     def prompt(self, messages: Sequence[ConversationMessage]) -> int:
         """Tokens of a conversation as sent to a chat model: each message's role, text and tool calls."""
