@@ -91,7 +91,7 @@ async def build_services(
         stack.callback(metrics.close)
         redis = create_redis(settings)
         stack.push_async_callback(redis.aclose)
-        stack.enter_context(telemetry.tracing(redis))
+        stack.enter_context(telemetry.tracing(redis, settings.redis_key_prefix))
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         writer, reader = (
             CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
@@ -202,7 +202,7 @@ def _assemble(
         writer=writer,
         keys=keys,
         source=source,
-        observers=_observers(metrics, admission, recorder, telemetry, source),
+        observers=_observers(settings, (metrics, admission, recorder), telemetry, source, writer),
         end_retry_seconds=end_retry_seconds,
     )
     accounting = (recorder.ledger, budgets, telemetry)
@@ -212,15 +212,19 @@ def _assemble(
 
 
 def _observers(
-    metrics: Metrics,
-    admission: Admission,
-    recorder: UsageRecorder,
+    settings: Settings,
+    observers: tuple[Metrics, Admission, UsageRecorder],
     telemetry: Telemetry,
     source: AnswerSource,
+    writer: CommandBatcher,
 ) -> list[AnswerObserver]:
     """Who hears of each answer's life. The tracer only when tracing is on: off, it costs nothing."""
-    observers: list[AnswerObserver] = [metrics, admission, recorder]
-    tracer = telemetry.observer(provider=source.name, model=source.model)
-    if tracer is not None:
-        observers.insert(0, tracer)  # first: the answer's trace id is set before anything logs it
-    return observers
+    tracer = telemetry.observer(
+        provider=source.name,
+        model=source.model,
+        writer=writer,
+        prefix=settings.redis_key_prefix,
+        ttl=settings.chat_history_ttl,
+    )
+    # The tracer first: the answer's trace id is set before anything logs it.
+    return [*observers] if tracer is None else [tracer, *observers]

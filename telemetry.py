@@ -9,6 +9,7 @@ chunk). Off, nothing of this is built: no observer, no instrumentation, no span 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -22,22 +23,45 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
+from opentelemetry.trace import (
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    format_span_id,
+    format_trace_id,
+)
 
 from config import SERVICE_NAME, VERSION
+from redis_client import RedisUnavailable, bounded
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from answer_run import Answer
+    from batcher import CommandBatcher
     from redis_client import RedisClient
 
-__all__ = ["AnswerTracer", "Telemetry"]
+__all__ = ["AnswerTracer", "Telemetry", "answer_trace_key"]
 
 logger = logging.getLogger(__name__)
 
+# A follower's link is a nicety: its stream does not wait longer than this for it.
+LINK_TIMEOUT = 0.5
 # Health probes and scrapes would be most of the traces, and say nothing.
 EXCLUDED_URLS = "health,metrics"
+
+
+def answer_trace_key(prefix: str, message_id: str) -> str:
+    """Where the answer's span context is kept (`<trace id>-<span id>`), for followers to link to."""
+    return f"{prefix}:trace:{{{message_id}}}"
+
+
+def _consume(future: asyncio.Future[list[object]]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.debug("could not store an answer's trace context: %s", future.exception())
 
 
 @dataclass(slots=True)
@@ -51,10 +75,22 @@ class _AnswerSpans:
 class AnswerTracer:
     """An `AnswerObserver` that opens each answer's spans when it starts and ends them when it ends."""
 
-    def __init__(self, tracer: trace.Tracer, *, provider: str, model: str) -> None:
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        *,
+        provider: str,
+        model: str,
+        writer: CommandBatcher | None = None,
+        prefix: str = "chat",
+        ttl: int = 86_400,
+    ) -> None:
         self._tracer = tracer
         self._provider = provider
         self._model = model
+        self._writer = writer
+        self._prefix = prefix
+        self._ttl = ttl
         self._spans: dict[str, _AnswerSpans] = {}
 
     def answer_started(self, answer: Answer) -> None:
@@ -82,7 +118,13 @@ class AnswerTracer:
             attributes={"db.system.name": "redis", "chat.stored": answer.stored},
         )
         self._spans[answer.message_id] = _AnswerSpans(span, model, writes)
-        answer.trace_id = format_trace_id(span.get_span_context().trace_id)
+        context_of = span.get_span_context()
+        answer.trace_id = format_trace_id(context_of.trace_id)
+        if answer.stored and self._writer is not None:
+            # For followers on any instance (`Telemetry.link_follower`); with the answer's writes.
+            value = f"{answer.trace_id}-{format_span_id(context_of.span_id)}"
+            key = answer_trace_key(self._prefix, answer.message_id)
+            self._writer.submit([("SET", key, value, "EX", self._ttl)]).add_done_callback(_consume)
 
     def chunk_published(self, answer: Answer) -> None:
         spans = self._spans.get(answer.message_id)
@@ -117,6 +159,8 @@ class Telemetry:
 
     def __init__(self, provider: TracerProvider | None = None) -> None:
         self.provider = provider
+        self._redis: RedisClient | None = None
+        self._prefix = "chat"
 
     @classmethod
     def from_environment(cls) -> Telemetry:
@@ -151,7 +195,7 @@ class Telemetry:
             )
 
     @contextmanager
-    def tracing(self, redis: RedisClient) -> Iterator[None]:
+    def tracing(self, redis: RedisClient, prefix: str) -> Iterator[None]:
         """For the services' lifetime: trace the Redis client's commands; at the end, export what is
         buffered and stop.
 
@@ -162,12 +206,43 @@ class Telemetry:
             yield
             return
         RedisInstrumentor.instrument_client(redis, tracer_provider=self.provider)
+        self._redis, self._prefix = redis, prefix
         try:
             yield
         finally:
             self.provider.shutdown()
 
-    def observer(self, *, provider: str, model: str) -> AnswerTracer | None:
+    def observer(
+        self, *, provider: str, model: str, writer: CommandBatcher, prefix: str, ttl: int
+    ) -> AnswerTracer | None:
         if self.provider is None:
             return None
-        return AnswerTracer(self.provider.get_tracer(__name__, VERSION), provider=provider, model=model)
+        tracer = self.provider.get_tracer(__name__, VERSION)
+        return AnswerTracer(tracer, provider=provider, model=model, writer=writer, prefix=prefix, ttl=ttl)
+
+    async def link_follower(self, message_id: str) -> None:
+        """Link the current request's span (a stream following an answer) to the answer's span, which
+        may be in another request's trace, on another instance. Nothing when tracing is off."""
+        if self.provider is None or self._redis is None:
+            return
+        span = trace.get_current_span()
+        if not span.is_recording():
+            return
+        try:
+            async with bounded(LINK_TIMEOUT):
+                value = await self._redis.get(answer_trace_key(self._prefix, message_id))
+        except RedisUnavailable:
+            return
+        if not isinstance(value, bytes):
+            return
+        trace_id, _, span_id = value.decode().partition("-")
+        try:
+            context = SpanContext(
+                int(trace_id, 16),
+                int(span_id, 16),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+        except ValueError:
+            return
+        span.add_link(context, {"chat.link": "follows_answer"})

@@ -24,6 +24,7 @@ from models import ID_PATTERN
 from services import Services
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
+from telemetry import Telemetry
 from usage.budgets import Budgets
 from usage.ledger import UsageLedger
 
@@ -39,6 +40,7 @@ __all__ = [
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
+    "TelemetryDep",
     "UsageDep",
     "get_admission",
     "get_app_settings",
@@ -49,6 +51,7 @@ __all__ = [
     "get_metrics",
     "get_probe",
     "get_registry",
+    "get_telemetry",
     "get_usage",
     "require_key",
     "require_stream_access",
@@ -99,8 +102,13 @@ async def get_budgets(request: Request) -> Budgets:
     return _services(request).budgets
 
 
+async def get_telemetry(request: Request) -> Telemetry:
+    return _services(request).telemetry
+
+
 UsageDep = Annotated[UsageLedger, Depends(get_usage)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

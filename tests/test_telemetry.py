@@ -262,3 +262,30 @@ def test_tracing_is_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> 
     assert telemetry.enabled
     assert telemetry.provider is not None
     telemetry.provider.shutdown()
+
+
+async def test_a_stream_following_an_answer_links_to_the_answers_trace(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with traced_app(make_settings()) as (client, exporter):
+        accepted = (await client.post("/chat", json=CHAT)).json()
+        await collect(client, accepted["stream_url"])
+        spans = await answer_spans(exporter, "simulated")
+        exporter.clear()
+        await collect(client, accepted["stream_url"])  # a follower that comes back later, in a new trace
+
+        async def follower() -> ReadableSpan | None:
+            servers = [
+                span
+                for span in exporter.get_finished_spans()
+                if span.kind is SpanKind.SERVER and span.name.startswith("GET /stream")
+            ]
+            return servers[0] if servers else None
+
+        stream = await eventually(follower, "the follower's span has ended")
+    answer = named(spans, "chat.answer")
+    assert answer.context is not None
+    assert stream.context is not None
+    assert stream.context.trace_id != answer.context.trace_id
+    linked = [(link.context.trace_id, link.context.span_id) for link in stream.links]
+    assert linked == [(answer.context.trace_id, answer.context.span_id)]
