@@ -142,7 +142,10 @@ async def usage(
     """What the caller's key spent per day, model and user from `start` to `end` (at most 366 days)."""
     key = principal.owner
     last = end or day_of(budgets.clock())
-    first = start or last - dt.timedelta(days=29)
+    try:
+        first = start or last - dt.timedelta(days=29)
+    except OverflowError:  # before year 1
+        first = dt.date.min
     span = (last - first).days + 1
     if span < 1 or span > MAX_DAYS:
         raise RangeInvalid(

@@ -173,7 +173,10 @@ async def test_a_range_that_ends_before_it_starts_is_refused(
         backwards = await client.get("/usage", params={"start": "2026-11-30", "end": "2026-11-01"})
         too_long = await client.get("/usage", params={"start": "2024-01-01", "end": "2026-11-01"})
         bad_session = await client.get("/usage", params={"session_id": "a b"})
+        first_days = await client.get("/usage", params={"end": "0001-01-05"})  # 30 days back: before year 1
     assert backwards.status_code == 400
     assert backwards.json()["error"]["code"] == "invalid_range"
     assert too_long.status_code == 400
     assert bad_session.status_code == 422
+    assert first_days.status_code == 200
+    assert first_days.json()["start"] == "0001-01-01"

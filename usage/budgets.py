@@ -29,6 +29,8 @@ from redis_client import bounded
 from usage.accounting import charged_to
 
 if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
     from redis_client import RedisClient
     from usage.plans import Budget
 
@@ -132,6 +134,11 @@ class Budgets:
     # Told the key's name when an answer is refused (the `/metrics` counter).
     refused: Callable[[str], None] = lambda _: None
     _holds: dict[str, _Hold] = field(default_factory=dict)
+    _scripts: tuple[AsyncScript, AsyncScript] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Loaded by their SHA (EVALSHA), sent whole only when Redis does not have them yet.
+        self._scripts = (self.redis.register_script(HOLD), self.redis.register_script(SETTLE))
 
     def budget_for(self, key: str) -> Budget | None:
         return self.table.get(key) or self.table.get("default")
@@ -166,9 +173,8 @@ class Budgets:
     async def _hold(self, key: str, budget: Budget, message_id: str) -> None:
         now = self.clock()
         period, _, end = period_bounds(budget, now)
-        script = self.redis.register_script(HOLD)
         async with bounded(self.timeout):
-            allowed = await script(
+            allowed = await self._scripts[0](
                 keys=self._keys(key, period),
                 args=[now, budget.amount, self.hold_seconds, message_id, self._ttl(end, now)],
             )
@@ -202,11 +208,10 @@ class Budgets:
         else:
             period, _, end = period_bounds(budget, at)
         amount = nanos if budget.unit == "usd" else tokens
-        script = self.redis.register_script(SETTLE)
         async with bounded(self.timeout):
             spent = cast(
                 int,
-                await script(
+                await self._scripts[1](
                     keys=self._keys(key, period),
                     args=[message_id, amount, budget.amount, self._ttl(end, self.clock()), LIFETIME_TTL],
                 ),

@@ -129,9 +129,13 @@ class UsageRecorder:
         )
         for sink in self._sinks:
             sink(record)
-        await self.ledger.record(record)
-        if self._budgets is not None:
-            await self._budgets.settle(ended.key, answer.message_id, record.total_tokens, cost, at=ended.at)
+        try:
+            await self.ledger.record(record)
+        finally:  # the budget is settled even if the ledger could not be written
+            if self._budgets is not None:
+                await self._budgets.settle(
+                    ended.key, answer.message_id, record.total_tokens, cost, at=ended.at
+                )
 
     def _count(self, answer: Answer) -> tuple[int, int, int]:
         """Prompt, completion and reasoning tokens, counted (in a worker thread: encoding is CPU work).
