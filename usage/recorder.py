@@ -57,7 +57,9 @@ class UsageRecorder:
         self.ledger = ledger
         self._budgets = budgets
         self._make_counter = counter
-        self._counter: TokenCounter | None = None
+        # Loading an encoding takes about a second of CPU: it starts, in a worker thread, with the first
+        # answer, so that it is ready when answers end (at shutdown too, within the grace period).
+        self._counter: asyncio.Task[TokenCounter] | None = None
         self._model = model
         self._price = prices.get(model)
         self._sinks = sinks
@@ -74,12 +76,18 @@ class UsageRecorder:
         if self._task is not None:
             self._queue.put_nowait(None)
             await self._task
+        if self._counter is not None:
+            await asyncio.wait([self._counter])
+            if not self._counter.cancelled() and self._counter.exception() is not None:
+                logger.error("could not load the token counter: %s", self._counter.exception())
 
     # -- AnswerObserver --
 
     def answer_started(self, answer: Answer) -> None:
         key = current_key()
         self._keys[answer.message_id] = key
+        if self._counter is None:
+            self._counter = asyncio.create_task(asyncio.to_thread(self._make_counter), name="token-counter")
         if self._budgets is not None:
             self._budgets.started(answer.message_id)
 
@@ -112,7 +120,9 @@ class UsageRecorder:
             reasoning = (details.reasoning_tokens or 0) if details is not None else 0
             prompt, completion, counted = usage.prompt_tokens, usage.completion_tokens, False
         else:
-            prompt, completion, reasoning = await asyncio.to_thread(self._count, answer)
+            assert self._counter is not None  # the answer started
+            counter = await self._counter
+            prompt, completion, reasoning = await asyncio.to_thread(self._count, counter, answer)
             counted = True
         cost = self._price.nanos(prompt, completion) if self._price is not None else 0
         record = UsageRecord(
@@ -137,12 +147,10 @@ class UsageRecorder:
                     ended.key, answer.message_id, record.total_tokens, cost, at=ended.at
                 )
 
-    def _count(self, answer: Answer) -> tuple[int, int, int]:
+    @staticmethod
+    def _count(counter: TokenCounter, answer: Answer) -> tuple[int, int, int]:
         """Prompt, completion and reasoning tokens, counted (in a worker thread: encoding is CPU work).
         Completion tokens include reasoning tokens, as OpenAI reports them."""
-        if self._counter is None:
-            self._counter = self._make_counter()
-        counter = self._counter
         prompt = counter.prompt(answer.conversation)
         completion = counter.text("".join(answer.parts))
         reasoning = 0
