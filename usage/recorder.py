@@ -57,8 +57,9 @@ class UsageRecorder:
         self.ledger = ledger
         self._budgets = budgets
         self._make_counter = counter
-        # Loading an encoding takes about a second of CPU: it starts, in a worker thread, with the first
-        # answer, so that it is ready when answers end (at shutdown too, within the grace period).
+        # Loading an encoding takes half a second of CPU or more: it is loaded in a worker thread from
+        # start-up, so that it is ready before answers end (at shutdown too, within the grace period) and
+        # does not compete with the first answers for the interpreter.
         self._counter: asyncio.Task[TokenCounter] | None = None
         self._model = model
         self._price = prices.get(model)
@@ -69,6 +70,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._counter = asyncio.create_task(asyncio.to_thread(self._make_counter), name="token-counter")
         self._task = asyncio.create_task(self._drain(), name="usage-recorder")
 
     async def close(self) -> None:
@@ -86,8 +88,6 @@ class UsageRecorder:
     def answer_started(self, answer: Answer) -> None:
         key = current_key()
         self._keys[answer.message_id] = key
-        if self._counter is None:
-            self._counter = asyncio.create_task(asyncio.to_thread(self._make_counter), name="token-counter")
         if self._budgets is not None:
             self._budgets.started(answer.message_id)
 
@@ -120,7 +120,7 @@ class UsageRecorder:
             reasoning = (details.reasoning_tokens or 0) if details is not None else 0
             prompt, completion, counted = usage.prompt_tokens, usage.completion_tokens, False
         else:
-            assert self._counter is not None  # the answer started
+            assert self._counter is not None  # started with the recorder
             counter = await self._counter
             prompt, completion, reasoning = await asyncio.to_thread(self._count, counter, answer)
             counted = True
