@@ -29,33 +29,35 @@ from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
 from protocols.service import router as service_router
+from protocols.usage import router as usage_router
 from providers.base import AnswerSource
 from services import Services, build_services
+from telemetry import Telemetry
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
 
 
-def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | None = None) -> Any:
+def build_lifespan(
+    settings: Settings,
+    metrics: Metrics,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> Any:
     """The lifespan: the services builder's object graph, as the routes' state (`protocols/deps.py`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         async with build_services(
-            settings, metrics=metrics, source=source, draining=server_draining
+            settings, metrics=metrics, source=source, draining=server_draining, telemetry=telemetry
         ) as services:
             yield {"services": services}
 
     return lifespan
 
 
-def create_app(settings: Settings | None = None, *, source: AnswerSource | None = None) -> FastAPI:
-    """Build the application for these settings (the environment's when none are given).
-
-    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`).
-    """
-    settings = settings or get_settings()
-    metrics = Metrics()
+def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """The middleware, outermost first: request id, metrics, the access log, the body limit, CORS."""
     middleware = [
         Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
         Middleware(MetricsMiddleware, metrics=metrics),
@@ -79,6 +81,24 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 expose_headers=["X-Request-ID"],
             )
         )
+    return middleware
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
+    """Build the application for these settings (the environment's when none are given).
+
+    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`);
+    `telemetry` replaces the tracing that `OTEL_*` configures (tests give theirs).
+    """
+    settings = settings or get_settings()
+    telemetry = telemetry or Telemetry.from_environment()
+    metrics = Metrics()
+    middleware = _middleware(settings, metrics)
     # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
     app = FastAPIOffline(
         title="AI Chat Service",
@@ -95,12 +115,14 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             },
             {"name": "service", "description": "Health, metrics and what the service publishes."},
         ],
-        lifespan=build_lifespan(settings, metrics, source),
+        lifespan=build_lifespan(settings, metrics, source, telemetry),
         middleware=middleware,
         debug=False,
     )
     errors.install(app)
+    telemetry.instrument_app(app)
     app.include_router(service_router)
+    app.include_router(usage_router)
     app.include_router(native_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from providers import PROVIDERS
+from usage.plans import Budget, Price, parse_budgets, parse_prices
 
 __all__ = ["Settings", "format_validation_error", "get_settings"]
 
@@ -125,6 +126,14 @@ class Settings(BaseSettings):
     answer_sweep_seconds: float = Field(default=10.0, ge=0.1, le=3600)
     answer_end_retry_seconds: float = Field(default=15.0, ge=0, le=3600)
 
+    # Usage accounting and budgets (issue #16, usage/). PRICES: USD per million input/output tokens per
+    # model (none by default: costs are 0). BUDGETS: per key name and `default`, tokens or usd, per day
+    # or month. Tracing has no settings here: the OpenTelemetry SDK reads OTEL_* itself (telemetry.py).
+    prices: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict)
+    budgets: Annotated[dict[str, Budget], NoDecode] = Field(default_factory=dict)
+    usage_retention_days: int = Field(default=400, ge=1, le=3660)
+    budget_hold_seconds: float = Field(default=600.0, ge=10, le=86_400)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -172,6 +181,24 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must look like 30/minute (or several: 30/minute;500/hour)") from None
         return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        return parse_prices(value) if isinstance(value, str) else value
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _parse_budgets(cls, value: object) -> object:
+        return parse_budgets(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _budgets_name_keys(self) -> Settings:
+        # A budget for a name that is not a key is a typo that would leave the key without one.
+        unknown = sorted(set(self.budgets) - set(self.api_keys) - {"default"})
+        if unknown:
+            raise ValueError(f"BUDGETS names keys that API_KEYS does not have: {', '.join(unknown)}")
+        return self
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod

@@ -270,6 +270,11 @@ class StartEvent(EventBase):
     """An answer begins."""
 
     type: Literal["start"] = "start"
+    trace_id: str | None = Field(
+        default=None,
+        description="The answer's OpenTelemetry trace id (32 hex digits), when tracing is on.",
+        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
+    )
 
 
 class ChunkEvent(EventBase):

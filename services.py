@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from admission import Admission
-from ai_service import ChatService
+from ai_service import AnswerObserver, ChatService
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe, Readiness
@@ -30,6 +30,11 @@ from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 from stores.leases import AnswerLeases
 from stores.replay_log import ReplayLog
+from telemetry import Telemetry
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger
+from usage.recorder import UsageRecorder
+from usage.tokens import TokenCounter
 
 __all__ = ["HEALTH_TIMEOUT", "Services", "build_services"]
 
@@ -56,6 +61,9 @@ class Services:
     metrics: Metrics
     readiness: Readiness
     keeper: LeaseKeeper
+    usage: UsageLedger
+    budgets: Budgets
+    telemetry: Telemetry
 
 
 @asynccontextmanager
@@ -67,13 +75,14 @@ async def build_services(
     draining: Callable[[], bool] = lambda: False,
     end_retry_seconds: float | None = None,
     pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs for `settings`; close it all, in reverse, on exit.
 
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
     hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
     keeps trying to store its end while Redis is down (ANSWER_END_RETRY_SECONDS unless given); `pipes`
-    opens the batchers' connections (tests wrap them).
+    opens the batchers' connections (tests wrap them); `telemetry` traces answers (off when not given).
     """
     if settings.embedded_redis:
         logger.warning(
@@ -81,10 +90,12 @@ async def build_services(
             "history lives only as long as this process and no other process can subscribe"
         )
     metrics = metrics or Metrics()
+    telemetry = telemetry or Telemetry()
     async with AsyncExitStack() as stack:
         stack.callback(metrics.close)
         redis = create_redis(settings)
         stack.push_async_callback(redis.aclose)
+        stack.enter_context(telemetry.tracing(redis, settings.redis_key_prefix))
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
         writer, reader = (
             CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
@@ -97,17 +108,14 @@ async def build_services(
         stack.push_async_callback(answer_source.aclose)
         if end_retry_seconds is None:
             end_retry_seconds = settings.answer_end_retry_seconds
+        recorder, budgets = _accounting(settings, redis, answer_source, metrics)
+        observing = (metrics, telemetry, recorder, budgets)
         services = _assemble(
-            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds
+            settings, redis, keys, (writer, reader), answer_source, observing, draining, end_retry_seconds
         )
-        await services.hub.start()
-        stack.push_async_callback(services.hub.close)
-        services.admission.start()
-        stack.push_async_callback(services.admission.close)
-        # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
-        services.keeper.start()
-        stack.push_async_callback(services.keeper.close)
-        stack.push_async_callback(services.chat.shutdown)
+        recorder.start()
+        stack.push_async_callback(recorder.close)
+        await _start(services, stack)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
         # answers running; issue #6, scenario d).
@@ -117,6 +125,18 @@ async def build_services(
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
         yield services
     logger.info("%s stopped", SERVICE_NAME)
+
+
+async def _start(services: Services, stack: AsyncExitStack) -> None:
+    """Start what runs in the background, each closed in reverse by `stack`; the chat service last."""
+    await services.hub.start()
+    stack.push_async_callback(services.hub.close)
+    services.admission.start()
+    stack.push_async_callback(services.admission.close)
+    # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
+    services.keeper.start()
+    stack.push_async_callback(services.keeper.close)
+    stack.push_async_callback(services.chat.shutdown)
 
 
 def _lease_keeper(
@@ -151,17 +171,41 @@ def _lease_keeper(
     )
 
 
-def _assemble(
-    settings: Settings,
-    redis: RedisClient,
-    keys: KeySpace,
-    batchers: tuple[CommandBatcher, CommandBatcher],
-    source: AnswerSource,
-    metrics: Metrics,
-    draining: Callable[[], bool],
-    end_retry_seconds: float,
-) -> Services:
-    """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
+def _accounting(
+    settings: Settings, redis: RedisClient, source: AnswerSource, metrics: Metrics
+) -> tuple[UsageRecorder, Budgets]:
+    """Usage accounting and budgets (issue #16), over the Redis client."""
+    timeout, prefix = settings.redis_timeout, settings.redis_key_prefix
+    budgets = Budgets(
+        redis,
+        prefix,
+        settings.budgets,
+        timeout,
+        hold_seconds=settings.budget_hold_seconds,
+        refused=lambda key: metrics.usage.budget_refusals.labels(key).inc(),
+    )
+    ledger = UsageLedger(
+        redis,
+        prefix,
+        retention_days=settings.usage_retention_days,
+        session_ttl=settings.chat_history_ttl,
+        timeout=timeout,
+    )
+    recorder = UsageRecorder(
+        ledger,
+        budgets,
+        lambda: TokenCounter(source.model),
+        model=source.model,
+        prices=settings.prices,
+        sinks=(metrics.usage.record,),
+    )
+    return recorder, budgets
+
+
+def _stores(
+    settings: Settings, redis: RedisClient, keys: KeySpace, batchers: tuple[CommandBatcher, CommandBatcher]
+) -> tuple[HistoryStore, AnswerRegistry, ReplayLog, AnswerLeases]:
+    """The stores of turns, answer states, the replay log and the answers' leases."""
     ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
     writer, reader = batchers
     history = HistoryStore(
@@ -176,8 +220,25 @@ def _assemble(
     leases = AnswerLeases(keys, reader, seconds=settings.answer_lease_seconds)
     answers = AnswerRegistry(redis, writer, keys, leases, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
+    return history, answers, log, leases
+
+
+def _assemble(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    batchers: tuple[CommandBatcher, CommandBatcher],
+    source: AnswerSource,
+    observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets],
+    draining: Callable[[], bool],
+    end_retry_seconds: float,
+) -> Services:
+    """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
+    timeout, writer = settings.redis_timeout, batchers[0]
+    metrics, telemetry, recorder, budgets = observing
+    history, answers, log, leases = _stores(settings, redis, keys, batchers)
     keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
-    admission = Admission(settings, redis, keys)
+    admission = Admission(settings, redis, keys, budgets=budgets)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
         redis,
@@ -199,13 +260,45 @@ def _assemble(
         keys=keys,
         source=source,
         keeper=keeper,
-        observers=[metrics, admission, keeper],
+        observers=_observers(settings, (metrics, admission, keeper, recorder), telemetry, source, writer),
         end_retry_seconds=end_retry_seconds,
     )
-    health_timeout = min(timeout, HEALTH_TIMEOUT)
     readiness = Readiness(
-        redis, keys, probe.round_trip, timeout=health_timeout, memory=not settings.embedded_redis
+        redis, keys, probe.round_trip, timeout=probe.timeout, memory=not settings.embedded_redis
     )
+    accounting = (recorder.ledger, budgets, telemetry)
     return Services(
-        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, readiness, keeper
+        settings,
+        redis,
+        keys,
+        history,
+        answers,
+        log,
+        hub,
+        chat,
+        admission,
+        probe,
+        metrics,
+        readiness,
+        keeper,
+        *accounting,
     )
+
+
+def _observers(
+    settings: Settings,
+    observers: tuple[AnswerObserver, ...],
+    telemetry: Telemetry,
+    source: AnswerSource,
+    writer: CommandBatcher,
+) -> list[AnswerObserver]:
+    """Who hears of each answer's life. The tracer only when tracing is on: off, it costs nothing."""
+    tracer = telemetry.observer(
+        provider=source.name,
+        model=source.model,
+        writer=writer,
+        prefix=settings.redis_key_prefix,
+        ttl=settings.chat_history_ttl,
+    )
+    # The tracer first: the answer's trace id is set before anything logs it.
+    return [*observers] if tracer is None else [tracer, *observers]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from answer_run import Answer
     from config import Settings
     from redis_client import KeySpace, RedisClient
+    from usage.budgets import Budgets
 
 __all__ = ["Admission"]
 
@@ -33,8 +34,15 @@ class Admission:
     """
 
     def __init__(
-        self, settings: Settings, redis: RedisClient, keys: KeySpace, *, clock: Clock = time.time
+        self,
+        settings: Settings,
+        redis: RedisClient,
+        keys: KeySpace,
+        *,
+        clock: Clock = time.time,
+        budgets: Budgets | None = None,
     ) -> None:
+        self.budgets = budgets
         self.keyring = KeyRing(
             {name: key.get_secret_value().encode() for name, key in settings.api_keys.items()}
         )
@@ -143,7 +151,11 @@ class Admission:
                 await self.claim_session(principal, session_id)
             if self.slots is not None:
                 taken = await self.slots.acquire(principal, user_id, message_id)
-            yield
+            if self.budgets is None:
+                yield
+            else:  # the key's budget (429 `budget_exceeded`), and whom the answer is charged to
+                async with self.budgets.admit(principal.owner, message_id):
+                    yield
         finally:
             self.capacity.admitting -= 1
             # Released at most once: if the answer started and already ended, its release went first.

@@ -24,9 +24,13 @@ from models import ID_PATTERN
 from services import Services
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
+from telemetry import Telemetry
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger
 
 __all__ = [
     "AdmissionDep",
+    "BudgetsDep",
     "ChatServiceDep",
     "HistoryDep",
     "HubDep",
@@ -37,8 +41,11 @@ __all__ = [
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
+    "TelemetryDep",
+    "UsageDep",
     "get_admission",
     "get_app_settings",
+    "get_budgets",
     "get_chat_service",
     "get_history",
     "get_hub",
@@ -46,6 +53,8 @@ __all__ = [
     "get_probe",
     "get_readiness",
     "get_registry",
+    "get_telemetry",
+    "get_usage",
     "require_key",
     "require_stream_access",
 ]
@@ -91,6 +100,21 @@ async def get_admission(request: Request) -> Admission:
     return _services(request).admission
 
 
+async def get_usage(request: Request) -> UsageLedger:
+    return _services(request).usage
+
+
+async def get_budgets(request: Request) -> Budgets:
+    return _services(request).budgets
+
+
+async def get_telemetry(request: Request) -> Telemetry:
+    return _services(request).telemetry
+
+
+UsageDep = Annotated[UsageLedger, Depends(get_usage)]
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -27,6 +27,7 @@ from protocols.deps import (
     RegistryDep,
     SettingsDep,
     StreamPrincipalDep,
+    TelemetryDep,
 )
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse
@@ -162,6 +163,7 @@ async def stream(
     admission: AdmissionDep,
     service: ChatServiceDep,
     metrics: MetricsDep,
+    telemetry: TelemetryDep,
     message_id: Annotated[
         uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
     ] = None,
@@ -180,6 +182,8 @@ async def stream(
 
     Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
     await admission.check_session(principal, session_id)
+    if message_id is not None:  # this stream's trace links to the answer's (issue #16)
+        await telemetry.link_follower(str(message_id))
     cursor = await service.follow(
         session_id,
         after=last_event_id_header or last_event_id,
