@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
 
 from generation import GenerationOptions, check_image_url
 from parts import ToolCall, ToolResult, Usage
@@ -49,6 +57,21 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
+# A client's message id must be hard to guess: a random (v4) or time-ordered random (v7) UUID. The nil
+# UUID, the max UUID and the name- or MAC-based versions are refused (issue #13, item 7).
+MESSAGE_ID_VERSIONS = (4, 7)
+
+
+def check_message_id(value: uuid.UUID) -> uuid.UUID:
+    """`value` if it is an RFC 9562 UUID of version 4 or 7; ValueError otherwise."""
+    if value.variant != uuid.RFC_4122 or value.version not in MESSAGE_ID_VERSIONS:
+        raise ValueError("must be a random UUID (version 4 or 7)")
+    return value
+
+
+MessageId = Annotated[uuid.UUID, AfterValidator(check_message_id)]
+
+
 class ChatRequest(GenerationOptions):
     """A user's message to a session, or the results of the tool calls its last answer asked for; with
     the options of the answer (tools, structured output, sampling), which apply to this answer only."""
@@ -78,11 +101,11 @@ class ChatRequest(GenerationOptions):
         description="With `message`: images for the model to see, as https or base64 data URLs.",
     )
     user_id: UserId
-    message_id: uuid.UUID | None = Field(
+    message_id: MessageId | None = Field(
         default=None,
         description=(
             "Your own id for this message, for safe retries: repeating a POST with the same id returns "
-            "the same answer's state and never starts a second answer."
+            "the same answer's state and never starts a second answer. A random UUID (version 4 or 7)."
         ),
     )
 

@@ -134,7 +134,7 @@ def _assemble(
     )
     answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
-    admission = Admission(settings, redis, keys)
+    admission = Admission(settings, redis, keys, sse_gauge=metrics.sse_clients)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
         redis,

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
+from pydantic import AfterValidator
 
 from ai_service import AnswerNotFound
 from models import (
@@ -14,6 +15,7 @@ from models import (
     ChatAccepted,
     ChatRequest,
     HistoryResponse,
+    MessageId,
     StatusResponse,
     stream_event_schema,
 )
@@ -21,7 +23,6 @@ from protocols.deps import (
     AdmissionDep,
     ChatServiceDep,
     HistoryDep,
-    MetricsDep,
     PrincipalDep,
     RegistryDep,
     SettingsDep,
@@ -34,8 +35,37 @@ from protocols.validation import check_message_length
 __all__ = ["ERRORS", "NO_SESSION", "router"]
 
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+# A stream entry id is two unsigned 64-bit numbers; Redis refuses larger ones, and the largest id as an
+# exclusive start (issue #13, item 7: that error came after the 200 and dropped the connection).
+ENTRY_ID_MAX = 2**64 - 1
 
-MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
+
+def check_entry_id(value: str | None) -> str | None:
+    """`value` if Redis takes it as the position to resume after; ValueError otherwise."""
+    if value is None:
+        return None
+    milliseconds, _, sequence = value.partition("-")
+    if int(milliseconds) > ENTRY_ID_MAX or int(sequence) > ENTRY_ID_MAX:
+        raise ValueError("is not a stream entry id: each part is at most 18446744073709551615")
+    if int(milliseconds) == int(sequence) == ENTRY_ID_MAX:
+        raise ValueError("is the largest entry id: nothing can follow it")
+    return value
+
+
+EntryIdQuery = Annotated[
+    str | None,
+    Query(
+        pattern=ENTRY_ID_PATTERN, description="Resume after this event (for clients that cannot set headers)."
+    ),
+    AfterValidator(check_entry_id),
+]
+EntryIdHeader = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False),
+    AfterValidator(check_entry_id),
+]
+
+MessageIdPath = Annotated[MessageId, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
 ]
@@ -154,20 +184,11 @@ async def stream(
     principal: StreamPrincipalDep,
     admission: AdmissionDep,
     service: ChatServiceDep,
-    metrics: MetricsDep,
     message_id: Annotated[
-        uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
+        MessageId | None, Query(description="Follow only this answer; the stream ends with it.")
     ] = None,
-    last_event_id: Annotated[
-        str | None,
-        Query(
-            pattern=ENTRY_ID_PATTERN,
-            description="Resume after this event (for clients that cannot set headers).",
-        ),
-    ] = None,
-    last_event_id_header: Annotated[
-        str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False)
-    ] = None,
+    last_event_id: EntryIdQuery = None,
+    last_event_id_header: EntryIdHeader = None,
 ) -> EventStreamResponse:
     """Replay what the client missed from the session's log, then stream live events.
 
@@ -178,7 +199,9 @@ async def stream(
         after=last_event_id_header or last_event_id,
         message_id=str(message_id) if message_id else None,
     )
-    return EventStreamResponse(cursor, clients=metrics.sse_clients)
+    return EventStreamResponse(
+        cursor, clients=admission.sse_clients, expires_in=admission.expires_in(principal)
+    )
 
 
 @router.get(

@@ -42,7 +42,11 @@ def encode(item: CursorItem) -> bytes:
     return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (item.id.encode(), item.type.encode(), item.payload)
 
 
-class Counting(Protocol):
+class Clients(Protocol):
+    """The process's open streams (`admission.SseClients`): `check` refuses one more at the limit."""
+
+    def check(self) -> None: ...
+
     def inc(self) -> None: ...
 
     def dec(self) -> None: ...
@@ -59,13 +63,19 @@ class EventStreamResponse(Response):
         *,
         encoder: Callable[[CursorItem], bytes] = encode,
         headers: Mapping[str, str] | None = None,
-        clients: Counting | None = None,
+        clients: Clients | None = None,
+        expires_in: float | None = None,
     ) -> None:
-        """`clients`: a gauge (metrics) counting the clients whose stream is open. (`status_code` is
-        how FastAPI's OpenAPI document learns a response class's status.)"""
+        """`clients`: the process's open streams, which may refuse this one (`MAX_SSE_CLIENTS`: the
+        route answers 503 before anything is sent). `expires_in`: the stream ends after this many
+        seconds (the stream token it was opened with expires then). (`status_code` is how FastAPI's
+        OpenAPI document learns a response class's status.)"""
+        if clients is not None:
+            clients.check()
         self._cursor = cursor
         self._encoder = encoder
         self._clients = clients
+        self._expires_in = expires_in
         # As StreamingResponse does, but with no body iterator around the cursor (an idle client's
         # memory is a budget, issue #6 f) and no Content-Length.
         self.status_code = status_code
@@ -87,8 +97,12 @@ class EventStreamResponse(Response):
         if self._clients is not None:
             self._clients.inc()
         try:
-            async for item in items:
-                await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
+            # A stream opened with a token ends when the token expires (issue #13, item 7): a cursor
+            # step, or a send, in progress then is cancelled, before any of its bytes are written.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._expires_in):
+                    async for item in items:
+                        await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if self._clients is not None:
