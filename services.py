@@ -144,7 +144,9 @@ def _assemble(
         listener_limit=settings.sse_queue_limit,
         on_control=probe.wrap(lambda data: chat.on_control(data)),
         ping_interval=settings.sse_ping_seconds,
-        draining=draining,
+        # Open streams end within half the grace period, well before uvicorn stops waiting for them
+        # (`app.server_options`), so that none is cancelled under the server's feet.
+        draining=admission.sse_clients.on_draining(draining, within=settings.shutdown_grace_seconds / 2),
     )
     chat = ChatService(
         settings,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 import orjson
@@ -43,13 +43,17 @@ def encode(item: CursorItem) -> bytes:
 
 
 class Clients(Protocol):
-    """The process's open streams (`admission.SseClients`): `check` refuses one more at the limit."""
+    """The process's open streams (`admission.SseClients`): `check` refuses one more at the limit; each
+    stream's deadline is registered while it is open, and brought forward when the server stops."""
+
+    @property
+    def ending(self) -> bool: ...
 
     def check(self) -> None: ...
 
-    def inc(self) -> None: ...
+    def opened(self, deadline: asyncio.Timeout) -> None: ...
 
-    def dec(self) -> None: ...
+    def closed(self, deadline: asyncio.Timeout) -> None: ...
 
 
 class EventStreamResponse(Response):
@@ -92,22 +96,34 @@ class EventStreamResponse(Response):
             self._cursor.close()
 
         watcher = asyncio.create_task(watch(), name="sse-disconnect")
-        encoder = self._encoder
         items = aiter(self._cursor)
-        if self._clients is not None:
-            self._clients.inc()
         try:
-            # A stream opened with a token ends when the token expires (issue #13, item 7): a cursor
-            # step, or a send, in progress then is cancelled, before any of its bytes are written.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._expires_in):
-                    async for item in items:
-                        await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not await self._send_items(items, send) and not (self._clients and self._clients.ending):
+                # The token expired: end the response as usual. At shutdown a client too slow to take
+                # the stream is not waited for: the server closes its connection.
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if self._clients is not None:
-                self._clients.dec()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await items.aclose()
+
+    async def _send_items(self, items: AsyncIterator[CursorItem], send: Send) -> bool:
+        """Send the cursor's items, then the end of the response, until the stream's deadline: the
+        expiry of the token it was opened with (issue #13, item 7), brought forward when the server
+        stops (item 6). A cursor step or a send in progress then (a send waits while the client reads
+        nothing) is cancelled before any of its bytes are written. False if the deadline came first."""
+        encoder, clients = self._encoder, self._clients
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._expires_in) as deadline:
+                if clients is not None:
+                    clients.opened(deadline)
+                try:
+                    async for item in items:
+                        await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return True
+                finally:
+                    if clients is not None:
+                        clients.closed(deadline)
+        return False
