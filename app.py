@@ -36,6 +36,9 @@ from ui import add_ui
 
 logger = logging.getLogger(__name__)
 
+# What a browser on another origin may send: the keys, the request id, the resume position, the session.
+CORS_HEADERS = ["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID", "X-Session-Id"]
+
 
 def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | None = None) -> Any:
     """The lifespan: the services builder's object graph, as the routes' state (`protocols/deps.py`)."""
@@ -71,14 +74,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=[
-                    "Content-Type",
-                    "Authorization",
-                    "X-API-Key",
-                    "X-Request-ID",
-                    "Last-Event-ID",
-                    "X-Session-Id",
-                ],
+                allow_headers=CORS_HEADERS,
                 expose_headers=["X-Request-ID"],
             )
         )

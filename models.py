@@ -7,15 +7,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
+from pydantic.functional_validators import AfterValidator
 
 from generation import GenerationOptions, check_image_url
 from parts import ToolCall, ToolResult, Usage
@@ -57,14 +50,9 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
-# A client's message id must be hard to guess: a random (v4) or time-ordered random (v7) UUID. The nil
-# UUID, the max UUID and the name- or MAC-based versions are refused (issue #13, item 7).
-MESSAGE_ID_VERSIONS = (4, 7)
-
-
 def check_message_id(value: uuid.UUID) -> uuid.UUID:
-    """`value` if it is an RFC 9562 UUID of version 4 or 7; ValueError otherwise."""
-    if value.variant != uuid.RFC_4122 or value.version not in MESSAGE_ID_VERSIONS:
+    """A client's message id is random (v4) or time-ordered random (v7): not nil, max, name- or MAC-based."""
+    if value.variant != uuid.RFC_4122 or value.version not in (4, 7):
         raise ValueError("must be a random UUID (version 4 or 7)")
     return value
 

@@ -29,7 +29,7 @@ from protocols.deps import (
     StreamPrincipalDep,
 )
 from protocols.errors import ConflictResponse, ErrorResponse
-from protocols.sse import EventStreamResponse
+from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import check_message_length
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
@@ -169,7 +169,8 @@ async def cancel(
     responses={
         200: {
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            "description": "`id:` the log entry id, `event:` the type, `data:` the event's JSON.",
+            "description": "Every event is named (`onmessage` receives none): `id:` the log entry id, "
+            "`event:` the type (an answer's `error` is `answer_error`), `data:` the event's JSON.",
         },
         404: {
             "model": ErrorResponse,
@@ -189,6 +190,16 @@ async def stream(
     ] = None,
     last_event_id: EntryIdQuery = None,
     last_event_id_header: EntryIdHeader = None,
+    events: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=2,
+            description="The stream's version: 2 names an answer's error event `answer_error`; 1, for "
+            "clients not yet updated, names it `error`, as a browser's EventSource names its own "
+            "connection errors.",
+        ),
+    ] = 2,
 ) -> EventStreamResponse:
     """Replay what the client missed from the session's log, then stream live events.
 
@@ -200,7 +211,10 @@ async def stream(
         message_id=str(message_id) if message_id else None,
     )
     return EventStreamResponse(
-        cursor, clients=admission.sse_clients, expires_in=admission.expires_in(principal)
+        cursor,
+        encoder=encode if events == 2 else encode_v1,
+        clients=admission.sse_clients,
+        expires_in=admission.expires_in(principal),
     )
 
 

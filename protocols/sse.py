@@ -18,15 +18,30 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cursor import CursorItem, EventCursor, Keepalive, Reset
+from stores.replay_log import Entry
 
-__all__ = ["EventStreamResponse", "encode"]
+__all__ = ["ANSWER_ERROR", "EventStreamResponse", "encode", "encode_v1"]
 
 PING = b": ping\r\n\r\n"
 
 
+# An answer's `error` event is `answer_error` on the wire: `error` is also the name under which a browser's
+# EventSource reports its own connection failures, so a listener for one got both (issue #13, item 8).
+ANSWER_ERROR = "answer_error"
+
+
 def encode(item: CursorItem) -> bytes:
-    """An entry as `id:` its log position, `event:` its type, `data:` the event's JSON (which has no
-    newline); a reset as a `reset` event; a keepalive as a comment."""
+    """An entry as `id:` its log position, `event:` its type (`answer_error` for an answer's `error`),
+    `data:` the event's JSON (which has no newline, and keeps `"type": "error"`); a reset as a `reset`
+    event; a keepalive as a comment."""
+    if isinstance(item, Entry) and item.type == "error":
+        return _named(item, ANSWER_ERROR)
+    return encode_v1(item)
+
+
+def encode_v1(item: CursorItem) -> bytes:
+    """The stream as it was before `answer_error`: an answer's error event is named `error` (`events=1`,
+    for clients not yet updated)."""
     if isinstance(item, Keepalive):
         return PING
     if isinstance(item, Reset):
@@ -39,7 +54,11 @@ def encode(item: CursorItem) -> bytes:
         )
         head = b"id: %s\r\n" % item.position.encode() if item.position else b""
         return head + b"event: reset\r\ndata: %s\r\n\r\n" % data
-    return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (item.id.encode(), item.type.encode(), item.payload)
+    return _named(item, item.type)
+
+
+def _named(entry: Entry, name: str) -> bytes:
+    return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (entry.id.encode(), name.encode(), entry.payload)
 
 
 class Clients(Protocol):
