@@ -127,15 +127,15 @@ def main() -> None:
 
 def server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's options for `python app.py`: what one process lets in, and how long it waits to stop
-    (issue #13, item 6; README "Deployment"). h11 rather than httptools: h11 bounds a request's head
-    (`h11_max_incomplete_event_size`, answered with 400), httptools reads heads of any size."""
+    (issue #13, item 6; README "Operations"). h11 by default: it bounds a request's head
+    (`h11_max_incomplete_event_size`, answered with 400); httptools reads heads of any size."""
     return {
         "host": settings.host,
         "port": settings.port,
         "log_config": None,
         "access_log": False,
         "proxy_headers": False,
-        "http": "h11",
+        "http": settings.http_parser,
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "limit_concurrency": settings.max_connections,
         "timeout_keep_alive": settings.keepalive_timeout,

@@ -15,6 +15,8 @@ import orjson
 import pytest
 import redis
 
+from app import server_options
+from config import Settings
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
 from testkit.waiting import eventually_sync
@@ -185,3 +187,17 @@ def test_streams_beyond_max_sse_clients_get_503_with_retry_after(
         )
         with client.stream("GET", "/stream/three") as third:
             assert third.status_code == 200
+
+
+def test_python_app_runs_uvicorn_with_the_edge_settings(make_settings: Callable[..., Settings]) -> None:
+    options = server_options(
+        make_settings(
+            max_header_bytes=4096, max_connections=10, keepalive_timeout=7, shutdown_grace_seconds=2.5
+        )
+    )
+    assert options["http"] == "h11"
+    assert options["h11_max_incomplete_event_size"] == 4096
+    assert options["limit_concurrency"] == 10
+    assert options["timeout_keep_alive"] == 7
+    assert options["timeout_graceful_shutdown"] == 3  # whole seconds, never less than the grace
+    assert server_options(make_settings(http_parser="httptools"))["http"] == "httptools"
