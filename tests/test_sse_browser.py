@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
 from testkit.ports import free_port
@@ -110,3 +110,27 @@ def test_a_client_not_yet_updated_still_gets_error_with_events_1(
     seen = follow_in_browser(browser, failing_service, events=1)
     assert seen["answerErrors"] == []
     assert seen["connectionErrors"] == ["message"]  # the old contract: the answer's error as `error`
+
+
+@pytest.mark.browser
+def test_the_chat_page_shows_the_answers_error_from_the_stream(
+    browser: Browser, failing_service: ServiceProcess
+) -> None:
+    context = browser.new_context(base_url=failing_service.url)
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto("/ui")
+        page.get_by_label("Message").fill("Hello")
+        page.get_by_role("button", name="Send").click()
+        answer = page.locator(".msg[data-role='assistant']").last
+        expect(answer).to_have_attribute("data-state", "error", timeout=30_000)
+        # The stream's message, not history's generic "the answer failed".
+        note = answer.locator(".note").inner_text()
+        assert note.startswith("Error: ")
+        assert "the answer failed" not in note
+        expect(page.locator("#connection")).not_to_have_attribute("data-state", "offline")
+    finally:
+        context.close()
+    assert errors == []
