@@ -58,7 +58,8 @@ class EscapeControls(logging.Filter):
     this."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = escape_controls(record.getMessage()), None
+        # A trailing newline (uvicorn ends some messages with one) starts no line of its own: dropped.
+        record.msg, record.args = escape_controls(record.getMessage().rstrip("\n")), None
         return True
 
 
