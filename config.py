@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     stream_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
+    # Per-key totals (issue #13): what one API key may use across all its user ids, so that a new
+    # `user_id` per request buys nothing (on an open service, the whole service is one key).
+    rate_limit_per_key: str | None = None
+    max_streams_per_key: int = Field(default=0, ge=0)
+
+    # Answer leases and orphaned answers (issue #13, item 5; `leases.py`). A running answer's instance
+    # renews its lease (and its session's TTLs); an answer whose lease has expired is ended as lost by
+    # whichever instance sees it next, or by the sweep every ANSWER_SWEEP_SECONDS. An answer tries to
+    # store its end for ANSWER_END_RETRY_SECONDS while Redis refuses, then leaves it to its lease.
+    answer_lease_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    answer_sweep_seconds: float = Field(default=10.0, ge=0.1, le=3600)
+    answer_end_retry_seconds: float = Field(default=15.0, ge=0, le=3600)
+
     # The edge: what one `python app.py` process lets in (issue #13, items 6 and 7). uvicorn's h11
     # parser holds at most MAX_HEADER_BYTES of a request head (httptools, about 90 us a request faster,
     # reads heads of any size: only behind a proxy that bounds them); beyond MAX_CONNECTIONS open connections
@@ -169,7 +182,7 @@ class Settings(BaseSettings):
             keys[name] = key
         return keys
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "rate_limit_per_key", mode="before")
     @classmethod
     def _check_rate_limit(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

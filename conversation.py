@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from parts import ToolCall
 
-__all__ = ["ConversationMessage", "build_context"]
+__all__ = ["ConversationMessage", "InstructionsTooLong", "build_context", "check_instructions", "pinned_size"]
 
 # The fields of a stored turn (`ChatTurn`) that a model is sent besides its role and text.
 PARTS = frozenset({"tool_calls", "tool_call_id", "images", "reasoning"})
@@ -77,6 +77,33 @@ def _units(messages: Sequence[ConversationMessage]) -> list[list[ConversationMes
     return units
 
 
+class InstructionsTooLong(ValueError):
+    """A client's own instructions (its system messages) do not fit `MAX_CONTEXT_CHARS` beside what is
+    always sent; the protocol edge names the field that brought them."""
+
+
+def _pinned(turns: Sequence[ConversationMessage]) -> list[ConversationMessage]:
+    """What is always sent: the last user message and everything after it."""
+    last_user = max((i for i, turn in enumerate(turns) if turn.role == "user"), default=0)
+    return [message for unit in _units(turns[last_user:]) for message in unit]
+
+
+def pinned_size(turns: Sequence[ConversationMessage]) -> int:
+    """How much of `MAX_CONTEXT_CHARS` what is always sent of `turns` takes."""
+    return sum(message.size() for message in _pinned(turns))
+
+
+def check_instructions(instructions: str, *, pinned: int, max_chars: int) -> None:
+    """Instructions a client sends count toward `max_chars` (issue #13): they must fit together with
+    the `pinned` characters always sent, else `InstructionsTooLong`. (`SYSTEM_PROMPT`, the operator's,
+    is always sent, as `build_context` says.)"""
+    if len(instructions) + pinned > max_chars:
+        raise InstructionsTooLong(
+            f"the instructions are {len(instructions)} characters; with the newest message at most "
+            f"{max(0, max_chars - pinned)} fit (MAX_CONTEXT_CHARS is {max_chars})"
+        )
+
+
 def build_context(
     turns: Sequence[ConversationMessage],
     *,
@@ -97,7 +124,7 @@ def build_context(
     if not send_reasoning:
         turns = [replace(turn, reasoning=None) if turn.reasoning else turn for turn in turns]
     last_user = max((i for i, turn in enumerate(turns) if turn.role == "user"), default=0)
-    pinned = [message for unit in _units(turns[last_user:]) for message in unit]
+    pinned = _pinned(turns)
     budget = max_chars - len(system_prompt) - sum(message.size() for message in pinned)
     count = max_messages
     kept: list[list[ConversationMessage]] = []

@@ -240,11 +240,16 @@ class ChatTurn(BaseModel):
 
 
 class HistoryResponse(BaseModel):
-    """A session's turns, oldest first."""
+    """A page of a session's turns, oldest first."""
 
     session_id: str
     messages: list[ChatTurn]
-    count: int = Field(ge=0)
+    count: int = Field(ge=0, description="How many turns this page holds.")
+    next_before: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pass as `before` to read the turns older than this page; absent on the oldest page.",
+    )
 
 
 class StatusResponse(BaseModel):

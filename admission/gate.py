@@ -56,13 +56,16 @@ class Admission:
         self.owners = SessionOwners(
             redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
         )
-        self.rate_limiter = RateLimiter.from_settings(settings, redis, keys) if settings.rate_limit else None
+        self.rate_limiter: RateLimiter | None = None
+        if settings.rate_limit or settings.rate_limit_per_key:
+            self.rate_limiter = RateLimiter.from_settings(settings, redis, keys)
         self.slots: StreamSlots | None = None
-        if settings.max_streams_per_user:
+        if settings.max_streams_per_user or settings.max_streams_per_key:
             self.slots = StreamSlots(
                 redis,
                 keys,
                 limit=settings.max_streams_per_user,
+                per_key=settings.max_streams_per_key,
                 lease=settings.stream_lease_seconds,
                 timeout=settings.redis_timeout,
                 clock=clock,
@@ -123,7 +126,12 @@ class Admission:
         if not await self.owners.claim(session_id, principal.key_name):
             raise SessionForbidden(session_id)
 
-    # -- admitting an answer --
+    # -- admitting a read, and an answer --
+
+    async def admit_read(self, principal: Principal) -> None:
+        """A read (a history page) counts toward the key's `RATE_LIMIT_PER_KEY`; 429 beyond it."""
+        if self.rate_limiter is not None:
+            await self.rate_limiter.hit(principal, None)
 
     @asynccontextmanager
     async def admit(
@@ -131,8 +139,9 @@ class Admission:
     ) -> AsyncIterator[None]:
         """Let an answer in through every check, cheapest first; submit it inside the block.
 
-        Capacity (503 `Overloaded`) before anything touches Redis, then the rate limit (429), the
-        session's owner (403, skipped for a stateless call), the user's running answers (429). A slot
+        Capacity (503 `Overloaded`) before anything touches Redis, then the rate limits (429, the key's
+        total first), the session's owner (403, skipped for a stateless call), the key's and the user's
+        running answers (429). A slot
         taken for an answer that has not started when the block ends (a repeated send, a failure) is
         given back at once; one that started is freed when it ends (`answer_ended`).
         """

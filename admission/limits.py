@@ -1,6 +1,7 @@
 """The limits that keep one client from exhausting the service (OWASP API4, unrestricted resource
-consumption): `RATE_LIMIT` and `MAX_STREAMS_PER_USER`, shared by every instance through Redis, and this
-process's `MAX_ACTIVE_STREAMS`."""
+consumption): `RATE_LIMIT` and `MAX_STREAMS_PER_USER` per key and user, `RATE_LIMIT_PER_KEY` and
+`MAX_STREAMS_PER_KEY` per key in total, shared by every instance through Redis, and this process's
+`MAX_ACTIVE_STREAMS`."""
 
 from __future__ import annotations
 
@@ -33,15 +34,25 @@ Clock = Callable[[], float]
 
 
 class RateLimiter:
-    """`RATE_LIMIT` per API key and user: a moving window in Redis, shared by every instance.
+    """`RATE_LIMIT` per API key and user, and `RATE_LIMIT_PER_KEY` per API key in total: moving windows
+    in Redis, shared by every instance.
 
     Keyed by the key's name and the body's `user_id`, never by an address a client can claim in
-    `X-Forwarded-For`."""
+    `X-Forwarded-For`. The key's total is checked first, so a client that rotates `user_id` is held to
+    its key's budget (issue #13)."""
 
-    def __init__(self, storage: Storage, items: list[RateLimitItem], *, timeout: float) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        items: list[RateLimitItem],
+        *,
+        timeout: float,
+        per_key: list[RateLimitItem] | None = None,
+    ) -> None:
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         self._items = items
+        self._per_key = per_key or []
         self._timeout = timeout
         # The cluster client `limits` makes for itself (it has no close of its own): closed in `close()`.
         self._own_client: Any = None
@@ -70,20 +81,31 @@ class RateLimiter:
                 key_prefix=keys.rate_limits,
                 connection_pool=cast(Redis, redis).connection_pool,  # type: ignore[arg-type]
             )
-        limiter = cls(storage, parse_many(settings.rate_limit or ""), timeout=settings.redis_timeout)
+        limiter = cls(
+            storage,
+            parse_many(settings.rate_limit) if settings.rate_limit else [],
+            timeout=settings.redis_timeout,
+            per_key=parse_many(settings.rate_limit_per_key) if settings.rate_limit_per_key else [],
+        )
         limiter._own_client = own_client
         return limiter
 
-    async def hit(self, principal: Principal, user_id: str) -> None:
-        """Count one request; `RateLimited` (with how long to wait) once a window is full."""
-        for item in self._items:
+    async def hit(self, principal: Principal, user_id: str | None) -> None:
+        """Count one request of the key (and of its user, when the request has one); `RateLimited`
+        (with how long to wait) once a window is full."""
+        # `#` cannot occur in a user id: the key's own windows are never a user's.
+        checks = [(item, (principal.owner, "#key")) for item in self._per_key]
+        if user_id is not None:
+            checks += [(item, (principal.owner, user_id)) for item in self._items]
+        for item, identifiers in checks:
             async with bounded(self._timeout):
-                allowed = await self._limiter.hit(item, principal.owner, user_id)
+                allowed = await self._limiter.hit(item, *identifiers)
                 if allowed:
                     continue
-                stats = await self._limiter.get_window_stats(item, principal.owner, user_id)
+                stats = await self._limiter.get_window_stats(item, *identifiers)
             retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-            raise RateLimited(f"Rate limit of {item} exceeded", retry_after)
+            whose = "this API key" if identifiers[1] == "#key" else "this user"
+            raise RateLimited(f"Rate limit of {item} for {whose} exceeded", retry_after)
 
     async def close(self) -> None:
         if self._own_client is not None:
@@ -91,13 +113,15 @@ class RateLimiter:
 
 
 class StreamSlots:
-    """`MAX_STREAMS_PER_USER`: each user's running answers, counted in Redis across instances.
+    """`MAX_STREAMS_PER_USER` and `MAX_STREAMS_PER_KEY`: running answers per key and user, and per key in
+    total, counted in Redis across instances.
 
-    A sorted set per key and user whose members are message ids scored by a lease's expiry. The
-    instance running an answer renews its lease while it runs and removes it when the answer ends, however
-    it ends; if the instance dies, the lease runs out after `STREAM_LEASE_SECONDS` and the slot is free
-    again. Plain MULTI/EXEC, no Lua, so it also runs on the embedded Redis. `clock` gives the leases' time
-    (tests move it instead of waiting).
+    A sorted set per key and user (and one per key) whose members are message ids scored by a lease's
+    expiry. The instance running an answer renews its lease while it runs and removes it when the answer
+    ends, however it ends; if the instance dies, the lease runs out after `STREAM_LEASE_SECONDS` and the
+    slot is free again. Plain MULTI/EXEC, no Lua, so it also runs on the embedded Redis; one transaction
+    per set, as the two live in different cluster slots. `clock` gives the leases' time (tests move it
+    instead of waiting). A limit of 0 is no limit.
     """
 
     def __init__(
@@ -109,21 +133,45 @@ class StreamSlots:
         lease: float,
         timeout: float,
         clock: Clock = time.time,
+        per_key: int = 0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self.limit = limit
+        self.per_key = per_key
         self._lease = lease
         self._timeout = timeout
         self._clock = clock
-        self._held: dict[str, str] = {}  # message id -> its sorted set, for the answers this process runs
+        # message id -> its sorted sets, for the answers this process runs
+        self._held: dict[str, list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
 
     async def acquire(self, principal: Principal, user_id: str, message_id: str) -> bool:
         """Take a slot for the answer; False if it already had one (a repeated send).
-        Raises `RateLimited` when the user already runs `limit` answers."""
-        key = self._keys.stream_slots(principal.owner, user_id)
+        Raises `RateLimited` when the key, or the user, already runs as many answers as it may."""
+        sets = []
+        if self.per_key:
+            sets.append((self._keys.key_stream_slots(principal.owner), self.per_key, "one API key"))
+        if self.limit:
+            sets.append((self._keys.stream_slots(principal.owner, user_id), self.limit, "one user"))
+        taken: list[str] = []
+        for key, limit, whose in sets:
+            added, count = await self._take(key, message_id)
+            if not added:
+                return False  # a repeated send: it took every slot the first time
+            taken.append(key)
+            if count > limit:
+                # Two racing sends may both see the other and both be refused: never one too many.
+                async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+                    for held in taken:
+                        pipe.zrem(held, message_id)
+                    await pipe.execute()
+                raise RateLimited(f"At most {limit} answers may run at once for {whose}", 1)
+        self._held[message_id] = taken
+        return True
+
+    async def _take(self, key: str, message_id: str) -> tuple[bool, int]:
         now = self._clock()
         async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
@@ -131,24 +179,18 @@ class StreamSlots:
             pipe.zcard(key)
             pipe.expire(key, math.ceil(self._lease) + 1)
             _, added, count, _ = await pipe.execute()
-        if not added:
-            return False
-        if count > self.limit:
-            # Two racing sends may both see the other and both be refused: never one too many.
-            async with bounded(self._timeout):
-                await self._redis.zrem(key, message_id)
-            raise RateLimited(f"At most {self.limit} answers may run at once for one user", 1)
-        self._held[message_id] = key
-        return True
+        return bool(added), int(count)
 
     async def release(self, message_id: str) -> None:
         """Give the answer's slot back (once: a second release does nothing)."""
-        key = self._held.pop(message_id, None)
-        if key is None:
+        keys = self._held.pop(message_id, None)
+        if not keys:
             return
         try:
-            async with bounded(self._timeout):
-                await self._redis.zrem(key, message_id)
+            async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zrem(key, message_id)
+                await pipe.execute()
         except RedisUnavailable as error:
             logger.warning("could not free the stream slot of %s (%s); its lease expires", message_id, error)
 
@@ -177,9 +219,10 @@ class StreamSlots:
         expiry = self._clock() + self._lease
         try:
             async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
-                for message_id, key in list(self._held.items()):
-                    pipe.zadd(key, {message_id: expiry}, xx=True)
-                    pipe.expire(key, math.ceil(self._lease) + 1)
+                for message_id, keys in list(self._held.items()):
+                    for key in keys:
+                        pipe.zadd(key, {message_id: expiry}, xx=True)
+                        pipe.expire(key, math.ceil(self._lease) + 1)
                 await pipe.execute()
         except RedisUnavailable as error:
             logger.warning("could not renew %d stream slots: %s", len(self._held), error.reason)

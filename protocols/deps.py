@@ -17,7 +17,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from admission import Admission, Principal, Unauthorized
 from ai_service import ChatService
 from config import Settings
-from health import PubSubProbe
+from health import PubSubProbe, Readiness
 from hub import StreamHub
 from metrics import Metrics
 from models import ID_PATTERN
@@ -33,6 +33,7 @@ __all__ = [
     "MetricsDep",
     "PrincipalDep",
     "ProbeDep",
+    "ReadinessDep",
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
@@ -43,6 +44,7 @@ __all__ = [
     "get_hub",
     "get_metrics",
     "get_probe",
+    "get_readiness",
     "get_registry",
     "require_key",
     "require_stream_access",
@@ -77,6 +79,10 @@ async def get_probe(request: Request) -> PubSubProbe:
     return _services(request).probe
 
 
+async def get_readiness(request: Request) -> Readiness:
+    return _services(request).readiness
+
+
 async def get_metrics(request: Request) -> Metrics:
     return _services(request).metrics
 
@@ -91,6 +97,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
 HubDep = Annotated[StreamHub, Depends(get_hub)]
 ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
+ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 

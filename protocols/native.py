@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
 from pydantic import AfterValidator
 
@@ -38,6 +39,12 @@ ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 # A stream entry id is two unsigned 64-bit numbers; Redis refuses larger ones, and the largest id as an
 # exclusive start (issue #13, item 7: that error came after the 200 and dropped the connection).
 ENTRY_ID_MAX = 2**64 - 1
+
+# A history page (issue #13): how many turns by default and at most, and how many bytes of turns at most
+# (a turn may hold a megabyte of tool results); the newest turns are kept when a page is cut short.
+HISTORY_PAGE = 100
+HISTORY_PAGE_MAX = 1000
+HISTORY_PAGE_BYTES = 1_048_576
 
 
 def check_entry_id(value: str | None) -> str | None:
@@ -224,19 +231,52 @@ async def stream(
     response_model_exclude_none=True,
     summary="Get a session's history",
     tags=["history"],
-    responses={**ERRORS, **NO_SESSION},
+    responses={
+        **ERRORS,
+        **NO_SESSION,
+        429: {"model": ErrorResponse, "description": "RATE_LIMIT_PER_KEY reached; see `Retry-After`."},
+    },
 )
 async def get_session_history(
     session_id: SessionIdPath,
     principal: PrincipalDep,
     admission: AdmissionDep,
     history: HistoryDep,
-    limit: Annotated[int | None, Query(ge=1, le=100_000, description="Only the most recent N turns.")] = None,
-) -> HistoryResponse:
-    """The session's turns, oldest first; an unknown session has an empty history (404 with API keys)."""
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=HISTORY_PAGE_MAX,
+            description=f"At most this many turns (and at most {HISTORY_PAGE_BYTES} bytes of them).",
+        ),
+    ] = HISTORY_PAGE,
+    before: Annotated[
+        int | None,
+        Query(ge=0, description="The `next_before` of the previous page: read the turns older than it."),
+    ] = None,
+) -> Response:
+    """A page of the session's turns, oldest first: the most recent, or those before `before`.
+
+    An unknown session has an empty history (404 with API keys). Each read counts toward the key's
+    `RATE_LIMIT_PER_KEY`."""
+    await admission.admit_read(principal)
     await admission.check_session(principal, session_id)
-    messages = await history.read(session_id, limit)
-    return HistoryResponse(session_id=session_id, messages=messages, count=len(messages))
+    page = await history.read_page(session_id, limit=limit, before=before, max_bytes=HISTORY_PAGE_BYTES)
+    # The stored turns are the response's messages as they are: joined, not parsed into models, so
+    # that 50 reads at once do not stall the event loop (issue #13).
+    cursor = b"" if page.next_before is None else b',"next_before":%d' % page.next_before
+    body = b"".join(
+        (
+            b'{"session_id":',
+            orjson.dumps(session_id),
+            b',"messages":[',
+            b",".join(page.turns),
+            b'],"count":%d' % len(page.turns),
+            cursor,
+            b"}",
+        )
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.delete(

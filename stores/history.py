@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -15,12 +16,21 @@ from conversation import ConversationMessage
 from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
 
-__all__ = ["HistoryStore", "RecentTurn"]
+__all__ = ["HistoryPage", "HistoryStore", "RecentTurn"]
 
 logger = logging.getLogger(__name__)
 
 # (message_id, the turn as a model is sent it) of a stored turn, as the context for an answer needs it.
 RecentTurn = tuple[str, ConversationMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Some of a session's turns, as stored (one JSON object each, oldest first), and the cursor to the
+    turns before them: their position in the stored list, None when none is older."""
+
+    turns: list[bytes]
+    next_before: int | None
 
 
 class HistoryStore:
@@ -46,12 +56,15 @@ class HistoryStore:
         self._wait_replicas = wait_replicas
 
     def append_commands(self, session_id: str, *turns: ChatTurn) -> list[Command]:
-        """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL."""
+        """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL. The session's
+        owner record (if keys are on) is refreshed with it, so it never expires before the turns it
+        guards (#13, item 4)."""
         key = self._keys.history(session_id)
         return [
             ("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns)),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
+            ("EXPIRE", self._keys.owner(session_id), self._ttl),
         ]
 
     def clear_commands(self, session_id: str) -> list[Command]:
@@ -143,6 +156,63 @@ class HistoryStore:
             except ValueError:
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
         return turns
+
+    async def read_page(
+        self, session_id: str, *, limit: int, before: int | None = None, max_bytes: int
+    ) -> HistoryPage:
+        """Up to `limit` turns before position `before` (the newest without it), and no more of them
+        than fit in `max_bytes` (always one): the newest are kept. The turns stay as stored, so a page
+        costs the event loop a parse check and a copy, never a model per turn (issue #13).
+
+        Positions count from the oldest stored turn, so a cursor holds while turns are appended; when
+        the oldest are trimmed (MAX_HISTORY_MESSAGES) between two pages, the next page repeats as many
+        turns as were trimmed, and skips none."""
+        key = self._keys.history(session_id)
+        async with bounded(self._timeout):
+            if before is None:
+                # No MULTI: out of memory, Redis refuses even the reads queued in one. The length, read
+                # after the turns, can only be longer (a turn appended between): that moves the cursor
+                # later, so the next page repeats that many turns and skips none.
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.lrange(key, -limit, -1)
+                    pipe.llen(key)
+                    raw, length = await pipe.execute()
+                start = max(0, int(length) - len(raw))
+            elif before == 0:  # nothing is before the oldest turn (and LRANGE 0 -1 would be all)
+                start, raw = 0, []
+            else:
+                start = max(0, before - limit)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.lrange(key, start, before - 1)
+                    pipe.llen(key)
+                    raw, length = await pipe.execute()
+                if before > int(length):  # a cursor past the end (cleared, or trimmed): from the end
+                    start = max(0, int(length) - limit)
+                    raw = await self._redis.lrange(key, start, int(length) - 1)
+        return self._fit(session_id, raw, start, max_bytes)
+
+    @staticmethod
+    def _fit(session_id: str, raw: Sequence[bytes], start: int, max_bytes: int) -> HistoryPage:
+        """The newest of `raw` (stored from position `start` on) that fit in `max_bytes`, and readable."""
+        kept: list[bytes] = []
+        size = 0
+        oldest = start
+        for index in range(len(raw) - 1, -1, -1):
+            item = raw[index]
+            if kept and size + len(item) > max_bytes:
+                oldest = start + index + 1
+                break
+            try:
+                readable = isinstance(orjson.loads(item), dict)
+            except orjson.JSONDecodeError:
+                readable = False
+            if not readable:
+                logger.warning("skipping an unreadable history entry in session %s", session_id)
+                continue
+            kept.append(item)
+            size += len(item)
+        kept.reverse()
+        return HistoryPage(kept, oldest or None)
 
     async def ping(self) -> float:
         """Round trip of a PING, in milliseconds."""

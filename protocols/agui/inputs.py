@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from config import Settings
+from conversation import InstructionsTooLong, check_instructions
 from generation import FunctionDefinition, FunctionTool, GenerationOptions
 from models import ID_PATTERN, ChatRequest, check_message_id
 from parts import ToolResult
@@ -202,9 +203,25 @@ def read_input(body: RunAgentInput, settings: Settings) -> Run:
         )
     except ValidationError as error:
         raise InvalidRequest(_located(error, options)) from None
+    system_prompt = system_prompt_of(body, settings.system_prompt)
+    if system_prompt is not None:
+        _check_instructions(body, request, system_prompt, settings.max_context_chars)
     # Set after validation: a derived id is name-based (v5), which a client may not send itself.
     request = request.model_copy(update={"message_id": message_id_of(body.thread_id, body.run_id)})
-    return Run(request, system_prompt_of(body, settings.system_prompt))
+    return Run(request, system_prompt)
+
+
+def _check_instructions(body: RunAgentInput, request: ChatRequest, prompt: str, max_chars: int) -> None:
+    """The input's instructions and context count toward MAX_CONTEXT_CHARS with its new turn (issue
+    #13); refused naming the first system message, or `context` when it brings none."""
+    pinned = len(request.message or "") + sum(len(result.content) for result in request.tool_results or ())
+    try:
+        check_instructions(prompt, pinned=pinned, max_chars=max_chars)
+    except InstructionsTooLong as error:
+        first = next(
+            (i for i, m in enumerate(body.messages) if isinstance(m, SystemMessage | DeveloperMessage)), None
+        )
+        raise _refuse("context" if first is None else f"messages.{first}.content", str(error)) from None
 
 
 def _located(error: ValidationError, options: dict[str, Any]) -> list[tuple[str, str]]:

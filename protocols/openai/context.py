@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config import Settings
-from conversation import ConversationMessage, build_context
+from conversation import (
+    ConversationMessage,
+    InstructionsTooLong,
+    build_context,
+    check_instructions,
+    pinned_size,
+)
 from models import MAX_IMAGES
 from parts import ToolCall, ToolResult
 from protocols.openai.messages import InboundMessage
@@ -71,15 +77,25 @@ def read_messages(messages: Sequence[InboundMessage], settings: Settings) -> Exc
     """The exchange the messages ask for; `InvalidRequest` (naming `messages`) if they are out of order.
 
     The request's leading system (or developer) messages replace `SYSTEM_PROMPT`; a request with none
-    gets `SYSTEM_PROMPT`.
+    gets `SYSTEM_PROMPT`. They count toward `MAX_CONTEXT_CHARS`: what cannot fit beside the newest
+    message is refused, naming them.
     """
     _check_order(messages)
     leading = 0
     while leading < len(messages) - 1 and messages[leading].role in {"system", "developer"}:
         leading += 1
-    system_prompt = "\n\n".join(m.text() for m in messages[:leading]) if leading else settings.system_prompt
+    turns = [_converted(message) for message in messages[leading:]]
+    if leading:
+        system_prompt = "\n\n".join(m.text() for m in messages[:leading])
+        try:
+            check_instructions(system_prompt, pinned=pinned_size(turns), max_chars=settings.max_context_chars)
+        except InstructionsTooLong as error:
+            field = "messages.0.content" if leading == 1 else "messages"
+            raise InvalidRequest([(field, str(error))]) from None
+    else:
+        system_prompt = settings.system_prompt
     conversation = build_context(
-        [_converted(message) for message in messages[leading:]],
+        turns,
         system_prompt=system_prompt,
         max_messages=settings.max_context_messages,
         max_chars=settings.max_context_chars,

@@ -13,7 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from config import Settings
-from conversation import ConversationMessage, build_context
+from conversation import (
+    ConversationMessage,
+    InstructionsTooLong,
+    build_context,
+    check_instructions,
+    pinned_size,
+)
 from models import MAX_IMAGES
 from parts import ToolCall, ToolResult
 from protocols.openai.context import Exchange
@@ -105,6 +111,14 @@ def read_input(body: ResponseCreateRequest, prior: list[ConversationMessage], se
     system = [message for message in messages if message.role == "system"]
     prompts = [text for text in (body.instructions, *(m.content for m in system)) if text]
     turns = [message for message in messages if message.role != "system"]
+    if prompts:
+        # The client's instructions count toward MAX_CONTEXT_CHARS (issue #13).
+        try:
+            check_instructions(
+                "\n\n".join(prompts), pinned=pinned_size(turns), max_chars=settings.max_context_chars
+            )
+        except InstructionsTooLong as error:
+            raise _refuse("instructions" if body.instructions else "input", str(error)) from None
     context = build_context(
         turns,
         system_prompt="\n\n".join(prompts) if prompts or system else settings.system_prompt,
