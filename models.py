@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
-from pydantic.functional_validators import AfterValidator
 
 from generation import GenerationOptions, check_image_url
+from ids import ID_PATTERN as ID_PATTERN
+from ids import MessageId as MessageId
+from ids import SessionId as SessionId
+from ids import UserId as UserId
+from ids import check_message_id as check_message_id
+from ids import new_message_id as new_message_id
 from parts import ToolCall, ToolResult, Usage
-
-# Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
-SessionId = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["test123"]),
-]
-UserId = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["user1"]),
-]
 
 Role = Literal["user", "assistant", "tool"]
 # `stop`, `length`, `content_filter` and `tool_calls` are the model's own endings; the others end an
@@ -44,20 +37,6 @@ def status_of(finish_reason: FinishReason) -> AnswerStatus:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
-
-
-def check_message_id(value: uuid.UUID) -> uuid.UUID:
-    """A client's message id is random (v4) or time-ordered random (v7): not nil, max, name- or MAC-based."""
-    if value.variant != uuid.RFC_4122 or value.version not in (4, 7):
-        raise ValueError("must be a random UUID (version 4 or 7)")
-    return value
-
-
-MessageId = Annotated[uuid.UUID, AfterValidator(check_message_id)]
 
 
 class ChatRequest(GenerationOptions):
