@@ -13,7 +13,7 @@ export CHROMIUM_PATH
 PYTEST_WORKERS ?= 4
 NODE_CLIENTS := $(patsubst %/package.json,%,$(wildcard tests/node*/package.json))
 
-.PHONY: run test lint typecheck format pytest browser node-clients vendor bench bench-smoke bench-cluster clean
+.PHONY: run test lint typecheck format pytest browser node-clients vendor bench bench-smoke bench-cluster bench-relay clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +46,16 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev browser node-clients
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
 
-## bench: measure the service against the machine's ceilings (a few minutes; needs redis-server)
+## bench: measure the service against the machine's ceilings (a few minutes; needs redis-server).
+## Its first run installs LiteLLM, the peer of scenarios g and h, into a virtualenv under ~/.cache.
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
-## bench-smoke: every scenario for a moment, to prove the suite runs (CI)
+## bench-relay: scenarios g and h alone (a real model's stream relayed, against LiteLLM's proxy)
+bench-relay: $(VENV)/.dev
+	$(BIN)/python -m bench --only g,h
+
+## bench-smoke: every scenario for a moment, to prove the suite runs (CI; g and h without LiteLLM)
 bench-smoke: $(VENV)/.dev
 	$(BIN)/python -m bench --smoke
 	$(BIN)/python -m bench.cluster --smoke

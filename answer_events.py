@@ -108,8 +108,18 @@ class EventEmitter:
         if answer.listener is None:
             payload = ChunkEvent.fast_json(header, answer.seq, delta)
         else:  # an in-process listener (the /v1 API) takes the event itself
-            event = event_of(answer, ChunkEvent, content=delta)
+            # Built without validation, as `fast_json` writes one: every field is known valid here, and
+            # this runs for every token a real model streams (issue #14).
+            event = ChunkEvent.model_construct(
+                message_id=answer.message_id,
+                session_id=answer.session_id,
+                seq=answer.seq,
+                timestamp=utc_now(),
+                content=delta,
+            )
             answer.listener.put_nowait(event)
+            if append is None:  # a stateless answer: nothing is written
+                return None
             payload = event.model_dump_json(exclude_none=True).encode()
         return None if append is None else self._writer.submit(append(payload))
 

@@ -88,7 +88,16 @@ class CommandBatcher:
                 if not future.done():
                     future.set_exception(RedisUnavailable(reason))
             return
-        if any(isinstance(reply, Exception) and str(reply).startswith("READONLY") for reply in replies):
+        # One pass to find the error replies; most batches have none, and then no submission is scanned.
+        failed = [reply for reply in replies if isinstance(reply, Exception)]
+        if not failed:
+            offset = 0
+            for commands, future in batch:
+                if not future.done():  # else the writer gave up waiting; the commands went out anyway
+                    future.set_result(replies[offset : offset + len(commands)])
+                offset += len(commands)
+            return
+        if any(str(reply).startswith("READONLY") for reply in failed):
             # A failover made this server a replica: the next batch asks the sentinels for the master.
             await self._pipe.reset()
         offset = 0

@@ -3,10 +3,12 @@
     python -m bench                   # every scenario (a few minutes)
     python -m bench --smoke           # each scenario for a moment: proves the suite runs (CI)
     python -m bench --only a,c        # some scenarios
+    python -m bench --only g,h        # the relay of a real model's stream, against LiteLLM's proxy
     python -m bench --workers 2       # also scenario a with two uvicorn workers
 
 It starts its own redis-server and servers on free loopback ports, prints a table, writes the figures to
-`bench/results/latest.json` (smoke runs: `smoke.json`) and draws `latest.png`.
+`bench/results/latest.json` (smoke runs: `smoke.json`; g and h alone: `relay.json`) and draws the chart
+beside them.
 """
 
 from __future__ import annotations
@@ -27,10 +29,15 @@ import orjson
 import uvloop
 
 from bench import report
+from bench.paced import scenario_h
 from bench.processes import ROOT, bench_redis
+from bench.relay import scenario_g
 from bench.scenarios import Run, scenario_a, scenario_b, scenario_c, scenario_d, scenario_e
 
 RESULTS = ROOT / "bench" / "results"
+# h: the paced answers at once each relay is tried with, upwards until one exceeds a bound.
+H_LEVELS = {"v1": [25, 50, 100, 200, 400, 700, 1000], "litellm": [5, 10, 25, 50, 100, 200]}
+H_SMOKE = {"v1": [5]}
 
 
 async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
@@ -42,6 +49,8 @@ async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
         "c": lambda: scenario_c(run, [1, 20] if smoke else [1, 50, 100, 250, 500], think=1.0),
         "d": lambda: scenario_d(run, 50 if smoke else 2000),
         "e": lambda: scenario_e(run, *((50, 5) if smoke else (1000, 100))),
+        "g": lambda: scenario_g(run, *((1, 1, 20, 4) if smoke else (3, 3, 300, 16))),
+        "h": lambda: scenario_h(run, H_SMOKE if smoke else H_LEVELS, 10 if smoke else 150),
     }
     for name, step in steps.items():
         if name not in only:
@@ -59,13 +68,15 @@ async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="run each scenario for a moment (CI)")
-    parser.add_argument("--only", default="abcde", help="scenarios to run, e.g. a,c (f comes from d and e)")
+    parser.add_argument("--only", default="abcdegh", help="scenarios to run, e.g. a,c (f comes from d and e)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "2")))
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args()
     smoke = args.smoke or os.environ.get("BENCH_SMOKE") == "1"
     only = set(args.only.replace(",", ""))
-    out: Path = args.out or RESULTS / ("smoke.json" if smoke else "latest.json")
+    # A run of g and h alone has its own file, so that it never overwrites a full run's figures.
+    name = "relay.json" if only <= {"g", "h"} else "latest.json"
+    out: Path = args.out or RESULTS / ("smoke.json" if smoke else name)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
@@ -95,12 +106,12 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
     written = orjson.loads(out.read_bytes())["scenarios"]
-    missing = sorted(name for name in only if name in "abcde" and not written.get(name))
+    missing = sorted(name for name in only if name in "abcdegh" and not written.get(name))
     if missing:  # what CI's smoke run asserts: every scenario ran and wrote its figures
         raise SystemExit(f"bench: no figures for scenario {', '.join(missing)}")
     sys.stdout.write(report.table(figures) + "\n")
     sys.stdout.write(f"figures written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}\n")
-    if not smoke and {"a", "c"} <= only:
+    if not smoke and ({"a", "c"} <= only or {"g", "h"} <= only):
         chart = out.with_suffix(".png")
         report.chart(figures, chart)
         sys.stdout.write(

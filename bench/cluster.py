@@ -1,6 +1,7 @@
 """Scenario b on a Redis Cluster (issue #7): chunk throughput with sharded PubSub, against the client
 ceiling measured on the same cluster in the same run (redis-py's cluster pipeline SPUBLISHing the same
-events from one process).
+events from one process). Each side's CPU per chunk is read from the kernel's per-process counters too:
+on a busy machine the rates swing with what else runs, the CPU each chunk costs much less.
 
 `python -m bench.cluster [--smoke]` starts three redis-server masters joined by `redis-cli --cluster
 create` (testkit's `ClusterServers`, as the tests use), counts the chunks delivered to sharded
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import sys
 import tempfile
 import time
@@ -98,6 +100,15 @@ async def subscribe_all(
     return [await ShardedCounter.open(port, names, counter) for port, names in by_port.items()]
 
 
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_chunk(seconds: float, chunks: int) -> float:
+    return round(seconds / chunks * 1e6, 2)
+
+
 async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: int) -> dict[str, Any]:
     result: dict[str, Any] = {"nodes": len(nodes), "answers": answers, "chunks_per_answer": chunks}
 
@@ -105,7 +116,9 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
     counter.expected = answers * chunks
     subscribers = await subscribe_all(nodes, (f"chat:{{ceiling{i}}}" for i in range(answers)), counter)
     try:
+        before = children_cpu_seconds()  # the publisher is the only child that ends meanwhile
         result["ceiling"] = await publish_ceiling(counter, nodes[0].port, answers, chunks, "cluster")
+        result["ceiling"]["cpu_us_per_chunk"] = per_chunk(children_cpu_seconds() - before, answers * chunks)
     finally:
         for subscriber in subscribers:
             subscriber.close()
@@ -124,6 +137,7 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
     counter.expected = answers * chunks
     subscribers = await subscribe_all(nodes, (f"chat:{{b{n}}}" for n in range(answers)), counter)
     try:
+        cpu = service.cpu_seconds()
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", limits=limits) as client:
             body = {"message": "Stream a long answer", "user_id": "bench"}
@@ -133,7 +147,12 @@ async def measure(nodes: list[RedisServer], logs: Path, answers: int, chunks: in
         assert all(reply.status_code == 202 for reply in replies), {reply.status_code for reply in replies}
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(counter.done.wait(), 180)
-        result["service"] = {"chunks_per_s": chunk_rate(counter), "received": len(counter.times)}
+        result["service"] = {
+            "chunks_per_s": chunk_rate(counter),
+            "received": len(counter.times),
+            # POSTs included: 200 of them beside 200,000 chunks.
+            "cpu_us_per_chunk": per_chunk(service.cpu_seconds() - cpu, answers * chunks),
+        }
     finally:
         for subscriber in subscribers:
             subscriber.close()
@@ -161,7 +180,9 @@ def main() -> None:
     out.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2) + b"\n")
     sys.stdout.write(
         f"b on a 3-master cluster: service {result['service']['chunks_per_s']} chunks/s, "
-        f"ceiling {result['ceiling']['chunks_per_s']} chunks/s, ratio {result['ratio']}\n"
+        f"ceiling {result['ceiling']['chunks_per_s']} chunks/s, ratio {result['ratio']}; CPU per chunk: "
+        f"service {result['service']['cpu_us_per_chunk']} us, "
+        f"ceiling {result['ceiling']['cpu_us_per_chunk']} us\n"
         f"figures written to {out.relative_to(ROOT)}\n"
     )
 

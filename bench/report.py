@@ -89,7 +89,121 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 unit="KB",
             )
         )
+    found += _relay_goals(results)
     return found
+
+
+# g and h: the service's modes as the table and the chart name them.
+MODES = {"v1": "/v1 stateless", "v1-session": "/v1 with X-Session-Id", "chat": "POST /chat"}
+FIRST_CHUNK_LIMITS = {"v1": 1.0, "v1-session": 2.0, "chat": 2.0}
+
+
+def _relay_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if "g" in results:
+        relays = results["g"]["relays"]
+        litellm = relays.get("litellm", {}).get("cpu_us_per_chunk")
+        for mode, label in MODES.items():
+            if mode not in relays:
+                continue
+            cpu = relays[mode]["cpu_us_per_chunk"]
+            ratio = round(cpu / litellm, 3) if litellm else None
+            found.append(
+                _goal(f"g. CPU per chunk / LiteLLM's, {label}", ratio, 0.1, at_least=False, unit="x")
+            )
+            found.append(
+                _goal(
+                    f"g. first chunk over the upstream's, {label}",
+                    relays[mode]["first_chunk_over_upstream_ms"],
+                    FIRST_CHUNK_LIMITS[mode],
+                    at_least=False,
+                    unit="ms",
+                )
+            )
+    if "h" in results:
+        relays = results["h"]["relays"]
+        if "v1" in relays:
+            ours = relays["v1"]["sustained"]
+            found.append(_goal("h. paced answers sustained, /v1", ours, 1000, at_least=True, unit=""))
+            if "litellm" in relays:
+                theirs = relays["litellm"]["sustained"]
+                ratio = round(ours / theirs, 2) if theirs else None
+                found.append(
+                    _goal("h. paced answers sustained / LiteLLM's", ratio, 10, at_least=True, unit="x")
+                )
+    return found
+
+
+def _met(goal: dict[str, Any] | None) -> str:
+    return "-" if goal is None or goal["met"] is None else ("yes" if goal["met"] else "**no**")
+
+
+def _relay_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    s = figures["scenarios"]
+    by_name = {goal["goal"]: goal for goal in figures["goals"]}
+    rows: list[tuple[str, str, str, str, str]] = []
+    if "g" in s:
+        g = s["g"]
+        relays = g["relays"]
+        litellm = relays.get("litellm")
+        reference = (
+            f"LiteLLM {_fmt(litellm['cpu_us_per_chunk'])} µs/chunk, first chunk "
+            f"+{litellm['first_chunk_over_upstream_ms']} ms"
+            if litellm
+            else g.get("litellm", "LiteLLM not run")
+        )
+        for mode, label in MODES.items():
+            if mode not in relays:
+                continue
+            relay = relays[mode]
+            redis = f" (+{relay['redis_cpu_us_per_chunk']} Redis)" if relay["redis_cpu_us_per_chunk"] else ""
+            cpu_goal = by_name.get(f"g. CPU per chunk / LiteLLM's, {label}")
+            first_goal = by_name.get(f"g. first chunk over the upstream's, {label}")
+            ratio = (
+                f"ratio {cpu_goal['figure']}" if cpu_goal and cpu_goal["figure"] is not None else "no ratio"
+            )
+            rows.append(
+                (
+                    f"g. relay, {label}",
+                    f"{_fmt(relay['cpu_us_per_chunk'])} µs/chunk{redis}, first chunk "
+                    f"+{relay['first_chunk_over_upstream_ms']} ms",
+                    reference,
+                    f"{ratio} <= 0.1, +{FIRST_CHUNK_LIMITS[mode]:g} ms",
+                    "yes"
+                    if _met(cpu_goal) == "yes" and _met(first_goal) == "yes"
+                    else ("-" if _met(cpu_goal) == "-" and _met(first_goal) == "-" else "**no**"),
+                )
+            )
+    if "h" in s:
+        h = s["h"]
+        relays = h["relays"]
+        if "v1" in relays:
+            theirs = relays.get("litellm")
+
+            def carried(relay: dict[str, Any]) -> str:
+                per_core = relay.get("answers_per_core")
+                return f"{_fmt(relay['sustained'])} at once" + (
+                    f" (its CPU per token: ~{_fmt(per_core)} per core)" if per_core else ""
+                )
+
+            alone = h.get("upstream_alone")
+            floor = (
+                f"; upstream alone, {alone['answers']} answers: lateness p99 {alone['lateness_p99_ms']} ms"
+                if alone
+                else ""
+            )
+            rows.append(
+                (
+                    f"h. paced answers at {h['tokens_per_s']} tokens/s, /v1",
+                    f"{carried(relays['v1'])} within {h['bound_ms']:g} ms",
+                    (f"LiteLLM {carried(theirs)}" if theirs else h.get("litellm", "LiteLLM not run")) + floor,
+                    ">= 1,000, >= 10x LiteLLM",
+                    "yes"
+                    if all(_met(goal) == "yes" for name, goal in by_name.items() if name.startswith("h."))
+                    else "**no**",
+                )
+            )
+    return rows
 
 
 def _fmt(value: Any) -> str:
@@ -198,6 +312,7 @@ def table(figures: dict[str, Any]) -> str:
                 met("f."),
             )
         )
+    rows += _relay_rows(figures)
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
@@ -205,14 +320,30 @@ def table(figures: dict[str, Any]) -> str:
 
 
 def chart(figures: dict[str, Any], path: Path) -> None:
-    """Latency against load: POST /chat against its ceiling, and time to first chunk against sessions."""
+    """Latency against load: POST /chat against its ceiling, and time to first chunk against sessions;
+    below them, when the run has g and h, each relay's CPU per chunk and its lateness against answers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     s = figures["scenarios"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.4), dpi=110)
+    rows = []
+    if "a" in s and "c" in s:
+        rows.append(_latency_chart)
+    if "g" in s or "h" in s:
+        rows.append(_relay_chart)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(11, 5.4 * len(rows)), dpi=110, squeeze=False)
+    for row, draw in enumerate(rows):
+        draw(s, axes[row][0], axes[row][1])
+    fig.suptitle(f"make bench, {figures['date'][:10]}, {figures['machine']['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _latency_chart(s: dict[str, Any], left: Any, right: Any) -> None:
+    """a: POST /chat against its ceiling; c: time to first chunk against sessions."""
     colours = {"service": "tab:blue", "ceiling": "tab:green"}
     names = {"service": "POST /chat", "ceiling": "bare FastAPI (HTTP ceiling)"}
     for name in ("service", "ceiling"):
@@ -273,7 +404,53 @@ def chart(figures: dict[str, Any], path: Path) -> None:
     right.set_title("c. time to first chunk against load")
     right.legend(fontsize=7, loc="center right")
     right.grid(alpha=0.3)
-    fig.suptitle(f"make bench, {figures['date'][:10]}, {figures['machine']['cores']} cores", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+
+RELAY_NAMES = {**MODES, "litellm": "LiteLLM proxy"}
+RELAY_COLOURS = {"v1": "tab:blue", "v1-session": "tab:cyan", "chat": "tab:purple", "litellm": "tab:orange"}
+
+
+def _relay_chart(s: dict[str, Any], left: Any, right: Any) -> None:
+    """g: CPU per relayed chunk of each relay; h: chunk lateness p99 against paced answers at once."""
+    if "g" in s:
+        relays = {name: r for name, r in s["g"]["relays"].items() if "cpu_us_per_chunk" in r}
+        names = list(relays)
+        values = [relays[name]["cpu_us_per_chunk"] for name in names]
+        bars = left.bar(
+            [RELAY_NAMES.get(name, name) for name in names],
+            values,
+            color=[RELAY_COLOURS.get(name, "tab:gray") for name in names],
+        )
+        left.bar_label(bars, [f"{value:.0f} µs" for value in values], fontsize=8)
+        left.set_ylabel("CPU per relayed chunk (µs, the relay process and its children)")
+        left.set_title(
+            f"g. relay CPU, {s['g']['clients']} clients, {s['g']['chunks_per_answer']}-chunk answers"
+        )
+        left.tick_params(axis="x", labelsize=7)
+        left.grid(alpha=0.3, axis="y")
+    if "h" in s:
+        h = s["h"]
+        for name, relay in h["relays"].items():
+            levels = relay["levels"]
+            right.plot(
+                [level["answers"] for level in levels],
+                [max(level["lateness_p99_ms"], 0.1) for level in levels],
+                "-o",
+                color=RELAY_COLOURS.get(name, "tab:gray"),
+                label=f"{RELAY_NAMES.get(name, name)}: {relay['sustained']:,} sustained",
+            )
+        right.axhline(h["bound_ms"], color="tab:red", linestyle="--", linewidth=0.8)
+        right.annotate(
+            f"bound: p99 {h['bound_ms']:g} ms",
+            (0.02, h["bound_ms"]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            va="bottom",
+        )
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.set_xlabel(f"paced answers at once ({h['tokens_per_s']} tokens/s each)")
+        right.set_ylabel("chunk lateness p99 (ms, log scale)")
+        right.set_title("h. answers a relay carries within the bounds")
+        right.legend(fontsize=7)
+        right.grid(alpha=0.3)

@@ -21,6 +21,7 @@ import orjson
 
 from bench.processes import ROOT, RedisServer, Server
 from bench.wire import HttpConnection, SseConnection, Subscriber, post_request
+from testkit.processes import ServerProcess
 
 MESSAGE = "How do I stream chat answers from Redis to thousands of browsers at once?"
 DEFAULT_STREAM_DELAY = 0.1
@@ -50,6 +51,7 @@ class Run:
     logs: Any
     smoke: bool
     servers: list[Server] = field(default_factory=list)
+    others: list[ServerProcess] = field(default_factory=list)  # g and h: the upstream, LiteLLM
 
     def seconds(self, full: float) -> float:
         return 0.5 if self.smoke else full
@@ -76,6 +78,8 @@ class Run:
     def stop_all(self) -> None:
         for server in list(self.servers):
             self.stop(server)
+        while self.others:
+            self.others.pop().stop()
 
 
 async def service_stats(server: Server, *, collect: bool = False) -> dict[str, Any]:

@@ -8,6 +8,7 @@ itself. These parse with the same C parsers the server uses (httptools, hiredis)
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import cast
@@ -17,9 +18,10 @@ import httptools
 import orjson
 
 
-def post_request(path: str, body: bytes) -> bytes:
+def post_request(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -182,3 +184,41 @@ class Subscriber(asyncio.Protocol):
 def event_of(data: bytes) -> dict[str, object]:
     event: dict[str, object] = orjson.loads(data)
     return event
+
+
+MARKER_MIN = 14  # the shortest text a `StreamingConnection` marker matches
+
+
+class StreamingConnection(HttpConnection):
+    """A keep-alive connection for streamed answers (Server-Sent Events over a POST): per request, when
+    each token arrived, read by counting `marker` in what came, so any relay's framing reads alike."""
+
+    def __init__(self, marker: re.Pattern[bytes]) -> None:
+        super().__init__()
+        self._marker = marker
+        self._tail = b""
+        self.arrivals: list[tuple[float, int]] = []  # (perf_counter, tokens in that read)
+
+    @classmethod
+    async def open_streaming(cls, port: int, marker: re.Pattern[bytes]) -> StreamingConnection:
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.create_connection(lambda: cls(marker), "127.0.0.1", port)
+        return protocol
+
+    def on_body(self, body: bytes) -> None:
+        # A marker may be split between two reads: search with the end of the last read before, too
+        # short to hold a whole marker, so none is counted twice.
+        searched = self._tail + body
+        self._tail = searched[-(MARKER_MIN - 1) :]
+        count = len(self._marker.findall(searched))
+        if count:
+            self.arrivals.append((time.perf_counter(), count))
+        elif self._parser.get_status_code() >= 400:
+            self._body += body  # an error's body, for its message
+
+    async def stream(self, raw: bytes) -> tuple[int, list[tuple[float, int]]]:
+        """Send one request; its status and its tokens' arrivals once the response has ended."""
+        self.arrivals = []
+        self._tail = b""
+        status, _ = await self.request(raw)
+        return status, self.arrivals

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx2
+import orjson
 from openai import (
     APIConnectionError,
     APIStatusError,
@@ -38,9 +40,7 @@ from parts import (
 from providers.base import AIHealth, AnswerError, AnswerSource, Completion
 
 if TYPE_CHECKING:
-    from openai.types import CompletionUsage
     from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
-    from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
     from config import Settings
 
@@ -107,13 +107,13 @@ def _assistant_message(message: ConversationMessage) -> ChatCompletionMessagePar
     return sent  # type: ignore[return-value]  # reasoning_content is not in the SDK's TypedDict
 
 
-def _usage(usage: CompletionUsage) -> Usage:
-    details = usage.completion_tokens_details
-    reasoning = details.reasoning_tokens if details is not None else None
+def _usage(usage: dict[str, Any]) -> Usage:
+    details = usage.get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
     return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
+        prompt_tokens=usage.get("prompt_tokens") or 0,
+        completion_tokens=usage.get("completion_tokens") or 0,
+        total_tokens=usage.get("total_tokens") or 0,
         completion_tokens_details=(
             CompletionTokensDetails(reasoning_tokens=reasoning) if reasoning is not None else None
         ),
@@ -142,21 +142,22 @@ class ToolCallReader:
     def called(self) -> bool:
         return any(call.started for call in self._calls.values())
 
-    def read(self, deltas: Sequence[ChoiceDeltaToolCall]) -> list[Delta]:
+    def read(self, deltas: Sequence[dict[str, Any]]) -> list[Delta]:
         read: list[Delta] = []
         for delta in deltas:
-            function = delta.function
-            name = function.name if function is not None else None
-            arguments = function.arguments if function is not None else None
-            call = self._calls.get(delta.index)
+            function = delta.get("function") or {}
+            name = function.get("name")
+            arguments = function.get("arguments")
+            index = delta.get("index", 0)
+            call = self._calls.get(index)
             if call is None:
-                call = self._calls[delta.index] = _StreamedCall(delta.id, name)
+                call = self._calls[index] = _StreamedCall(delta.get("id"), name)
             elif not call.started:
-                call.id = call.id or delta.id
+                call.id = call.id or delta.get("id")
                 call.name = call.name or name
             if call.started:
                 if arguments:
-                    if delta.index != self._current:
+                    if index != self._current:
                         raise AnswerError(
                             "upstream_error", "The model server interleaved the arguments of its tool calls."
                         )
@@ -165,7 +166,7 @@ class ToolCallReader:
             if arguments:
                 call.pieces.append(arguments)
             if call.name:
-                read.extend(self._start(delta.index, call))
+                read.extend(self._start(index, call))
         return read
 
     def _start(self, index: int, call: _StreamedCall) -> list[Delta]:
@@ -181,6 +182,71 @@ class ToolCallReader:
     def unnamed(self) -> int:
         """How many calls never got a name: they cannot be relayed."""
         return sum(not call.started for call in self._calls.values())
+
+
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The `data` of each Server-Sent Event in a byte stream, up to `[DONE]`. Chat Completions events
+    are one `data:` line each; comments, `event:` and `id:` lines carry nothing here."""
+    pending = b""
+    async for chunk in chunks:
+        lines = (pending + chunk).split(b"\n") if pending else chunk.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    return
+                if data:
+                    yield data
+
+
+class ChunkReader:
+    """`chat.completion.chunk` events, decoded with orjson, as the source's parts: text, reasoning,
+    refusals, tool calls; the usage and the finish reason go to the answer's `Completion`."""
+
+    __slots__ = ("calls", "completion", "finish")
+
+    def __init__(self, completion: Completion) -> None:
+        self.completion = completion
+        self.calls = ToolCallReader()
+        self.finish: str | None = None
+
+    def read(self, data: bytes) -> list[Delta]:
+        chunk = orjson.loads(data)
+        if not isinstance(chunk, dict):
+            raise ValueError("not an object")
+        if chunk.get("error"):
+            # An error sent in the stream (the openai client would raise it as an `APIError`): its text is
+            # the server's, so it goes to the log, not to users.
+            logger.warning("the model server reported an error in its stream: %.300s", chunk["error"])
+            raise AnswerError("upstream_error", "The model server reported an error.")
+        parts: list[Delta] = []
+        usage = chunk.get("usage")
+        if usage:
+            self.completion.usage = _usage(usage)
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if delta:
+                # vLLM, DeepSeek and Ollama say `reasoning_content`, OpenRouter `reasoning`; some servers
+                # send both, with the same text.
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought and isinstance(thought, str):
+                    parts.append(Reasoning(thought))
+                content = delta.get("content")
+                if content and isinstance(content, str):
+                    parts.append(content)
+                refusal = delta.get("refusal")
+                if refusal and isinstance(refusal, str):
+                    parts.append(Refusal(refusal))
+                calls = delta.get("tool_calls")
+                if calls:
+                    parts.extend(self.calls.read(calls))
+            finish = choice.get("finish_reason")
+            if finish is not None:
+                self.finish = finish
+        return parts
 
 
 class OpenAIAnswerSource:
@@ -271,49 +337,36 @@ class OpenAIAnswerSource:
         options: GenerationOptions,
         completion: Completion,
     ) -> AsyncGenerator[Delta, None]:
+        # The client makes the request (its retries, errors and auth); the stream's events are read from
+        # its raw response and decoded with orjson, not built into typed objects per chunk: this is the
+        # path every token of a real model takes (issue #14).
+        request = self._client.chat.completions.with_streaming_response.create(
+            model=self.model,
+            messages=[_message(message) for message in conversation],
+            stream=True,
+            stream_options={"include_usage": True} if self.include_usage else omit,
+            **self._options(options),
+        )
+        reader = ChunkReader(completion)
         try:
-            response = await self._client.chat.completions.create(
-                model=self.model,
-                messages=[_message(message) for message in conversation],
-                stream=True,
-                stream_options={"include_usage": True} if self.include_usage else omit,
-                **self._options(options),
-            )
+            # `async with`: however the answer ends (done, failed, cancelled, closed by its consumer), the
+            # HTTP response is closed here, so the model server sees the disconnect and stops generating.
+            async with request as response:
+                async for data in sse_data(response.iter_bytes()):
+                    for part in reader.read(data):
+                        yield part
         except OpenAIError as error:
             raise self._failure(error) from None
-        finish: str | None = None
-        calls = ToolCallReader()
-        # `async with`: however the answer ends (done, failed, cancelled, closed by its consumer), the
-        # HTTP response is closed here, so the model server sees the disconnect and stops generating.
-        async with response:
-            try:
-                async for chunk in response:
-                    if chunk.usage is not None:
-                        completion.usage = _usage(chunk.usage)
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        delta = choice.delta
-                        # Fields the SDK does not know (reasoning) are pydantic extras; most chunks have none.
-                        extra = delta.model_extra
-                        if extra:
-                            # vLLM, DeepSeek and Ollama say `reasoning_content`, OpenRouter `reasoning`;
-                            # some servers send both, with the same text.
-                            thought = extra.get("reasoning_content") or extra.get("reasoning")
-                            if thought and isinstance(thought, str):
-                                yield Reasoning(thought)
-                        if delta.content:
-                            yield delta.content
-                        if delta.refusal:
-                            yield Refusal(delta.refusal)
-                        if delta.tool_calls:
-                            for part in calls.read(delta.tool_calls):
-                                yield part
-                        if choice.finish_reason is not None:
-                            finish = choice.finish_reason
-            except OpenAIError as error:
-                raise self._failure(error) from None
-        completion.finish_reason = self._finish(finish, calls)
+        except httpx2.TimeoutException:
+            logger.warning("the model server at %s did not answer in time", self.location)
+            raise AnswerError("upstream_timeout", "The model server did not answer in time.") from None
+        except httpx2.TransportError:
+            logger.warning("cannot reach the model server at %s, or it dropped the stream", self.location)
+            raise AnswerError("upstream_error", "The connection to the model server failed.") from None
+        except ValueError:  # orjson's: not JSON
+            logger.warning("the model server at %s sent an event that is not JSON", self.location)
+            raise AnswerError("upstream_error", "The model server sent a malformed stream.") from None
+        completion.finish_reason = self._finish(reader.finish, reader.calls)
 
     def _finish(self, finish: str | None, calls: ToolCallReader) -> FinishReason:
         if finish is None:

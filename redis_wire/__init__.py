@@ -8,7 +8,8 @@ commands and returns their replies as Redis sends them (RESP: an XRANGE entry is
 - `node`: a single server (or a sentinel's master): RESP packed into one buffer and the replies parsed
   with hiredis straight off the connection's stream. The only module here that touches redis-py's
   private connection internals.
-- `cluster`: redis-py's cluster pipeline, which sends each command to the node owning its slot.
+- `cluster`: a cluster's nodes, each a `node` pipe: a batch split by slot owner, one packed write per
+  node, and redis-py's cluster pipeline for what must be redirected or retried.
 - `embedded`: the in-process fakeredis server, which has no socket.
 """
 
@@ -48,4 +49,4 @@ def open_pipe(redis: RedisClient) -> RedisPipe:
         return ClusterPipe(redis)
     if isinstance(redis, fakeredis.FakeAsyncRedis):
         return EmbeddedPipe(redis)
-    return NodePipe(redis)
+    return NodePipe(redis.connection_pool.make_connection)

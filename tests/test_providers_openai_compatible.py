@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from config import Settings
@@ -22,8 +23,9 @@ from models import (
     ToolCallDeltaEvent,
     ToolCallStartEvent,
 )
-from parts import CompletionTokensDetails, ToolCall, Usage
-from providers.openai_compatible import model_location
+from parts import CompletionTokensDetails, Reasoning, Refusal, ToolCall, ToolCallStart, Usage
+from providers.base import AnswerError, Completion
+from providers.openai_compatible import ChunkReader, model_location, sse_data
 from testkit.openai_server import OpenAIServer, Reply, tool_call
 from testkit.redis_server import RedisServer
 from tests.conftest import AppClient, wait_for_history
@@ -601,4 +603,64 @@ async def test_app_answers_from_the_configured_model_server(
 def test_the_model_server_location_shown_carries_no_credentials_or_query() -> None:
     assert model_location("https://user:pw@models.example:8443/v1?api-version=1") == (
         "https://models.example:8443/v1"
+    )
+
+
+# --- Reading the raw stream (issue #14: decoded with orjson, not the client's typed chunks) -------
+
+
+async def _pieces(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_stream_events_split_across_reads_are_read_whole_up_to_done() -> None:
+    chunks = (
+        b'data: {"a":',
+        b'1}\r\n\r\n: keep-alive\n\nevent: x\ndata:{"b":2}\n',
+        b"\ndata: [DONE]\n\ndata: {}\n\n",
+    )
+    assert [data async for data in sse_data(_pieces(*chunks))] == [b'{"a":1}', b'{"b":2}']
+
+
+def test_error_sent_in_the_stream_ends_the_answer_with_an_upstream_error() -> None:
+    reader = ChunkReader(Completion())
+    with pytest.raises(AnswerError) as raised:
+        reader.read(b'{"error":{"message":"overloaded","type":"server_error"}}')
+    assert raised.value.code == "upstream_error"
+    assert "overloaded" not in raised.value.message  # the server's text goes to the log, not to users
+
+
+def test_every_part_of_a_chunk_is_read_and_other_choices_are_ignored() -> None:
+    completion = Completion()
+    reader = ChunkReader(completion)
+    chunk = {
+        "choices": [
+            {"index": 1, "delta": {"content": "not ours"}},
+            {
+                "index": 0,
+                "delta": {
+                    "reasoning": "Hm.",
+                    "content": "Hi",
+                    "refusal": "No.",
+                    "tool_calls": tool_call(0, "f", "{}", call_id="c1")[0]["tool_calls"],
+                },
+                "finish_reason": "tool_calls",
+            },
+        ],
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "total_tokens": 5,
+            "completion_tokens_details": {"reasoning_tokens": 1},
+        },
+    }
+    parts = reader.read(orjson.dumps(chunk))
+    assert parts == [Reasoning("Hm."), "Hi", Refusal("No."), ToolCallStart("c1", "f")]
+    assert reader.finish == "tool_calls"
+    assert completion.usage == Usage(
+        prompt_tokens=3,
+        completion_tokens=2,
+        total_tokens=5,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=1),
     )
