@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,9 @@ from ui import add_ui
 
 logger = logging.getLogger(__name__)
 
+# What a browser on another origin may send: the keys, the request id, the resume position, the session.
+CORS_HEADERS = ["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID", "X-Session-Id"]
+
 
 def build_lifespan(
     settings: Settings,
@@ -62,7 +66,9 @@ def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
         Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(RequestLogMiddleware, crash_response=errors.crash_response),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.request_body_timeout
+        ),
     ]
     if settings.cors_origins:
         middleware.append(
@@ -70,14 +76,7 @@ def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=[
-                    "Content-Type",
-                    "Authorization",
-                    "X-API-Key",
-                    "X-Request-ID",
-                    "Last-Event-ID",
-                    "X-Session-Id",
-                ],
+                allow_headers=CORS_HEADERS,
                 expose_headers=["X-Request-ID"],
             )
         )
@@ -139,19 +138,33 @@ def main() -> None:
         sys.stderr.write(format_validation_error(error) + "\n")
         raise SystemExit(2) from None
     configure_logging(settings)
-    server: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,
-        "proxy_headers": False,
-    }
+    server = server_options(settings)
     if settings.web_concurrency > 1:
         # Worker processes import the app themselves (issue #6): each builds its own from the
         # environment, with its own event loop, Redis connections and stream hub.
         uvicorn.run("app:worker_app", factory=True, workers=settings.web_concurrency, **server)
     else:
         uvicorn.run(create_app(settings), **server)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for `python app.py`: what one process lets in, and how long it waits to stop
+    (issue #13, item 6; README "Operations"). h11 by default: it bounds a request's head
+    (`h11_max_incomplete_event_size`, answered with 400); httptools reads heads of any size."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "http": settings.http_parser,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.keepalive_timeout,
+        # After the grace period uvicorn stops waiting for open responses (an SSE client that does
+        # not read holds its own open forever) and cancels them; then the lifespan ends the answers.
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_seconds),
+    }
 
 
 def worker_app() -> FastAPI:

@@ -134,9 +134,30 @@ class Settings(BaseSettings):
     usage_retention_days: int = Field(default=400, ge=1, le=3660)
     budget_hold_seconds: float = Field(default=600.0, ge=10, le=86_400)
 
+    # The edge: what one `python app.py` process lets in (issue #13, items 6 and 7). uvicorn's h11
+    # parser holds at most MAX_HEADER_BYTES of a request head (httptools, about 90 us a request faster,
+    # reads heads of any size: only behind a proxy that bounds them); beyond MAX_CONNECTIONS open connections
+    # (or requests) it answers 503; a body must arrive within REQUEST_BODY_TIMEOUT seconds; at most
+    # MAX_SSE_CLIENTS streams (0: no limit) are open at once. SHUTDOWN_GRACE_SECONDS also bounds how
+    # long the server waits for open responses when it stops.
+    http_parser: Literal["h11", "httptools"] = "h11"
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)
+    max_sse_clients: int = Field(default=1500, ge=0, le=1_000_000)
+    request_body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_timeout: int = Field(default=5, ge=1, le=3600)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("stream_token_secret")
+    @classmethod
+    def _long_token_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short secret is recovered offline from one token (issue #13, item 7): HMAC-SHA256's own size.
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (for example: openssl rand -hex 32)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -238,7 +238,7 @@ def _assemble(
     metrics, telemetry, recorder, budgets = observing
     history, answers, log, leases = _stores(settings, redis, keys, batchers)
     keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
-    admission = Admission(settings, redis, keys, budgets=budgets)
+    admission = Admission(settings, redis, keys, budgets=budgets, sse_gauge=metrics.sse_clients)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
         redis,
@@ -248,7 +248,9 @@ def _assemble(
         listener_limit=settings.sse_queue_limit,
         on_control=probe.wrap(lambda data: chat.on_control(data)),
         ping_interval=settings.sse_ping_seconds,
-        draining=draining,
+        # Open streams end within half the grace period, well before uvicorn stops waiting for them
+        # (`app.server_options`), so that none is cancelled under the server's feet.
+        draining=admission.sse_clients.on_draining(draining, within=settings.shutdown_grace_seconds / 2),
     )
     chat = ChatService(
         settings,
@@ -264,7 +266,11 @@ def _assemble(
         end_retry_seconds=end_retry_seconds,
     )
     readiness = Readiness(
-        redis, keys, probe.round_trip, timeout=probe.timeout, memory=not settings.embedded_redis
+        redis,
+        keys,
+        probe.round_trip,
+        timeout=min(timeout, HEALTH_TIMEOUT),
+        memory=not settings.embedded_redis,
     )
     accounting = (recorder.ledger, budgets, telemetry)
     return Services(

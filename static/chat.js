@@ -25,7 +25,7 @@ const EVENT_TYPES = [
   "tool_call_delta",
   "tool_call_end",
   "end",
-  "error",
+  "answer_error", // an answer's error; `error` is the EventSource's own connection failure
   "reset",
 ];
 const MAX_SESSIONS = 50;
@@ -271,15 +271,12 @@ function connect(v) {
     // stream is connected and will deliver anything that ends from here on.
     if (v.lastEventId === null) loadHistory(v);
   });
+  source.addEventListener("error", () => {
+    if (v.source === source) onConnectionError(v, source);
+  });
   for (const type of EVENT_TYPES) {
     source.addEventListener(type, (event) => {
-      if (v.source !== source) return;
-      // A connection failure is also an `error` event, but a plain Event without data.
-      if (type === "error" && !(event instanceof MessageEvent)) {
-        onConnectionError(v, source);
-        return;
-      }
-      onStreamEvent(v, type, event);
+      if (v.source === source) onStreamEvent(v, type, event);
     });
   }
 }
@@ -332,7 +329,7 @@ function applyEvent(v, type, data) {
       turn.answer = finished(data);
       if (!promptKnown(turn)) loadHistory(v);
       break;
-    case "error":
+    case "answer_error":
       turn.answer = {
         ...(answer || emptyAnswer("error")),
         state: "error",
