@@ -240,17 +240,8 @@ def _assemble(
     keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
     admission = Admission(settings, redis, keys, budgets=budgets, sse_gauge=metrics.sse_clients)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
-    hub = StreamHub(
-        redis,
-        keys,
-        log,
-        poll_interval=settings.sse_poll_seconds,
-        listener_limit=settings.sse_queue_limit,
-        on_control=probe.wrap(lambda data: chat.on_control(data)),
-        ping_interval=settings.sse_ping_seconds,
-        # Open streams end within half the grace period, well before uvicorn stops waiting for them
-        # (`app.server_options`), so that none is cancelled under the server's feet.
-        draining=admission.sse_clients.on_draining(draining, within=settings.shutdown_grace_seconds / 2),
+    hub = _hub(
+        settings, redis, keys, log, probe.wrap(lambda data: chat.on_control(data)), admission, draining
     )
     chat = ChatService(
         settings,
@@ -265,13 +256,8 @@ def _assemble(
         observers=_observers(settings, (metrics, admission, keeper, recorder), telemetry, source, writer),
         end_retry_seconds=end_retry_seconds,
     )
-    readiness = Readiness(
-        redis,
-        keys,
-        probe.round_trip,
-        timeout=min(timeout, HEALTH_TIMEOUT),
-        memory=not settings.embedded_redis,
-    )
+    memory = not settings.embedded_redis  # a probe of INFO memory (fakeredis has no maxmemory)
+    readiness = Readiness(redis, keys, probe.round_trip, timeout=min(timeout, HEALTH_TIMEOUT), memory=memory)
     accounting = (recorder.ledger, budgets, telemetry)
     return Services(
         settings,
@@ -288,6 +274,30 @@ def _assemble(
         readiness,
         keeper,
         *accounting,
+    )
+
+
+def _hub(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    log: ReplayLog,
+    on_control: Callable[[bytes], None],
+    admission: Admission,
+    draining: Callable[[], bool],
+) -> StreamHub:
+    """The process's PubSub doorbell and fan-out to its stream clients."""
+    return StreamHub(
+        redis,
+        keys,
+        log,
+        poll_interval=settings.sse_poll_seconds,
+        listener_limit=settings.sse_queue_limit,
+        on_control=on_control,
+        ping_interval=settings.sse_ping_seconds,
+        # Open streams end within half the grace period, well before uvicorn stops waiting for them
+        # (`app.server_options`), so that none is cancelled under the server's feet.
+        draining=admission.sse_clients.on_draining(draining, within=settings.shutdown_grace_seconds / 2),
     )
 
 

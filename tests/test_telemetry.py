@@ -158,7 +158,7 @@ async def test_an_upstream_failure_marks_the_model_span_as_an_error_with_its_cod
         accepted = (await client.post("/chat", json=CHAT)).json()
         events = await collect(client, accepted["stream_url"])
         spans = await answer_spans(exporter, "test-model")
-    assert events[-1].event == "error"
+    assert events[-1].event == "answer_error"
     assert events[-1].json()["error"]["code"] == "upstream_error"
     model_span = assert_one_trace(spans, "test-model")
     assert model_span.status.status_code is StatusCode.ERROR
