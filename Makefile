@@ -13,7 +13,7 @@ export CHROMIUM_PATH
 PYTEST_WORKERS ?= 4
 NODE_CLIENTS := $(patsubst %/package.json,%,$(wildcard tests/node*/package.json))
 
-.PHONY: run test lint typecheck format pytest browser node-clients vendor bench bench-smoke bench-cluster bench-relay clean
+.PHONY: run migrate test lint typecheck format pytest browser node-clients vendor bench bench-smoke bench-cluster bench-relay clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt requirements-nodeps.txt | $(
 ## run: install the runtime dependencies and serve on $$PORT (8000); embedded Redis unless configured
 run: $(VENV)/.runtime
 	$(BIN)/python app.py
+
+## migrate: bring the conversation record (DATABASE_URL, or the SQLite file) to the newest schema;
+## the service also does it at start-up, under the same lock
+migrate: $(VENV)/.runtime
+	$(BIN)/python -m records.database upgrade head
 
 ## test: install the test dependencies, lint, type-check and run every test
 test: lint typecheck pytest

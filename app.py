@@ -25,6 +25,7 @@ from protocols import errors
 from protocols.agui import router as agui_router
 from protocols.ai_sdk import router as ai_sdk_router
 from protocols.body_limit import BodyLimitMiddleware
+from protocols.conversations import router as conversations_router
 from protocols.deps import require_key
 from protocols.native import ERRORS
 from protocols.native import router as native_router
@@ -75,7 +76,7 @@ def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "DELETE"],
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
                 allow_headers=CORS_HEADERS,
                 expose_headers=["X-Request-ID"],
             )
@@ -105,7 +106,7 @@ def create_app(
         summary="Streams AI chat answers over Redis PubSub and Server-Sent Events, with TTL-bound history.",
         openapi_tags=[
             {"name": "chat", "description": "Send messages, follow and stop their answers."},
-            {"name": "history", "description": "A session's stored turns."},
+            {"name": "history", "description": "A session's stored turns, and a user's conversations."},
             {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
             {"name": "agui", "description": "AG-UI: run the agent on a thread, and reconnect to it."},
             {
@@ -123,6 +124,7 @@ def create_app(
     app.include_router(service_router)
     app.include_router(usage_router)
     app.include_router(native_router)
+    app.include_router(conversations_router)
     app.include_router(agui_router)
     app.include_router(ai_sdk_router)
     # The OpenAI-compatible API takes the same keys (OpenAI clients send `Authorization: Bearer`).

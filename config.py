@@ -147,6 +147,19 @@ class Settings(BaseSettings):
     request_body_timeout: float = Field(default=30.0, gt=0, le=3600)
     keepalive_timeout: int = Field(default=5, ge=1, le=3600)
 
+    # Conversations that last (issue #15): the SQL system of record behind the Redis hot tier.
+    # DATABASE_URL: a PostgreSQL URL (postgresql+asyncpg://...); unset: an embedded SQLite file.
+    database_url: SecretStr | None = None
+    database_path: str = Field(default="conversations.db", min_length=1, max_length=4096)
+    # Days a conversation is kept after its last turn; 0: forever.
+    conversation_retention_days: int = Field(default=0, ge=0, le=36_500)
+    # /health reports the archive `degraded` when its oldest unarchived turn is older than this.
+    archive_degraded_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # How many outbox entries the archiver takes per read, and how long an entry may sit with a
+    # consumer that stopped answering before another instance claims it.
+    archive_batch: int = Field(default=200, ge=1, le=10_000)
+    archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -297,6 +310,33 @@ class Settings(BaseSettings):
     def embedded_redis(self) -> bool:
         """True when no Redis server is configured and the in-process one is used."""
         return self.redis_url is None and not self.redis_host and not self.redis_sentinels
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked by hand so that a bad URL's error never echoes the password.
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("postgresql", "postgresql+asyncpg", "postgres", "sqlite", "sqlite+aiosqlite"):
+            raise ValueError("DATABASE_URL must be a postgresql:// (or sqlite://) URL")
+        return value
+
+    def database_dsn(self) -> str:
+        """The SQLAlchemy URL of the conversation store, with its async driver. May hold a password."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{self.database_path}"
+        url = self.database_url.get_secret_value()
+        scheme, rest = url.split("://", 1)
+        driver = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}.get(scheme, scheme)
+        return f"{'sqlite+aiosqlite' if scheme == 'sqlite' else driver}://{rest}"
+
+    def database_location(self) -> str:
+        """Where the conversation store is, fit for a log line: no credentials."""
+        if self.database_url is None:
+            return f"sqlite:{self.database_path}"
+        parts = urlsplit(self.database_url.get_secret_value())
+        return f"{parts.scheme}://{parts.hostname or ''}:{parts.port or ''}{parts.path}"
 
     def redis_dsn(self) -> str:
         """The URL the Redis client connects to. It may hold the password: never log it."""

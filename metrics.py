@@ -45,8 +45,7 @@ class Metrics:
     tests, do not collide). Also an `AnswerObserver` of the chat service."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
+        self.registry = registry = CollectorRegistry()
         self.requests = Counter(
             "chat_http_requests",
             "HTTP requests answered, by method, route template and status.",
@@ -90,6 +89,12 @@ class Metrics:
             "chat_redis_errors",
             "Redis failures, by where they were noticed (request, answer, health).",
             ["where"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "chat_feedback",
+            "Ratings of answers (POST /chat/{message_id}/feedback), by model and rating (issue #15).",
+            ["model", "rating"],
             registry=registry,
         )
         self.sse_clients = Gauge(

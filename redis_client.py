@@ -167,6 +167,19 @@ class KeySpace:
         """With API keys on: the name of the key that owns the session, beside the session's keys."""
         return f"{self.prefix}:{{{session_id}}}:owner"
 
+    def outbox(self, session_id: str) -> str:
+        """The durable outbox (a Stream) that stored turns are appended to for the archiver: one for
+        the server, or on a cluster one per session, in the session's slot, so that it is written in
+        the same transaction as the session's history (issue #15)."""
+        if self.sharded:
+            return f"{self.prefix}:{{{session_id}}}:outbox"
+        return f"{self.prefix}:outbox"
+
+    @property
+    def outbox_pattern(self) -> str:
+        """A SCAN pattern matching every outbox on a cluster."""
+        return f"{self.prefix}:{{*}}:outbox"
+
     def stream_slots(self, owner: str, user_id: str) -> str:
         """Sorted set of one key's and user's running answers, scored by their lease's expiry."""
         return f"{self.prefix}:streams:{{{owner}:{user_id}}}"

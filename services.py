@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from admission import Admission
 from ai_service import AnswerObserver, ChatService
+from archiver import Archiver, open_archive
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
 from health import PubSubProbe, Readiness
@@ -24,6 +25,7 @@ from leases import AnswerEnds, LeaseKeeper
 from metrics import Metrics
 from providers import create_answer_source
 from providers.base import AnswerSource
+from records.store import ConversationStore
 from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
 from stores.answers import AnswerRegistry
@@ -64,6 +66,15 @@ class Services:
     usage: UsageLedger
     budgets: Budgets
     telemetry: Telemetry
+    # The conversation record and the task that archives into it (issue #15).
+    records: ConversationStore
+    archiver: Archiver
+
+
+EMBEDDED_WARNING = (
+    "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
+    "history lives only as long as this process and no other process can subscribe"
+)
 
 
 @asynccontextmanager
@@ -85,10 +96,7 @@ async def build_services(
     opens the batchers' connections (tests wrap them); `telemetry` traces answers (off when not given).
     """
     if settings.embedded_redis:
-        logger.warning(
-            "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
-            "history lives only as long as this process and no other process can subscribe"
-        )
+        logger.warning(EMBEDDED_WARNING)
     metrics = metrics or Metrics()
     telemetry = telemetry or Telemetry()
     async with AsyncExitStack() as stack:
@@ -97,21 +105,16 @@ async def build_services(
         stack.push_async_callback(redis.aclose)
         stack.enter_context(telemetry.tracing(redis, settings.redis_key_prefix))
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
-        writer, reader = (
-            CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
-            for name in ("event-writer", "log-reader")
-        )
-        for batcher in (writer, reader):
-            batcher.start()
-            stack.push_async_callback(batcher.close)
+        batchers = _batchers(stack, settings, redis, pipes)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
         if end_retry_seconds is None:
             end_retry_seconds = settings.answer_end_retry_seconds
         recorder, budgets = _accounting(settings, redis, answer_source, metrics)
         observing = (metrics, telemetry, recorder, budgets)
+        sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
-            settings, redis, keys, (writer, reader), answer_source, observing, draining, end_retry_seconds
+            settings, redis, keys, batchers, answer_source, observing, draining, end_retry_seconds, sql
         )
         recorder.start()
         stack.push_async_callback(recorder.close)
@@ -125,6 +128,20 @@ async def build_services(
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
         yield services
     logger.info("%s stopped", SERVICE_NAME)
+
+
+def _batchers(
+    stack: AsyncExitStack, settings: Settings, redis: RedisClient, pipes: Callable[[RedisClient], RedisPipe]
+) -> tuple[CommandBatcher, CommandBatcher]:
+    """The event writer and the log reader, each on a connection of its own, closed by `stack`."""
+    writer, reader = (
+        CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
+        for name in ("event-writer", "log-reader")
+    )
+    for batcher in (writer, reader):
+        batcher.start()
+        stack.push_async_callback(batcher.close)
+    return writer, reader
 
 
 async def _start(services: Services, stack: AsyncExitStack) -> None:
@@ -232,6 +249,7 @@ def _assemble(
     observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets],
     draining: Callable[[], bool],
     end_retry_seconds: float,
+    record: tuple[ConversationStore, Archiver],
 ) -> Services:
     """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     timeout, writer = settings.redis_timeout, batchers[0]
@@ -258,23 +276,8 @@ def _assemble(
     )
     memory = not settings.embedded_redis  # a probe of INFO memory (fakeredis has no maxmemory)
     readiness = Readiness(redis, keys, probe.round_trip, timeout=min(timeout, HEALTH_TIMEOUT), memory=memory)
-    accounting = (recorder.ledger, budgets, telemetry)
-    return Services(
-        settings,
-        redis,
-        keys,
-        history,
-        answers,
-        log,
-        hub,
-        chat,
-        admission,
-        probe,
-        metrics,
-        readiness,
-        keeper,
-        *accounting,
-    )
+    stores = (history, answers, log, hub, chat, admission, probe, metrics, readiness, keeper)
+    return Services(settings, redis, keys, *stores, recorder.ledger, budgets, telemetry, *record)
 
 
 def _hub(

@@ -16,11 +16,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from admission import Admission, Principal, Unauthorized
 from ai_service import ChatService
+from archiver import Archiver
 from config import Settings
 from health import PubSubProbe, Readiness
 from hub import StreamHub
 from metrics import Metrics
 from models import ID_PATTERN
+from records.store import ConversationStore
 from services import Services
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
@@ -30,6 +32,7 @@ from usage.ledger import UsageLedger
 
 __all__ = [
     "AdmissionDep",
+    "ArchiverDep",
     "BudgetsDep",
     "ChatServiceDep",
     "HistoryDep",
@@ -38,6 +41,7 @@ __all__ = [
     "PrincipalDep",
     "ProbeDep",
     "ReadinessDep",
+    "RecordsDep",
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
@@ -115,6 +119,16 @@ async def get_telemetry(request: Request) -> Telemetry:
 UsageDep = Annotated[UsageLedger, Depends(get_usage)]
 BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
 TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
+
+
+async def get_records(request: Request) -> ConversationStore:
+    return _services(request).records
+
+
+async def get_archiver(request: Request) -> Archiver:
+    return _services(request).archiver
+
+
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 HistoryDep = Annotated[HistoryStore, Depends(get_history)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -124,6 +138,8 @@ ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
 ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
+RecordsDep = Annotated[ConversationStore, Depends(get_records)]
+ArchiverDep = Annotated[Archiver, Depends(get_archiver)]
 
 
 # --- The caller ----------------------------------------------------------------------------------

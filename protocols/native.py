@@ -25,6 +25,7 @@ from protocols.deps import (
     ChatServiceDep,
     HistoryDep,
     PrincipalDep,
+    RecordsDep,
     RegistryDep,
     SettingsDep,
     StreamPrincipalDep,
@@ -33,6 +34,7 @@ from protocols.deps import (
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import check_message_length
+from records.history import read_history_page
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
 
@@ -246,6 +248,7 @@ async def get_session_history(
     principal: PrincipalDep,
     admission: AdmissionDep,
     history: HistoryDep,
+    records: RecordsDep,
     limit: Annotated[
         int,
         Query(
@@ -259,13 +262,22 @@ async def get_session_history(
         Query(ge=0, description="The `next_before` of the previous page: read the turns older than it."),
     ] = None,
 ) -> Response:
-    """A page of the session's turns, oldest first: the most recent, or those before `before`.
+    """A page of the session's turns, oldest first: the most recent, or those before `before`; from the
+    conversation record once Redis has let them expire.
 
     An unknown session has an empty history (404 with API keys). Each read counts toward the key's
     `RATE_LIMIT_PER_KEY`."""
     await admission.admit_read(principal)
-    await admission.check_session(principal, session_id)
-    page = await history.read_page(session_id, limit=limit, before=before, max_bytes=HISTORY_PAGE_BYTES)
+    page = await read_history_page(
+        principal,
+        session_id,
+        limit=limit,
+        before=before,
+        max_bytes=HISTORY_PAGE_BYTES,
+        admission=admission,
+        history=history,
+        records=records,
+    )
     # The stored turns are the response's messages as they are: joined, not parsed into models, so
     # that 50 reads at once do not stall the event loop (issue #13).
     cursor = b"" if page.next_before is None else b',"next_before":%d' % page.next_before

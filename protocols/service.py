@@ -9,9 +9,11 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from archiver import Archiver
 from config import SERVICE_NAME, VERSION
 from metrics import CONTENT_TYPE_LATEST
 from protocols.deps import (
+    ArchiverDep,
     ChatServiceDep,
     HistoryDep,
     HubDep,
@@ -47,10 +49,21 @@ class RedisHealth(BaseModel):
     )
 
 
+class ArchiveHealth(BaseModel):
+    """The conversation record's archive: `degraded` (still 200) while turns wait longer than
+    ARCHIVE_DEGRADED_SECONDS to be archived (the database is down, or behind)."""
+
+    status: Literal["ok", "degraded"]
+    backlog: int = Field(ge=0, description="Turns in the outbox not archived yet.")
+    oldest_seconds: float = Field(ge=0, description="Age of the oldest of them.")
+    error: str | None = Field(default=None, description="Why the last archiving attempt failed.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "unhealthy"]
     version: str
     redis: RedisHealth
+    archive: ArchiveHealth | None = None
     ai: AIHealth | None = Field(default=None, description="The model provider answers come from.")
 
 
@@ -117,6 +130,7 @@ async def health(
     settings: SettingsDep,
     metrics: MetricsDep,
     service: ChatServiceDep,
+    archiver: ArchiverDep,
 ) -> JSONResponse:
     """Healthy when Redis answers a PING, takes a write, and a message published on the control channel
     comes back through this process's own subscription; otherwise 503 with the reason, within two
@@ -145,8 +159,19 @@ async def health(
             status="connected", mode=mode, latency_ms=round(latency, 3), writes="ok", pubsub="ok"
         ),
         ai=service.source.health(),
+        archive=_archive_health(archiver, settings.archive_degraded_seconds),
     )
     return JSONResponse(body.model_dump(mode="json", exclude_none=True))
+
+
+def _archive_health(archiver: Archiver, threshold: float) -> ArchiveHealth:
+    state = archiver.state
+    return ArchiveHealth(
+        status="degraded" if archiver.degraded(threshold) else "ok",
+        backlog=state.backlog,
+        oldest_seconds=round(state.oldest_seconds, 3),
+        error=state.error,
+    )
 
 
 @router.get(

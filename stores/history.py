@@ -15,6 +15,7 @@ from batcher import CommandBatcher
 from conversation import ConversationMessage
 from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
+from stores.outbox import outbox_append
 
 __all__ = ["HistoryPage", "HistoryStore", "RecentTurn"]
 
@@ -65,6 +66,8 @@ class HistoryStore:
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
             ("EXPIRE", self._keys.owner(session_id), self._ttl),
+            # The durable outbox, in the same transaction: the archiver copies it to SQL (issue #15).
+            *(outbox_append(self._keys, session_id, turn) for turn in turns),
         ]
 
     def clear_commands(self, session_id: str) -> list[Command]:
@@ -189,10 +192,10 @@ class HistoryStore:
                 if before > int(length):  # a cursor past the end (cleared, or trimmed): from the end
                     start = max(0, int(length) - limit)
                     raw = await self._redis.lrange(key, start, int(length) - 1)
-        return self._fit(session_id, raw, start, max_bytes)
+        return self.fit(session_id, raw, start, max_bytes)
 
     @staticmethod
-    def _fit(session_id: str, raw: Sequence[bytes], start: int, max_bytes: int) -> HistoryPage:
+    def fit(session_id: str, raw: Sequence[bytes], start: int, max_bytes: int) -> HistoryPage:
         """The newest of `raw` (stored from position `start` on) that fit in `max_bytes`, and readable."""
         kept: list[bytes] = []
         size = 0

@@ -1,0 +1,343 @@
+"""What the service reads from and writes to the conversation record (`records/schema.py`).
+
+Writes come from the archiver, as batches of outbox entries: each turn is inserted by its own id and
+a turn already there is left as it is, so an entry archived twice (a retry after a timeout, a claim of a
+dead consumer's entries) is stored once. Reads serve the Conversations API and the history of a session
+whose Redis keys have expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from errors import ServiceError
+from records.schema import conversations, feedback, messages
+from stores.outbox import OutboxEntry, position_of_entry
+
+__all__ = ["ConversationStore", "RecordUnavailable", "reachable", "turn_row_id"]
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 80
+
+
+class RecordUnavailable(ServiceError):
+    """The conversation record (the SQL database) does not answer; chats go on, archived later."""
+
+    status = 503
+    code = "database_unavailable"
+
+
+@contextlib.asynccontextmanager
+async def reachable() -> AsyncIterator[None]:
+    """Every database failure of a request becomes `RecordUnavailable` (no driver text reaches a client)."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as error:
+        logger.warning("conversation record unavailable: %s", type(error).__name__)
+        raise RecordUnavailable("The conversation record is temporarily unavailable") from None
+
+
+def turn_row_id(turn: Mapping[str, Any]) -> str:
+    """A turn's own id: the turns of one exchange share its message_id."""
+    base = f"{turn['message_id']}:{turn['role']}"
+    return f"{base}:{turn['tool_call_id']}" if turn["role"] == "tool" else base
+
+
+def title_of(content: str) -> str:
+    """A conversation's first title: its first user message's first line, shortened."""
+    line = " ".join(content.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes: every stored time is UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class ConversationStore:
+    """The conversation record over one engine. `model`: the model recorded on archived answers."""
+
+    def __init__(self, engine: AsyncEngine, *, model: str | None = None) -> None:
+        self.engine = engine
+        self._model = model
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(select(1))
+
+    # -- archiving --
+
+    async def archive(self, entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
+        """Store the entries' turns (each at most once) and bring their conversations up to date, in
+        one transaction of a few statements whatever the number of sessions."""
+        rows = [
+            self._message_row(entry.session_id, position_of_entry(entry.entry_id), entry.turn)
+            for entry in entries
+            if entry.turn is not None and entry.session_id
+        ]
+        if not rows:
+            return 0
+        by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_session[row["conversation_id"]].append(row)
+        titles = {
+            session_id: title_of(next(row["content"] for row in turns if row["role"] == "user"))
+            for session_id, turns in by_session.items()
+            if any(row["role"] == "user" for row in turns)
+        }
+        new_conversations = [
+            {
+                "id": session_id,
+                "owner": owners.get(session_id, ""),
+                "user_id": turns[0]["user_id"],
+                "title": titles.get(session_id, ""),
+                "created_at": min(row["created_at"] for row in turns),
+                "updated_at": max(row["created_at"] for row in turns),
+                "pinned": False,
+                "archived": False,
+                "message_count": 0,
+            }
+            for session_id, turns in by_session.items()
+        ]
+        async with self.engine.begin() as connection:
+            # Executemany (SQLAlchemy's "insertmanyvalues"): one cached statement, however many rows.
+            await connection.execute(
+                self._insert(conversations).on_conflict_do_nothing(index_elements=["id"]), new_conversations
+            )
+            await connection.execute(
+                self._insert(messages).on_conflict_do_nothing(index_elements=["id"]), rows
+            )
+            await self._refresh(connection, list(by_session), titles)
+        return len(rows)
+
+    @staticmethod
+    async def _refresh(
+        connection: AsyncConnection, session_ids: list[str], titles: Mapping[str, str]
+    ) -> None:
+        """Recount the conversations' turns and move `updated_at` to their newest; title an untitled one."""
+        table = conversations.c
+        own = messages.c.conversation_id == table.id
+        await connection.execute(
+            update(conversations)
+            .where(table.id.in_(session_ids))
+            .values(
+                message_count=select(func.count()).where(own).scalar_subquery(),
+                updated_at=func.coalesce(
+                    select(func.max(messages.c.created_at)).where(own).scalar_subquery(), table.updated_at
+                ),
+            )
+        )
+        if titles:
+            await connection.execute(
+                update(conversations)
+                .where(table.id.in_(list(titles)), table.title == "")
+                .values(title=case(titles, value=table.id, else_=table.title))
+            )
+
+    def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": turn_row_id(turn),
+            "message_id": turn["message_id"],
+            "conversation_id": session_id,
+            "parent_id": turn.get("parent_id"),
+            "role": turn["role"],
+            "content": turn.get("content", ""),
+            "parts": turn,
+            "finish_reason": turn.get("finish_reason"),
+            "usage": turn.get("usage"),
+            "model": self._model if turn["role"] == "assistant" else None,
+            "user_id": turn.get("user_id", ""),
+            "created_at": utc(datetime.fromisoformat(turn["created_at"])),
+            "position": position,
+        }
+
+    # -- reading --
+
+    async def owner_of(self, session_id: str) -> str | None:
+        """The key that owns the conversation ("" on an open service), or None if there is none."""
+        async with self.engine.connect() as connection:
+            owner = await connection.scalar(
+                select(conversations.c.owner).where(conversations.c.id == session_id)
+            )
+        return None if owner is None else str(owner)
+
+    async def history(self, session_id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The session's archived turns, oldest first, as history holds them."""
+        query = (
+            select(messages.c.parts)
+            .where(messages.c.conversation_id == session_id)
+            .order_by(messages.c.position.desc())
+        )
+        if limit:
+            query = query.limit(limit)
+        async with self.engine.connect() as connection:
+            parts = (await connection.scalars(query)).all()
+        return list(reversed(parts))
+
+    async def history_page(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Up to `limit` archived turns before position `before` (the newest without it), oldest first,
+        and the position of the first: positions count from the session's oldest archived turn."""
+        where = messages.c.conversation_id == session_id
+        async with self.engine.connect() as connection:
+            total = int(await connection.scalar(select(func.count()).where(where)) or 0)
+            end = total if before is None else min(before, total)
+            start = max(0, end - limit)
+            query = select(messages.c.parts).where(where).order_by(messages.c.position)
+            parts = (await connection.scalars(query.offset(start).limit(end - start))).all() if end else []
+        return list(parts), start
+
+    async def conversation(self, owner: str, session_id: str) -> RowMapping | None:
+        async with self.engine.connect() as connection:
+            return (
+                (
+                    await connection.execute(
+                        select(conversations).where(
+                            conversations.c.id == session_id, conversations.c.owner == owner
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+
+    async def messages(self, session_id: str) -> list[RowMapping]:
+        query = (
+            select(messages.c.id, messages.c.message_id, messages.c.parent_id, messages.c.parts)
+            .where(messages.c.conversation_id == session_id)
+            .order_by(messages.c.position)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).mappings().all())
+
+    async def page(
+        self,
+        owner: str,
+        user_id: str,
+        *,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        archived: bool,
+    ) -> list[RowMapping]:
+        """One page of a user's conversations, newest first, after the cursor's (updated_at, id)."""
+        table = conversations.c
+        query = select(conversations).where(
+            table.owner == owner, table.user_id == user_id, table.archived == archived
+        )
+        if after is not None:
+            moment, last_id = after
+            query = query.where(
+                or_(table.updated_at < moment, and_(table.updated_at == moment, table.id < last_id))
+            )
+        query = query.order_by(table.updated_at.desc(), table.id.desc()).limit(limit)
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).mappings().all())
+
+    async def search(self, owner: str, user_id: str, words: str, limit: int) -> list[RowMapping]:
+        """The user's conversations whose messages match `words` (full-text), newest first."""
+        if self.engine.dialect.name == "postgresql":
+            matches = text("to_tsvector('simple', messages.content) @@ plainto_tsquery('simple', :q)")
+            query_text = words
+        else:
+            matches = text("messages.rowid IN (SELECT rowid FROM messages_fts WHERE messages_fts MATCH :q)")
+            # Each word as an FTS5 string: what a user types is never FTS5 query syntax.
+            query_text = " ".join('"' + word.replace('"', '""') + '"' for word in words.split())
+        hits = (
+            select(messages.c.conversation_id, func.min(messages.c.content).label("snippet"))
+            .where(matches.bindparams(q=query_text))
+            .group_by(messages.c.conversation_id)
+            .subquery()
+        )
+        table = conversations.c
+        query = (
+            select(conversations, hits.c.snippet)
+            .join(hits, hits.c.conversation_id == table.id)
+            .where(table.owner == owner, table.user_id == user_id)
+            .order_by(table.updated_at.desc(), table.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            return list((await connection.execute(query)).mappings().all())
+
+    # -- changing --
+
+    async def update(self, owner: str, session_id: str, changes: Mapping[str, Any]) -> RowMapping | None:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                update(conversations)
+                .where(conversations.c.id == session_id, conversations.c.owner == owner)
+                .values(**changes)
+            )
+            if not result.rowcount:
+                return None
+        return await self.conversation(owner, session_id)
+
+    async def delete(self, owner: str, session_ids: Sequence[str]) -> None:
+        """Delete the conversations (their messages and feedback first: SQLite may not cascade)."""
+        if not session_ids:
+            return
+        async with self.engine.begin() as connection:
+            await connection.execute(delete(feedback).where(feedback.c.conversation_id.in_(session_ids)))
+            await connection.execute(delete(messages).where(messages.c.conversation_id.in_(session_ids)))
+            await connection.execute(
+                delete(conversations).where(
+                    conversations.c.id.in_(session_ids), conversations.c.owner == owner
+                )
+            )
+
+    async def ids_of_user(self, owner: str, user_id: str) -> list[str]:
+        async with self.engine.connect() as connection:
+            found = await connection.scalars(
+                select(conversations.c.id).where(
+                    conversations.c.owner == owner, conversations.c.user_id == user_id
+                )
+            )
+            return list(found.all())
+
+    async def expired(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
+        """(owner, id) of conversations last updated before `before` (CONVERSATION_RETENTION_DAYS)."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(conversations.c.owner, conversations.c.id)
+                .where(conversations.c.updated_at < before)
+                .limit(limit)
+            )
+            return [(str(owner), str(session_id)) for owner, session_id in rows.all()]
+
+    # -- feedback --
+
+    async def answer_of(self, message_id: str) -> RowMapping | None:
+        """An archived answer's conversation, its owner and model, or None."""
+        query = (
+            select(messages.c.conversation_id, messages.c.model, conversations.c.owner)
+            .join(conversations, conversations.c.id == messages.c.conversation_id)
+            .where(messages.c.message_id == message_id, messages.c.role == "assistant")
+            .limit(1)
+        )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).mappings().first()
+
+    async def rate(self, row: Mapping[str, Any]) -> None:
+        """Store one key's and user's rating of an answer, replacing theirs if they rated it before."""
+        statement = self._insert(feedback).values(**row)
+        changes = {name: statement.excluded[name] for name in ("rating", "comment", "tags", "created_at")}
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["message_id", "owner", "user_id"], set_=changes
+                )
+            )

@@ -1,0 +1,200 @@
+"""The durable outbox: every stored turn, appended to a Redis Stream in the same transaction as the
+history write, for the archiver to copy into the conversation record (issue #15).
+
+Readers form one consumer group (`archiver`): each instance reads new entries as its own consumer,
+re-reads its own unacknowledged ones after a failure, and claims those another consumer has held too
+long (a killed process). An archived entry is acknowledged and deleted, so the stream holds exactly
+what is not archived yet: its length is the lag, its first entry the oldest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import RedisCluster
+from redis.exceptions import ResponseError
+
+from models import ChatTurn
+from redis_client import Command, KeySpace, RedisClient, bounded
+
+__all__ = ["GROUP", "Outbox", "OutboxEntry", "outbox_append", "position_of_entry"]
+
+logger = logging.getLogger(__name__)
+
+GROUP = "archiver"
+
+
+def outbox_append(keys: KeySpace, session_id: str, turn: ChatTurn) -> Command:
+    """The XADD of one stored turn (its JSON as history holds it)."""
+    return (
+        "XADD",
+        keys.outbox(session_id),
+        "*",
+        "s",
+        session_id,
+        "t",
+        turn.model_dump_json(exclude_none=True),
+    )
+
+
+def position_of_entry(entry_id: str) -> int:
+    """An entry id (`ms-seq`) as one ordered number: the order the turns were stored in."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms) * 1_000_000 + int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One entry read from an outbox; `turn` is None for an entry deleted while it was pending."""
+
+    stream: str
+    entry_id: str
+    session_id: str
+    turn: dict[str, Any] | None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(stream: str, raw: Iterable[Any]) -> list[OutboxEntry]:
+    entries = []
+    for entry_id, fields in raw:
+        turn = session = None
+        if fields:
+            session = _text(fields.get(b"s", b""))
+            try:
+                turn = orjson.loads(fields.get(b"t", b""))
+            except orjson.JSONDecodeError:
+                logger.warning("dropping an unreadable outbox entry %s", _text(entry_id))
+        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn))
+    return entries
+
+
+class Outbox:
+    """One instance's consumer of the outbox (or, on a cluster, of every session's outbox)."""
+
+    def __init__(self, redis: RedisClient, keys: KeySpace, *, timeout: float, consumer: str = "") -> None:
+        self._redis = redis
+        self._keys = keys
+        self._timeout = timeout
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._grouped: set[str] = set()
+
+    async def streams(self) -> list[str]:
+        """The outboxes to read: the one stream, or every session's on a cluster."""
+        if not isinstance(self._redis, RedisCluster):
+            return [self._keys.outbox("")]
+        async with bounded(self._timeout * 5):
+            return [_text(key) async for key in self._redis.scan_iter(self._keys.outbox_pattern, 500)]
+
+    async def _ensure_group(self, stream: str) -> bool:
+        """Whether the stream exists, with the group on it (no key is made for an empty outbox)."""
+        if stream in self._grouped:
+            return True
+        async with bounded(self._timeout):
+            try:
+                # From 0: entries appended before the group existed are archived too.
+                await self._redis.xgroup_create(stream, GROUP, id="0")
+            except ResponseError as error:
+                if "requires the key to exist" in str(error):
+                    return False
+                if "BUSYGROUP" not in str(error):
+                    raise
+        self._grouped.add(stream)
+        return True
+
+    async def read(self, stream: str, count: int, *, new: bool) -> list[OutboxEntry]:
+        """This consumer's entries: new ones, or (`new=False`) those it read and has not acknowledged."""
+        if not await self._ensure_group(stream):
+            return []
+        async with bounded(self._timeout):
+            try:
+                reply: Any = await self._redis.xreadgroup(
+                    GROUP, self.consumer, {stream: ">" if new else "0"}, count=count
+                )
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                self._grouped.discard(stream)  # the stream was deleted (a cleared session): start again
+                return []
+        return [entry for _, raw in reply or () for entry in _entries(stream, raw)]
+
+    async def claim(self, stream: str, idle_seconds: float, count: int) -> list[OutboxEntry]:
+        """Entries another consumer has held for `idle_seconds` without acknowledging (a dead process)."""
+        if not await self._ensure_group(stream):
+            return []
+        async with bounded(self._timeout):
+            reply: Any = await self._redis.xautoclaim(
+                stream, GROUP, self.consumer, int(idle_seconds * 1000), "0-0", count=count
+            )
+        return _entries(stream, reply[1])
+
+    async def ack(self, stream: str, entry_ids: Sequence[str]) -> None:
+        """Archived: acknowledge and delete them (the stream keeps only what is still to archive)."""
+        if not entry_ids:
+            return
+        async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, GROUP, *entry_ids)
+            pipe.xdel(stream, *entry_ids)
+            await pipe.execute()
+
+    async def backlog(self, streams: Sequence[str]) -> tuple[int, float]:
+        """Entries not archived yet, and the age in seconds of the oldest (0 with none)."""
+        total, oldest = 0, 0.0
+        now_ms = time.time() * 1000
+        for stream in streams:
+            async with bounded(self._timeout):
+                total += int(await self._redis.xlen(stream))
+                first: Any = await self._redis.xrange(stream, "-", "+", count=1)
+            if first:
+                age = (now_ms - position_of_entry(_text(first[0][0])) / 1_000_000) / 1000
+                oldest = max(oldest, age)
+        return total, oldest
+
+    async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
+        """The API key that owns each session ("" on an open service, or once the key has expired)."""
+        sessions = list(session_ids)
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for session_id in sessions:
+                pipe.get(self._keys.owner(session_id))
+            values = await pipe.execute()
+        return {
+            session_id: _text(value) if value else ""
+            for session_id, value in zip(sessions, values, strict=True)
+        }
+
+    async def forget(self, session_id: str) -> None:
+        """Drop the session's entries still waiting (its conversation is being deleted)."""
+        stream = self._keys.outbox(session_id)
+        if isinstance(self._redis, RedisCluster):
+            async with bounded(self._timeout):
+                await self._redis.delete(stream)
+            self._grouped.discard(stream)
+            return
+        async with bounded(self._timeout * 5):
+            ids = [
+                entry_id
+                async for entry_id, fields in self._scan(stream)
+                if fields.get(b"s") == session_id.encode()
+            ]
+        if ids:
+            await self.ack(stream, ids)
+
+    async def _scan(self, stream: str) -> Any:
+        start = "-"
+        while True:
+            batch: Any = await self._redis.xrange(stream, start, "+", count=500)
+            for entry_id, fields in batch:
+                yield _text(entry_id), fields
+            if len(batch) < 500:
+                return
+            start = "(" + _text(batch[-1][0])

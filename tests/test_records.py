@@ -1,0 +1,108 @@
+"""The conversation record (records/): migrations up and down, and archiving that stores each turn once,
+on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from sqlalchemy import inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from archiver import Archiver
+from config import Settings
+from models import ChatTurn
+from records.database import create_engine, current_revision, migrate
+from records.store import ConversationStore
+from redis_client import KeySpace
+from stores.outbox import Outbox, OutboxEntry
+from tests.record_backends import database_url
+
+__all__ = ["database_url"]
+
+TABLES = {"conversations", "messages", "feedback"}
+
+
+async def tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        names = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    return names & TABLES
+
+
+def entry(number: int, turn: ChatTurn, session: str = "s1") -> OutboxEntry:
+    return OutboxEntry(
+        "chat:outbox", f"{1_700_000_000_000 + number}-0", session, turn.model_dump(mode="json")
+    )
+
+
+async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings], database_url: str) -> None:
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        assert await migrate(engine) is True
+        assert await tables(engine) == TABLES
+        assert await current_revision(engine) == "0001"
+        assert await migrate(engine) is False  # current: nothing to do
+        assert await migrate(engine, "base", downgrade=True) is True
+        assert await tables(engine) == set()
+        assert await current_revision(engine) is None
+        assert await migrate(engine) is True
+        assert await tables(engine) == TABLES
+    finally:
+        await engine.dispose()
+
+
+async def test_an_entry_archived_twice_is_stored_once(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine, model="m")
+        question = ChatTurn.model_validate(
+            {"message_id": "m1", "role": "user", "content": "What is  a\nstream?", "user_id": "u1",
+             "created_at": "2026-01-01T00:00:00Z"}
+        )  # fmt: skip
+        answer = ChatTurn.assistant("m1", "A log.", "u1", "stop")
+        batch = [entry(1, question), entry(2, answer)]
+        assert await store.archive(batch, {"s1": "key-a"}) == 2
+        await store.archive(batch[1:], {"s1": "key-a"})  # a retry after a timeout, or a claim
+        row = await store.conversation("key-a", "s1")
+        assert row is not None
+        assert (row["title"], row["message_count"], row["user_id"]) == ("What is a stream?", 2, "u1")
+        history = await store.history("s1")
+        assert [ChatTurn.model_validate(turn) for turn in history] == [question, answer]
+        assert await store.conversation("key-b", "s1") is None  # another key's is not found
+    finally:
+        await engine.dispose()
+
+
+async def test_conversations_past_their_retention_are_deleted(
+    make_settings: Callable[..., Settings], fake: Redis
+) -> None:
+    engine = create_engine(make_settings())
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine)
+        old = {"message_id": "m1", "role": "user", "content": "Old", "user_id": "u1",
+               "created_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+        recent = {**old, "message_id": "m2", "content": "Recent", "created_at": "2026-03-01T00:00:00Z"}
+        await store.archive(
+            [
+                entry(1, ChatTurn.model_validate(old), "old"),
+                entry(2, ChatTurn.model_validate(recent), "recent"),
+            ],
+            {},
+        )
+        now = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+        archiver = Archiver(
+            Outbox(fake, KeySpace("chat"), timeout=1), store, CollectorRegistry(),
+            batch=10, claim_seconds=30, retention_days=30, clock=lambda: now,
+        )  # fmt: skip
+        await archiver.cycle()
+        assert await store.conversation("", "old") is None
+        assert await store.conversation("", "recent") is not None
+        assert await store.history("old") == []
+    finally:
+        await engine.dispose()
