@@ -36,6 +36,7 @@ from stores.replay_log import ReplayLog, parse_entry_id, position_of
 if TYPE_CHECKING:
     from batcher import CommandBatcher
     from config import Settings
+    from leases import LeaseKeeper
 
 __all__ = [
     "AnswerFinished",
@@ -120,12 +121,13 @@ class ChatService:
         writer: CommandBatcher,
         keys: KeySpace,
         source: AnswerSource,
+        keeper: LeaseKeeper,
         observers: Sequence[AnswerObserver] = (),
         end_retry_seconds: float = 15.0,
         cancel_wait_seconds: float = 2.0,
     ) -> None:
-        """`end_retry_seconds`: how long an answer keeps trying to store its end while Redis is
-        unavailable; `cancel_wait_seconds`: how long `cancel` waits for another instance to confirm."""
+        """`keeper`: answers' leases and ends (`leases.py`); `end_retry_seconds`: how long an answer retries
+        storing its end while Redis refuses; `cancel_wait_seconds`: how long `cancel` waits for another."""
         self._settings = settings
         self._history = history
         self._answers_store = answers
@@ -135,14 +137,14 @@ class ChatService:
         self._keys = keys
         self.source = source
         self._cancel_wait = cancel_wait_seconds
+        self._keeper = keeper
         self._runner = AnswerRunner(
             source,
-            history=history,
-            answers=answers,
             log=log,
             writer=writer,
             observers=observers,
             end_retry_seconds=end_retry_seconds,
+            keeper=keeper,
         )
         self._answers: dict[str, Answer] = {}
         self._accepting = True
@@ -186,8 +188,9 @@ class ChatService:
         session_id = request.session_id
         if request.images and not self.source.accepts_images:
             raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="images")
-        existing = await self._answers_store.claim(message_id, session_id)
+        existing = await self._answers_store.claim(message_id, session_id, request.user_id)
         if existing is not None:
+            existing = await self._keeper.settled(existing)  # ended first if it was lost
             if existing.session_id != session_id:
                 raise MessageConflict("this message_id belongs to another session")
             return self._accepted(existing), False  # a retry, tool results included, is answered alike
@@ -312,7 +315,7 @@ class ChatService:
         it is not an answer of this session), or over its running answers and then everything live."""
         answer = None
         if message_id is not None:
-            state = await self._answers_store.get(message_id)
+            state = await self._keeper.state(message_id)
             if state is None or state.session_id != session_id:
                 raise AnswerNotFound(message_id)
             since = await self._log.start_of(message_id)
@@ -335,7 +338,7 @@ class ChatService:
     async def cancel(self, message_id: str) -> AnswerState:
         """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
         if the instance running it has not confirmed within `cancel_wait_seconds`)."""
-        state = await self._answers_store.get(message_id)
+        state = await self._keeper.state(message_id)
         if state is None:
             raise AnswerNotFound(message_id)
         if state.status != "streaming":

@@ -34,8 +34,7 @@ from redis_client import Command, RedisUnavailable
 
 if TYPE_CHECKING:
     from batcher import CommandBatcher
-    from stores.answers import AnswerRegistry
-    from stores.history import HistoryStore
+    from leases import LeaseKeeper
     from stores.replay_log import ReplayLog
 
 __all__ = ["Answer", "AnswerObserver", "AnswerRunner", "EventQueue", "Phase"]
@@ -73,16 +72,16 @@ class AnswerRunner:
         self,
         source: AnswerSource,
         *,
-        history: HistoryStore,
-        answers: AnswerRegistry,
         log: ReplayLog,
         writer: CommandBatcher,
         observers: Sequence[AnswerObserver],
         end_retry_seconds: float,
+        keeper: LeaseKeeper,
     ) -> None:
+        """`keeper` writes each answer's end, and knows whether our lease on an answer surely holds."""
         self._source = source
-        self._history = history
-        self._answers = answers
+        self._ends = keeper.ends
+        self._holds = keeper.holds
         self._log = log
         self._writer = writer
         self._emitter = EventEmitter(writer)
@@ -232,42 +231,31 @@ class AnswerRunner:
         else:
             event = event_of(answer, ErrorEvent, error=ErrorInfo(code=error[0], message=error[1]))
         answer.error_code = error[0] if error else None
-        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back,
-        # so that the answer is not left `streaming` with no turn and no terminal event (#5).
+        # Redis may be down for a moment (a restart, a pause, a failover): keep trying until it is back.
+        # If it never is, the answer's lease expires and another instance (or the next process) ends it
+        # as lost (#13, item 5).
         deadline = time.monotonic() + self._end_retry
-        if not await self._retrying(
-            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, attempt)
+        if await self._retrying(
+            answer, deadline, "store", lambda attempt: self._store_end(answer, turn, event, attempt)
         ):
-            if answer.listener is not None:
-                # Nothing reached Redis, but the in-process listener still learns how the answer ended.
-                answer.listener.put_nowait(event)
-            return
-        answer.finish_reason = finish_reason
+            answer.finish_reason = finish_reason
         if answer.listener is not None:
+            # Even when nothing reached Redis, the in-process listener learns how the answer ended.
             answer.listener.put_nowait(event)
-        # A retried publish may add the terminal event twice if a timed-out one landed late; a
-        # client following the answer stops at the first.
-        await self._retrying(answer, deadline, "publish", lambda _: self._write_event(answer, event))
 
-    async def _store_end(self, answer: Answer, turn: ChatTurn, attempt: int) -> None:
+    async def _store_end(self, answer: Answer, turn: ChatTurn, event: StreamEvent, attempt: int) -> None:
+        """The turn, the final state and the terminal event in one transaction: all of it or nothing."""
         if not answer.stored:
             return
-        # After a timeout, check whether the earlier attempt landed after all (a timeout does not
-        # mean Redis did not apply it): the turn must not be stored twice.
-        if attempt > 1:
-            state = await self._answers.get(answer.message_id)
-            if state is not None and state.status != "streaming":
-                return
-        # History first, in its own round trip, then the terminal event: a client that reads
-        # history on `end` finds the turn.
-        assert turn.finish_reason is not None
-        await self._writer.submit(
-            [
-                *self._history.append_commands(answer.session_id, turn),
-                *self._answers.finished_commands(answer.message_id, turn.finish_reason),
-                *self._log.finished_commands(answer.session_id, answer.message_id),
-            ]
+        commands = self._ends.commands(
+            answer.session_id, turn, event.model_dump_json(exclude_none=True).encode()
         )
+        # While our lease surely holds, nobody else ends the answer. After a timeout (a timed-out EXEC
+        # may have landed) or once the lease may have expired, only if it is still streaming.
+        if attempt == 1 and self._holds(answer.message_id):
+            await self._ends.commit(commands)
+        elif not await self._ends.commit_if_streaming(answer.message_id, commands):
+            logger.warning("answer message_id=%s had already been ended", answer.message_id)
 
     async def _retrying(
         self, answer: Answer, deadline: float, what: str, step: Callable[[int], Awaitable[None]]

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
     archive_batch: int = Field(default=200, ge=1, le=10_000)
     archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
 
+    # Answer leases and orphaned answers (issue #13, item 5; `leases.py`). A running answer's instance
+    # renews its lease (and its session's TTLs); an answer whose lease has expired is ended as lost by
+    # whichever instance sees it next, or by the sweep every ANSWER_SWEEP_SECONDS. An answer tries to
+    # store its end for ANSWER_END_RETRY_SECONDS while Redis refuses, then leaves it to its lease.
+    answer_lease_seconds: float = Field(default=30.0, ge=0.5, le=3600)
+    answer_sweep_seconds: float = Field(default=10.0, ge=0.1, le=3600)
+    answer_end_retry_seconds: float = Field(default=15.0, ge=0, le=3600)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"

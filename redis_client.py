@@ -21,6 +21,7 @@ from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
     OutOfMemoryError,
+    ReadOnlyError,
     RedisClusterException,
     RedisError,
 )
@@ -64,6 +65,8 @@ def describe(error: BaseException) -> str:
     # AuthenticationError is a ConnectionError, so it is told apart first.
     if isinstance(error, OutOfMemoryError):
         return "Redis is out of memory"
+    if isinstance(error, ReadOnlyError):
+        return "Redis is read-only (a replica)"
     if isinstance(error, AuthenticationError | NoPermissionError):
         return "Redis refused the credentials"
     if isinstance(error, RedisConnectionError):
@@ -71,6 +74,8 @@ def describe(error: BaseException) -> str:
     text = str(error)
     if text.startswith("OOM"):
         return "Redis is out of memory"
+    if text.startswith("READONLY"):
+        return "Redis is read-only (a replica)"
     if text.startswith(("NOAUTH", "WRONGPASS")):
         return "Redis refused the credentials"
     return f"Redis error ({type(error).__name__})"
@@ -178,6 +183,16 @@ class KeySpace:
     def stream_slots(self, owner: str, user_id: str) -> str:
         """Sorted set of one key's and user's running answers, scored by their lease's expiry."""
         return f"{self.prefix}:streams:{{{owner}:{user_id}}}"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set of the stored answers that are running, scored by when their lease expires (ms)."""
+        return f"{self.prefix}:leases"
+
+    @property
+    def health(self) -> str:
+        """The tiny key `/health` writes (with a short TTL) to prove that Redis takes writes."""
+        return f"{self.prefix}:health"
 
     @property
     def rate_limits(self) -> str:

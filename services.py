@@ -19,8 +19,9 @@ from ai_service import ChatService
 from archiver import Archiver, open_archive
 from batcher import CommandBatcher
 from config import SERVICE_NAME, VERSION, Settings
-from health import PubSubProbe
+from health import PubSubProbe, Readiness
 from hub import StreamHub
+from leases import AnswerEnds, LeaseKeeper
 from metrics import Metrics
 from providers import create_answer_source
 from providers.base import AnswerSource
@@ -29,6 +30,7 @@ from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
+from stores.leases import AnswerLeases
 from stores.replay_log import ReplayLog
 
 __all__ = ["HEALTH_TIMEOUT", "Services", "build_services"]
@@ -54,6 +56,8 @@ class Services:
     admission: Admission
     probe: PubSubProbe
     metrics: Metrics
+    readiness: Readiness
+    keeper: LeaseKeeper
     # The conversation record and the task that archives into it (issue #15).
     records: ConversationStore
     archiver: Archiver
@@ -66,15 +70,15 @@ async def build_services(
     metrics: Metrics | None = None,
     source: AnswerSource | None = None,
     draining: Callable[[], bool] = lambda: False,
-    end_retry_seconds: float = 15.0,
+    end_retry_seconds: float | None = None,
     pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs for `settings`; close it all, in reverse, on exit.
 
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
     hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
-    keeps trying to store its end while Redis is down (tests shorten it); `pipes` opens the batchers'
-    connections (tests wrap them).
+    keeps trying to store its end while Redis is down (ANSWER_END_RETRY_SECONDS unless given); `pipes`
+    opens the batchers' connections (tests wrap them).
     """
     if settings.embedded_redis:
         logger.warning(
@@ -96,6 +100,8 @@ async def build_services(
             stack.push_async_callback(batcher.close)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
+        if end_retry_seconds is None:
+            end_retry_seconds = settings.answer_end_retry_seconds
         record = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
             settings,
@@ -112,6 +118,9 @@ async def build_services(
         stack.push_async_callback(services.hub.close)
         services.admission.start()
         stack.push_async_callback(services.admission.close)
+        # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
+        services.keeper.start()
+        stack.push_async_callback(services.keeper.close)
         stack.push_async_callback(services.chat.shutdown)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
@@ -122,6 +131,38 @@ async def build_services(
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
         yield services
     logger.info("%s stopped", SERVICE_NAME)
+
+
+def _lease_keeper(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    writer: CommandBatcher,
+    history: HistoryStore,
+    answers: AnswerRegistry,
+    log: ReplayLog,
+    leases: AnswerLeases,
+) -> LeaseKeeper:
+    """How answers' ends are written, and their leases kept (`leases.py`)."""
+    ends = AnswerEnds(
+        redis,
+        writer,
+        keys,
+        history=history,
+        answers=answers,
+        log=log,
+        leases=leases,
+        timeout=settings.redis_timeout,
+    )
+    return LeaseKeeper(
+        ends,
+        writer,
+        log=log,
+        answers=answers,
+        # Often enough that neither the lease nor the session's TTL runs out between two renewals.
+        renew_seconds=min(settings.answer_lease_seconds, settings.chat_history_ttl) / 3,
+        sweep_seconds=settings.answer_sweep_seconds,
+    )
 
 
 def _assemble(
@@ -147,8 +188,10 @@ def _assemble(
         timeout=timeout,
         wait_replicas=settings.redis_wait_replicas,
     )
-    answers = AnswerRegistry(redis, writer, keys, ttl=ttl, timeout=timeout)
+    leases = AnswerLeases(keys, reader, seconds=settings.answer_lease_seconds)
+    answers = AnswerRegistry(redis, writer, keys, leases, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
+    keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
     admission = Admission(settings, redis, keys)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = StreamHub(
@@ -170,9 +213,27 @@ def _assemble(
         writer=writer,
         keys=keys,
         source=source,
-        observers=[metrics, admission],
+        keeper=keeper,
+        observers=[metrics, admission, keeper],
         end_retry_seconds=end_retry_seconds,
     )
+    health_timeout = min(timeout, HEALTH_TIMEOUT)
+    readiness = Readiness(
+        redis, keys, probe.round_trip, timeout=health_timeout, memory=not settings.embedded_redis
+    )
     return Services(
-        settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics, *record
+        settings,
+        redis,
+        keys,
+        history,
+        answers,
+        log,
+        hub,
+        chat,
+        admission,
+        probe,
+        metrics,
+        readiness,
+        keeper,
+        *record,
     )

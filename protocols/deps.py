@@ -18,7 +18,7 @@ from admission import Admission, Principal, Unauthorized
 from ai_service import ChatService
 from archiver import Archiver
 from config import Settings
-from health import PubSubProbe
+from health import PubSubProbe, Readiness
 from hub import StreamHub
 from metrics import Metrics
 from models import ID_PATTERN
@@ -36,6 +36,7 @@ __all__ = [
     "MetricsDep",
     "PrincipalDep",
     "ProbeDep",
+    "ReadinessDep",
     "RecordsDep",
     "RegistryDep",
     "SettingsDep",
@@ -47,6 +48,7 @@ __all__ = [
     "get_hub",
     "get_metrics",
     "get_probe",
+    "get_readiness",
     "get_registry",
     "require_key",
     "require_stream_access",
@@ -81,6 +83,10 @@ async def get_probe(request: Request) -> PubSubProbe:
     return _services(request).probe
 
 
+async def get_readiness(request: Request) -> Readiness:
+    return _services(request).readiness
+
+
 async def get_metrics(request: Request) -> Metrics:
     return _services(request).metrics
 
@@ -103,6 +109,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 RegistryDep = Annotated[AnswerRegistry, Depends(get_registry)]
 HubDep = Annotated[StreamHub, Depends(get_hub)]
 ProbeDep = Annotated[PubSubProbe, Depends(get_probe)]
+ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 RecordsDep = Annotated[ConversationStore, Depends(get_records)]

@@ -19,7 +19,7 @@ from protocols.deps import (
     HubDep,
     MetricsDep,
     PrincipalDep,
-    ProbeDep,
+    ReadinessDep,
     SettingsDep,
 )
 from protocols.native import ERRORS
@@ -38,10 +38,15 @@ class RedisHealth(BaseModel):
     status: Literal["connected", "disconnected"]
     mode: Literal["redis", "embedded"]
     latency_ms: float | None = Field(default=None, description="PING round trip, in milliseconds.")
+    writes: Literal["ok"] | None = Field(
+        default=None, description="Redis took a write (a tiny key with a short TTL) within the last second."
+    )
     pubsub: Literal["ok"] | None = Field(
         default=None, description="A probe came back through this process's PubSub subscription."
     )
-    error: str | None = Field(default=None, description="Why Redis is unreachable, when it is.")
+    error: str | None = Field(
+        default=None, description="Why Redis is unreachable or refuses writes (out of memory, read-only)."
+    )
 
 
 class ArchiveHealth(BaseModel):
@@ -110,27 +115,33 @@ async def liveness() -> LivenessResponse:
     "/health",
     response_model=HealthResponse,
     response_model_exclude_none=True,
-    summary="Readiness: Redis and this process's PubSub subscription",
-    responses={503: {"model": HealthResponse, "description": "Redis or PubSub does not answer."}},
+    summary="Readiness: Redis takes writes, and this process's PubSub subscription works",
+    responses={
+        503: {
+            "model": HealthResponse,
+            "description": "Redis does not answer or take writes, or PubSub does not.",
+        }
+    },
 )
 async def health(
     history: HistoryDep,
     hub: HubDep,
-    probe: ProbeDep,
+    readiness: ReadinessDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     service: ChatServiceDep,
     archiver: ArchiverDep,
 ) -> JSONResponse:
-    """Healthy when Redis answers a PING and a message published on the control channel comes back
-    through this process's own subscription; otherwise 503, within two seconds."""
+    """Healthy when Redis answers a PING, takes a write, and a message published on the control channel
+    comes back through this process's own subscription; otherwise 503 with the reason, within two
+    seconds. The write and the round trip are checked at most once a second."""
     mode = "embedded" if settings.embedded_redis else "redis"
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT):
             latency = await history.ping()
             if not hub.connected:
                 raise RedisUnavailable("the PubSub subscription is down")
-            await probe.round_trip()
+            await readiness.check()
     except (RedisUnavailable, TimeoutError) as error:
         reason = error.reason if isinstance(error, RedisUnavailable) else "Redis did not answer in time"
         metrics.redis_errors.labels("health").inc()
@@ -144,7 +155,9 @@ async def health(
     body = HealthResponse(
         status="healthy",
         version=VERSION,
-        redis=RedisHealth(status="connected", mode=mode, latency_ms=round(latency, 3), pubsub="ok"),
+        redis=RedisHealth(
+            status="connected", mode=mode, latency_ms=round(latency, 3), writes="ok", pubsub="ok"
+        ),
         ai=service.source.health(),
         archive=_archive_health(archiver, settings.archive_degraded_seconds),
     )

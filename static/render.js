@@ -1,6 +1,9 @@
 // The DOM of a message: its bubble, made once and updated in place, and every part of an answer in it
-// (text, the collapsed "Thinking" reasoning, a refusal, tool calls with their results). Text from
-// events is only ever set with textContent.
+// (text, the collapsed "Thinking" reasoning, a refusal, tool calls with their results). An answer's
+// text is rendered as sanitised Markdown (markdown.js); every other text from events is only ever set
+// with textContent.
+
+import { renderMarkdown } from "./markdown.js";
 
 export function element(tag, className, text) {
   const el = document.createElement(tag);
@@ -25,7 +28,7 @@ export function bubble(li, role) {
       refusal.append(element("span", "label", "Refused"), element("p", "refusal-text"));
       const calls = element("ol", "tool-calls");
       calls.setAttribute("aria-label", "Tool calls");
-      el.append(thinking, element("p", "content"), refusal, calls);
+      el.append(thinking, element("div", "content markdown"), refusal, calls);
     } else {
       el.append(element("p", "content"));
     }
@@ -43,7 +46,9 @@ export function renderAnswer(el, answer, results) {
   const thinking = el.querySelector(".reasoning");
   thinking.hidden = !answer.reasoning;
   thinking.querySelector(".reasoning-text").textContent = answer.reasoning || "";
-  el.querySelector(".content").textContent = answer.content;
+  const content = el.querySelector(".content");
+  if (answer.state === "streaming" || answer.state === "pending") showMarkdownSoon(content, answer.content);
+  else showMarkdown(content, answer.content);
   const refusal = el.querySelector(".refusal");
   refusal.hidden = !answer.refusal;
   refusal.querySelector(".refusal-text").textContent = answer.refusal || "";
@@ -55,6 +60,33 @@ export function renderAnswer(el, answer, results) {
     renderCall(list.children[i] || list.appendChild(toolCallItem()), call, results);
   });
   el.querySelector(".note").textContent = answer.note || "";
+}
+
+// While an answer streams its text is parsed again as it grows, at most once per animation frame
+// however many chunks arrive in between; once it has ended, at once (its final text is never late).
+const shown = new WeakMap(); // element -> the text it shows
+const due = new Map(); // element -> the text to show at the next frame
+let frame = 0;
+
+function showMarkdownSoon(el, text) {
+  if (shown.get(el) === text) {
+    due.delete(el);
+    return;
+  }
+  due.set(el, text);
+  if (!frame) frame = requestAnimationFrame(showDue);
+}
+
+function showDue() {
+  frame = 0;
+  for (const [el, text] of due) showMarkdown(el, text);
+}
+
+function showMarkdown(el, text) {
+  due.delete(el);
+  if (shown.get(el) === text) return;
+  renderMarkdown(el, text);
+  shown.set(el, text);
 }
 
 function toolCallItem() {

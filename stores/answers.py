@@ -8,6 +8,7 @@ from typing import cast
 from batcher import CommandBatcher
 from models import AnswerState, AnswerStatus, FinishReason, status_of
 from redis_client import Command, KeySpace, RedisClient, bounded
+from stores.leases import AnswerLeases
 
 __all__ = ["AnswerRegistry"]
 
@@ -16,23 +17,34 @@ class AnswerRegistry:
     """A hash per answer: its session, status and finish reason, with the history's TTL."""
 
     def __init__(
-        self, redis: RedisClient, writer: CommandBatcher, keys: KeySpace, *, ttl: int, timeout: float
+        self,
+        redis: RedisClient,
+        writer: CommandBatcher,
+        keys: KeySpace,
+        leases: AnswerLeases,
+        *,
+        ttl: int,
+        timeout: float,
     ) -> None:
         self._redis = redis
+        self._leases = leases
         self._writer = writer
         self._keys = keys
         self._ttl = ttl
         self._timeout = timeout
 
-    async def claim(self, message_id: str, session_id: str) -> AnswerState | None:
-        """Record a new answer; if the id is taken, return the existing answer's state instead."""
+    async def claim(self, message_id: str, session_id: str, user_id: str) -> AnswerState | None:
+        """Record a new answer, and take its lease; if the id is taken, return the existing answer's
+        state instead (a lease that it already holds is left as it is)."""
         key = self._keys.message(message_id)
         # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
-        won, _, _ = await self._writer.submit(
+        won, *_ = await self._writer.submit(
             [
                 ("HSETNX", key, "session_id", session_id),
                 ("HSETNX", key, "status", "streaming"),
+                ("HSETNX", key, "user_id", user_id),
                 ("EXPIRE", key, self._ttl),
+                self._leases.take_command(message_id),
             ]
         )
         if won:
@@ -60,6 +72,15 @@ class AnswerRegistry:
                 "finish_reason": finish_reason.decode() if finish_reason else None,
             }
         )
+
+    async def user_of(self, message_id: str) -> str:
+        """Who asked for the answer ("" for a state written before this was recorded)."""
+        async with bounded(self._timeout):
+            value = await self._redis.hget(self._keys.message(message_id), "user_id")
+        return cast(bytes, value).decode() if value else ""
+
+    def keep_alive_command(self, message_id: str) -> Command:
+        return ("EXPIRE", self._keys.message(message_id), self._ttl)
 
     def finished_commands(self, message_id: str, finish_reason: FinishReason) -> list[Command]:
         status: AnswerStatus = status_of(finish_reason)

@@ -78,7 +78,11 @@ class ReplayLog:
         XADD keeps it."""
         commands = self.appender(session_id)(payload)
         if refresh_ttl:
-            commands.insert(1, ("EXPIRE", self._keys.events(session_id), self._ttl))
+            # The owner record with it, in the same batch: it never expires before the log (#13, item 4).
+            commands[1:1] = [
+                ("EXPIRE", self._keys.events(session_id), self._ttl),
+                ("EXPIRE", self._keys.owner(session_id), self._ttl),
+            ]
         return commands
 
     def appender(self, session_id: str) -> Callable[[bytes], list[Command]]:
@@ -102,6 +106,20 @@ class ReplayLog:
             ("HSET", self._keys.message(message_id), "since", since),
             ("HSET", running, message_id, since),
             ("EXPIRE", running, self._ttl),
+            ("EXPIRE", self._keys.owner(session_id), self._ttl),
+        ]
+
+    def keep_alive_commands(self, session_id: str) -> list[Command]:
+        """Refresh the TTL of the session's keys while an answer runs (its chunks do not): the log, the
+        running answers, the history and the owner record live at least as long as the answer."""
+        return [
+            ("EXPIRE", key, self._ttl)
+            for key in (
+                self._keys.events(session_id),
+                self._keys.active(session_id),
+                self._keys.history(session_id),
+                self._keys.owner(session_id),
+            )
         ]
 
     def finished_commands(self, session_id: str, message_id: str) -> list[Command]:

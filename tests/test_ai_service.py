@@ -281,6 +281,15 @@ async def test_an_end_that_cannot_be_stored_is_given_up_after_the_retry_budget(
             ChatRequest(session_id="s1", message="Hi", user_id="user1"), listener=events
         )
         received: list[StreamEvent | None] = [await events.get(), await events.get()]  # start, a chunk
+        # Its retries after the first are transactions of their own (WATCH), on the client's connections.
+        real_pipeline = harness.redis.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            if down.is_set():
+                raise RedisConnectionError("Connection refused")
+            return real_pipeline(*args, **kwargs)
+
+        harness.redis.pipeline = pipeline  # type: ignore[method-assign]
 
         async def chunk_stored() -> bool:
             return int(await harness.redis.xlen(KEYS.events("s1"))) == 2

@@ -1,5 +1,5 @@
 """Fuzzing: schemathesis against the service's own OpenAPI document, and hypothesis on ids
-(issue #5, tests). Bounded in examples, so the whole file runs in well under a minute."""
+(issue #5, tests). Bounded in examples, and the operations split into shards that run in parallel."""
 
 from __future__ import annotations
 
@@ -38,18 +38,28 @@ def service() -> Iterator[ServiceProcess]:
         process.cleanup()
 
 
-def test_schemathesis_finds_no_server_error_and_no_undocumented_response(service: ServiceProcess) -> None:
+# The operations are dealt round-robin into shards, so that the test runner's workers share them.
+SHARDS = 6
+
+
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_schemathesis_finds_no_server_error_and_no_undocumented_response(
+    service: ServiceProcess, shard: int
+) -> None:
     schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
     # A body over MAX_BODY_BYTES is refused with 413 whether or not it is valid: a rejection too.
     schema.config.checks.negative_data_rejection.expected_statuses.append("413")
-    tested = []
+    operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result
-        operation = result.ok()
-        # A session's stream without message_id never ends by design; its inputs are fuzzed below.
-        if operation.path == "/stream/{session_id}":
-            continue
-        tested.append(f"{operation.method.upper()} {operation.path}")
+        operations.append(result.ok())
+    # A session's stream without message_id never ends by design; its inputs are fuzzed below.
+    operations = [operation for operation in operations if operation.path != "/stream/{session_id}"]
+    operations.sort(key=lambda operation: (operation.path, operation.method))
+    names = [f"{operation.method.upper()} {operation.path}" for operation in operations]
+    assert "POST /chat" in names
+    assert "GET /history/{session_id}" in names
+    for operation in operations[shard::SHARDS]:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
@@ -76,8 +86,6 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(service
             except Unsatisfiable:
                 # An operation with no inputs has no negative data to make.
                 assert mode is GenerationMode.NEGATIVE, operation.path
-    assert "POST /chat" in tested
-    assert "GET /history/{session_id}" in tested
 
 
 # --- Ids: anything that is not an id is refused before Redis hears of it ---------------------------

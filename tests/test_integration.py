@@ -334,7 +334,9 @@ async def test_a_full_redis_refuses_the_chat_with_503_and_stores_nothing(
         assert await redis.exists(HISTORY_KEY) == 0  # MULTI/EXEC: no half-written turn
     assert_redis_unavailable(chat, small_redis)
     assert "out of memory" in chat.json()["error"]["message"]
-    assert health.status_code == 200  # Redis answers; it is full, not down
+    # Redis answers, but refuses writes: not ready (#13, item 2), and it says why.
+    assert health.status_code == 503
+    assert "out of memory" in health.json()["redis"]["error"]
 
 
 async def test_json_logs_carry_the_request_id_and_never_the_password(
