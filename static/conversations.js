@@ -23,6 +23,7 @@ export class Sidebar {
     this.localTitles = new Map(); // session id -> title, until the service lists it
     this.listed = new Set(); // every id the service has listed: the record has them
     this.editing = null; // the id whose title is being edited
+    this.renaming = null; // and its form
     this.confirming = null; // the id whose deletion awaits a confirmation
     this.loads = 0;
     this.searchTimer = null;
@@ -117,7 +118,9 @@ export class Sidebar {
     li.dataset.sessionId = c.id;
     if (c.pinned) li.dataset.pinned = "true";
     if (this.editing === c.id) {
-      li.append(this.renameForm(c));
+      // The same form across refreshes of the list, so that what the user typed stays.
+      if (!this.renaming || this.renaming.dataset.sessionId !== c.id) this.renaming = this.renameForm(c);
+      li.append(this.renaming);
       return li;
     }
     const open = element("button", "open", c.title || "New chat");
@@ -169,6 +172,7 @@ export class Sidebar {
 
   renameForm(c) {
     const form = element("form", "rename");
+    form.dataset.sessionId = c.id;
     const label = element("label", "visually-hidden", "New title");
     const input = element("input");
     input.id = `rename-${c.id}`;
@@ -181,6 +185,7 @@ export class Sidebar {
     save.type = "submit";
     const cancel = this.action("Cancel", () => {
       this.editing = null;
+      this.renaming = null;
       this.render();
     });
     input.addEventListener("keydown", (event) => {
@@ -191,6 +196,7 @@ export class Sidebar {
       const title = input.value.trim();
       if (!title) return;
       this.editing = null;
+      this.renaming = null;
       await this.change(c.id, { title });
     });
     form.append(label, input, save, cancel);

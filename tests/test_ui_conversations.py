@@ -1,0 +1,222 @@
+"""The chat page's sidebar comes from the service's conversation record (issue #15): it survives a new
+browser profile, and renaming, pinning, deleting and searching through the page change (or ask) the
+service, which the tests check through the Conversations API.
+
+The service runs as `python app.py` on the embedded Redis and an SQLite record in its own empty
+directory, with the simulated model at full speed; the page runs in Debian's chromium through
+Playwright, each test in fresh browser contexts (profiles), every request to another host aborted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
+
+from testkit.service import ServiceProcess
+from testkit.waiting import eventually_sync
+from tests.test_ui import ANSWER_TIMEOUT_MS, browser, is_local
+
+__all__ = ["browser"]  # the module's Chromium, shared with test_ui.py's
+
+
+class RecordService(ServiceProcess):
+    """The service, with the simulated model at full speed, and its API as a test reads it."""
+
+    def __init__(self) -> None:
+        super().__init__({"LOG_LEVEL": "WARNING", "STREAM_DELAY": "0", "CHUNK_DELAY": "0"})
+
+    def get(self, path: str, **params: str) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", params=params, timeout=5)
+
+    def conversations(self, user_id: str) -> list[dict[str, Any]]:
+        response = self.get("/conversations", user_id=user_id)
+        response.raise_for_status()
+        found: list[dict[str, Any]] = response.json()["conversations"]
+        return found
+
+    def titles(self, user_id: str) -> list[str]:
+        return [c["title"] for c in self.conversations(user_id)]
+
+    def chat(self, session_id: str, user: str, message: str) -> None:
+        """A conversation as another client would start it, waited for until the record has it."""
+        body = {"session_id": session_id, "message": message, "user_id": user}
+        accepted = httpx.post(f"{self.url}/chat", json=body, timeout=5)
+        assert accepted.status_code == 202, accepted.text
+        eventually_sync(
+            lambda: any(
+                c["id"] == session_id and c["message_count"] >= 2 for c in self.conversations(user_id)
+            ),
+            f"{session_id} answered and archived",
+        )
+
+
+@pytest.fixture(scope="module")
+def record_service() -> Iterator[RecordService]:
+    service = RecordService()
+    try:
+        service.start(ready="/health", timeout=30)
+        yield service
+    finally:
+        service.stop(grace=15)
+        service.cleanup()
+
+
+@dataclass
+class Profiles:
+    """Fresh browser contexts (as a new browser profile: no localStorage) on the service."""
+
+    browser: Browser
+    service: RecordService
+    contexts: list[BrowserContext] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def page(self, user_id: str, session_id: str | None = None) -> Page:
+        """The chat page in a new profile, as `user_id`."""
+        context = self.browser.new_context(base_url=self.service.url)
+        self.contexts.append(context)
+        context.set_default_timeout(ANSWER_TIMEOUT_MS)
+
+        def block(route: Route) -> None:
+            self.blocked.append(route.request.url)
+            route.abort("blockedbyclient")
+
+        context.route(lambda url: not is_local(url), block)
+        page = context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"/ui#session={session_id}" if session_id else "/ui")
+        user = page.get_by_label("User id")
+        user.fill(user_id)
+        user.dispatch_event("change")  # as leaving the field does
+        return page
+
+
+@pytest.fixture
+def profiles(browser: Browser, record_service: RecordService) -> Iterator[Profiles]:
+    made = Profiles(browser, record_service)
+    yield made
+    for context in made.contexts:
+        context.close()
+    assert made.blocked == []
+    assert made.errors == []
+
+
+def sidebar(page: Page) -> Locator:
+    return page.get_by_role("navigation", name="Sessions")
+
+
+def item(page: Page, title: str) -> Locator:
+    """A conversation's entry in the sidebar, by its title."""
+    return (
+        sidebar(page)
+        .locator("li.conversation")
+        .filter(has=page.get_by_role("button", name=title, exact=True))
+    )
+
+
+def titles_shown(page: Page) -> Locator:
+    return sidebar(page).locator("li.conversation button.open")
+
+
+@pytest.mark.browser
+def test_the_sidebar_comes_from_the_service_in_a_new_browser_profile(profiles: Profiles) -> None:
+    service = profiles.service
+    service.chat("side-older", "side-user", "An older conversation about tides")
+    first = profiles.page("side-user")
+    session_id = first.locator("#session-id").inner_text()
+    first.get_by_label("Message").fill("Plan a walk along the coast")
+    first.get_by_role("button", name="Send").click()
+    expect(first.locator(".msg[data-role='assistant']").last).to_have_attribute("data-state", "done")
+    eventually_sync(lambda: session_id in [c["id"] for c in service.conversations("side-user")], "archived")
+
+    # Another browser profile: nothing in its storage, the list is the service's, newest first.
+    second = profiles.page("side-user")
+    expect(titles_shown(second)).to_have_text(
+        ["New chat", "Plan a walk along the coast", "An older conversation about tides"]
+    )
+    assert service.titles("side-user") == ["Plan a walk along the coast", "An older conversation about tides"]
+    second.get_by_role("button", name="Plan a walk along the coast", exact=True).click()
+    expect(second.locator("#session-id")).to_have_text(session_id)
+    expect(second.locator(".msg[data-role='user'] .content")).to_have_text(["Plan a walk along the coast"])
+    expect(second.locator(".msg[data-role='assistant']")).to_have_attribute("data-state", "done")
+    # Another user's list is not this one's.
+    other = profiles.page("side-someone-else")
+    expect(titles_shown(other)).to_have_text(["New chat"])
+
+
+@pytest.mark.browser
+def test_rename_pin_and_delete_through_the_sidebar_change_the_record(profiles: Profiles) -> None:
+    service = profiles.service
+    service.chat("edit-a", "edit-user", "First question")
+    service.chat("edit-b", "edit-user", "Second question")
+    page = profiles.page("edit-user", "edit-a")
+    expect(titles_shown(page)).to_have_text(["Second question", "First question"])
+
+    entry = item(page, "First question")
+    entry.get_by_role("button", name="Rename").click()
+    sidebar(page).get_by_label("New title").fill("  Questions   about tides ")
+    sidebar(page).get_by_role("button", name="Save").click()
+    expect(titles_shown(page)).to_have_text(["Second question", "Questions about tides"])
+    assert service.titles("edit-user") == ["Second question", "Questions about tides"]
+
+    item(page, "Questions about tides").get_by_role("button", name="Pin").click()
+    expect(titles_shown(page)).to_have_text(["Questions about tides", "Second question"])
+    pinned = eventually_sync(
+        lambda: {c["id"]: c["pinned"] for c in service.conversations("edit-user")}.get("edit-a"), "pinned"
+    )
+    assert pinned is True
+    page.reload()  # pinned ones first, as the service says
+    expect(titles_shown(page)).to_have_text(["Questions about tides", "Second question"])
+    expect(item(page, "Questions about tides").get_by_role("button", name="Unpin")).to_have_attribute(
+        "aria-pressed", "true"
+    )
+
+    # Deleting the open conversation: gone from the service, and the page moves to a new chat.
+    item(page, "Questions about tides").get_by_role("button", name="Delete").click()
+    item(page, "Questions about tides").get_by_role("button", name="Confirm delete").click()
+    expect(titles_shown(page)).to_have_text(["New chat", "Second question"])
+    expect(page.locator("#session-id")).not_to_have_text("edit-a")
+    expect(page.locator(".msg")).to_have_count(0)
+    assert service.titles("edit-user") == ["Second question"]
+    assert service.get("/conversations/edit-a").status_code == 404
+    assert service.get("/history/edit-a").json()["messages"] == []
+
+    # A second thought: Cancel keeps it.
+    item(page, "Second question").get_by_role("button", name="Delete").click()
+    item(page, "Second question").get_by_role("button", name="Cancel").click()
+    expect(item(page, "Second question").get_by_role("button", name="Delete")).to_be_visible()
+    assert service.titles("edit-user") == ["Second question"]
+
+
+@pytest.mark.browser
+def test_search_lists_the_conversations_whose_messages_match(profiles: Profiles) -> None:
+    everything = ["New chat", "A recipe for lemon cake", "How do glaciers carve valleys"]
+    service = profiles.service
+    service.chat("find-a", "find-user", "How do glaciers carve valleys")
+    service.chat("find-b", "find-user", "A recipe for lemon cake")
+    page = profiles.page("find-user")
+    expect(titles_shown(page)).to_have_text(
+        ["New chat", "A recipe for lemon cake", "How do glaciers carve valleys"]
+    )
+
+    search = page.get_by_role("searchbox", name="Search conversations")
+    search.fill("glaciers")
+    expect(titles_shown(page)).to_have_text(["How do glaciers carve valleys"])
+    expect(sidebar(page).locator(".snippet")).to_contain_text(["glaciers"])
+    api = service.get("/conversations/search", user_id="find-user", q="glaciers").json()
+    assert [c["id"] for c in api["conversations"]] == ["find-a"]
+
+    search.fill("volcano")
+    expect(titles_shown(page)).to_have_count(0)
+    expect(sidebar(page).get_by_role("status")).to_have_text("No conversation matches.")
+
+    search.press("Escape")  # back to the whole list
+    expect(titles_shown(page)).to_have_text(
+        ["New chat", "A recipe for lemon cake", "How do glaciers carve valleys"]
+    )
