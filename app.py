@@ -87,8 +87,7 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
         summary="Streams AI chat answers over Redis PubSub and Server-Sent Events, with TTL-bound history.",
         openapi_tags=[
             {"name": "chat", "description": "Send messages, follow and stop their answers."},
-            {"name": "history", "description": "A session's stored turns."},
-            {"name": "conversations", "description": "A user's conversations, kept in the SQL record."},
+            {"name": "history", "description": "A session's stored turns, and a user's conversations."},
             {"name": "openai", "description": "The OpenAI-compatible API, run by the same pipeline."},
             {"name": "agui", "description": "AG-UI: run the agent on a thread, and reconnect to it."},
             {

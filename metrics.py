@@ -91,6 +91,12 @@ class Metrics:
             ["where"],
             registry=registry,
         )
+        self.feedback = Counter(
+            "chat_feedback",
+            "Ratings of answers (POST /chat/{message_id}/feedback), by model and rating (issue #15).",
+            ["model", "rating"],
+            registry=registry,
+        )
         self.sse_clients = Gauge(
             "chat_sse_clients",
             "Server-Sent Event clients connected now.",

@@ -102,17 +102,9 @@ async def build_services(
         stack.push_async_callback(answer_source.aclose)
         if end_retry_seconds is None:
             end_retry_seconds = settings.answer_end_retry_seconds
-        record = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
+        sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
-            settings,
-            redis,
-            keys,
-            (writer, reader),
-            answer_source,
-            metrics,
-            draining,
-            end_retry_seconds,
-            record,
+            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds, sql
         )
         await services.hub.start()
         stack.push_async_callback(services.hub.close)

@@ -27,6 +27,7 @@ from protocols.deps import (
     RegistryDep,
 )
 from protocols.errors import ErrorResponse
+from protocols.feedback import router as feedback_router
 from protocols.native import ERRORS
 from protocols.validation import InvalidRequest
 from records.history import owner_of as _owner
@@ -34,7 +35,8 @@ from records.store import ConversationStore, reachable, utc
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/conversations", tags=["conversations"])
+# The conversations' routes, and feedback on answers (`protocols/feedback.py`): one router for the app.
+router = APIRouter(tags=["history"])
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such conversation (or another key's)."}
@@ -124,7 +126,9 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidRequest([("cursor", "not a cursor this service returned")]) from None
 
 
-@router.get("", response_model=ConversationPage, summary="List a user's conversations", responses=ERRORS)
+@router.get(
+    "/conversations", response_model=ConversationPage, summary="List a user's conversations", responses=ERRORS
+)
 async def list_conversations(
     principal: PrincipalDep,
     records: RecordsDep,
@@ -145,7 +149,10 @@ async def list_conversations(
 
 
 @router.get(
-    "/search", response_model=ConversationPage, summary="Search a user's conversations", responses=ERRORS
+    "/conversations/search",
+    response_model=ConversationPage,
+    summary="Search a user's conversations",
+    responses=ERRORS,
 )
 async def search_conversations(
     principal: PrincipalDep,
@@ -163,7 +170,7 @@ async def search_conversations(
 
 
 @router.get(
-    "/{conversation_id}",
+    "/conversations/{conversation_id}",
     response_model=ConversationDetail,
     response_model_exclude_none=True,
     summary="Get a conversation with its messages",
@@ -188,7 +195,7 @@ async def get_conversation(
 
 
 @router.patch(
-    "/{conversation_id}",
+    "/conversations/{conversation_id}",
     response_model=ConversationSummary,
     response_model_exclude_none=True,
     summary="Rename, pin or archive a conversation",
@@ -233,7 +240,7 @@ async def _delete(
 
 
 @router.delete(
-    "/{conversation_id}",
+    "/conversations/{conversation_id}",
     response_model=StatusResponse,
     summary="Delete a conversation",
     responses={**ERRORS, **NOT_FOUND},
@@ -262,7 +269,10 @@ async def delete_conversation(
 
 
 @router.delete(
-    "", response_model=DeletedResponse, summary="Delete all of a user's conversations", responses=ERRORS
+    "/conversations",
+    response_model=DeletedResponse,
+    summary="Delete all of a user's conversations",
+    responses=ERRORS,
 )
 async def delete_user_conversations(
     principal: PrincipalDep,
@@ -279,3 +289,6 @@ async def delete_user_conversations(
         principal, session_ids, records=records, archiver=archiver, service=service, registry=registry
     )
     return DeletedResponse(deleted=len(session_ids))
+
+
+router.include_router(feedback_router)

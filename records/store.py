@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import SQLAlchemyError
@@ -81,61 +81,70 @@ class ConversationStore:
     # -- archiving --
 
     async def archive(self, entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
-        """Store the entries' turns (each at most once) and bring their conversations up to date."""
-        by_session: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-        for entry in entries:
-            if entry.turn is not None and entry.session_id:
-                by_session[entry.session_id].append((position_of_entry(entry.entry_id), entry.turn))
-        if not by_session:
+        """Store the entries' turns (each at most once) and bring their conversations up to date, in
+        one transaction of a few statements whatever the number of sessions."""
+        rows = [
+            self._message_row(entry.session_id, position_of_entry(entry.entry_id), entry.turn)
+            for entry in entries
+            if entry.turn is not None and entry.session_id
+        ]
+        if not rows:
             return 0
+        by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_session[row["conversation_id"]].append(row)
+        titles = {
+            session_id: title_of(next(row["content"] for row in turns if row["role"] == "user"))
+            for session_id, turns in by_session.items()
+            if any(row["role"] == "user" for row in turns)
+        }
+        new_conversations = [
+            {
+                "id": session_id,
+                "owner": owners.get(session_id, ""),
+                "user_id": turns[0]["user_id"],
+                "title": titles.get(session_id, ""),
+                "created_at": min(row["created_at"] for row in turns),
+                "updated_at": max(row["created_at"] for row in turns),
+                "pinned": False,
+                "archived": False,
+                "message_count": 0,
+            }
+            for session_id, turns in by_session.items()
+        ]
         async with self.engine.begin() as connection:
-            for session_id, turns in by_session.items():
-                await self._archive_session(connection, session_id, turns, owners.get(session_id, ""))
-        return sum(len(turns) for turns in by_session.values())
-
-    async def _archive_session(
-        self,
-        connection: AsyncConnection,
-        session_id: str,
-        turns: list[tuple[int, dict[str, Any]]],
-        owner: str,
-    ) -> None:
-        rows = [self._message_row(session_id, position, turn) for position, turn in turns]
-        first, latest = min(row["created_at"] for row in rows), max(row["created_at"] for row in rows)
-        users = [row for row in rows if row["role"] == "user"]
-        await connection.execute(
-            self._insert(conversations)
-            .values(
-                id=session_id,
-                owner=owner,
-                user_id=rows[0]["user_id"],
-                title=title_of(users[0]["content"]) if users else "",
-                created_at=first,
-                updated_at=latest,
-                pinned=False,
-                archived=False,
-                message_count=0,
+            # Executemany (SQLAlchemy's "insertmanyvalues"): one cached statement, however many rows.
+            await connection.execute(
+                self._insert(conversations).on_conflict_do_nothing(index_elements=["id"]), new_conversations
             )
-            .on_conflict_do_nothing(index_elements=["id"])
-        )
-        await connection.execute(
-            self._insert(messages).values(rows).on_conflict_do_nothing(index_elements=["id"])
-        )
+            await connection.execute(
+                self._insert(messages).on_conflict_do_nothing(index_elements=["id"]), rows
+            )
+            await self._refresh(connection, list(by_session), titles)
+        return len(rows)
+
+    @staticmethod
+    async def _refresh(
+        connection: AsyncConnection, session_ids: list[str], titles: Mapping[str, str]
+    ) -> None:
+        """Recount the conversations' turns and move `updated_at` to their newest; title an untitled one."""
         table = conversations.c
-        count = select(func.count()).select_from(messages).where(messages.c.conversation_id == session_id)
-        changes: dict[str, Any] = {"message_count": count.scalar_subquery()}
-        changes["updated_at"] = func.coalesce(
-            select(func.max(messages.c.created_at))
-            .where(messages.c.conversation_id == session_id)
-            .scalar_subquery(),
-            table.updated_at,
+        own = messages.c.conversation_id == table.id
+        await connection.execute(
+            update(conversations)
+            .where(table.id.in_(session_ids))
+            .values(
+                message_count=select(func.count()).where(own).scalar_subquery(),
+                updated_at=func.coalesce(
+                    select(func.max(messages.c.created_at)).where(own).scalar_subquery(), table.updated_at
+                ),
+            )
         )
-        await connection.execute(update(conversations).where(table.id == session_id).values(**changes))
-        if users:
+        if titles:
             await connection.execute(
                 update(conversations)
-                .where(table.id == session_id, table.title == "")
-                .values(title=title_of(users[0]["content"]))
+                .where(table.id.in_(list(titles)), table.title == "")
+                .values(title=case(titles, value=table.id, else_=table.title))
             )
 
     def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:
@@ -294,3 +303,27 @@ class ConversationStore:
                 .limit(limit)
             )
             return [(str(owner), str(session_id)) for owner, session_id in rows.all()]
+
+    # -- feedback --
+
+    async def answer_of(self, message_id: str) -> RowMapping | None:
+        """An archived answer's conversation, its owner and model, or None."""
+        query = (
+            select(messages.c.conversation_id, messages.c.model, conversations.c.owner)
+            .join(conversations, conversations.c.id == messages.c.conversation_id)
+            .where(messages.c.message_id == message_id, messages.c.role == "assistant")
+            .limit(1)
+        )
+        async with self.engine.connect() as connection:
+            return (await connection.execute(query)).mappings().first()
+
+    async def rate(self, row: Mapping[str, Any]) -> None:
+        """Store one key's and user's rating of an answer, replacing theirs if they rated it before."""
+        statement = self._insert(feedback).values(**row)
+        changes = {name: statement.excluded[name] for name in ("rating", "comment", "tags", "created_at")}
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["message_id", "owner", "user_id"], set_=changes
+                )
+            )

@@ -22,6 +22,7 @@ import orjson
 from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
+from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, bounded
 
 __all__ = ["GROUP", "Outbox", "OutboxEntry", "outbox_append", "position_of_entry"]
@@ -31,9 +32,17 @@ logger = logging.getLogger(__name__)
 GROUP = "archiver"
 
 
-def outbox_append(keys: KeySpace, session_id: str, turn_json: str) -> Command:
+def outbox_append(keys: KeySpace, session_id: str, turn: ChatTurn) -> Command:
     """The XADD of one stored turn (its JSON as history holds it)."""
-    return ("XADD", keys.outbox(session_id), "*", "s", session_id, "t", turn_json)
+    return (
+        "XADD",
+        keys.outbox(session_id),
+        "*",
+        "s",
+        session_id,
+        "t",
+        turn.model_dump_json(exclude_none=True),
+    )
 
 
 def position_of_entry(entry_id: str) -> int:
@@ -147,12 +156,15 @@ class Outbox:
 
     async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
         """The API key that owns each session ("" on an open service, or once the key has expired)."""
-        owners = {}
-        for session_id in session_ids:
-            async with bounded(self._timeout):
-                value = await self._redis.get(self._keys.owner(session_id))
-            owners[session_id] = _text(value) if value else ""
-        return owners
+        sessions = list(session_ids)
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for session_id in sessions:
+                pipe.get(self._keys.owner(session_id))
+            values = await pipe.execute()
+        return {
+            session_id: _text(value) if value else ""
+            for session_id, value in zip(sessions, values, strict=True)
+        }
 
     async def forget(self, session_id: str) -> None:
         """Drop the session's entries still waiting (its conversation is being deleted)."""

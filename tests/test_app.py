@@ -329,6 +329,7 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("DELETE", "/conversations/{conversation_id}"),
         ("GET", "/schema/events"),
         ("POST", "/chat/{message_id}/cancel"),
+        ("POST", "/chat/{message_id}/feedback"),
         ("GET", "/stream/{session_id}"),
         ("POST", "/v1/chat/completions"),
         ("GET", "/v1/models"),

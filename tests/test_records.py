@@ -4,15 +4,20 @@ on SQLite and on a real PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from archiver import Archiver
 from config import Settings
 from models import ChatTurn
 from records.database import create_engine, current_revision, migrate
 from records.store import ConversationStore
-from stores.outbox import OutboxEntry
+from redis_client import KeySpace
+from stores.outbox import Outbox, OutboxEntry
 from tests.record_backends import database_url
 
 __all__ = ["database_url"]
@@ -69,5 +74,35 @@ async def test_an_entry_archived_twice_is_stored_once(
         history = await store.history("s1")
         assert [ChatTurn.model_validate(turn) for turn in history] == [question, answer]
         assert await store.conversation("key-b", "s1") is None  # another key's is not found
+    finally:
+        await engine.dispose()
+
+
+async def test_conversations_past_their_retention_are_deleted(
+    make_settings: Callable[..., Settings], fake: Redis
+) -> None:
+    engine = create_engine(make_settings())
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine)
+        old = {"message_id": "m1", "role": "user", "content": "Old", "user_id": "u1",
+               "created_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+        recent = {**old, "message_id": "m2", "content": "Recent", "created_at": "2026-03-01T00:00:00Z"}
+        await store.archive(
+            [
+                entry(1, ChatTurn.model_validate(old), "old"),
+                entry(2, ChatTurn.model_validate(recent), "recent"),
+            ],
+            {},
+        )
+        now = datetime(2026, 3, 2, tzinfo=UTC).timestamp()
+        archiver = Archiver(
+            Outbox(fake, KeySpace("chat"), timeout=1), store, CollectorRegistry(),
+            batch=10, claim_seconds=30, retention_days=30, clock=lambda: now,
+        )  # fmt: skip
+        await archiver.cycle()
+        assert await store.conversation("", "old") is None
+        assert await store.conversation("", "recent") is not None
+        assert await store.history("old") == []
     finally:
         await engine.dispose()

@@ -32,6 +32,17 @@ SQLITE_FTS = [
 
 
 def upgrade() -> None:
+    _conversations()
+    _messages()
+    _feedback()
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE INDEX ix_messages_fts ON messages USING gin (to_tsvector('simple', content))")
+    else:
+        for statement in SQLITE_FTS:
+            op.execute(statement)
+
+
+def _conversations() -> None:
     op.create_table(
         "conversations",
         sa.Column("id", sa.String(128), primary_key=True),
@@ -48,6 +59,9 @@ def upgrade() -> None:
         "ix_conversations_owner_user_updated", "conversations", ["owner", "user_id", "updated_at", "id"]
     )
     op.create_index("ix_conversations_updated", "conversations", ["updated_at"])
+
+
+def _messages() -> None:
     op.create_table(
         "messages",
         sa.Column("id", sa.String(400), primary_key=True),
@@ -71,6 +85,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_messages_conversation_position", "messages", ["conversation_id", "position"])
     op.create_index("ix_messages_message_id", "messages", ["message_id"])
+
+
+def _feedback() -> None:
     op.create_table(
         "feedback",
         sa.Column("message_id", sa.String(128), primary_key=True),
@@ -88,11 +105,6 @@ def upgrade() -> None:
         sa.Column("model", sa.String(256), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("CREATE INDEX ix_messages_fts ON messages USING gin (to_tsvector('simple', content))")
-    else:
-        for statement in SQLITE_FTS:
-            op.execute(statement)
 
 
 def downgrade() -> None:
