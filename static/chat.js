@@ -17,7 +17,7 @@
 // offers as Edit, Regenerate and ‹ 2 / 3 › (branches.js, turn_controls.js), with thumbs up / down.
 
 import { addPart, emptyAnswer, finished } from "./answer.js";
-import { api, ApiError, apiUrl, postChat, useApiKey } from "./api.js";
+import { api, ApiError, apiUrl, postChat, sleep, useApiKey } from "./api.js";
 import { answerAlternatives, leafOf, promptAlternatives, treeOf } from "./branches.js";
 import { Sidebar } from "./conversations.js";
 import { bubble, renderAnswer } from "./render.js";
@@ -540,16 +540,24 @@ async function switchBranch(v, id) {
   loadHistory(v);
 }
 
+// One rating per answer and user; a new one replaces it. An answer that ended a moment ago may not be
+// in the conversation record yet: the service says so (409, Retry-After: 1) and the page tries again.
 async function rate(v, turn, rating) {
   els.formError.textContent = "";
-  try {
-    await api(`chat/${encodeURIComponent(turn.messageId)}/feedback`, {
-      method: "POST",
-      body: { rating, user_id: els.userId.value.trim() },
-    });
-    turn.feedback = rating;
-  } catch (error) {
-    els.formError.textContent = `Could not save the feedback: ${error.message}`;
+  const body = { rating, user_id: els.userId.value.trim() };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await api(`chat/${encodeURIComponent(turn.messageId)}/feedback`, { method: "POST", body });
+      turn.feedback = rating;
+      break;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 409 && attempt < 5) {
+        await sleep(1000);
+        continue;
+      }
+      els.formError.textContent = `Could not save the feedback: ${error.message}`;
+      break;
+    }
   }
   if (!v.closed) renderTurn(v, turn);
 }

@@ -9,6 +9,7 @@ Playwright, each test in fresh browser contexts (profiles), every request to ano
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,15 +43,22 @@ class RecordService(ServiceProcess):
     def titles(self, user_id: str) -> list[str]:
         return [c["title"] for c in self.conversations(user_id)]
 
+    def ratings(self, message_id: str) -> list[tuple[str, str]]:
+        """The (user, rating) rows of an answer's feedback in the service's SQLite record."""
+        path = self.directory() / "conversations.db"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as database:
+            rows = database.execute(
+                "SELECT user_id, rating FROM feedback WHERE message_id = ?", (message_id,)
+            ).fetchall()
+        return [(str(user), str(rating)) for user, rating in rows]
+
     def chat(self, session_id: str, user: str, message: str) -> None:
         """A conversation as another client would start it, waited for until the record has it."""
         body = {"session_id": session_id, "message": message, "user_id": user}
         accepted = httpx.post(f"{self.url}/chat", json=body, timeout=5)
         assert accepted.status_code == 202, accepted.text
         eventually_sync(
-            lambda: any(
-                c["id"] == session_id and c["message_count"] >= 2 for c in self.conversations(user_id)
-            ),
+            lambda: any(c["id"] == session_id and c["message_count"] >= 2 for c in self.conversations(user)),
             f"{session_id} answered and archived",
         )
 
@@ -201,9 +209,7 @@ def test_search_lists_the_conversations_whose_messages_match(profiles: Profiles)
     service.chat("find-a", "find-user", "How do glaciers carve valleys")
     service.chat("find-b", "find-user", "A recipe for lemon cake")
     page = profiles.page("find-user")
-    expect(titles_shown(page)).to_have_text(
-        ["New chat", "A recipe for lemon cake", "How do glaciers carve valleys"]
-    )
+    expect(titles_shown(page)).to_have_text(everything)
 
     search = page.get_by_role("searchbox", name="Search conversations")
     search.fill("glaciers")
@@ -217,6 +223,28 @@ def test_search_lists_the_conversations_whose_messages_match(profiles: Profiles)
     expect(sidebar(page).get_by_role("status")).to_have_text("No conversation matches.")
 
     search.press("Escape")  # back to the whole list
-    expect(titles_shown(page)).to_have_text(
-        ["New chat", "A recipe for lemon cake", "How do glaciers carve valleys"]
-    )
+    expect(titles_shown(page)).to_have_text(everything)
+
+
+@pytest.mark.browser
+def test_thumbs_up_then_down_rates_the_answer_once_in_the_record(profiles: Profiles) -> None:
+    service = profiles.service
+    page = profiles.page("rate-user")
+    page.get_by_label("Message").fill("Rate this answer")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator(".msg[data-role='assistant']").last
+    expect(answer).to_have_attribute("data-state", "done")
+    message_id = answer.get_attribute("data-message-id")
+    assert message_id
+
+    # At once: the answer may not be archived yet, and the page retries until it is.
+    answer.get_by_role("button", name="Good answer").click()
+    expect(answer.get_by_role("button", name="Good answer")).to_have_attribute("aria-pressed", "true")
+    assert service.ratings(message_id) == [("rate-user", "up")]
+
+    answer.get_by_role("button", name="Bad answer").click()
+    expect(answer.get_by_role("button", name="Bad answer")).to_have_attribute("aria-pressed", "true")
+    expect(answer.get_by_role("button", name="Good answer")).to_have_attribute("aria-pressed", "false")
+    assert service.ratings(message_id) == [("rate-user", "down")]  # replaced, not added
+    metrics = httpx.get(f"{service.url}/metrics", timeout=5).text
+    assert 'chat_feedback_total{model="simulated",rating="down"} 1.0' in metrics
