@@ -17,11 +17,10 @@
 // offers as Edit, Regenerate and ‹ 2 / 3 › (branches.js, turn_controls.js), with thumbs up / down.
 
 import { addPart, emptyAnswer, finished } from "./answer.js";
-import { api, ApiError, apiUrl, postChat, sleep, useApiKey } from "./api.js";
-import { answerAlternatives, leafOf, promptAlternatives, treeOf } from "./branches.js";
+import { api, ApiError, apiUrl, postChat, useApiKey } from "./api.js";
 import { Sidebar } from "./conversations.js";
 import { bubble, renderAnswer } from "./render.js";
-import { editForm, renderControls } from "./turn_controls.js";
+import { loadTree, lookAtRecord, renderTurnControls, useChatPage } from "./turn_actions.js";
 
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
 const EVENT_TYPES = [
@@ -37,8 +36,6 @@ const EVENT_TYPES = [
   "reset",
 ];
 const HISTORY_FALLBACK_MS = 1500; // read history even if the stream does not connect by then
-// An ended answer reaches the conversation record a moment later: how often, and how long apart, to look.
-const RECORD_LOOKS = [300, 1000, 3000];
 const STORAGE = { user: "chat.userId", apiKey: "chat.apiKey" };
 
 const $ = (id) => document.getElementById(id);
@@ -374,194 +371,6 @@ function renderTurn(v, turn) {
   scrollToEnd(nearEnd);
 }
 
-// --- Edit, regenerate, switch branches, feedback (issue #15) --------------------------------------
-
-function renderTurnControls(v, turn) {
-  const idle = !runningTurn();
-  const onSwitch = (id) => switchBranch(v, id);
-  if (turn.user) {
-    const editable = idle && (turn.stored || turn.accepted) && v.editing === null;
-    renderControls(bubble(turn.li, "user"), {
-      alternatives: v.tree && idle ? promptAlternatives(v.tree, turn.messageId) : [],
-      current: turn.messageId,
-      onSwitch,
-      actions: editable ? [{ name: "Edit", run: () => startEdit(v, turn) }] : [],
-    });
-  }
-  const answer = turn.answer;
-  if (!answer) return;
-  const actions = [];
-  if (answer.done && idle) actions.push({ name: "Regenerate", run: () => regenerate(v, turn) });
-  if (answer.done && answer.state === "done") {
-    for (const [rating, name] of [["up", "👍"], ["down", "👎"]]) {
-      const label = rating === "up" ? "Good answer" : "Bad answer";
-      actions.push({ name, label, pressed: turn.feedback === rating, run: () => rate(v, turn, rating) });
-    }
-  }
-  renderControls(bubble(turn.li, "assistant"), {
-    alternatives: v.tree && idle ? answerAlternatives(v.tree, turn.messageId) : [],
-    current: turn.messageId,
-    onSwitch,
-    actions,
-  });
-}
-
-function renderAllTurns(v) {
-  for (const turn of v.turns.values()) renderTurn(v, turn);
-}
-
-// The session's message tree from the conversation record; none until its first turn is archived
-// (until the service has listed it, asking would only be a 404).
-async function loadTree(v) {
-  if (!sidebar.knows(v.sessionId)) return;
-  try {
-    const detail = await api(`conversations/${encodeURIComponent(v.sessionId)}`);
-    if (v.closed) return;
-    v.tree = treeOf(detail);
-    for (const turn of v.turns.values()) {
-      const exchange = v.tree.exchanges.get(turn.messageId);
-      if (exchange && exchange.feedback && !turn.feedback) turn.feedback = exchange.feedback;
-    }
-  } catch (error) {
-    if (!(error instanceof ApiError && error.status === 404)) console.warn("no message tree:", error);
-    return;
-  }
-  renderAllTurns(v);
-}
-
-// After an answer ends: the sidebar and the tree, again until the record has caught up.
-function lookAtRecord(v, attempt = 0) {
-  if (attempt === 0) sidebar.awaitRecord(v.sessionId);
-  clearTimeout(v.recordTimer);
-  v.recordTimer = setTimeout(async () => {
-    if (v.closed) return;
-    if (!sidebar.knows(v.sessionId)) await sidebar.refresh();
-    await loadTree(v);
-    const caughtUp =
-      v.tree &&
-      [...v.turns.values()].every((t) => !t.answer || !t.answer.done || v.tree.exchanges.has(t.messageId));
-    if (!v.closed && !caughtUp && attempt + 1 < RECORD_LOOKS.length) lookAtRecord(v, attempt + 1);
-  }, RECORD_LOOKS[attempt]);
-}
-
-// The turns shown, in order.
-function shownTurns(v) {
-  return Array.from(els.messages.children, (li) => v.turns.get(li.dataset.messageId)).filter(Boolean);
-}
-
-// The exchange a turn follows: as stored, or else the one shown before it (the active branch's).
-function parentOf(v, turn) {
-  const exchange = v.tree && v.tree.exchanges.get(turn.messageId);
-  if (exchange) return exchange.parent;
-  if (turn.parentId !== undefined) return turn.parentId;
-  const shown = shownTurns(v);
-  const index = shown.indexOf(turn);
-  return index > 0 ? shown[index - 1].messageId : null;
-}
-
-// Takes `turn` (or only its answer) and every later turn off the page: another branch replaces them.
-function dropFrom(v, turn, { keepPrompt = false } = {}) {
-  const shown = shownTurns(v);
-  for (const later of shown.slice(shown.indexOf(turn) + 1)) {
-    later.li.remove();
-    v.turns.delete(later.messageId);
-  }
-  if (keepPrompt && (turn.user || turn.toolResults)) {
-    turn.answer = null;
-    turn.li.querySelector('.msg[data-role="assistant"]')?.remove();
-  } else {
-    turn.li.remove();
-    v.turns.delete(turn.messageId);
-  }
-}
-
-function startEdit(v, turn) {
-  v.editing = turn.messageId;
-  renderAllTurns(v);
-  const el = bubble(turn.li, "user");
-  const done = () => {
-    el.querySelector(".edit")?.remove();
-    el.querySelector(".content").hidden = false;
-    v.editing = null;
-    renderAllTurns(v);
-  };
-  editForm(el, turn.user.content, {
-    onCancel: done,
-    onSave: (text) => {
-      const parentId = parentOf(v, turn);
-      done();
-      dropFrom(v, turn);
-      send({ text, parentId });
-    },
-  });
-}
-
-async function regenerate(v, turn) {
-  els.formError.textContent = "";
-  const userId = els.userId.value.trim();
-  const messageId = uuid4();
-  dropFrom(v, turn, { keepPrompt: true });
-  const fresh = ensureTurn(v, messageId);
-  fresh.regenerated = true;
-  fresh.answer = emptyAnswer("pending");
-  renderTurn(v, fresh);
-  try {
-    await api(`chat/${encodeURIComponent(turn.messageId)}/regenerate`, {
-      method: "POST",
-      body: { user_id: userId, message_id: messageId },
-    });
-    fresh.accepted = true;
-  } catch (error) {
-    els.formError.textContent = `Could not regenerate the answer: ${error.message}`;
-    loadHistory(v);
-  }
-  if (!v.closed) {
-    renderTurn(v, fresh);
-    updateStop();
-  }
-}
-
-// Makes the branch through `id` the session's active one, then shows it.
-async function switchBranch(v, id) {
-  els.formError.textContent = "";
-  const leaf = v.tree ? leafOf(v.tree, id) : id;
-  try {
-    await api(`conversations/${encodeURIComponent(v.sessionId)}/branch`, {
-      method: "POST",
-      body: { message_id: leaf },
-    });
-  } catch (error) {
-    els.formError.textContent = `Could not switch to that version: ${error.message}`;
-    return;
-  }
-  if (v.closed) return;
-  v.turns.clear();
-  els.messages.replaceChildren();
-  loadHistory(v);
-}
-
-// One rating per answer and user; a new one replaces it. An answer that ended a moment ago may not be
-// in the conversation record yet: the service says so (409, Retry-After: 1) and the page tries again.
-async function rate(v, turn, rating) {
-  els.formError.textContent = "";
-  const body = { rating, user_id: els.userId.value.trim() };
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await api(`chat/${encodeURIComponent(turn.messageId)}/feedback`, { method: "POST", body });
-      turn.feedback = rating;
-      break;
-    } catch (error) {
-      if (error instanceof ApiError && error.status === 409 && attempt < 5) {
-        await sleep(1000);
-        continue;
-      }
-      els.formError.textContent = `Could not save the feedback: ${error.message}`;
-      break;
-    }
-  }
-  if (!v.closed) renderTurn(v, turn);
-}
-
 function isNearEnd() {
   const m = els.messages;
   return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
@@ -685,6 +494,7 @@ function init() {
       if (view && view.sessionId === id) navigate(newSessionId());
     },
   });
+  useChatPage({ els, sidebar, renderTurn, ensureTurn, send, loadHistory, updateStop, runningTurn, uuid4 });
   els.userId.addEventListener("change", () => {
     if (ID_PATTERN.test(els.userId.value.trim())) save(STORAGE.user, els.userId.value.trim());
     sidebar.refresh();

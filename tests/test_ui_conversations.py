@@ -237,7 +237,7 @@ def test_thumbs_up_then_down_rates_the_answer_once_in_the_record(profiles: Profi
     message_id = answer.get_attribute("data-message-id")
     assert message_id
 
-    # At once: the answer may not be archived yet, and the page retries until it is.
+    # Enabled once the answer is in the conversation record (the page reads its tree), then clicked.
     answer.get_by_role("button", name="Good answer").click()
     expect(answer.get_by_role("button", name="Good answer")).to_have_attribute("aria-pressed", "true")
     assert service.ratings(message_id) == [("rate-user", "up")]
