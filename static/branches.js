@@ -10,7 +10,10 @@
 export function treeOf(detail) {
   const exchanges = new Map();
   const children = new Map();
+  const turnIds = new Set((detail && detail.active_branch) || []);
+  const active = new Set(); // the exchanges on the active branch
   for (const stored of (detail && detail.messages) || []) {
+    if (turnIds.has(stored.id)) active.add(stored.message_id);
     let exchange = exchanges.get(stored.message_id);
     if (!exchange) {
       exchange = { id: stored.message_id, parent: stored.parent_id ?? null, roles: new Set(), feedback: null };
@@ -22,7 +25,13 @@ export function treeOf(detail) {
     exchange.roles.add(stored.turn && stored.turn.role);
     if (stored.feedback) exchange.feedback = stored.feedback.rating || stored.feedback;
   }
-  return { exchanges, children };
+  return { exchanges, children, active };
+}
+
+// Alternatives exclude each other: at most one of them is on the active branch. More than one there
+// means a record without branches (whose turns all lack a parent), where they are not alternatives.
+function exclusive(tree, ids, id) {
+  return ids.filter((x) => tree.active.has(x)).length > 1 ? [id] : ids;
 }
 
 function asks(exchange) {
@@ -34,7 +43,7 @@ export function promptAlternatives(tree, id) {
   const exchange = tree.exchanges.get(id);
   if (!exchange) return [id];
   const all = (tree.children.get(exchange.parent) || []).filter((x) => asks(tree.exchanges.get(x)));
-  return all.length ? all : [id];
+  return all.length ? exclusive(tree, all, id) : [id];
 }
 
 // The answers to one prompt: its own, then those regenerated from it.
@@ -45,7 +54,7 @@ export function answerAlternatives(tree, id) {
   if (!prompt) return [id];
   const regenerated = (tree.children.get(prompt.id) || []).filter((x) => !asks(tree.exchanges.get(x)));
   const all = [...(prompt.roles.has("assistant") ? [prompt.id] : []), ...regenerated];
-  return all.includes(id) ? all : [id];
+  return all.includes(id) ? exclusive(tree, all, id) : [id];
 }
 
 // The branch to show when the user picks `id`: its newest descendants, down to a leaf.

@@ -441,7 +441,11 @@ async function send(edit) {
     turn.user.note = `Not sent: ${error.message}`;
     turn.answer = null;
     turn.li.querySelector('.msg[data-role="assistant"]')?.remove();
-    if (!v.closed && els.message.value === "") els.message.value = text; // let the user try again
+    if (edit) {
+      loadHistory(v); // the branch it was to replace is still the active one: show it again
+    } else if (!v.closed && els.message.value === "") {
+      els.message.value = text; // let the user try again
+    }
   }
   if (!v.closed) {
     renderTurn(v, turn);

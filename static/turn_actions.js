@@ -160,14 +160,30 @@ async function regenerate(v, turn) {
   fresh.answer = emptyAnswer("pending");
   page.renderTurn(v, fresh);
   try {
-    await api(`chat/${encodeURIComponent(turn.messageId)}/regenerate`, {
+    const accepted = await api(`chat/${encodeURIComponent(turn.messageId)}/regenerate`, {
       method: "POST",
       body: { user_id: userId, message_id: messageId },
     });
     fresh.accepted = true;
+    const id = accepted && accepted.message_id;
+    if (id && id !== messageId) {
+      // The service named the new answer itself: follow its id.
+      v.turns.delete(messageId);
+      if (v.turns.has(id)) {
+        fresh.li.remove(); // its stream events came first
+      } else {
+        fresh.messageId = id;
+        fresh.li.dataset.messageId = id;
+        fresh.li.querySelectorAll(".msg").forEach((el) => (el.dataset.messageId = id));
+        v.turns.set(id, fresh);
+      }
+    }
   } catch (error) {
     page.els.formError.textContent = `Could not regenerate the answer: ${error.message}`;
-    page.loadHistory(v);
+    fresh.li.remove();
+    v.turns.delete(messageId);
+    page.loadHistory(v); // the answer it was to replace is still the active one: show it again
+    return;
   }
   if (!v.closed) {
     page.renderTurn(v, fresh);
