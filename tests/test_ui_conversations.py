@@ -24,6 +24,15 @@ from tests.test_ui import ANSWER_TIMEOUT_MS, browser, is_local
 
 __all__ = ["browser"]  # the module's Chromium, shared with test_ui.py's
 
+# Before any script of the page: every violation of its Content-Security-Policy (an inline handler or
+# style, an `eval`) is kept, and none may happen.
+WATCH_POLICY = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`);
+});
+"""
+
 
 class RecordService(ServiceProcess):
     """The service, with the simulated model at full speed, and its API as a test reads it."""
@@ -81,6 +90,7 @@ class Profiles:
     browser: Browser
     service: RecordService
     contexts: list[BrowserContext] = field(default_factory=list)
+    pages: list[Page] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -95,7 +105,9 @@ class Profiles:
             route.abort("blockedbyclient")
 
         context.route(lambda url: not is_local(url), block)
+        context.add_init_script(WATCH_POLICY)
         page = context.new_page()
+        self.pages.append(page)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.goto(f"/ui#session={session_id}" if session_id else "/ui")
@@ -109,10 +121,12 @@ class Profiles:
 def profiles(browser: Browser, record_service: RecordService) -> Iterator[Profiles]:
     made = Profiles(browser, record_service)
     yield made
+    violations = [page.evaluate("window.__violations") for page in made.pages]
     for context in made.contexts:
         context.close()
     assert made.blocked == []
     assert made.errors == []
+    assert not any(violations), violations
 
 
 def sidebar(page: Page) -> Locator:
