@@ -262,3 +262,93 @@ def test_thumbs_up_then_down_rates_the_answer_once_in_the_record(profiles: Profi
     assert service.ratings(message_id) == [("rate-user", "down")]  # replaced, not added
     metrics = httpx.get(f"{service.url}/metrics", timeout=5).text
     assert 'chat_feedback_total{model="simulated",rating="down"} 1.0' in metrics
+
+
+# --- Edit, regenerate and branches: the page against the endpoints h15-store has not built yet ----------
+# `POST /chat` with `parent_id`, `POST /chat/{message_id}/regenerate` and `POST /conversations/{id}/branch`
+# (issue #15) are not in the service yet: until they are, these fail, and xfail says so. strict=True: once
+# they pass, the marker must go.
+PENDING_BACKEND = pytest.mark.xfail(
+    strict=True, reason="issue #15: parent_id, regenerate and branch switching are not in the service yet"
+)
+
+
+def send_and_wait(page: Page, text: str) -> Locator:
+    """Send through the composer; the answer once it is done."""
+    page.get_by_label("Message", exact=True).fill(text)
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator(".msg[data-role='assistant']").last
+    expect(answer).to_have_attribute("data-state", "done")
+    return answer
+
+
+def history_of(service: RecordService, session_id: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = service.get(f"/history/{session_id}").json()["messages"]
+    return messages
+
+
+@pytest.mark.browser
+@PENDING_BACKEND
+def test_edit_makes_a_branch_and_the_switcher_goes_between_them(profiles: Profiles) -> None:
+    service = profiles.service
+    page = profiles.page("branch-user")
+    session_id = page.locator("#session-id").inner_text()
+    send_and_wait(page, "Alpha question")
+    send_and_wait(page, "Beta question")
+    users = page.locator(".msg[data-role='user']")
+
+    users.last.get_by_role("button", name="Edit").click()
+    page.get_by_label("Edit the message").fill("Gamma question")
+    page.get_by_role("button", name="Save and send").click()
+
+    expect(page.locator(".msg[data-role='assistant']").last).to_have_attribute("data-state", "done")
+    expect(users.locator(".content")).to_have_text(["Alpha question", "Gamma question"])
+    expect(users.last.locator(".branch-position")).to_have_text("2 / 2")
+    assert [m["content"] for m in history_of(service, session_id) if m["role"] == "user"] == [
+        "Alpha question",
+        "Gamma question",
+    ]
+    tree = service.get(f"/conversations/{session_id}").json()["messages"]
+    edits = [m for m in tree if m["turn"]["role"] == "user" and m["turn"]["content"] != "Alpha question"]
+    assert len({m.get("parent_id") for m in edits}) == 1  # Beta and Gamma follow the same exchange
+
+    users.last.get_by_role("button", name="Previous version").click()
+    expect(users.locator(".content")).to_have_text(["Alpha question", "Beta question"])
+    expect(users.last.locator(".branch-position")).to_have_text("1 / 2")
+    eventually_sync(
+        lambda: (
+            [m["content"] for m in history_of(service, session_id) if m["role"] == "user"]
+            == ["Alpha question", "Beta question"]
+        ),
+        "the first branch is the active one again",
+    )
+
+
+@pytest.mark.browser
+@PENDING_BACKEND
+def test_regenerate_gives_a_second_answer_and_the_switcher_goes_back(profiles: Profiles) -> None:
+    service = profiles.service
+    page = profiles.page("regen-user")
+    session_id = page.locator("#session-id").inner_text()
+    first = send_and_wait(page, "Tell me about rivers").get_attribute("data-message-id")
+
+    page.locator(".msg[data-role='assistant']").last.get_by_role("button", name="Regenerate").click()
+
+    answer = page.locator(".msg[data-role='assistant']")
+    expect(answer).to_have_count(1)
+    expect(answer).not_to_have_attribute("data-message-id", first or "")
+    expect(answer).to_have_attribute("data-state", "done")
+    second = answer.get_attribute("data-message-id")
+    expect(answer.locator(".branch-position")).to_have_text("2 / 2")
+    stored = [m["message_id"] for m in history_of(service, session_id) if m["role"] == "assistant"]
+    assert stored == [second]
+
+    answer.get_by_role("button", name="Previous version").click()
+    expect(answer).to_have_attribute("data-message-id", first or "")
+    expect(answer.locator(".branch-position")).to_have_text("1 / 2")
+    eventually_sync(
+        lambda: (
+            [m["message_id"] for m in history_of(service, session_id) if m["role"] == "assistant"] == [first]
+        ),
+        "the first answer is the active one again",
+    )
