@@ -213,19 +213,5 @@ def _assemble(
     readiness = Readiness(
         redis, keys, probe.round_trip, timeout=health_timeout, memory=not settings.embedded_redis
     )
-    return Services(
-        settings,
-        redis,
-        keys,
-        history,
-        answers,
-        log,
-        hub,
-        chat,
-        admission,
-        probe,
-        metrics,
-        readiness,
-        keeper,
-        *record,
-    )
+    core = (settings, redis, keys, history, answers, log, hub, chat, admission, probe, metrics)
+    return Services(*core, readiness, keeper, *record)
