@@ -39,7 +39,9 @@ export function renderTurnControls(v, turn) {
   const actions = [];
   if (answer.done && idle) actions.push({ name: "Regenerate", run: () => regenerate(v, turn) });
   if (answer.done && answer.state === "done") {
-    const archived = Boolean(v.tree && v.tree.exchanges.has(turn.messageId));
+    // Rated once the answer is in the record (before, the service answers 409): as the tree says, or,
+    // without a tree (a session beyond the sidebar's pages), when history had it.
+    const archived = v.tree ? v.tree.exchanges.has(turn.messageId) : turn.stored && !page.sidebar.knows(v.sessionId);
     for (const [rating, name] of [["up", "👍"], ["down", "👎"]]) {
       const label = rating === "up" ? "Good answer" : "Bad answer";
       actions.push({
@@ -63,11 +65,10 @@ function renderAllTurns(v) {
   for (const turn of v.turns.values()) page.renderTurn(v, turn);
 }
 
-// The session's message tree from the conversation record; none until its first turn is archived.
-// A session begun on this page is asked for once the service lists it (before, it would be a 404).
+// The session's message tree from the conversation record; none until its first turn is archived, so
+// it is asked for once the service has listed the session (before, it would be a 404).
 export async function loadTree(v) {
-  const stored = [...v.turns.values()].some((turn) => turn.stored);
-  if (!stored && !page.sidebar.knows(v.sessionId)) return;
+  if (!page.sidebar.knows(v.sessionId)) return;
   try {
     const detail = await api(`conversations/${encodeURIComponent(v.sessionId)}`);
     if (v.closed) return;
