@@ -96,21 +96,26 @@ class Outbox:
         async with bounded(self._timeout * 5):
             return [_text(key) async for key in self._redis.scan_iter(self._keys.outbox_pattern, 500)]
 
-    async def _ensure_group(self, stream: str) -> None:
+    async def _ensure_group(self, stream: str) -> bool:
+        """Whether the stream exists, with the group on it (no key is made for an empty outbox)."""
         if stream in self._grouped:
-            return
+            return True
         async with bounded(self._timeout):
             try:
                 # From 0: entries appended before the group existed are archived too.
-                await self._redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+                await self._redis.xgroup_create(stream, GROUP, id="0")
             except ResponseError as error:
+                if "requires the key to exist" in str(error):
+                    return False
                 if "BUSYGROUP" not in str(error):
                     raise
         self._grouped.add(stream)
+        return True
 
     async def read(self, stream: str, count: int, *, new: bool) -> list[OutboxEntry]:
         """This consumer's entries: new ones, or (`new=False`) those it read and has not acknowledged."""
-        await self._ensure_group(stream)
+        if not await self._ensure_group(stream):
+            return []
         async with bounded(self._timeout):
             try:
                 reply: Any = await self._redis.xreadgroup(
@@ -125,7 +130,8 @@ class Outbox:
 
     async def claim(self, stream: str, idle_seconds: float, count: int) -> list[OutboxEntry]:
         """Entries another consumer has held for `idle_seconds` without acknowledging (a dead process)."""
-        await self._ensure_group(stream)
+        if not await self._ensure_group(stream):
+            return []
         async with bounded(self._timeout):
             reply: Any = await self._redis.xautoclaim(
                 stream, GROUP, self.consumer, int(idle_seconds * 1000), "0-0", count=count

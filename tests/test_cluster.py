@@ -17,7 +17,7 @@ from config import Settings
 from testkit.prerequisites import need
 from testkit.service import ServiceProcess
 from testkit.topologies import ClusterServers
-from testkit.waiting import ConditionNotMet
+from testkit.waiting import ConditionNotMet, eventually
 from tests.sse_flows import chunk_text, collect, post_chat, running, seqs, stored_answer
 
 pytestmark = pytest.mark.redis
@@ -151,3 +151,29 @@ async def test_limits_ownership_and_health_on_a_cluster(
     assert codes == [202, 202, 202, 429]  # the moving window lives on the cluster
     assert foreign.status_code == 404  # the owner record lives on the cluster
     assert own.status_code == 200
+
+
+async def test_turns_are_archived_from_each_sessions_outbox_on_a_cluster(
+    make_settings: Callable[..., Settings], cluster: ClusterServers
+) -> None:
+    # Issue #15: each session's outbox lives in its slot (`chat:{s}:outbox`), written in the same
+    # transaction as its history; the archiver finds them all and drains them into the SQL record.
+    settings = make_settings(redis_url=cluster.url, redis_cluster=True, stream_delay=0)
+    client = RedisCluster.from_url(cluster.url)
+    sessions = ["arch-a", "arch-b", "arch-c"]
+    try:
+        async with running(settings, timeout=20) as http:
+            for session in sessions:
+                await post_chat(http, session)
+
+            async def archived() -> bool:
+                listed = (await http.get("/conversations", params={"user_id": "u1"})).json()["conversations"]
+                return sorted((item["id"], item["message_count"]) for item in listed) == [
+                    (s, 2) for s in sessions
+                ]
+
+            await eventually(archived, "every session's turns archived", timeout=20)
+            for session in sessions:
+                assert await client.xlen(f"chat:{{{session}}}:outbox") == 0  # archived, so deleted
+    finally:
+        await client.aclose()

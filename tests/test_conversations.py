@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from config import Settings
+from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
 from tests.chat_harness import Json
 from tests.conftest import AppClient, wait_for_history
@@ -191,3 +193,26 @@ async def test_another_keys_conversation_is_not_found(
         )
         assert found.json()["conversations"] == []
         assert (await client.get("/conversations/s1", headers=ALICE)).status_code == 200
+
+
+async def test_history_from_the_record_keeps_its_owner_after_redis_let_it_expire(
+    make_settings: Callable[..., Settings], app_client: AppClient, redis_server: RedisServer
+) -> None:
+    keys = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
+    settings = make_settings(api_keys=keys, chat_history_ttl=1, redis_url=redis_server.url)
+    redis = Redis.from_url(redis_server.url)
+    try:
+        async with app_client(settings) as client:
+            await chat(client, "s1", "Alice's secret", headers=ALICE)
+            await archived(client, 1, headers=ALICE)
+            before = (await client.get("/history/s1", headers=ALICE)).json()
+
+            async def expired() -> bool:
+                return not await redis.exists("chat:{s1}:history", "chat:{s1}:owner")
+
+            await eventually(expired, "the history and its owner record expired from Redis", timeout=5)
+            # Only the SQL record knows whose it is now: the owner reads it as before, another key cannot.
+            assert (await client.get("/history/s1", headers=ALICE)).json() == before
+            assert (await client.get("/history/s1", headers=BOB)).status_code == 404
+    finally:
+        await redis.aclose()
