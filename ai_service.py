@@ -1,10 +1,9 @@
 """Chat orchestration: `ChatService` runs every answer, whichever protocol asked for it.
 
-It stores the user's turn, runs each answer in a background task it owns, appends the answer's events
-(`start`, `chunk`..., then `end` or `error`) to the session's replay log (which publishes them on the
-session's channel), stores the answer, and ends every running answer on shutdown. A stateless answer
-(the OpenAI-compatible API without a session) runs through the same path, its events handed only to the
-caller. Answer sources (`providers/`) know nothing of Redis; protocols know nothing of answer tasks.
+It stores the user's turn, runs each answer in a background task it owns, appends its events (`start`,
+`chunk`..., then `end` or `error`) to the session's replay log, stores the answer, and ends every running
+answer on shutdown; a stateless answer (`/v1` without a session) runs the same path, its events handed
+only to the caller. Sources (`providers/`) know nothing of Redis; protocols nothing of answer tasks.
 """
 
 from __future__ import annotations
@@ -269,6 +268,7 @@ class ChatService:
         self, answer: Answer, conversation: list[ConversationMessage], options: GenerationOptions
     ) -> None:
         self._answers[answer.message_id] = answer
+        answer.conversation = conversation
         # Before `submit` returns: admission counts it as running from here (its slot is not given back).
         self._runner.started(answer)
         task = asyncio.create_task(

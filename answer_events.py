@@ -28,11 +28,14 @@ from models import (
     part_json,
     utc_now,
 )
-from parts import Delta, MessageParts, Reasoning, Refusal, ToolCallArguments, ToolCallStart
+from parts import Delta, MessageParts, Reasoning, Refusal, ToolCallArguments, ToolCallStart, Usage
 from redis_client import Command
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from batcher import CommandBatcher
+    from conversation import ConversationMessage
 
 __all__ = ["Answer", "EventEmitter", "EventQueue", "Phase", "event_of"]
 
@@ -81,6 +84,11 @@ class Answer:
     # How it ended, once it has: `finish_reason` is set once the answer is stored.
     finish_reason: FinishReason | None = None
     error_code: str | None = None
+    # For tracing and usage accounting (issue #16): the answer's trace (when tracing is on), what the
+    # model reported it used (if it did), and what it was asked (to count tokens when it did not).
+    trace_id: str | None = None
+    usage: Usage | None = None
+    conversation: Sequence[ConversationMessage] = ()
 
 
 def event_of(answer: Answer, kind: type[E], **fields: object) -> E:

@@ -107,7 +107,12 @@ class AnswerRunner:
     ) -> None:
         # One frame for the whole answer, the stream included: thousands run at once (issue #6, f).
         completion = Completion()
-        logger.info("answer started message_id=%s session_id=%s", answer.message_id, answer.session_id)
+        logger.info(
+            "answer started message_id=%s session_id=%s trace_id=%s",
+            answer.message_id,
+            answer.session_id,
+            answer.trace_id or "-",
+        )
         header = ChunkEvent.json_header(answer.message_id, answer.session_id)
         append = self._log.appender(answer.session_id) if answer.stored else None
         # The answer goes on producing while its chunks are on their way to Redis, up to CHUNK_WINDOW
@@ -116,7 +121,11 @@ class AnswerRunner:
         in_flight: deque[Written] = deque()
         try:
             starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
-            await self._publish(answer, event_of(answer, StartEvent, parent_id=answer.parent_id), *starting)
+            await self._publish(
+                answer,
+                event_of(answer, StartEvent, trace_id=answer.trace_id, parent_id=answer.parent_id),
+                *starting,
+            )
             # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
             # once, even when the cancel lands while a chunk is being published.
             async with aclosing(self._source.stream(conversation, options, completion)) as deltas:
@@ -151,8 +160,9 @@ class AnswerRunner:
             answer.phase = Phase.ENDED
             self._notify("answer_ended", answer)
             logger.info(
-                "answer ended message_id=%s chunks=%d duration_ms=%.1f",
+                "answer ended message_id=%s trace_id=%s chunks=%d duration_ms=%.1f",
                 answer.message_id,
+                answer.trace_id or "-",
                 len(answer.parts),
                 (time.perf_counter() - answer.started) * 1000,
             )
@@ -167,7 +177,11 @@ class AnswerRunner:
             return "shutdown", ("shutdown", "the service is shutting down")
         if isinstance(error, AnswerError):
             logger.warning(
-                "answer failed message_id=%s code=%s: %s", answer.message_id, error.code, error.message
+                "answer failed message_id=%s trace_id=%s code=%s: %s",
+                answer.message_id,
+                answer.trace_id or "-",
+                error.code,
+                error.message,
             )
             return "error", (error.code, error.message)
         if isinstance(error, RedisUnavailable):
@@ -216,6 +230,7 @@ class AnswerRunner:
             parent_id=answer.parent_id,
         )
         answer.phase = Phase.FINISHING
+        answer.usage = usage
         answer.seq += 1
         event: StreamEvent
         if error is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,38 +31,45 @@ from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
 from protocols.service import router as service_router
+from protocols.usage import router as usage_router
 from providers.base import AnswerSource
 from services import Services, build_services
+from telemetry import Telemetry
 from ui import add_ui
 
 logger = logging.getLogger(__name__)
 
+# What a browser on another origin may send: the keys, the request id, the resume position, the session.
+CORS_HEADERS = ["Content-Type", "Authorization", "X-API-Key", "X-Request-ID", "Last-Event-ID", "X-Session-Id"]
 
-def build_lifespan(settings: Settings, metrics: Metrics, source: AnswerSource | None = None) -> Any:
+
+def build_lifespan(
+    settings: Settings,
+    metrics: Metrics,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> Any:
     """The lifespan: the services builder's object graph, as the routes' state (`protocols/deps.py`)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Services]]:
         async with build_services(
-            settings, metrics=metrics, source=source, draining=server_draining
+            settings, metrics=metrics, source=source, draining=server_draining, telemetry=telemetry
         ) as services:
             yield {"services": services}
 
     return lifespan
 
 
-def create_app(settings: Settings | None = None, *, source: AnswerSource | None = None) -> FastAPI:
-    """Build the application for these settings (the environment's when none are given).
-
-    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`).
-    """
-    settings = settings or get_settings()
-    metrics = Metrics()
+def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
+    """The middleware, outermost first: request id, metrics, the access log, the body limit, CORS."""
     middleware = [
         Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(RequestLogMiddleware, crash_response=errors.crash_response),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.request_body_timeout
+        ),
     ]
     if settings.cors_origins:
         middleware.append(
@@ -69,17 +77,28 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                allow_headers=[
-                    "Content-Type",
-                    "Authorization",
-                    "X-API-Key",
-                    "X-Request-ID",
-                    "Last-Event-ID",
-                    "X-Session-Id",
-                ],
+                allow_headers=CORS_HEADERS,
                 expose_headers=["X-Request-ID"],
             )
         )
+    return middleware
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    source: AnswerSource | None = None,
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
+    """Build the application for these settings (the environment's when none are given).
+
+    `source` replaces the simulated model, for embedding and benchmarks (`bench/service.py`);
+    `telemetry` replaces the tracing that `OTEL_*` configures (tests give theirs).
+    """
+    settings = settings or get_settings()
+    telemetry = telemetry or Telemetry.from_environment()
+    metrics = Metrics()
+    middleware = _middleware(settings, metrics)
     # FastAPIOffline serves the Swagger UI and ReDoc assets from the package, not a CDN (issue #3, part 7).
     app = FastAPIOffline(
         title="AI Chat Service",
@@ -96,12 +115,14 @@ def create_app(settings: Settings | None = None, *, source: AnswerSource | None 
             },
             {"name": "service", "description": "Health, metrics and what the service publishes."},
         ],
-        lifespan=build_lifespan(settings, metrics, source),
+        lifespan=build_lifespan(settings, metrics, source, telemetry),
         middleware=middleware,
         debug=False,
     )
     errors.install(app)
+    telemetry.instrument_app(app)
     app.include_router(service_router)
+    app.include_router(usage_router)
     app.include_router(native_router)
     app.include_router(conversations_router)
     app.include_router(agui_router)
@@ -119,19 +140,33 @@ def main() -> None:
         sys.stderr.write(format_validation_error(error) + "\n")
         raise SystemExit(2) from None
     configure_logging(settings)
-    server: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,
-        "proxy_headers": False,
-    }
+    server = server_options(settings)
     if settings.web_concurrency > 1:
         # Worker processes import the app themselves (issue #6): each builds its own from the
         # environment, with its own event loop, Redis connections and stream hub.
         uvicorn.run("app:worker_app", factory=True, workers=settings.web_concurrency, **server)
     else:
         uvicorn.run(create_app(settings), **server)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for `python app.py`: what one process lets in, and how long it waits to stop
+    (issue #13, item 6; README "Operations"). h11 by default: it bounds a request's head
+    (`h11_max_incomplete_event_size`, answered with 400); httptools reads heads of any size."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": False,
+        "http": settings.http_parser,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "limit_concurrency": settings.max_connections,
+        "timeout_keep_alive": settings.keepalive_timeout,
+        # After the grace period uvicorn stops waiting for open responses (an SSE client that does
+        # not read holds its own open forever) and cancels them; then the lifespan ends the answers.
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_seconds),
+    }
 
 
 def worker_app() -> FastAPI:

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from providers import PROVIDERS
+from usage.plans import Budget, Price, parse_budgets, parse_prices
 
 __all__ = ["Settings", "format_validation_error", "get_settings"]
 
@@ -112,18 +113,6 @@ class Settings(BaseSettings):
     stream_lease_seconds: float = Field(default=60.0, ge=1, le=3600)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
-    # Conversations that last (issue #15): the SQL system of record behind the Redis hot tier.
-    # DATABASE_URL: a PostgreSQL URL (postgresql+asyncpg://...); unset: an embedded SQLite file.
-    database_url: SecretStr | None = None
-    database_path: str = Field(default="conversations.db", min_length=1, max_length=4096)
-    # Days a conversation is kept after its last turn; 0: forever.
-    conversation_retention_days: int = Field(default=0, ge=0, le=36_500)
-    # /health reports the archive `degraded` when its oldest unarchived turn is older than this.
-    archive_degraded_seconds: float = Field(default=60.0, gt=0, le=86_400)
-    # How many outbox entries the archiver takes per read, and how long an entry may sit with a
-    # consumer that stopped answering before another instance claims it.
-    archive_batch: int = Field(default=200, ge=1, le=10_000)
-    archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
     # Per-key totals (issue #13): what one API key may use across all its user ids, so that a new
     # `user_id` per request buys nothing (on an open service, the whole service is one key).
     rate_limit_per_key: str | None = None
@@ -137,9 +126,51 @@ class Settings(BaseSettings):
     answer_sweep_seconds: float = Field(default=10.0, ge=0.1, le=3600)
     answer_end_retry_seconds: float = Field(default=15.0, ge=0, le=3600)
 
+    # Usage accounting and budgets (issue #16, usage/). PRICES: USD per million input/output tokens per
+    # model (none by default: costs are 0). BUDGETS: per key name and `default`, tokens or usd, per day
+    # or month. Tracing has no settings here: the OpenTelemetry SDK reads OTEL_* itself (telemetry.py).
+    prices: Annotated[dict[str, Price], NoDecode] = Field(default_factory=dict)
+    budgets: Annotated[dict[str, Budget], NoDecode] = Field(default_factory=dict)
+    usage_retention_days: int = Field(default=400, ge=1, le=3660)
+    budget_hold_seconds: float = Field(default=600.0, ge=10, le=86_400)
+
+    # The edge: what one `python app.py` process lets in (issue #13, items 6 and 7). uvicorn's h11
+    # parser holds at most MAX_HEADER_BYTES of a request head (httptools, about 90 us a request faster,
+    # reads heads of any size: only behind a proxy that bounds them); beyond MAX_CONNECTIONS open connections
+    # (or requests) it answers 503; a body must arrive within REQUEST_BODY_TIMEOUT seconds; at most
+    # MAX_SSE_CLIENTS streams (0: no limit) are open at once. SHUTDOWN_GRACE_SECONDS also bounds how
+    # long the server waits for open responses when it stops.
+    http_parser: Literal["h11", "httptools"] = "h11"
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    max_connections: int = Field(default=2048, ge=1, le=1_000_000)
+    max_sse_clients: int = Field(default=1500, ge=0, le=1_000_000)
+    request_body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    keepalive_timeout: int = Field(default=5, ge=1, le=3600)
+
+    # Conversations that last (issue #15): the SQL system of record behind the Redis hot tier.
+    # DATABASE_URL: a PostgreSQL URL (postgresql+asyncpg://...); unset: an embedded SQLite file.
+    database_url: SecretStr | None = None
+    database_path: str = Field(default="conversations.db", min_length=1, max_length=4096)
+    # Days a conversation is kept after its last turn; 0: forever.
+    conversation_retention_days: int = Field(default=0, ge=0, le=36_500)
+    # /health reports the archive `degraded` when its oldest unarchived turn is older than this.
+    archive_degraded_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    # How many outbox entries the archiver takes per read, and how long an entry may sit with a
+    # consumer that stopped answering before another instance claims it.
+    archive_batch: int = Field(default=200, ge=1, le=10_000)
+    archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
+
     # Logging
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("stream_token_secret")
+    @classmethod
+    def _long_token_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short secret is recovered offline from one token (issue #13, item 7): HMAC-SHA256's own size.
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (for example: openssl rand -hex 32)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -184,6 +215,24 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must look like 30/minute (or several: 30/minute;500/hour)") from None
         return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        return parse_prices(value) if isinstance(value, str) else value
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _parse_budgets(cls, value: object) -> object:
+        return parse_budgets(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _budgets_name_keys(self) -> Settings:
+        # A budget for a name that is not a key is a typo that would leave the key without one.
+        unknown = sorted(set(self.budgets) - set(self.api_keys) - {"default"})
+        if unknown:
+            raise ValueError(f"BUDGETS names keys that API_KEYS does not have: {', '.join(unknown)}")
+        return self
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod

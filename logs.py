@@ -20,7 +20,13 @@ if TYPE_CHECKING:
 
     from config import Settings
 
-__all__ = ["RequestLogMiddleware", "configure_logging", "valid_request_id"]
+__all__ = [
+    "EscapeControls",
+    "RequestLogMiddleware",
+    "configure_logging",
+    "escape_controls",
+    "valid_request_id",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("chat.access")
@@ -33,10 +39,35 @@ def valid_request_id(value: str) -> bool:
     return REQUEST_ID.fullmatch(value) is not None
 
 
+# C0 and C1 control characters, DEL and the Unicode line and paragraph separators, as `\x0a`-style
+# escapes: a client's value (a path with `%0A` in it) cannot start a line of its own (issue #13, item 7).
+CONTROL_ESCAPES = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character escaped, so that it stays on one log line."""
+    return text.translate(CONTROL_ESCAPES)
+
+
+class EscapeControls(logging.Filter):
+    """Escapes control characters in each record's message, with its arguments filled in (a traceback,
+    formatted apart from the message, keeps its lines). JSON lines escape them anyway; text lines need
+    this."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # A trailing newline (uvicorn ends some messages with one) starts no line of its own: dropped.
+        record.msg, record.args = escape_controls(record.getMessage().rstrip("\n")), None
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     """Configure the root logger once, at the entry point: text or JSON, with the request id."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(CorrelationIdFilter(default_value="-"))
+    handler.addFilter(EscapeControls())
     if settings.log_format == "json":
         handler.setFormatter(
             JsonFormatter(

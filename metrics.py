@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from answer_run import Answer
+    from usage.ledger import UsageRecord
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "UsageMetrics"]
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -44,8 +45,7 @@ class Metrics:
     tests, do not collide). Also an `AnswerObserver` of the chat service."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
+        self.registry = registry = CollectorRegistry()
         self.requests = Counter(
             "chat_http_requests",
             "HTTP requests answered, by method, route template and status.",
@@ -103,6 +103,7 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.usage = UsageMetrics(registry)
 
     def render(self) -> bytes:
         """The exposition text: this process's metrics, or with several workers every live worker's."""
@@ -136,6 +137,49 @@ class Metrics:
             self.errors.labels("answer", answer.error_code).inc()
             if answer.error_code == "redis_unavailable":
                 self.redis_errors.labels("answer").inc()
+
+
+class UsageMetrics:
+    """Usage and budgets (issue #16). `key` is the API key's name (`-` on an open service): a bounded set,
+    from API_KEYS. `source`: `reported` by the model, or `counted` here with tiktoken."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.tokens = Counter(
+            "chat_tokens",
+            "Tokens spent by answers, by API key name, model, kind (prompt, completion, reasoning), source.",
+            ["key", "model", "kind", "source"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "chat_cost_usd",
+            "What answers cost by the PRICES table, in USD, by API key name and model.",
+            ["key", "model"],
+            registry=registry,
+        )
+        self.accounted_answers = Counter(
+            "chat_accounted_answers",
+            "Answers whose usage was recorded, by API key name and model.",
+            ["key", "model"],
+            registry=registry,
+        )
+        self.budget_refusals = Counter(
+            "chat_budget_refusals",
+            "Answers refused because their API key had spent its budget, by API key name.",
+            ["key"],
+            registry=registry,
+        )
+
+    def record(self, record: UsageRecord) -> None:
+        """A `UsageRecorder` sink: the answer's tokens and cost in the counters."""
+        source = "counted" if record.counted else "reported"
+        for kind, tokens in (
+            ("prompt", record.prompt_tokens),
+            ("completion", record.completion_tokens),
+            ("reasoning", record.reasoning_tokens),
+        ):
+            self.tokens.labels(record.key, record.model, kind, source).inc(tokens)
+        self.cost.labels(record.key, record.model).inc(record.cost_nanos / 1_000_000_000)
+        self.accounted_answers.labels(record.key, record.model).inc()
 
 
 def _route_template(scope: Scope) -> str:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
 from generation import GenerationOptions, check_image_url
+from ids import ID_PATTERN as ID_PATTERN
+from ids import MessageId as MessageId
+from ids import SessionId as SessionId
+from ids import UserId as UserId
+from ids import check_message_id as check_message_id
+from ids import new_message_id as new_message_id
 from parts import ToolCall, ToolResult, Usage
-
-# Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
-SessionId = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["test123"]),
-]
-UserId = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["user1"]),
-]
 
 Role = Literal["user", "assistant", "tool"]
 # `stop`, `length`, `content_filter` and `tool_calls` are the model's own endings; the others end an
@@ -43,10 +38,6 @@ def status_of(finish_reason: FinishReason) -> AnswerStatus:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
 
 
 class ChatRequest(GenerationOptions):
@@ -78,14 +69,14 @@ class ChatRequest(GenerationOptions):
         description="With `message`: images for the model to see, as https or base64 data URLs.",
     )
     user_id: UserId
-    message_id: uuid.UUID | None = Field(
+    message_id: MessageId | None = Field(
         default=None,
         description=(
             "Your own id for this message, for safe retries: repeating a POST with the same id returns "
-            "the same answer's state and never starts a second answer."
+            "the same answer's state and never starts a second answer. A random UUID (version 4 or 7)."
         ),
     )
-    parent_id: uuid.UUID | None = Field(
+    parent_id: UUID | None = Field(
         default=None,
         description="An edit: the exchange the message follows on a new, active branch (`null`: first).",
     )
@@ -277,6 +268,11 @@ class StartEvent(EventBase):
     """An answer begins."""
 
     type: Literal["start"] = "start"
+    trace_id: str | None = Field(
+        default=None,
+        description="The answer's OpenTelemetry trace id (32 hex digits), when tracing is on.",
+        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
+    )
     parent_id: str | None = Field(default=None, description="As its stored turn's (`ChatTurn.parent_id`).")
 
 

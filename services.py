@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from admission import Admission
-from ai_service import ChatService
+from ai_service import AnswerObserver, ChatService
 from archiver import Archiver, open_archive
 from batcher import CommandBatcher
 from branches import Branches
@@ -33,6 +33,11 @@ from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 from stores.leases import AnswerLeases
 from stores.replay_log import ReplayLog
+from telemetry import Telemetry
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger
+from usage.recorder import UsageRecorder
+from usage.tokens import TokenCounter
 
 __all__ = ["HEALTH_TIMEOUT", "Services", "build_services"]
 
@@ -59,9 +64,18 @@ class Services:
     metrics: Metrics
     readiness: Readiness
     keeper: LeaseKeeper
+    usage: UsageLedger
+    budgets: Budgets
+    telemetry: Telemetry
     # The conversation record and the task that archives into it (issue #15).
     records: ConversationStore
     archiver: Archiver
+
+
+EMBEDDED_WARNING = (
+    "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
+    "history lives only as long as this process and no other process can subscribe"
+)
 
 
 @asynccontextmanager
@@ -73,48 +87,39 @@ async def build_services(
     draining: Callable[[], bool] = lambda: False,
     end_retry_seconds: float | None = None,
     pipes: Callable[[RedisClient], RedisPipe] = open_pipe,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs for `settings`; close it all, in reverse, on exit.
 
     `source` replaces the configured answer source (embedding, benchmarks); `draining` tells the stream
     hub that the server is shutting down (`draining.py`); `end_retry_seconds` bounds how long an answer
     keeps trying to store its end while Redis is down (ANSWER_END_RETRY_SECONDS unless given); `pipes`
-    opens the batchers' connections (tests wrap them).
+    opens the batchers' connections (tests wrap them); `telemetry` traces answers (off when not given).
     """
     if settings.embedded_redis:
-        logger.warning(
-            "no REDIS_URL or REDIS_HOST set: using the embedded in-process Redis; "
-            "history lives only as long as this process and no other process can subscribe"
-        )
+        logger.warning(EMBEDDED_WARNING)
     metrics = metrics or Metrics()
+    telemetry = telemetry or Telemetry()
     async with AsyncExitStack() as stack:
         stack.callback(metrics.close)
         redis = create_redis(settings)
         stack.push_async_callback(redis.aclose)
+        stack.enter_context(telemetry.tracing(redis, settings.redis_key_prefix))
         keys = KeySpace(settings.redis_key_prefix, sharded=settings.redis_cluster)
-        writer, reader = (
-            CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
-            for name in ("event-writer", "log-reader")
-        )
-        for batcher in (writer, reader):
-            batcher.start()
-            stack.push_async_callback(batcher.close)
+        batchers = _batchers(stack, settings, redis, pipes)
         answer_source = source or create_answer_source(settings)
         stack.push_async_callback(answer_source.aclose)
         if end_retry_seconds is None:
             end_retry_seconds = settings.answer_end_retry_seconds
+        recorder, budgets = _accounting(settings, redis, answer_source, metrics)
+        observing = (metrics, telemetry, recorder, budgets)
         sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
-            settings, redis, keys, (writer, reader), answer_source, metrics, draining, end_retry_seconds, sql
+            settings, redis, keys, batchers, answer_source, observing, draining, end_retry_seconds, sql
         )
-        await services.hub.start()
-        stack.push_async_callback(services.hub.close)
-        services.admission.start()
-        stack.push_async_callback(services.admission.close)
-        # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
-        services.keeper.start()
-        stack.push_async_callback(services.keeper.close)
-        stack.push_async_callback(services.chat.shutdown)
+        recorder.start()
+        stack.push_async_callback(recorder.close)
+        await _start(services, stack)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
         # answers running; issue #6, scenario d).
@@ -124,6 +129,32 @@ async def build_services(
         logger.info("%s %s started; redis=%s", SERVICE_NAME, VERSION, settings.redis_location())
         yield services
     logger.info("%s stopped", SERVICE_NAME)
+
+
+def _batchers(
+    stack: AsyncExitStack, settings: Settings, redis: RedisClient, pipes: Callable[[RedisClient], RedisPipe]
+) -> tuple[CommandBatcher, CommandBatcher]:
+    """The event writer and the log reader, each on a connection of its own, closed by `stack`."""
+    writer, reader = (
+        CommandBatcher(pipes(redis), timeout=settings.redis_timeout, name=name)
+        for name in ("event-writer", "log-reader")
+    )
+    for batcher in (writer, reader):
+        batcher.start()
+        stack.push_async_callback(batcher.close)
+    return writer, reader
+
+
+async def _start(services: Services, stack: AsyncExitStack) -> None:
+    """Start what runs in the background, each closed in reverse by `stack`; the chat service last."""
+    await services.hub.start()
+    stack.push_async_callback(services.hub.close)
+    services.admission.start()
+    stack.push_async_callback(services.admission.close)
+    # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
+    services.keeper.start()
+    stack.push_async_callback(services.keeper.close)
+    stack.push_async_callback(services.chat.shutdown)
 
 
 def _lease_keeper(
@@ -158,18 +189,41 @@ def _lease_keeper(
     )
 
 
-def _assemble(
-    settings: Settings,
-    redis: RedisClient,
-    keys: KeySpace,
-    batchers: tuple[CommandBatcher, CommandBatcher],
-    source: AnswerSource,
-    metrics: Metrics,
-    draining: Callable[[], bool],
-    end_retry_seconds: float,
-    record: tuple[ConversationStore, Archiver],
-) -> Services:
-    """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
+def _accounting(
+    settings: Settings, redis: RedisClient, source: AnswerSource, metrics: Metrics
+) -> tuple[UsageRecorder, Budgets]:
+    """Usage accounting and budgets (issue #16), over the Redis client."""
+    timeout, prefix = settings.redis_timeout, settings.redis_key_prefix
+    budgets = Budgets(
+        redis,
+        prefix,
+        settings.budgets,
+        timeout,
+        hold_seconds=settings.budget_hold_seconds,
+        refused=lambda key: metrics.usage.budget_refusals.labels(key).inc(),
+    )
+    ledger = UsageLedger(
+        redis,
+        prefix,
+        retention_days=settings.usage_retention_days,
+        session_ttl=settings.chat_history_ttl,
+        timeout=timeout,
+    )
+    recorder = UsageRecorder(
+        ledger,
+        budgets,
+        lambda: TokenCounter(source.model),
+        model=source.model,
+        prices=settings.prices,
+        sinks=(metrics.usage.record,),
+    )
+    return recorder, budgets
+
+
+def _stores(
+    settings: Settings, redis: RedisClient, keys: KeySpace, batchers: tuple[CommandBatcher, CommandBatcher]
+) -> tuple[HistoryStore, AnswerRegistry, ReplayLog, AnswerLeases]:
+    """The stores of turns, answer states, the replay log and the answers' leases."""
     ttl, timeout = settings.chat_history_ttl, settings.redis_timeout
     writer, reader = batchers
     history = HistoryStore(
@@ -184,18 +238,29 @@ def _assemble(
     leases = AnswerLeases(keys, reader, seconds=settings.answer_lease_seconds)
     answers = AnswerRegistry(redis, writer, keys, leases, ttl=ttl, timeout=timeout)
     log = ReplayLog(keys, reader, maxlen=settings.stream_maxlen, ttl=ttl)
+    return history, answers, log, leases
+
+
+def _assemble(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    batchers: tuple[CommandBatcher, CommandBatcher],
+    source: AnswerSource,
+    observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets],
+    draining: Callable[[], bool],
+    end_retry_seconds: float,
+    record: tuple[ConversationStore, Archiver],
+) -> Services:
+    """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
+    timeout, writer = settings.redis_timeout, batchers[0]
+    metrics, telemetry, recorder, budgets = observing
+    history, answers, log, leases = _stores(settings, redis, keys, batchers)
     keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
-    admission = Admission(settings, redis, keys)
+    admission = Admission(settings, redis, keys, budgets=budgets, sse_gauge=metrics.sse_clients)
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
-    hub = StreamHub(
-        redis,
-        keys,
-        log,
-        poll_interval=settings.sse_poll_seconds,
-        listener_limit=settings.sse_queue_limit,
-        on_control=probe.wrap(lambda data: chat.on_control(data)),
-        ping_interval=settings.sse_ping_seconds,
-        draining=draining,
+    hub = _hub(
+        settings, redis, keys, log, probe.wrap(lambda data: chat.on_control(data)), admission, draining
     )
     chat = ChatService(
         settings,
@@ -208,26 +273,53 @@ def _assemble(
         source=source,
         keeper=keeper,
         branches=Branches(settings, history=history, log=log, keys=keys, records=record[0]),
-        observers=[metrics, admission, keeper],
+        observers=_observers(settings, (metrics, admission, keeper, recorder), telemetry, source, writer),
         end_retry_seconds=end_retry_seconds,
     )
-    health_timeout = min(timeout, HEALTH_TIMEOUT)
-    readiness = Readiness(
-        redis, keys, probe.round_trip, timeout=health_timeout, memory=not settings.embedded_redis
-    )
-    return Services(
-        settings,
+    memory = not settings.embedded_redis  # a probe of INFO memory (fakeredis has no maxmemory)
+    readiness = Readiness(redis, keys, probe.round_trip, timeout=min(timeout, HEALTH_TIMEOUT), memory=memory)
+    stores = (history, answers, log, hub, chat, admission, probe, metrics, readiness, keeper)
+    return Services(settings, redis, keys, *stores, recorder.ledger, budgets, telemetry, *record)
+
+
+def _hub(
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    log: ReplayLog,
+    on_control: Callable[[bytes], None],
+    admission: Admission,
+    draining: Callable[[], bool],
+) -> StreamHub:
+    """The process's PubSub doorbell and fan-out to its stream clients."""
+    return StreamHub(
         redis,
         keys,
-        history,
-        answers,
         log,
-        hub,
-        chat,
-        admission,
-        probe,
-        metrics,
-        readiness,
-        keeper,
-        *record,
+        poll_interval=settings.sse_poll_seconds,
+        listener_limit=settings.sse_queue_limit,
+        on_control=on_control,
+        ping_interval=settings.sse_ping_seconds,
+        # Open streams end within half the grace period, well before uvicorn stops waiting for them
+        # (`app.server_options`), so that none is cancelled under the server's feet.
+        draining=admission.sse_clients.on_draining(draining, within=settings.shutdown_grace_seconds / 2),
     )
+
+
+def _observers(
+    settings: Settings,
+    observers: tuple[AnswerObserver, ...],
+    telemetry: Telemetry,
+    source: AnswerSource,
+    writer: CommandBatcher,
+) -> list[AnswerObserver]:
+    """Who hears of each answer's life. The tracer only when tracing is on: off, it costs nothing."""
+    tracer = telemetry.observer(
+        provider=source.name,
+        model=source.model,
+        writer=writer,
+        prefix=settings.redis_key_prefix,
+        ttl=settings.chat_history_ttl,
+    )
+    # The tracer first: the answer's trace id is set before anything logs it.
+    return [*observers] if tracer is None else [tracer, *observers]

@@ -66,12 +66,12 @@ class DocsContentPolicy:
 
 class RevalidatedFiles(StaticFiles):
     """Static files that browsers revalidate on every load (a cheap 304 by ETag), so a page served by a
-    new version of the service never runs the previous version's script from cache."""
+    new version of the service never runs the previous version's script from cache. Each carries the
+    page's headers, its content policy too: `/ui/chat.html` is the page as well (issue #13, item 7)."""
 
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.update(PAGE_HEADERS)
         return response
 
 

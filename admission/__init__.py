@@ -4,6 +4,7 @@ rate limits, stream slots and the process's capacity), in front of the service.
 Every limit that must hold across instances lives in Redis, under names from `KeySpace`.
 """
 
+from admission.clients import SseClients
 from admission.errors import Overloaded, RateLimited, SessionForbidden, SessionNotFound, Unauthorized
 from admission.gate import Admission
 from admission.keys import KeyRing, Principal, StreamTokens
@@ -21,6 +22,7 @@ __all__ = [
     "SessionForbidden",
     "SessionNotFound",
     "SessionOwners",
+    "SseClients",
     "StreamSlots",
     "StreamTokens",
     "Unauthorized",

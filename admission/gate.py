@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from admission.clients import Gauge, SseClients
 from admission.errors import SessionForbidden, SessionNotFound
 from admission.keys import KeyRing, Principal, StreamTokens
 from admission.limits import Capacity, Clock, RateLimiter, StreamSlots
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from answer_run import Answer
     from config import Settings
     from redis_client import KeySpace, RedisClient
+    from usage.budgets import Budgets
 
 __all__ = ["Admission"]
 
@@ -33,8 +35,16 @@ class Admission:
     """
 
     def __init__(
-        self, settings: Settings, redis: RedisClient, keys: KeySpace, *, clock: Clock = time.time
+        self,
+        settings: Settings,
+        redis: RedisClient,
+        keys: KeySpace,
+        *,
+        clock: Clock = time.time,
+        budgets: Budgets | None = None,
+        sse_gauge: Gauge | None = None,
     ) -> None:
+        self.budgets = budgets
         self.keyring = KeyRing(
             {name: key.get_secret_value().encode() for name, key in settings.api_keys.items()}
         )
@@ -45,7 +55,7 @@ class Admission:
                 "and are not accepted by other instances or after a restart"
             )
         token_secret = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
-        self.tokens = StreamTokens(token_secret, settings.stream_token_ttl)
+        self.tokens = StreamTokens(token_secret, settings.stream_token_ttl, clock=clock)
         self.owners = SessionOwners(
             redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
         )
@@ -64,6 +74,7 @@ class Admission:
                 clock=clock,
             )
         self.capacity = Capacity(settings.max_active_streams)
+        self.sse_clients = SseClients(settings.max_sse_clients, sse_gauge)
 
     def start(self) -> None:
         if not self.keyring.enabled:
@@ -90,8 +101,12 @@ class Admission:
 
     def token_principal(self, token: str, session_id: str) -> Principal | None:
         """Who a stream token was issued to, if it is genuine, unexpired and for this session."""
-        key_name = self.tokens.verify(token, session_id)
-        return Principal(key_name) if key_name is not None else None
+        verified = self.tokens.verify(token, session_id)
+        return Principal(verified[0], expires=verified[1]) if verified is not None else None
+
+    def expires_in(self, principal: Principal) -> float | None:
+        """Seconds until the stream token the caller came with expires (None: it came with a key)."""
+        return None if principal.expires is None else max(0.0, principal.expires - self.tokens.clock())
 
     def stream_token(self, principal: Principal, session_id: str) -> str | None:
         return self.tokens.issue(session_id, principal.key_name) if principal.key_name else None
@@ -143,7 +158,11 @@ class Admission:
                 await self.claim_session(principal, session_id)
             if self.slots is not None:
                 taken = await self.slots.acquire(principal, user_id, message_id)
-            yield
+            if self.budgets is None:
+                yield
+            else:  # the key's budget (429 `budget_exceeded`), and whom the answer is charged to
+                async with self.budgets.admit(principal.owner, message_id):
+                    yield
         finally:
             self.capacity.admitting -= 1
             # Released at most once: if the answer started and already ended, its release went first.

@@ -500,7 +500,7 @@ async def scenario_e(run: Run, clients: int, sessions: int) -> dict[str, Any]:
         nonlocal ends
         event = orjson.loads(data)
         latencies.append(now - datetime.fromisoformat(event["timestamp"]).timestamp())
-        if kind in (b"end", b"error"):
+        if kind in (b"end", b"answer_error"):
             ends += 1
             if ends >= clients:
                 all_ended.set()

@@ -16,7 +16,7 @@ from admission import Admission, Principal, SessionNotFound
 from ai_service import AnswerNotFound
 from conversation_tree import Tree, turn_row_id
 from generation import GenerationOptions
-from models import ID_PATTERN, ChatAccepted, ChatTurn, HistoryResponse, UserId
+from models import ID_PATTERN, ChatAccepted, ChatTurn, HistoryResponse, MessageId, UserId
 from protocols.deps import AdmissionDep, ChatServiceDep, HistoryDep, PrincipalDep, RecordsDep, RegistryDep
 from protocols.errors import ErrorResponse
 from protocols.native import ERRORS
@@ -82,9 +82,9 @@ class RegenerateRequest(GenerationOptions):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user_id": "user1"}]})
 
     user_id: UserId
-    message_id: uuid.UUID | None = Field(
+    message_id: MessageId | None = Field(
         default=None,
-        description="Your own id for the new answer, for safe retries (as `POST /chat`'s).",
+        description="Your own id for the new answer, for safe retries (as `POST /chat`'s): a random UUID.",
     )
 
 

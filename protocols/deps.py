@@ -26,10 +26,14 @@ from records.store import ConversationStore
 from services import Services
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
+from telemetry import Telemetry
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger
 
 __all__ = [
     "AdmissionDep",
     "ArchiverDep",
+    "BudgetsDep",
     "ChatServiceDep",
     "HistoryDep",
     "HubDep",
@@ -41,8 +45,11 @@ __all__ = [
     "RegistryDep",
     "SettingsDep",
     "StreamPrincipalDep",
+    "TelemetryDep",
+    "UsageDep",
     "get_admission",
     "get_app_settings",
+    "get_budgets",
     "get_chat_service",
     "get_history",
     "get_hub",
@@ -50,6 +57,8 @@ __all__ = [
     "get_probe",
     "get_readiness",
     "get_registry",
+    "get_telemetry",
+    "get_usage",
     "require_key",
     "require_stream_access",
 ]
@@ -93,6 +102,23 @@ async def get_metrics(request: Request) -> Metrics:
 
 async def get_admission(request: Request) -> Admission:
     return _services(request).admission
+
+
+async def get_usage(request: Request) -> UsageLedger:
+    return _services(request).usage
+
+
+async def get_budgets(request: Request) -> Budgets:
+    return _services(request).budgets
+
+
+async def get_telemetry(request: Request) -> Telemetry:
+    return _services(request).telemetry
+
+
+UsageDep = Annotated[UsageLedger, Depends(get_usage)]
+BudgetsDep = Annotated[Budgets, Depends(get_budgets)]
+TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 
 
 async def get_records(request: Request) -> ConversationStore:

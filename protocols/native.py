@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
+from pydantic import AfterValidator
 
 from ai_service import AnswerNotFound
 from models import (
@@ -15,6 +16,7 @@ from models import (
     ChatAccepted,
     ChatRequest,
     HistoryResponse,
+    MessageId,
     StatusResponse,
     stream_event_schema,
 )
@@ -22,21 +24,24 @@ from protocols.deps import (
     AdmissionDep,
     ChatServiceDep,
     HistoryDep,
-    MetricsDep,
     PrincipalDep,
     RecordsDep,
     RegistryDep,
     SettingsDep,
     StreamPrincipalDep,
+    TelemetryDep,
 )
 from protocols.errors import ConflictResponse, ErrorResponse
-from protocols.sse import EventStreamResponse
+from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import InvalidRequest, check_message_length
-from records.history import HistoryWindow, read_history
+from records.history import read_history_page
 
 __all__ = ["ERRORS", "NO_SESSION", "router"]
 
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
+# A stream entry id is two unsigned 64-bit numbers; Redis refuses larger ones, and the largest id as an
+# exclusive start (issue #13, item 7: that error came after the 200 and dropped the connection).
+ENTRY_ID_MAX = 2**64 - 1
 
 # A history page (issue #13): how many turns by default and at most, and how many bytes of turns at most
 # (a turn may hold a megabyte of tool results); the newest turns are kept when a page is cut short.
@@ -44,7 +49,33 @@ HISTORY_PAGE = 100
 HISTORY_PAGE_MAX = 1000
 HISTORY_PAGE_BYTES = 1_048_576
 
-MessageIdPath = Annotated[uuid.UUID, Path(description="The answer's message_id.")]
+
+def check_entry_id(value: str | None) -> str | None:
+    """`value` if Redis takes it as the position to resume after; ValueError otherwise."""
+    if value is None:
+        return None
+    milliseconds, _, sequence = value.partition("-")
+    if int(milliseconds) > ENTRY_ID_MAX or int(sequence) > ENTRY_ID_MAX:
+        raise ValueError("is not a stream entry id: each part is at most 18446744073709551615")
+    if int(milliseconds) == int(sequence) == ENTRY_ID_MAX:
+        raise ValueError("is the largest entry id: nothing can follow it")
+    return value
+
+
+EntryIdQuery = Annotated[
+    str | None,
+    Query(
+        pattern=ENTRY_ID_PATTERN, description="Resume after this event (for clients that cannot set headers)."
+    ),
+    AfterValidator(check_entry_id),
+]
+EntryIdHeader = Annotated[
+    str | None,
+    Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False),
+    AfterValidator(check_entry_id),
+]
+
+MessageIdPath = Annotated[MessageId, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
 ]
@@ -154,7 +185,8 @@ async def cancel(
     responses={
         200: {
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            "description": "`id:` the log entry id, `event:` the type, `data:` the event's JSON.",
+            "description": "Every event is named (`onmessage` receives none): `id:` the log entry id, "
+            "`event:` the type (an answer's `error` is `answer_error`), `data:` the event's JSON.",
         },
         404: {
             "model": ErrorResponse,
@@ -169,31 +201,40 @@ async def stream(
     principal: StreamPrincipalDep,
     admission: AdmissionDep,
     service: ChatServiceDep,
-    metrics: MetricsDep,
+    telemetry: TelemetryDep,
     message_id: Annotated[
-        uuid.UUID | None, Query(description="Follow only this answer; the stream ends with it.")
+        MessageId | None, Query(description="Follow only this answer; the stream ends with it.")
     ] = None,
-    last_event_id: Annotated[
-        str | None,
+    last_event_id: EntryIdQuery = None,
+    last_event_id_header: EntryIdHeader = None,
+    events: Annotated[
+        int,
         Query(
-            pattern=ENTRY_ID_PATTERN,
-            description="Resume after this event (for clients that cannot set headers).",
+            ge=1,
+            le=2,
+            description="The stream's version: 2 names an answer's error event `answer_error`; 1, for "
+            "clients not yet updated, names it `error`, as a browser's EventSource names its own "
+            "connection errors.",
         ),
-    ] = None,
-    last_event_id_header: Annotated[
-        str | None, Header(alias="Last-Event-ID", pattern=ENTRY_ID_PATTERN, include_in_schema=False)
-    ] = None,
+    ] = 2,
 ) -> EventStreamResponse:
     """Replay what the client missed from the session's log, then stream live events.
 
     Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
     await admission.check_session(principal, session_id)
+    if message_id is not None:  # this stream's trace links to the answer's (issue #16)
+        await telemetry.link_follower(str(message_id))
     cursor = await service.follow(
         session_id,
         after=last_event_id_header or last_event_id,
         message_id=str(message_id) if message_id else None,
     )
-    return EventStreamResponse(cursor, clients=metrics.sse_clients)
+    return EventStreamResponse(
+        cursor,
+        encoder=encode if events == 2 else encode_v1,
+        clients=admission.sse_clients,
+        expires_in=admission.expires_in(principal),
+    )
 
 
 @router.get(
@@ -227,16 +268,18 @@ async def get_session_history(
         Query(ge=0, description="The `next_before` of the previous page: read the turns older than it."),
     ] = None,
 ) -> Response:
-    """A page of the session's turns, oldest first: the most recent, or those before `before`; from
-    the conversation record once Redis has let them expire.
+    """A page of the session's turns, oldest first: the most recent, or those before `before`; from the
+    conversation record once Redis has let them expire.
 
     An unknown session has an empty history (404 with API keys). Each read counts toward the key's
     `RATE_LIMIT_PER_KEY`."""
     await admission.admit_read(principal)
-    page = await read_history(
+    page = await read_history_page(
         principal,
         session_id,
-        HistoryWindow(limit, before, HISTORY_PAGE_BYTES),
+        limit=limit,
+        before=before,
+        max_bytes=HISTORY_PAGE_BYTES,
         admission=admission,
         history=history,
         records=records,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
 import orjson
@@ -18,15 +18,30 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cursor import CursorItem, EventCursor, Keepalive, Reset
+from stores.replay_log import Entry
 
-__all__ = ["EventStreamResponse", "encode"]
+__all__ = ["ANSWER_ERROR", "EventStreamResponse", "encode", "encode_v1"]
 
 PING = b": ping\r\n\r\n"
 
 
+# An answer's `error` event is `answer_error` on the wire: `error` is also the name under which a browser's
+# EventSource reports its own connection failures, so a listener for one got both (issue #13, item 8).
+ANSWER_ERROR = "answer_error"
+
+
 def encode(item: CursorItem) -> bytes:
-    """An entry as `id:` its log position, `event:` its type, `data:` the event's JSON (which has no
-    newline); a reset as a `reset` event; a keepalive as a comment."""
+    """An entry as `id:` its log position, `event:` its type (`answer_error` for an answer's `error`),
+    `data:` the event's JSON (which has no newline, and keeps `"type": "error"`); a reset as a `reset`
+    event; a keepalive as a comment."""
+    if isinstance(item, Entry) and item.type == "error":
+        return _named(item, ANSWER_ERROR)
+    return encode_v1(item)
+
+
+def encode_v1(item: CursorItem) -> bytes:
+    """The stream as it was before `answer_error`: an answer's error event is named `error` (`events=1`,
+    for clients not yet updated)."""
     if isinstance(item, Keepalive):
         return PING
     if isinstance(item, Reset):
@@ -39,13 +54,25 @@ def encode(item: CursorItem) -> bytes:
         )
         head = b"id: %s\r\n" % item.position.encode() if item.position else b""
         return head + b"event: reset\r\ndata: %s\r\n\r\n" % data
-    return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (item.id.encode(), item.type.encode(), item.payload)
+    return _named(item, item.type)
 
 
-class Counting(Protocol):
-    def inc(self) -> None: ...
+def _named(entry: Entry, name: str) -> bytes:
+    return b"id: %s\r\nevent: %s\r\ndata: %s\r\n\r\n" % (entry.id.encode(), name.encode(), entry.payload)
 
-    def dec(self) -> None: ...
+
+class Clients(Protocol):
+    """The process's open streams (`admission.SseClients`): `check` refuses one more at the limit; each
+    stream's deadline is registered while it is open, and brought forward when the server stops."""
+
+    @property
+    def ending(self) -> bool: ...
+
+    def check(self) -> None: ...
+
+    def opened(self, deadline: asyncio.Timeout) -> None: ...
+
+    def closed(self, deadline: asyncio.Timeout) -> None: ...
 
 
 class EventStreamResponse(Response):
@@ -59,13 +86,19 @@ class EventStreamResponse(Response):
         *,
         encoder: Callable[[CursorItem], bytes] = encode,
         headers: Mapping[str, str] | None = None,
-        clients: Counting | None = None,
+        clients: Clients | None = None,
+        expires_in: float | None = None,
     ) -> None:
-        """`clients`: a gauge (metrics) counting the clients whose stream is open. (`status_code` is
-        how FastAPI's OpenAPI document learns a response class's status.)"""
+        """`clients`: the process's open streams, which may refuse this one (`MAX_SSE_CLIENTS`: the
+        route answers 503 before anything is sent). `expires_in`: the stream ends after this many
+        seconds (the stream token it was opened with expires then). (`status_code` is how FastAPI's
+        OpenAPI document learns a response class's status.)"""
+        if clients is not None:
+            clients.check()
         self._cursor = cursor
         self._encoder = encoder
         self._clients = clients
+        self._expires_in = expires_in
         # As StreamingResponse does, but with no body iterator around the cursor (an idle client's
         # memory is a budget, issue #6 f) and no Content-Length.
         self.status_code = status_code
@@ -82,18 +115,34 @@ class EventStreamResponse(Response):
             self._cursor.close()
 
         watcher = asyncio.create_task(watch(), name="sse-disconnect")
-        encoder = self._encoder
         items = aiter(self._cursor)
-        if self._clients is not None:
-            self._clients.inc()
         try:
-            async for item in items:
-                await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not await self._send_items(items, send) and not (self._clients and self._clients.ending):
+                # The token expired: end the response as usual. At shutdown a client too slow to take
+                # the stream is not waited for: the server closes its connection.
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if self._clients is not None:
-                self._clients.dec()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await items.aclose()
+
+    async def _send_items(self, items: AsyncIterator[CursorItem], send: Send) -> bool:
+        """Send the cursor's items, then the end of the response, until the stream's deadline: the
+        expiry of the token it was opened with (issue #13, item 7), brought forward when the server
+        stops (item 6). A cursor step or a send in progress then (a send waits while the client reads
+        nothing) is cancelled before any of its bytes are written. False if the deadline came first."""
+        encoder, clients = self._encoder, self._clients
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._expires_in) as deadline:
+                if clients is not None:
+                    clients.opened(deadline)
+                try:
+                    async for item in items:
+                        await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return True
+                finally:
+                    if clients is not None:
+                        clients.closed(deadline)
+        return False

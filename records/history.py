@@ -3,23 +3,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import orjson
 
 from admission import Admission, Principal, SessionNotFound
 from records.store import ConversationStore, reachable
 from stores.history import HistoryPage, HistoryStore
 
-__all__ = ["HistoryWindow", "owner_of", "read_history"]
-
-
-class HistoryWindow(NamedTuple):
-    """Which page of history: at most `limit` turns before position `before`, within `max_bytes`."""
-
-    limit: int
-    before: int | None
-    max_bytes: int
+__all__ = ["owner_of", "read_history_page"]
 
 
 def owner_of(principal: Principal) -> str:
@@ -27,21 +17,21 @@ def owner_of(principal: Principal) -> str:
     return principal.key_name or ""
 
 
-async def read_history(
+async def read_history_page(
     principal: Principal,
     session_id: str,
-    window: HistoryWindow,
     *,
+    limit: int,
+    before: int | None,
+    max_bytes: int,
     admission: Admission,
     history: HistoryStore,
     records: ConversationStore,
 ) -> HistoryPage:
-    """A page of the session's turns (its active branch): from Redis while it holds them, then from the
-    conversation record, paged alike (positions count from the branch's first turn)."""
+    """A page of a session's turns: from Redis while it holds them, then from the conversation record,
+    where positions count from the oldest archived turn as they do in Redis."""
     if await admission.owns(principal, session_id):
-        page = await history.read_page(
-            session_id, limit=window.limit, before=window.before, max_bytes=window.max_bytes
-        )
+        page = await history.read_page(session_id, limit=limit, before=before, max_bytes=max_bytes)
         if page.turns:
             return page
     async with reachable():
@@ -50,7 +40,5 @@ async def read_history(
             if principal.key_name is None or (owner is None and await admission.owns(principal, session_id)):
                 return HistoryPage([], None)
             raise SessionNotFound(session_id)
-        stored = [orjson.dumps(turn) for turn in await records.history(session_id)]
-    end = len(stored) if window.before is None else min(window.before, len(stored))
-    start = max(0, end - window.limit)
-    return HistoryStore.fit(session_id, stored[start:end], start, window.max_bytes)
+        stored, start = await records.history_page(session_id, limit=limit, before=before)
+    return HistoryStore.fit(session_id, [orjson.dumps(turn) for turn in stored], start, max_bytes)

@@ -219,6 +219,17 @@ class ConversationStore:
             return turns
         return [dict(turn) for turn in tree.path(leaf)]
 
+    async def history_page(
+        self, session_id: str, *, limit: int, before: int | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Up to `limit` turns of the session's active branch before position `before` (the newest
+        without it), oldest first, and the position of the first: positions count from the branch's
+        first turn, as they do in Redis, which holds that branch. (The branch comes from the whole tree.)"""
+        turns = await self.history(session_id)
+        end = len(turns) if before is None else min(before, len(turns))
+        start = max(0, end - limit)
+        return turns[start:end], start
+
     async def conversation(self, owner: str, session_id: str) -> RowMapping | None:
         async with self.engine.connect() as connection:
             return (

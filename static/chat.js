@@ -11,9 +11,16 @@
 // `tool_results`) and they are stored as `tool` turns, the prompt of the answer that follows. So the
 // page learns of them from history, and it reads history whenever an answer starts whose prompt it
 // did not send itself, which is always the case for the answer that follows tool results.
+//
+// Conversations last (issue #15): the sidebar lists them from the service (conversations.js), and a
+// session's message tree (GET /conversations/{id}) gives each turn its alternatives, which the page
+// offers as Edit, Regenerate and ‹ 2 / 3 › (branches.js, turn_controls.js), with thumbs up / down.
 
 import { addPart, emptyAnswer, finished } from "./answer.js";
+import { api, ApiError, apiUrl, postChat, useApiKey } from "./api.js";
+import { Sidebar } from "./conversations.js";
 import { bubble, renderAnswer } from "./render.js";
+import { loadTree, lookAtRecord, renderTurnControls, useChatPage } from "./turn_actions.js";
 
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
 const EVENT_TYPES = [
@@ -25,16 +32,18 @@ const EVENT_TYPES = [
   "tool_call_delta",
   "tool_call_end",
   "end",
-  "error",
+  "answer_error", // an answer's error; `error` is the EventSource's own connection failure
   "reset",
 ];
-const MAX_SESSIONS = 50;
 const HISTORY_FALLBACK_MS = 1500; // read history even if the stream does not connect by then
-const STORAGE = { sessions: "chat.sessions", user: "chat.userId", apiKey: "chat.apiKey" };
+const STORAGE = { user: "chat.userId", apiKey: "chat.apiKey" };
 
 const $ = (id) => document.getElementById(id);
 const els = {
   sessionList: $("session-list"),
+  moreSessions: $("more-sessions"),
+  search: $("search-sessions"),
+  sessionStatus: $("sessions-status"),
   newSession: $("new-session"),
   openForm: $("open-session"),
   openInput: $("open-session-id"),
@@ -99,91 +108,9 @@ function uuid4() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// --- HTTP ---------------------------------------------------------------------------------------
-
-// Relative to the page (/ui), so the page also works behind a proxy that adds a path prefix.
-function apiUrl(path, params) {
-  const url = new URL(path, document.baseURI);
-  for (const [name, value] of Object.entries(params || {})) {
-    if (value !== null && value !== undefined && value !== "") url.searchParams.set(name, value);
-  }
-  return url.toString();
-}
-
-class ApiError extends Error {
-  constructor(status, message) {
-    super(message);
-    this.status = status;
-  }
-}
-
-async function api(path, { method = "GET", body } = {}) {
-  const headers = { Accept: "application/json" };
-  const key = els.apiKey.value.trim();
-  if (key) headers.Authorization = `Bearer ${key}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(apiUrl(path), {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const data = await response.json().catch(() => null);
-  if (!response.ok) {
-    const message = data && data.error && data.error.message ? data.error.message : response.statusText;
-    throw new ApiError(response.status, message || `HTTP ${response.status}`);
-  }
-  return data;
-}
-
-// The client chooses the message_id, so a retry after a dropped connection or a 503 can never start a
-// second answer: the service treats the same id as the same message.
-async function postChat(body) {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await api("chat", { method: "POST", body });
-    } catch (error) {
-      const retriable = !(error instanceof ApiError) || [502, 503, 504].includes(error.status);
-      if (!retriable || attempt >= 3) throw error;
-      await sleep(500 * attempt);
-    }
-  }
-}
-
 // --- Sessions -----------------------------------------------------------------------------------
 
-function sessions() {
-  const list = load(STORAGE.sessions, []);
-  return Array.isArray(list) ? list.filter((s) => s && ID_PATTERN.test(s.id)) : [];
-}
-
-function rememberSession(id, title) {
-  const list = sessions();
-  const existing = list.find((s) => s.id === id);
-  const entry = { id, title: title || (existing && existing.title) || "", used: Date.now() };
-  const rest = list.filter((s) => s.id !== id);
-  save(STORAGE.sessions, [entry, ...rest].slice(0, MAX_SESSIONS));
-  renderSessions();
-}
-
-function renderSessions() {
-  const current = view && view.sessionId;
-  els.sessionList.replaceChildren(
-    ...sessions().map((s) => {
-      const item = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.textContent = s.title || s.id;
-      button.title = s.id;
-      button.dataset.sessionId = s.id;
-      if (s.id === current) button.setAttribute("aria-current", "true");
-      button.addEventListener("click", () => navigate(s.id));
-      item.append(button);
-      return item;
-    }),
-  );
-}
+let sidebar = null;
 
 function newSessionId() {
   return `s-${uuid4()}`;
@@ -223,12 +150,15 @@ function openSession(sessionId) {
     retryMs: 1000,
     retryTimer: null,
     fallbackTimer: null,
+    recordTimer: null,
+    tree: null, // the message tree from the conversation record, once it has the session
+    editing: null, // the message_id of the user message being edited
     closed: false,
   };
   els.messages.replaceChildren();
   els.sessionId.textContent = sessionId;
   els.formError.textContent = "";
-  rememberSession(sessionId);
+  sidebar.open(sessionId);
   updateStop();
   connect(view);
   const v = view;
@@ -241,6 +171,7 @@ function closeView(v) {
   v.closed = true;
   clearTimeout(v.retryTimer);
   clearTimeout(v.fallbackTimer);
+  clearTimeout(v.recordTimer);
   if (v.source) v.source.close();
   v.source = null;
 }
@@ -271,15 +202,12 @@ function connect(v) {
     // stream is connected and will deliver anything that ends from here on.
     if (v.lastEventId === null) loadHistory(v);
   });
+  source.addEventListener("error", () => {
+    if (v.source === source) onConnectionError(v, source);
+  });
   for (const type of EVENT_TYPES) {
     source.addEventListener(type, (event) => {
-      if (v.source !== source) return;
-      // A connection failure is also an `error` event, but a plain Event without data.
-      if (type === "error" && !(event instanceof MessageEvent)) {
-        onConnectionError(v, source);
-        return;
-      }
-      onStreamEvent(v, type, event);
+      if (v.source === source) onStreamEvent(v, type, event);
     });
   }
 }
@@ -331,8 +259,9 @@ function applyEvent(v, type, data) {
     case "end":
       turn.answer = finished(data);
       if (!promptKnown(turn)) loadHistory(v);
+      lookAtRecord(v);
       break;
-    case "error":
+    case "answer_error":
       turn.answer = {
         ...(answer || emptyAnswer("error")),
         state: "error",
@@ -356,7 +285,7 @@ function applyEvent(v, type, data) {
 }
 
 function promptKnown(turn) {
-  return Boolean(turn.user || turn.toolResults);
+  return Boolean(turn.user || turn.toolResults || turn.regenerated);
 }
 
 async function loadHistory(v) {
@@ -378,6 +307,7 @@ async function loadHistory(v) {
       v.historyReady = true;
       for (const [type, data] of v.buffer.splice(0)) applyEvent(v, type, data);
     } while (v.historyAgain && !v.closed);
+    loadTree(v);
   })();
   try {
     await v.historyLoading;
@@ -391,6 +321,8 @@ function applyHistory(v, messages) {
   for (const m of messages) {
     const turn = ensureTurn(v, m.message_id);
     if (!order.includes(turn)) order.push(turn);
+    turn.stored = true;
+    if (m.parent_id !== undefined) turn.parentId = m.parent_id;
     if (m.role === "user") {
       turn.user = { content: m.content, userId: m.user_id };
     } else if (m.role === "assistant") {
@@ -417,7 +349,7 @@ function ensureTurn(v, messageId) {
     const li = document.createElement("li");
     li.className = "turn";
     li.dataset.messageId = messageId;
-    turn = { messageId, user: null, toolResults: false, answer: null, li, accepted: false };
+    turn = { messageId, user: null, toolResults: false, answer: null, li, accepted: false, stored: false };
     v.turns.set(messageId, turn);
     els.messages.append(li);
   }
@@ -432,6 +364,7 @@ function renderTurn(v, turn) {
     el.querySelector(".note").textContent = turn.user.note || "";
   }
   if (turn.answer) renderAnswer(bubble(turn.li, "assistant"), turn.answer, v.results);
+  renderTurnControls(v, turn);
   scrollToEnd(nearEnd);
 }
 
@@ -464,10 +397,11 @@ function updateStop() {
   else delete els.stop.dataset.messageId;
 }
 
-async function send() {
+// Sends the composer's message, or (`edit`) an edited message as a new branch after `parentId`.
+async function send(edit) {
   els.formError.textContent = "";
   const v = view;
-  const text = els.message.value;
+  const text = edit ? edit.text : els.message.value;
   const userId = els.userId.value.trim();
   if (!ID_PATTERN.test(userId)) {
     els.formError.textContent = "User id: 1 to 128 letters, digits or _ . : -";
@@ -483,12 +417,16 @@ async function send() {
   const turn = ensureTurn(v, messageId);
   turn.user = { content: text, userId };
   turn.answer = emptyAnswer("pending");
+  if (edit) turn.parentId = edit.parentId;
   renderTurn(v, turn);
   scrollToEnd(true);
-  els.message.value = "";
-  rememberSession(v.sessionId, sessions().find((s) => s.id === v.sessionId)?.title || text.slice(0, 60));
+  if (!edit) els.message.value = "";
+  sidebar.sent(v.sessionId, text);
+  const body = { session_id: v.sessionId, message: text, user_id: userId, message_id: messageId };
+  // An edit names the exchange it follows; null: it replaces the first message.
+  if (edit) body.parent_id = edit.parentId;
   try {
-    const accepted = await postChat({ session_id: v.sessionId, message: text, user_id: userId, message_id: messageId });
+    const accepted = await postChat(body);
     turn.accepted = true;
     if (accepted && accepted.stream_token && accepted.stream_token !== v.streamToken) {
       // The service hands out a token for the stream (issue #5): reconnect with it, from where we were.
@@ -500,7 +438,11 @@ async function send() {
     turn.user.note = `Not sent: ${error.message}`;
     turn.answer = null;
     turn.li.querySelector('.msg[data-role="assistant"]')?.remove();
-    if (!v.closed && els.message.value === "") els.message.value = text; // let the user try again
+    if (edit) {
+      loadHistory(v); // the branch it was to replace is still the active one: show it again
+    } else if (!v.closed && els.message.value === "") {
+      els.message.value = text; // let the user try again
+    }
   }
   if (!v.closed) {
     renderTurn(v, turn);
@@ -538,13 +480,33 @@ function init() {
   els.userId.value = ID_PATTERN.test(storedUser) ? storedUser : `user-${uuid4().slice(0, 8)}`;
   save(STORAGE.user, els.userId.value);
   els.apiKey.value = load(STORAGE.apiKey, "");
+  useApiKey(() => els.apiKey.value.trim());
+  sidebar = new Sidebar({
+    list: els.sessionList,
+    more: els.moreSessions,
+    search: els.search,
+    status: els.sessionStatus,
+    userId: () => {
+      const id = els.userId.value.trim();
+      return ID_PATTERN.test(id) ? id : null;
+    },
+    onOpen: navigate,
+    onDeleted: (id) => {
+      if (view && view.sessionId === id) navigate(newSessionId());
+    },
+  });
+  useChatPage({ els, sidebar, renderTurn, ensureTurn, send, loadHistory, updateStop, runningTurn, uuid4 });
   els.userId.addEventListener("change", () => {
     if (ID_PATTERN.test(els.userId.value.trim())) save(STORAGE.user, els.userId.value.trim());
+    sidebar.refresh();
   });
-  els.apiKey.addEventListener("change", () => save(STORAGE.apiKey, els.apiKey.value.trim()));
+  els.apiKey.addEventListener("change", () => {
+    save(STORAGE.apiKey, els.apiKey.value.trim());
+    sidebar.refresh();
+  });
   els.form.addEventListener("submit", (event) => {
     event.preventDefault();
-    send();
+    send(null);
   });
   els.message.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -566,9 +528,11 @@ function init() {
     const id = sessionFromHash();
     if (id && (!view || view.sessionId !== id)) openSession(id);
   });
-  const id = sessionFromHash() || (sessions()[0] && sessions()[0].id) || newSessionId();
+  // A new chat unless the URL names a session: the list, from the service, has the others.
+  const id = sessionFromHash() || newSessionId();
   history.replaceState(null, "", `#session=${encodeURIComponent(id)}`);
   openSession(id);
+  sidebar.refresh();
 }
 
 init();

@@ -66,9 +66,9 @@ class HistoryStore:
             *(pushed if turns else []),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
+            ("EXPIRE", self._keys.owner(session_id), self._ttl),
             # The durable outbox, in the same transaction: the archiver copies it to SQL (issue #15).
             *(outbox_append(self._keys, session_id, turn) for turn in turns),
-            ("EXPIRE", self._keys.owner(session_id), self._ttl),
         ]
 
     def replace_commands(self, session_id: str, turns: Sequence[Mapping[str, Any]]) -> list[Command]:

@@ -43,7 +43,7 @@ async def collect(
     url: str,
     *,
     headers: dict[str, str] | None = None,
-    until: Callable[[ServerSentEvent], bool] = lambda event: event.event in ("end", "error"),
+    until: Callable[[ServerSentEvent], bool] = lambda event: event.event in ("end", "answer_error"),
 ) -> list[ServerSentEvent]:
     """Read SSE events from `url` until `until` says stop (by default, an answer's terminal event)."""
     events: list[ServerSentEvent] = []

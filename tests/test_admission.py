@@ -20,7 +20,8 @@ from tests.conftest import AppClient
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdef00"
 KEYS = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
-SECRET = "stream-token-secret-for-tests"
+SECRET = "stream-token-secret-for-the-tests-0123456789"
+OTHER_SECRET = b"some-other-instance-secret-of-32-bytes"
 ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BOB = {"X-API-Key": BOB_KEY}
 ANSWER_ID = "6f1c3f7e-8a49-4d0e-9b8e-2f7f5a1c9d10"
@@ -237,7 +238,7 @@ async def test_expired_foreign_and_forged_stream_tokens_are_refused(
         refused = {
             "expired": tokens.issue("tok", "alice", now=time.time() - 61),
             "another session": good,  # presented on /stream/other below
-            "another secret": StreamTokens(b"some-other-instance-secret", ttl=60).issue("tok", "alice"),
+            "another secret": StreamTokens(OTHER_SECRET, ttl=60).issue("tok", "alice"),
             "another key's name": f"{expires}.{signature}.bob",
             "later expiry": f"{int(expires) + 1000}.{signature}.{name}",
             "garbage": "not-a-token",

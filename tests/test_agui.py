@@ -157,6 +157,22 @@ async def test_a_run_id_that_is_no_uuid_names_its_answer_and_a_repeated_run_repl
     assert [turn["message_id"] for turn in turns] == [message_id, message_id]  # answered once
 
 
+async def test_a_run_id_that_is_a_guessable_uuid_is_not_used_as_the_message_id(
+    app_client: AppClient, make_settings: Callable[..., Settings]
+) -> None:
+    # The nil UUID, or a time-based one, would be a message id anyone can guess (issue #13, item 7).
+    nil = "00000000-0000-0000-0000-000000000000"
+    body = run_input("t4", user("Hello there"), run_id=nil)
+    async with app_client(make_settings()) as client:
+        events = events_of(await client.post("/agui", json=body))
+        turns = await history(client, "t4")
+
+    derived = str(uuid.uuid5(uuid.UUID("0b6f4f7a-6c1e-4a8e-9d1f-7a0b6f4f7a6c"), f"t4\n{nil}"))
+    assert started(events).run_id == nil  # the run keeps its id; the answer gets its own
+    assert finished(events).result == {"messageId": derived, "finishReason": "stop"}
+    assert [turn["message_id"] for turn in turns] == [derived, derived]
+
+
 async def test_context_and_system_messages_become_the_system_prompt(
     make_settings: Callable[..., Settings],
 ) -> None:

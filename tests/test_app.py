@@ -318,6 +318,7 @@ async def test_openapi_documents_every_route_with_summary_and_errors(client: htt
         ("GET", "/health"),
         ("GET", "/health/live"),
         ("GET", "/metrics"),
+        ("GET", "/usage"),
         ("POST", "/chat"),
         ("GET", "/history/{session_id}"),
         ("DELETE", "/history/{session_id}"),

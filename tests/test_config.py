@@ -40,8 +40,8 @@ def documented(value: str) -> object:
         return value
 
 
-# Documented beside the service's settings, but read by a library (prometheus-client), not by Settings.
-LIBRARY_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR"}
+# Read by libraries themselves (prometheus-client, the OpenTelemetry SDK), not by Settings.
+LIBRARY_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
 
 
 def test_defaults_match_the_readme_table() -> None:

@@ -216,7 +216,7 @@ async def test_sse_survives_pubsub_connections_being_killed(
         def counted(event: ServerSentEvent) -> bool:
             nonlocal received
             received += 1
-            return event.event in ("end", "error")
+            return event.event in ("end", "answer_error")
 
         readers = [
             asyncio.create_task(collect(client, f"/stream/{session}?message_id={message_id}", until=counted))

@@ -159,7 +159,8 @@ async def test_chat_page_and_its_assets_are_served_from_the_service(
     async with app_client(make_settings()) as client:
         page = await client.get("/ui")
         script = await client.get("/ui/chat.js")
-        modules = [await client.get(f"/ui/{name}") for name in ("answer.js", "render.js")]
+        names = ("answer.js", "api.js", "branches.js", "conversations.js", "render.js", "turn_actions.js")
+        modules = [await client.get(f"/ui/{name}") for name in (*names, "turn_controls.js")]
         style = await client.get("/ui/chat.css")
         schema = (await client.get("/openapi.json")).json()
 

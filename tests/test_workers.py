@@ -31,7 +31,7 @@ async def answer_events(client: httpx.AsyncClient, session_id: str, message_id: 
     async with asyncio.timeout(30), aconnect_sse(client, "GET", url) as source:
         async for event in source.aiter_sse():
             kinds.append(event.event)
-            if event.event in ("end", "error"):
+            if event.event in ("end", "answer_error"):
                 break
     return kinds
 

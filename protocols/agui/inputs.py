@@ -34,7 +34,7 @@ from pydantic.alias_generators import to_camel
 from config import Settings
 from conversation import InstructionsTooLong, check_instructions
 from generation import FunctionDefinition, FunctionTool, GenerationOptions
-from models import ID_PATTERN, ChatRequest
+from models import ID_PATTERN, ChatRequest, check_message_id
 from parts import ToolResult
 from protocols.validation import InvalidRequest, check_message_length
 
@@ -68,10 +68,11 @@ class Run:
 
 
 def message_id_of(thread_id: str, run_id: str) -> uuid.UUID:
-    """The answer's `message_id` for a run: the runId itself when it is a UUID (as `HttpAgent`'s are),
-    otherwise a UUID derived from the thread and the runId, so that a repeated run finds its answer."""
+    """The answer's `message_id` for a run: the runId itself when it is a random UUID (as `HttpAgent`'s
+    are), otherwise a UUID derived from the thread and the runId, so that a repeated run finds its answer
+    (a nil or name-based runId never becomes a message id as it is: issue #13, item 7)."""
     try:
-        return uuid.UUID(run_id)
+        return check_message_id(uuid.UUID(run_id))
     except ValueError:
         return uuid.uuid5(RUN_NAMESPACE, f"{thread_id}\n{run_id}")
 
@@ -196,7 +197,6 @@ def read_input(body: RunAgentInput, settings: Settings) -> Run:
     try:
         request = ChatRequest(
             session_id=body.thread_id,
-            message_id=message_id_of(body.thread_id, body.run_id),
             tools=tools or None,
             **{"user_id": DEFAULT_USER_ID, **options},
             **_new_turn(body.messages, settings),
@@ -206,6 +206,8 @@ def read_input(body: RunAgentInput, settings: Settings) -> Run:
     system_prompt = system_prompt_of(body, settings.system_prompt)
     if system_prompt is not None:
         _check_instructions(body, request, system_prompt, settings.max_context_chars)
+    # Set after validation: a derived id is name-based (v5), which a client may not send itself.
+    request = request.model_copy(update={"message_id": message_id_of(body.thread_id, body.run_id)})
     return Run(request, system_prompt)
 
 

@@ -27,7 +27,6 @@ from protocols.deps import (
     AdmissionDep,
     ChatServiceDep,
     HistoryDep,
-    MetricsDep,
     PrincipalDep,
     SettingsDep,
 )
@@ -81,7 +80,6 @@ async def run_agent(
     admission: AdmissionDep,
     service: ChatServiceDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
 ) -> EventStreamResponse:
     """Submit the thread's new turn (the last user message, or tool results) and stream the answer
     as one run: `RUN_STARTED`, its text, reasoning and tool calls, then `RUN_FINISHED` or `RUN_ERROR`.
@@ -89,6 +87,7 @@ async def run_agent(
     run = read_input(body, settings)
     request = run.request
     session_id, message_id = request.session_id, str(request.message_id)
+    admission.sse_clients.check()  # before the answer starts: no answer runs for a refused stream
     try:
         async with admission.admit(
             principal, user_id=request.user_id, session_id=session_id, message_id=message_id
@@ -98,7 +97,7 @@ async def run_agent(
         raise SessionNotFound(session_id) from None  # another key's thread is as good as missing
     cursor = await service.follow(session_id, message_id=message_id)
     return EventStreamResponse(
-        cursor, encoder=_encoder(body, service, body.run_id), clients=metrics.sse_clients
+        cursor, encoder=_encoder(body, service, body.run_id), clients=admission.sse_clients
     )
 
 
@@ -114,7 +113,6 @@ async def connect(
     admission: AdmissionDep,
     service: ChatServiceDep,
     history: HistoryDep,
-    metrics: MetricsDep,
 ) -> Response:
     """The thread's messages as a `MESSAGES_SNAPSHOT`, then the answer running now, live, as its run
     (runId: the answer's message id); a thread with none running gets the snapshot in a run that
@@ -137,4 +135,4 @@ async def connect(
         return Response(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     cursor = await service.follow(body.thread_id, message_id=running)
     encoder_ = _encoder(body, service, running, before=[snapshot])
-    return EventStreamResponse(cursor, encoder=encoder_, clients=metrics.sse_clients)
+    return EventStreamResponse(cursor, encoder=encoder_, clients=admission.sse_clients)

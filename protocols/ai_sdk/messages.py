@@ -172,10 +172,12 @@ def read_exchange(body: UIChatRequest, max_message_length: int) -> Exchange:
             [(f"messages.{index}.role", "the last message must be the user's or the assistant's")]
         )
     options = {name: getattr(body, name) for name in OPTION_FIELDS}
+    message_id = turn.pop("message_id")
     try:
         request = ChatRequest(session_id=body.id, user_id=body.user_id, **turn, **options)
     except ValidationError as error:
         raise InvalidRequest(
             [(f"messages.{index}.parts", str(detail["msg"])) for detail in error.errors()]
         ) from None
-    return Exchange(request, ui_message_id, outputs)
+    # Set after validation: the id is derived (name-based, v5), which a client may not send itself.
+    return Exchange(request.model_copy(update={"message_id": message_id}), ui_message_id, outputs)

@@ -23,7 +23,6 @@ from protocols.deps import (
     AdmissionDep,
     ChatServiceDep,
     HistoryDep,
-    MetricsDep,
     PrincipalDep,
     SettingsDep,
 )
@@ -54,8 +53,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/api/chat", tags=["ai-sdk"])
 
 
-def _stream(cursor: Any, encoder: UIMessageEncoder, metrics: MetricsDep) -> EventStreamResponse:
-    return EventStreamResponse(cursor, encoder=encoder, headers=HEADERS, clients=metrics.sse_clients)
+def _stream(cursor: Any, encoder: UIMessageEncoder, admission: AdmissionDep) -> EventStreamResponse:
+    return EventStreamResponse(cursor, encoder=encoder, headers=HEADERS, clients=admission.sse_clients)
 
 
 @router.post(
@@ -77,11 +76,11 @@ async def chat(
     service: ChatServiceDep,
     admission: AdmissionDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
 ) -> EventStreamResponse:
     """Submit the chat's last message (a question, or the outputs of the tools its answer called)."""
     exchange = read_exchange(body, settings.max_message_length)
     request = exchange.request
+    admission.sse_clients.check()  # before the answer starts: no answer runs for a refused stream
     try:
         async with admission.admit(
             principal, user_id=request.user_id, session_id=body.id, message_id=str(request.message_id)
@@ -92,7 +91,7 @@ async def chat(
         raise SessionNotFound(body.id) from None
     cursor = await service.follow(body.id, message_id=accepted.message_id)
     encoder = UIMessageEncoder(exchange.ui_message_id or accepted.message_id, exchange.prelude)
-    return _stream(cursor, encoder, metrics)
+    return _stream(cursor, encoder, admission)
 
 
 @router.get(
@@ -108,7 +107,6 @@ async def resume(
     service: ChatServiceDep,
     admission: AdmissionDep,
     history: HistoryDep,
-    metrics: MetricsDep,
 ) -> Response:
     """The running answer from its `start` (its whole UI message), then live; `204` when none runs."""
     await admission.check_session(principal, chat_id)
@@ -117,7 +115,7 @@ async def resume(
         return Response(status_code=204)
     cursor = await service.follow(chat_id, message_id=message_id)
     ui_message_id, prelude = resumed_message(await history.read(chat_id, RESUME_TURNS), message_id)
-    return _stream(cursor, UIMessageEncoder(ui_message_id, prelude), metrics)
+    return _stream(cursor, UIMessageEncoder(ui_message_id, prelude), admission)
 
 
 @router.post(

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ai_service import AnswerFinished, ChatService, ImagesUnsupported
 from models import ChatRequest, StreamEvent
-from protocols.deps import AdmissionDep, ChatServiceDep, MetricsDep, PrincipalDep, SettingsDep
+from protocols.deps import AdmissionDep, ChatServiceDep, PrincipalDep, SettingsDep
 from protocols.errors import OpenAIErrorResponse
 from protocols.openai.models import ModelNotFound
 from protocols.openai.responses_create import (
@@ -142,7 +142,6 @@ async def create_response(
     service: ChatServiceDep,
     settings: SettingsDep,
     services: ServicesDep,
-    metrics: MetricsDep,
 ) -> Response:
     """Answer the input, whole, streamed, or in the background; continue `previous_response_id`."""
     if body.background and not body.store:
@@ -153,6 +152,8 @@ async def create_response(
     before = await continued(body, principal, admission=admission, services=services, store=store)
     reading = read_input(body, before.prior, settings)
     _check_servable(body, reading, service)
+    if body.stream and body.store:
+        admission.sse_clients.check()  # before the answer starts: no answer runs for a refused stream
     if not body.store:
         return await _stateless(body, reading, principal=principal, admission=admission, service=service)
     message_id = str(uuid.uuid4())
@@ -185,7 +186,7 @@ async def create_response(
     if not body.stream:
         return _json(encoder.response())
     cursor = await service.follow(session_id, message_id=message_id)
-    return EventStreamResponse(cursor, encoder=ResponseStream(encoder), clients=metrics.sse_clients)
+    return EventStreamResponse(cursor, encoder=ResponseStream(encoder), clients=admission.sse_clients)
 
 
 @router.get(
@@ -200,7 +201,6 @@ async def retrieve_response(
     admission: AdmissionDep,
     service: ChatServiceDep,
     services: ServicesDep,
-    metrics: MetricsDep,
     stream: Annotated[bool, Query(description="Stream its events from its start, then live.")] = False,
     starting_after: Annotated[
         int | None, Query(ge=-1, description="With `stream`: only the events after this sequence number.")
@@ -220,7 +220,7 @@ async def retrieve_response(
     cursor = await service.follow(state.session_id, message_id=state.message_id)
     after = -1 if starting_after is None else starting_after
     return EventStreamResponse(
-        cursor, encoder=ResponseStream(encoder, after=after), clients=metrics.sse_clients
+        cursor, encoder=ResponseStream(encoder, after=after), clients=admission.sse_clients
     )
 
 

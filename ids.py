@@ -1,0 +1,36 @@
+"""The ids a client sends: sessions and users (which become Redis keys and channel names) and messages."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
+__all__ = ["ID_PATTERN", "MessageId", "SessionId", "UserId", "check_message_id", "new_message_id"]
+
+# Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+SessionId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["test123"]),
+]
+UserId = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=ID_PATTERN, examples=["user1"]),
+]
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_message_id(value: uuid.UUID) -> uuid.UUID:
+    """A client's message id must be hard to guess: a random (v4) or time-ordered random (v7) UUID, not
+    the nil or max UUID nor a name- or MAC-based one (issue #13, item 7)."""
+    if value.variant != uuid.RFC_4122 or value.version not in (4, 7):
+        raise ValueError("must be a random UUID (version 4 or 7)")
+    return value
+
+
+MessageId = Annotated[uuid.UUID, AfterValidator(check_message_id)]

@@ -1,0 +1,67 @@
+"""Counting tokens (usage/tokens.py): the vendored encodings load with no network, and count as OpenAI's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conversation import ConversationMessage
+from testkit.processes import ROOT
+from usage.tokens import TokenCounter
+
+# What the child runs: every vendored encoding, with tiktoken's network fetch made impossible.
+OFFLINE = """
+import socket, sys
+def refuse(*args, **kwargs):
+    raise OSError("no network in this test")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+from usage.tokens import TokenCounter
+for model in ("gpt-4o-mini", "gpt-4", "a-model-tiktoken-does-not-know"):
+    counter = TokenCounter(model)
+    print(model, counter.encoding_name, counter.text("tiktoken is great!"))
+"""
+
+
+def test_the_vendored_encodings_load_without_the_network(tmp_path: Path) -> None:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"}
+    }
+    # An empty temporary folder: tiktoken's default cache (TMPDIR/data-gym-cache) has nothing to give.
+    env.update({"TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "gpt-4o-mini o200k_base 6",
+        "gpt-4 cl100k_base 6",
+        "a-model-tiktoken-does-not-know o200k_base 6",
+    ]
+
+
+def test_counts_match_openais_published_tokens() -> None:
+    # OpenAI's cookbook, "How to count tokens with tiktoken": "tiktoken is great!" in cl100k_base.
+    counter = TokenCounter("gpt-4")
+    assert counter.encoding.encode("tiktoken is great!") == [83, 1609, 5963, 374, 2294, 0]
+    assert counter.text("") == 0
+    assert counter.text("<|endoftext|>") > 1  # typed by a user, it is text, not a special token
+
+
+def test_a_prompt_costs_its_messages_and_their_overhead() -> None:
+    counter = TokenCounter("gpt-4o")
+    messages = [ConversationMessage("system", "Be brief."), ConversationMessage("user", "Hi")]
+    expected = 3 + sum(3 + counter.text(m.role) + counter.text(m.content) for m in messages)
+    assert counter.prompt(messages) == expected
+    assert counter.prompt([]) == 3
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4.1", "o3", "gpt-3.5-turbo"])
+def test_known_models_use_a_vendored_encoding(model: str) -> None:
+    assert TokenCounter(model).encoding_name in {"o200k_base", "cl100k_base"}

@@ -1,0 +1,131 @@
+"""The usage ledger in Redis: per key and UTC day, every answer's tokens and cost added up by model and
+user, and per session; read back as totals over a range of days (`GET /usage`).
+
+One hash per key and day (`<prefix>:usage:{<key>}:<day>`), its fields `[model, user_id, measure]` as
+JSON, each an integer summed with HINCRBY, so that any number of instances add to the same totals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from redis_client import bounded
+
+if TYPE_CHECKING:
+    from redis_client import RedisClient
+
+__all__ = ["MEASURES", "UsageLedger", "UsageRecord", "UsageRow", "day_of"]
+
+# What each answer adds to its day's totals.
+MEASURES = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "answers", "counted", "cost_nanos")
+
+
+def day_of(timestamp: float) -> dt.date:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).date()
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """What one answer spent. `counted`: its tokens were counted here with tiktoken, not reported."""
+
+    key: str
+    user_id: str
+    session_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    counted: bool
+    cost_nanos: int
+    at: float
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def measures(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "answers": 1,
+            "counted": int(self.counted),
+            "cost_nanos": self.cost_nanos,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One day's total for one model and user."""
+
+    day: dt.date
+    model: str
+    user_id: str
+    measures: dict[str, int]
+
+
+class UsageLedger:
+    """Adds records to the ledger and reads totals back; every call bounded by `timeout`."""
+
+    def __init__(
+        self, redis: RedisClient, prefix: str, *, retention_days: int, session_ttl: int, timeout: float
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._retention = retention_days * 86_400
+        self._session_ttl = session_ttl
+        self._timeout = timeout
+
+    def day_key(self, key: str, day: dt.date) -> str:
+        # The key's name as the hash tag: one key's days live on one cluster slot.
+        return f"{self._prefix}:usage:{{{key}}}:{day.isoformat()}"
+
+    def session_key(self, key: str, session_id: str) -> str:
+        return f"{self._prefix}:usage:{{{key}}}:session:{session_id}"
+
+    async def record(self, record: UsageRecord) -> None:
+        day_key = self.day_key(record.key, day_of(record.at))
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for measure, value in record.measures().items():
+                if value:
+                    pipe.hincrby(day_key, orjson.dumps([record.model, record.user_id, measure]), value)
+            pipe.expire(day_key, self._retention)
+            if record.session_id:
+                session_key = self.session_key(record.key, record.session_id)
+                for measure, value in record.measures().items():
+                    if value:
+                        pipe.hincrby(session_key, measure, value)
+                pipe.expire(session_key, self._session_ttl)
+            await pipe.execute()
+
+    async def rows(self, key: str, days: Iterable[dt.date]) -> list[UsageRow]:
+        """Every (day, model, user) total of `key` on these days, in day order."""
+        wanted = list(days)
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for day in wanted:
+                pipe.hgetall(self.day_key(key, day))
+            hashes = await pipe.execute()
+        rows: dict[tuple[dt.date, str, str], dict[str, int]] = {}
+        for day, fields in zip(wanted, hashes, strict=True):
+            for field, value in fields.items():
+                model, user_id, measure = orjson.loads(field)
+                totals = rows.setdefault((day, model, user_id), dict.fromkeys(MEASURES, 0))
+                totals[measure] = int(value)
+        return [UsageRow(day, model, user, totals) for (day, model, user), totals in rows.items()]
+
+    async def session(self, key: str, session_id: str) -> dict[str, int]:
+        """One session's totals (all zero for a session that spent nothing, or whose totals expired)."""
+        async with bounded(self._timeout):
+            fields = await self._redis.hgetall(self.session_key(key, session_id))
+        totals = dict.fromkeys(MEASURES, 0)
+        totals.update({_text(name): int(value) for name, value in fields.items()})
+        return totals
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name

@@ -1,0 +1,163 @@
+"""`UsageRecorder`: an `AnswerObserver` that accounts for every answer once it has ended.
+
+An ended answer is queued, and the recorder's task (owned by the lifespan, drained on shutdown) works
+out its tokens (as the model reported them, or counted with tiktoken, off the event loop), prices them,
+adds them to the ledger and the key's budget in Redis, and to the `/metrics` counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from redis_client import RedisUnavailable
+from usage.accounting import current_key
+from usage.ledger import UsageRecord
+
+if TYPE_CHECKING:
+    from answer_run import Answer
+    from usage.budgets import Budgets
+    from usage.ledger import UsageLedger
+    from usage.plans import Price
+    from usage.tokens import TokenCounter
+
+__all__ = ["UsageRecorder", "UsageSink"]
+
+logger = logging.getLogger(__name__)
+
+# What else hears of each record: the Prometheus counters (`Metrics.record_usage`).
+UsageSink = Callable[[UsageRecord], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    answer: Answer
+    key: str
+    at: float
+
+
+class UsageRecorder:
+    """Accounts for the answers of one process; `model` is the model its answer source runs."""
+
+    def __init__(
+        self,
+        ledger: UsageLedger,
+        budgets: Budgets | None,
+        counter: Callable[[], TokenCounter],
+        *,
+        model: str,
+        prices: dict[str, Price],
+        sinks: tuple[UsageSink, ...] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self._budgets = budgets
+        self._make_counter = counter
+        # Loading an encoding takes half a second of CPU or more: it is loaded in a worker thread from
+        # start-up, so that it is ready before answers end (at shutdown too, within the grace period) and
+        # does not compete with the first answers for the interpreter.
+        self._counter: asyncio.Task[TokenCounter] | None = None
+        self._model = model
+        self._price = prices.get(model)
+        self._sinks = sinks
+        self._clock = clock
+        self._keys: dict[str, str] = {}
+        self._queue: asyncio.Queue[_Ended | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._counter = asyncio.create_task(asyncio.to_thread(self._make_counter), name="token-counter")
+        self._task = asyncio.create_task(self._drain(), name="usage-recorder")
+
+    async def close(self) -> None:
+        """Record every answer that has ended, then stop (after the chat service has shut down)."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+        if self._counter is not None:
+            await asyncio.wait([self._counter])
+            if not self._counter.cancelled() and self._counter.exception() is not None:
+                logger.error("could not load the token counter: %s", self._counter.exception())
+
+    # -- AnswerObserver --
+
+    def answer_started(self, answer: Answer) -> None:
+        key = current_key()
+        self._keys[answer.message_id] = key
+        if self._budgets is not None:
+            self._budgets.started(answer.message_id)
+
+    def chunk_published(self, answer: Answer) -> None:
+        pass
+
+    def answer_ended(self, answer: Answer) -> None:
+        key = self._keys.pop(answer.message_id, None)
+        if key is not None:
+            self._queue.put_nowait(_Ended(answer, key, self._clock()))
+
+    # -- the recorder's task --
+
+    async def _drain(self) -> None:
+        while (ended := await self._queue.get()) is not None:
+            try:
+                await self._account(ended)
+            except RedisUnavailable as error:
+                logger.error(
+                    "could not record the usage of message_id=%s: %s", ended.answer.message_id, error.reason
+                )
+            except Exception:
+                logger.exception("could not record the usage of message_id=%s", ended.answer.message_id)
+
+    async def _account(self, ended: _Ended) -> None:
+        answer = ended.answer
+        if answer.usage is not None:
+            usage = answer.usage
+            details = usage.completion_tokens_details
+            reasoning = (details.reasoning_tokens or 0) if details is not None else 0
+            prompt, completion, counted = usage.prompt_tokens, usage.completion_tokens, False
+        else:
+            assert self._counter is not None  # started with the recorder
+            counter = await self._counter
+            prompt, completion, reasoning = await asyncio.to_thread(self._count, counter, answer)
+            counted = True
+        cost = self._price.nanos(prompt, completion) if self._price is not None else 0
+        record = UsageRecord(
+            key=ended.key,
+            user_id=answer.user_id,
+            session_id=answer.session_id,
+            model=self._model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            reasoning_tokens=reasoning,
+            counted=counted,
+            cost_nanos=cost,
+            at=ended.at,
+        )
+        for sink in self._sinks:
+            sink(record)
+        try:
+            await self.ledger.record(record)
+        finally:  # the budget is settled even if the ledger could not be written
+            if self._budgets is not None:
+                await self._budgets.settle(
+                    ended.key, answer.message_id, record.total_tokens, cost, at=ended.at
+                )
+
+    @staticmethod
+    def _count(counter: TokenCounter, answer: Answer) -> tuple[int, int, int]:
+        """Prompt, completion and reasoning tokens, counted (in a worker thread: encoding is CPU work).
+        Completion tokens include reasoning tokens, as OpenAI reports them."""
+        prompt = counter.prompt(answer.conversation)
+        completion = counter.text("".join(answer.parts))
+        reasoning = 0
+        other = answer.other
+        if other is not None:
+            reasoning = counter.text(other.reasoning_text() or "")
+            completion += reasoning + counter.text(other.refusal_text() or "")
+            for call in other.tool_calls() or ():
+                completion += counter.text(call.name) + counter.text(call.arguments)
+        return prompt, completion, reasoning
