@@ -59,6 +59,11 @@ class AnswerObserver(Protocol):
         ...
 
 
+def start_event(answer: Answer) -> StartEvent:
+    """`start`, with the answer's trace and the exchange it follows (issue #15)."""
+    return event_of(answer, StartEvent, trace_id=answer.trace_id, parent_id=answer.parent_id)
+
+
 def _consume(future: Written) -> None:
     """Retrieve a future's outcome, so an unawaited failure is not reported as never retrieved."""
     if not future.cancelled():
@@ -121,11 +126,7 @@ class AnswerRunner:
         in_flight: deque[Written] = deque()
         try:
             starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
-            await self._publish(
-                answer,
-                event_of(answer, StartEvent, trace_id=answer.trace_id, parent_id=answer.parent_id),
-                *starting,
-            )
+            await self._publish(answer, start_event(answer), *starting)
             # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
             # once, even when the cancel lands while a chunk is being published.
             async with aclosing(self._source.stream(conversation, options, completion)) as deltas:
