@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from conversation import ConversationMessage, build_context
-from conversation_tree import Tree, Turn
+from conversation_tree import Tree, Turn, turn_row_id
 from errors import ServiceError
 from models import ChatRequest, ChatTurn
 from records.store import ConversationStore, reachable
@@ -81,14 +81,33 @@ class Branches:
         self._keys = keys
         self._records = records
 
-    async def tree(self, session_id: str) -> Tree:
-        """Every branch: the archived turns, then those of the Redis history not archived yet."""
+    async def tree(self, session_id: str) -> tuple[Tree, list[Turn]]:
+        """Every branch: the archived turns, then those Redis has that may not be archived yet (those
+        branch switches took out of the history, then the history's); and the history's turns."""
         async with reachable():
             archived = await self._records.turns(session_id)
-        hot = [
+        hot: list[Turn] = [
             turn.model_dump(mode="json", exclude_none=True) for turn in await self._history.read(session_id)
         ]
-        return Tree([*archived, *hot])
+        return Tree([*archived, *await self._history.off_branch(session_id), *hot]), hot
+
+    async def _replace(
+        self, session_id: str, leaf: str, *, field: str, answered: bool = True
+    ) -> tuple[list[Command], list[Turn]]:
+        """The commands that make the branch ending with `leaf` the history (without the leaf's own
+        answer unless `answered`), keeping the turns that leave it until the record has them."""
+        await self._idle(session_id, field)
+        tree, hot = await self.tree(session_id)
+        exchange = tree.exchanges.get(leaf)
+        if field == "message_id" and not answered:  # a regeneration: `leaf` is the answer to replace
+            exchange = tree.prompt_of(exchange) if exchange is not None and exchange.answered else None
+        if exchange is None:
+            what = "an answer" if not answered else "a message"
+            raise BranchInvalid(field, f"not {what} of this conversation")
+        path = tree.path(exchange.id, answered=answered)
+        kept = {turn_row_id(turn) for turn in path}
+        dropped = [turn for turn in hot if turn_row_id(turn) not in kept]
+        return self._history.replace_commands(session_id, path, dropped), path
 
     async def _leaf(self, session_id: str) -> str | None:
         """The exchange the active branch ends with: of the newest turns, the one to begin last."""
@@ -125,9 +144,10 @@ class Branches:
         first: list[Command] = []
         if "parent_id" in request.model_fields_set and context is None:
             parent = str(request.parent_id) if request.parent_id else None
-            first = self._history.replace_commands(
-                session_id=request.session_id, turns=await self._edit(request, parent)
-            )
+            if parent is not None:
+                first, _ = await self._replace(request.session_id, parent, field="parent_id")
+            else:  # an edited first message: the whole history leaves for the off-branch list
+                first = await self._replace_all(request.session_id)
         else:
             parent = await self._leaf(request.session_id)
         for turn in turns:
@@ -143,15 +163,12 @@ class Branches:
             return position_of(position), list(context), parent
         return position_of(position), self._context([message for _, message in stored], system_prompt), parent
 
-    async def _edit(self, request: ChatRequest, parent: str | None) -> list[Turn]:
-        """The branch an edited message follows: the path to its parent (none for a first message)."""
-        await self._idle(request.session_id, "parent_id")
-        if parent is None:
-            return []
-        tree = await self.tree(request.session_id)
-        if parent not in tree.exchanges:
-            raise BranchInvalid("parent_id", "not a message of this session")
-        return tree.path(parent)
+    async def _replace_all(self, session_id: str) -> list[Command]:
+        await self._idle(session_id, "parent_id")
+        hot = [
+            turn.model_dump(mode="json", exclude_none=True) for turn in await self._history.read(session_id)
+        ]
+        return self._history.replace_commands(session_id, [], hot)
 
     def _context(
         self, turns: list[ConversationMessage], system_prompt: str | None
@@ -167,36 +184,24 @@ class Branches:
 
     async def regenerate(
         self, session_id: str, answer_id: str, message_id: str
-    ) -> tuple[str, list[ConversationMessage], str]:
+    ) -> tuple[str, list[ConversationMessage], str | None]:
         """Make the branch to the message `answer_id` answered, without its answer, the active one, for
         the new answer `message_id`; return where its events begin, its context, and its parent."""
-        await self._idle(session_id, "message_id")
-        tree = await self.tree(session_id)
-        exchange = tree.exchanges.get(answer_id)
-        prompt = tree.prompt_of(exchange) if exchange is not None and exchange.answered else None
-        if prompt is None:
-            raise BranchInvalid("message_id", "not an answer of this session")
-        path = tree.path(prompt.id, answered=False)
+        first, path = await self._replace(session_id, answer_id, field="message_id", answered=False)
+        prompt = path[-1]["message_id"] if path else None
         (position, _), stored = await self._history.append(
             session_id,
             [],
-            first=self._history.replace_commands(session_id, path),
+            first=first,
             along=[self._log.position_command(session_id), outbox_branch(self._keys, session_id, message_id)],
             recent=self._settings.max_context_messages + TOOL_ROUNDS_READ + 1,
         )
-        return position_of(position), self._context([message for _, message in stored], None), prompt.id
+        return position_of(position), self._context([message for _, message in stored], None), prompt
 
     async def switch(self, session_id: str, leaf: str) -> list[dict[str, Any]]:
         """Make the branch ending with the exchange `leaf` the active one; return its turns."""
-        await self._idle(session_id, "message_id")
-        tree = await self.tree(session_id)
-        if leaf not in tree.exchanges:
-            raise BranchInvalid("message_id", "not a message of this conversation")
-        path = tree.path(leaf)
+        first, path = await self._replace(session_id, leaf, field="message_id")
         await self._history.append(
-            session_id,
-            [],
-            first=self._history.replace_commands(session_id, path),
-            along=[outbox_branch(self._keys, session_id, leaf)],
+            session_id, [], first=first, along=[outbox_branch(self._keys, session_id, leaf)]
         )
         return [dict(turn) for turn in path]

@@ -151,6 +151,10 @@ class KeySpace:
     def history(self, session_id: str) -> str:
         return f"{self.prefix}:{{{session_id}}}:history"
 
+    def off_branch(self, session_id: str) -> str:
+        """The turns a branch switch took out of the history, until the record has them (issue #15)."""
+        return f"{self.prefix}:{{{session_id}}}:off-branch"
+
     def events(self, session_id: str) -> str:
         """The session's replay log: a Redis Stream of every event published on its channel."""
         return f"{self.prefix}:{{{session_id}}}:events"

@@ -71,14 +71,24 @@ class HistoryStore:
             *(outbox_append(self._keys, session_id, turn) for turn in turns),
         ]
 
-    def replace_commands(self, session_id: str, turns: Sequence[Mapping[str, Any]]) -> list[Command]:
-        """The history becomes these stored turns (another branch's, issue #15): for `append`'s `first`."""
-        key = self._keys.history(session_id)
-        pushed: list[Command] = [("RPUSH", key, *(orjson.dumps(turn) for turn in turns))] if turns else []
-        return [("DEL", key), *pushed]
+    def replace_commands(
+        self, session_id: str, turns: Sequence[Mapping[str, Any]], dropped: Sequence[Mapping[str, Any]]
+    ) -> list[Command]:
+        """The history becomes these stored turns (another branch's, issue #15), for `append`'s `first`;
+        the `dropped` ones wait in the off-branch list (with the history's TTL) until the record has them."""
+        key, off = self._keys.history(session_id), self._keys.off_branch(session_id)
+        kept: list[Command] = [("RPUSH", key, *(orjson.dumps(turn) for turn in turns))] if turns else []
+        moved: list[Command] = [("RPUSH", off, *(orjson.dumps(turn) for turn in dropped))] if dropped else []
+        return [*moved, ("EXPIRE", off, self._ttl), ("DEL", key), *kept]
 
     def clear_commands(self, session_id: str) -> list[Command]:
-        return [("DEL", self._keys.history(session_id))]
+        return [("DEL", self._keys.history(session_id), self._keys.off_branch(session_id))]
+
+    async def off_branch(self, session_id: str) -> list[dict[str, Any]]:
+        """The turns branch switches took out of the history that the record may not have yet."""
+        async with bounded(self._timeout):
+            raw = await self._redis.lrange(self._keys.off_branch(session_id), 0, -1)
+        return [orjson.loads(item) for item in raw]
 
     async def append(
         self,
