@@ -12,8 +12,13 @@ export function treeOf(detail) {
   const children = new Map();
   const turnIds = new Set((detail && detail.active_branch) || []);
   const active = new Set(); // the exchanges on the active branch
+  const answering = new Set(); // the exchanges whose answer is on it (a regenerated one replaces its prompt's)
   for (const stored of (detail && detail.messages) || []) {
-    if (turnIds.has(stored.id)) active.add(stored.message_id);
+    const role = stored.turn && stored.turn.role;
+    if (turnIds.has(stored.id)) {
+      active.add(stored.message_id);
+      if (role === "assistant") answering.add(stored.message_id);
+    }
     let exchange = exchanges.get(stored.message_id);
     if (!exchange) {
       exchange = { id: stored.message_id, parent: stored.parent_id ?? null, roles: new Set(), feedback: null };
@@ -22,16 +27,16 @@ export function treeOf(detail) {
       siblings.push(exchange.id);
       children.set(exchange.parent, siblings);
     }
-    exchange.roles.add(stored.turn && stored.turn.role);
+    exchange.roles.add(role);
     if (stored.feedback) exchange.feedback = stored.feedback.rating || stored.feedback;
   }
-  return { exchanges, children, active };
+  return { exchanges, children, active, answering };
 }
 
 // Alternatives exclude each other: at most one of them is on the active branch. More than one there
 // means a record without branches (whose turns all lack a parent), where they are not alternatives.
-function exclusive(tree, ids, id) {
-  return ids.filter((x) => tree.active.has(x)).length > 1 ? [id] : ids;
+function exclusive(tree, ids, id, on = tree.active) {
+  return ids.filter((x) => on.has(x)).length > 1 ? [id] : ids;
 }
 
 function asks(exchange) {
@@ -54,15 +59,18 @@ export function answerAlternatives(tree, id) {
   if (!prompt) return [id];
   const regenerated = (tree.children.get(prompt.id) || []).filter((x) => !asks(tree.exchanges.get(x)));
   const all = [...(prompt.roles.has("assistant") ? [prompt.id] : []), ...regenerated];
-  return all.includes(id) ? exclusive(tree, all, id) : [id];
+  return all.includes(id) ? exclusive(tree, all, id, tree.answering) : [id];
 }
 
 // The branch to show when the user picks `id`: its newest descendants, down to a leaf.
 export function leafOf(tree, id) {
   let leaf = id;
   for (let steps = 0; steps < tree.exchanges.size; steps++) {
-    const next = tree.children.get(leaf);
-    if (!next || !next.length) break;
+    // An exchange with an answer of its own continues with the messages after it: its regenerated
+    // answers are alternatives to that answer, not its continuation.
+    const own = tree.exchanges.get(leaf)?.roles.has("assistant");
+    const next = (tree.children.get(leaf) || []).filter((x) => !own || asks(tree.exchanges.get(x)));
+    if (!next.length) break;
     leaf = next[next.length - 1];
   }
   return leaf;

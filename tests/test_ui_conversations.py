@@ -264,13 +264,8 @@ def test_thumbs_up_then_down_rates_the_answer_once_in_the_record(profiles: Profi
     assert 'chat_feedback_total{model="simulated",rating="down"} 1.0' in metrics
 
 
-# --- Edit, regenerate and branches: the page against the endpoints h15-store has not built yet ----------
-# `POST /chat` with `parent_id`, `POST /chat/{message_id}/regenerate` and `POST /conversations/{id}/branch`
-# (issue #15) are not in the service yet: until they are, these fail, and xfail says so. strict=True: once
-# they pass, the marker must go.
-PENDING_BACKEND = pytest.mark.xfail(
-    strict=True, reason="issue #15: parent_id, regenerate and branch switching are not in the service yet"
-)
+# --- Edit, regenerate and branches: `POST /chat` with `parent_id`, `POST /chat/{message_id}/regenerate`
+# and `POST /conversations/{id}/branch` (issue #15) through the page ---------------------------------------
 
 
 def send_and_wait(page: Page, text: str) -> Locator:
@@ -288,7 +283,6 @@ def history_of(service: RecordService, session_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.browser
-@PENDING_BACKEND
 def test_edit_makes_a_branch_and_the_switcher_goes_between_them(profiles: Profiles) -> None:
     service = profiles.service
     page = profiles.page("branch-user")
@@ -325,7 +319,6 @@ def test_edit_makes_a_branch_and_the_switcher_goes_between_them(profiles: Profil
 
 
 @pytest.mark.browser
-@PENDING_BACKEND
 def test_regenerate_gives_a_second_answer_and_the_switcher_goes_back(profiles: Profiles) -> None:
     service = profiles.service
     page = profiles.page("regen-user")
