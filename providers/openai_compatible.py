@@ -3,10 +3,11 @@ llama.cpp, LM Studio, LiteLLM and OpenRouter alike, through the `openai` client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -61,6 +62,8 @@ FINISH_REASONS: dict[str, FinishReason] = {
     "function_call": "tool_calls",
 }
 # The sampling options passed through as they are, when a request sets them.
+# How long the rest of a stream after `[DONE]` is waited for, to keep its connection (`_drain`).
+DRAIN_SECONDS = 0.25
 SAMPLING = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
 
 
@@ -200,7 +203,7 @@ async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                     yield data
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def _streamed_post(client: AsyncOpenAI, path: str, body: bytes) -> AsyncIterator[httpx2.Response]:
     """The one adapter to the `openai` client: a POST of a body serialised once (orjson), through the
     client's public `post` (its retries with backoff, `Retry-After`, auth headers, and its errors for a
@@ -214,6 +217,17 @@ async def _streamed_post(client: AsyncOpenAI, path: str, body: bytes) -> AsyncIt
         yield response
     finally:
         await response.aclose()
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (the end of the chunked body, normally already received), so that the
+    connection goes back to the client's pool: a response closed part-read takes its connection with it,
+    and every answer would then open a new one (a TCP connect before each first token). A server that
+    keeps the stream open after `[DONE]` gets DRAIN_SECONDS, then its connection is closed as before."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
 
 
 class ChunkReader:
@@ -366,9 +380,11 @@ class OpenAIAnswerSource:
             # However the answer ends (done, failed, cancelled, closed by its consumer), the HTTP response
             # is closed here, so the model server sees the disconnect and stops generating.
             async with _streamed_post(self._client, "/chat/completions", orjson.dumps(body)) as response:
-                async for data in sse_data(response.aiter_bytes()):
+                chunks = response.aiter_bytes()
+                async for data in sse_data(chunks):
                     for part in reader.read(data):
                         yield part
+                await _drain(chunks)
         except OpenAIError as error:
             raise self._failure(error) from None
         except httpx2.TimeoutException:

@@ -93,6 +93,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float  # time.monotonic() when it arrived
+    peer: tuple[str, int] | None = None  # the client's address and port: one per connection
 
 
 class DropConnection(Exception):
@@ -146,7 +147,9 @@ class OpenAIServer:
             return
         body = json.loads(b"".join(chunks))
         with self._lock:
-            self.requests.append(Received(body=body, headers=headers, at=time.monotonic()))
+            client = scope.get("client")
+            peer = (client[0], client[1]) if client else None
+            self.requests.append(Received(body=body, headers=headers, at=time.monotonic(), peer=peer))
         given = headers.get("authorization", "").removeprefix("Bearer ")
         if given != self.api_key:
             # As OpenAI does, the message quotes the key it got: the service must not pass it on.

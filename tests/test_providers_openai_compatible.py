@@ -664,3 +664,18 @@ def test_every_part_of_a_chunk_is_read_and_other_choices_are_ignored() -> None:
         total_tokens=5,
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=1),
     )
+
+
+async def test_answers_one_after_another_reuse_one_upstream_connection(
+    openai_settings: SettingsFactory, model_server: OpenAIServer
+) -> None:
+    # The stream is read past `[DONE]` to its end, so its connection goes back to the client's pool: a
+    # connection closed part-read is dropped, and each answer would open a new one before its first
+    # token (issue #14).
+    model_server.script(Reply(tokens=("One.",)), Reply(tokens=("Two.",)), Reply(tokens=("Three.",)))
+    async with chat_pipeline(openai_settings()) as chat:
+        answers = [await chat.ask(question) for question in ("One?", "Two?", "Three?")]
+    assert [text_of(events) for events in answers] == ["One.", "Two.", "Three."]
+    peers = {received.peer for received in model_server.requests}
+    assert None not in peers
+    assert len(peers) == 1, f"each answer opened its own connection: {peers}"
