@@ -36,6 +36,7 @@ class Reply:
     usage: tuple[int, int] | None = None  # prompt and completion tokens, sent when the client asks
     reasoning_tokens: int | None = None  # with `usage`: its `completion_tokens_details.reasoning_tokens`
     drop_after: int | None = None  # drop the connection after this many tokens
+    hold_after_done: float = 0.0  # seconds the stream stays open after `[DONE]` (unless the client leaves)
     headers: dict[str, str] = field(default_factory=dict)  # for example Retry-After on a 429
     message: str = "scripted failure"
 
@@ -240,6 +241,11 @@ class OpenAIServer:
                         }
                     )
                 await event("[DONE]")
+                if reply.hold_after_done:
+                    await asyncio.wait({watcher}, timeout=reply.hold_after_done)
+                    if watcher.done():  # the client left after `[DONE]`: nothing more to send
+                        completed = True
+                        return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             completed = True
         except DropConnection:

@@ -679,3 +679,16 @@ async def test_answers_one_after_another_reuse_one_upstream_connection(
     peers = {received.peer for received in model_server.requests}
     assert None not in peers
     assert len(peers) == 1, f"each answer opened its own connection: {peers}"
+
+
+async def test_a_server_that_keeps_its_stream_open_after_done_does_not_hold_the_answer(
+    openai_settings: SettingsFactory, model_server: OpenAIServer
+) -> None:
+    # The rest of the stream after `[DONE]` is waited for only briefly (`DRAIN_SECONDS`): a server that
+    # never ends its body must not hold the answer's end until the read timeout.
+    model_server.script(Reply(tokens=("Done", " already."), hold_after_done=60))
+    async with chat_pipeline(openai_settings(ai_timeout=30)) as chat:
+        async with asyncio.timeout(10):
+            events = await chat.ask("Are you done?")
+    end_of(events)
+    assert text_of(events) == "Done already."
