@@ -3,6 +3,8 @@ llama.cpp, LM Studio, LiteLLM and OpenRouter alike, through the `openai` client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -22,7 +24,6 @@ from openai import (
     OpenAIError,
     PermissionDeniedError,
     RateLimitError,
-    omit,
 )
 
 from conversation import ConversationMessage
@@ -61,6 +62,8 @@ FINISH_REASONS: dict[str, FinishReason] = {
     "function_call": "tool_calls",
 }
 # The sampling options passed through as they are, when a request sets them.
+# How long the rest of a stream after `[DONE]` is waited for, to keep its connection (`_drain`).
+DRAIN_SECONDS = 0.25
 SAMPLING = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "reasoning_effort")
 
 
@@ -200,6 +203,33 @@ async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                     yield data
 
 
+@contextlib.asynccontextmanager
+async def _streamed_post(client: AsyncOpenAI, path: str, body: bytes) -> AsyncIterator[httpx2.Response]:
+    """The one adapter to the `openai` client: a POST of a body serialised once (orjson), through the
+    client's public `post` (its retries with backoff, `Retry-After`, auth headers, and its errors for a
+    status that is not 2xx), answered with the raw streaming `httpx2.Response`, closed on the way out.
+
+    `chat.completions.create` would first walk the whole request through the SDK's parameter transform
+    (pure Python, every message) for every answer: the first chunk's wait, and a share of a paced
+    answer's CPU, were mostly that (issue #14)."""
+    response = await client.post(path, cast_to=httpx2.Response, content=body, stream=True)
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (the end of the chunked body, normally already received), so that the
+    connection goes back to the client's pool: a response closed part-read takes its connection with it,
+    and every answer would then open a new one (a TCP connect before each first token). A server that
+    keeps the stream open after `[DONE]` gets DRAIN_SECONDS, then its connection is closed as before."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+
+
 class ChunkReader:
     """`chat.completion.chunk` events, decoded with orjson, as the source's parts: text, reasoning,
     refusals, tool calls; the usage and the finish reason go to the answer's `Completion`."""
@@ -337,24 +367,24 @@ class OpenAIAnswerSource:
         options: GenerationOptions,
         completion: Completion,
     ) -> AsyncGenerator[Delta, None]:
-        # The client makes the request (its retries, errors and auth); the stream's events are read from
-        # its raw response and decoded with orjson, not built into typed objects per chunk: this is the
-        # path every token of a real model takes (issue #14).
-        request = self._client.chat.completions.with_streaming_response.create(
-            model=self.model,
-            messages=[_message(message) for message in conversation],
-            stream=True,
-            stream_options={"include_usage": True} if self.include_usage else omit,
-            **self._options(options),
-        )
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_message(message) for message in conversation],
+            "stream": True,
+        }
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        body.update(self._options(options))
         reader = ChunkReader(completion)
         try:
-            # `async with`: however the answer ends (done, failed, cancelled, closed by its consumer), the
-            # HTTP response is closed here, so the model server sees the disconnect and stops generating.
-            async with request as response:
-                async for data in sse_data(response.iter_bytes()):
+            # However the answer ends (done, failed, cancelled, closed by its consumer), the HTTP response
+            # is closed here, so the model server sees the disconnect and stops generating.
+            async with _streamed_post(self._client, "/chat/completions", orjson.dumps(body)) as response:
+                chunks = response.aiter_bytes()
+                async for data in sse_data(chunks):
                     for part in reader.read(data):
                         yield part
+                await _drain(chunks)
         except OpenAIError as error:
             raise self._failure(error) from None
         except httpx2.TimeoutException:
