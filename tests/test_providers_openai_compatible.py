@@ -25,7 +25,8 @@ from models import (
 )
 from parts import CompletionTokensDetails, Reasoning, Refusal, ToolCall, ToolCallStart, Usage
 from providers.base import AnswerError, Completion
-from providers.openai_compatible import ChunkReader, model_location, sse_data
+from providers.openai_compatible import model_location
+from providers.openai_stream import ChunkReader, sse_data
 from testkit.openai_server import OpenAIServer, Reply, tool_call
 from testkit.redis_server import RedisServer
 from tests.conftest import AppClient, wait_for_history
