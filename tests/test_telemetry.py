@@ -23,10 +23,11 @@ from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 from pydantic import SecretStr
 from starlette.types import Receive, Scope, Send
 
+from ai_service import ChatService
 from app import create_app
 from config import Settings
 from providers.base import AnswerSource
-from telemetry import Telemetry
+from telemetry import Telemetry, chat_service
 from testkit.asgi_server import serve
 from testkit.openai_server import OpenAIServer, Reply
 from testkit.service import ServiceProcess
@@ -187,6 +188,7 @@ async def test_tracing_off_puts_no_trace_id_in_start(make_settings: Callable[...
         events = await collect(client, accepted["stream_url"])
     assert events[0].event == "start"
     assert "trace_id" not in events[0].json()
+    assert chat_service(None) is ChatService  # off, `submit` opens no span: it is the plain one
 
 
 # --- The real export path --------------------------------------------------------------------------
