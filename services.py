@@ -33,7 +33,7 @@ from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 from stores.leases import AnswerLeases
 from stores.replay_log import ReplayLog
-from telemetry import Telemetry
+from telemetry import AnswerTracer, Telemetry, chat_service
 from usage.budgets import Budgets
 from usage.ledger import UsageLedger
 from usage.recorder import UsageRecorder
@@ -262,7 +262,8 @@ def _assemble(
     hub = _hub(
         settings, redis, keys, log, probe.wrap(lambda data: chat.on_control(data)), admission, draining
     )
-    chat = ChatService(
+    tracer = _tracer(settings, telemetry, source, writer)
+    chat = chat_service(tracer)(
         settings,
         history=history,
         answers=answers,
@@ -273,7 +274,7 @@ def _assemble(
         source=source,
         keeper=keeper,
         branches=Branches(settings, history=history, log=log, keys=keys, records=record[0]),
-        observers=_observers(settings, (metrics, admission, keeper, recorder), telemetry, source, writer),
+        observers=_observers((metrics, admission, keeper, recorder), tracer),
         end_retry_seconds=end_retry_seconds,
     )
     memory = not settings.embedded_redis  # a probe of INFO memory (fakeredis has no maxmemory)
@@ -306,20 +307,20 @@ def _hub(
     )
 
 
-def _observers(
-    settings: Settings,
-    observers: tuple[AnswerObserver, ...],
-    telemetry: Telemetry,
-    source: AnswerSource,
-    writer: CommandBatcher,
-) -> list[AnswerObserver]:
-    """Who hears of each answer's life. The tracer only when tracing is on: off, it costs nothing."""
-    tracer = telemetry.observer(
+def _tracer(
+    settings: Settings, telemetry: Telemetry, source: AnswerSource, writer: CommandBatcher
+) -> AnswerTracer | None:
+    """The answers' tracer, only when tracing is on: off, it costs nothing."""
+    return telemetry.observer(
         provider=source.name,
         model=source.model,
         writer=writer,
         prefix=settings.redis_key_prefix,
         ttl=settings.chat_history_ttl,
     )
+
+
+def _observers(observers: tuple[AnswerObserver, ...], tracer: AnswerTracer | None) -> list[AnswerObserver]:
+    """Who hears of each answer's life."""
     # The tracer first: the answer's trace id is set before anything logs it.
     return [*observers] if tracer is None else [tracer, *observers]

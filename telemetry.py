@@ -1,10 +1,12 @@
 """OpenTelemetry tracing, off unless configured: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces one)
 set, the SDK exports over OTLP/HTTP, reading the standard `OTEL_*` variables itself.
 
-One trace per answer: the request that started it (FastAPI's server span, with admission's and the user
-turn's Redis calls under it), then the answer's span, with a GenAI client span for the model call
-(OpenTelemetry's GenAI semantic conventions) and one span for its events' writes to Redis (not one per
-chunk). Off, nothing of this is built: no observer, no instrumentation, no span on any path.
+One trace per answer: the request that started it (FastAPI's server span, with admission's Redis calls
+under it), a span for the claim and the user turn's write (`chat.submit`: they go through the service's
+own pipelined connection, which the redis instrumentation does not see), then the answer's span, with a
+GenAI client span for the model call (OpenTelemetry's GenAI semantic conventions) and one span for its
+events' writes to Redis (not one per chunk). Streams following an answer link to its span. Off, nothing
+of this is built: no observer, no traced chat service, no instrumentation, no span on any path.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -34,6 +39,7 @@ from opentelemetry.trace import (
     format_trace_id,
 )
 
+from ai_service import ChatService
 from config import SERVICE_NAME, VERSION
 from redis_client import RedisUnavailable, bounded
 
@@ -42,9 +48,10 @@ if TYPE_CHECKING:
 
     from answer_run import Answer
     from batcher import CommandBatcher
+    from models import ChatAccepted, ChatRequest
     from redis_client import RedisClient
 
-__all__ = ["AnswerTracer", "Telemetry", "answer_trace_key"]
+__all__ = ["AnswerTracer", "Telemetry", "TracedChatService", "answer_trace_key", "chat_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,8 @@ logger = logging.getLogger(__name__)
 LINK_TIMEOUT = 0.5
 # Health probes and scrapes would be most of the traces, and say nothing.
 EXCLUDED_URLS = "health,metrics"
+# The request's context while `chat.submit` is current: the answer's span is the request's child, beside it.
+_REQUEST_CONTEXT: ContextVar[otel_context.Context | None] = ContextVar("request_context", default=None)
 
 
 def answer_trace_key(prefix: str, message_id: str) -> str:
@@ -97,6 +106,7 @@ class AnswerTracer:
         # Called in the request's context: the answer's span is a child of the request's.
         span = self._tracer.start_span(
             "chat.answer",
+            context=_REQUEST_CONTEXT.get(),
             attributes={"chat.message_id": answer.message_id, "chat.session_id": answer.session_id},
         )
         context = trace.set_span_in_context(span)
@@ -126,6 +136,18 @@ class AnswerTracer:
             key = answer_trace_key(self._prefix, answer.message_id)
             self._writer.submit([("SET", key, value, "EX", self._ttl)]).add_done_callback(_consume)
 
+    @contextmanager
+    def submitting(self, session_id: str) -> Iterator[Span]:
+        """The `chat.submit` span, current while the answer is claimed and the user's turn written."""
+        request = otel_context.get_current()
+        attributes = {"chat.session_id": session_id}
+        with self._tracer.start_as_current_span("chat.submit", attributes=attributes) as span:
+            token = _REQUEST_CONTEXT.set(request)
+            try:
+                yield span
+            finally:
+                _REQUEST_CONTEXT.reset(token)
+
     def chunk_published(self, answer: Answer) -> None:
         spans = self._spans.get(answer.message_id)
         if spans is not None and spans.first_chunk is None:
@@ -152,6 +174,26 @@ class AnswerTracer:
                 span.set_status(Status(StatusCode.ERROR, answer.error_code))
         for span in (model, spans.writes, spans.answer):
             span.end()
+
+
+class TracedChatService(ChatService):
+    """The chat service when tracing is on: `submit` runs in a `chat.submit` span (off, the plain
+    `ChatService` is built, and no span is opened on any path)."""
+
+    def __init__(self, *args: Any, tracer: AnswerTracer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._answer_tracer = tracer
+
+    async def submit(self, request: ChatRequest, **kwargs: Any) -> tuple[ChatAccepted, bool]:
+        with self._answer_tracer.submitting(request.session_id) as span:
+            accepted, started = await super().submit(request, **kwargs)
+            span.set_attributes({"chat.message_id": accepted.message_id, "chat.started": started})
+            return accepted, started
+
+
+def chat_service(tracer: AnswerTracer | None) -> Callable[..., ChatService]:
+    """What builds the chat service: the traced one only when tracing is on."""
+    return ChatService if tracer is None else partial(TracedChatService, tracer=tracer)
 
 
 class Telemetry:

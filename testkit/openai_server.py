@@ -36,6 +36,7 @@ class Reply:
     usage: tuple[int, int] | None = None  # prompt and completion tokens, sent when the client asks
     reasoning_tokens: int | None = None  # with `usage`: its `completion_tokens_details.reasoning_tokens`
     drop_after: int | None = None  # drop the connection after this many tokens
+    hold_after_done: float = 0.0  # seconds the stream stays open after `[DONE]` (unless the client leaves)
     headers: dict[str, str] = field(default_factory=dict)  # for example Retry-After on a 429
     message: str = "scripted failure"
 
@@ -93,6 +94,7 @@ class Received:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float  # time.monotonic() when it arrived
+    peer: tuple[str, int] | None = None  # the client's address and port: one per connection
 
 
 class DropConnection(Exception):
@@ -146,7 +148,9 @@ class OpenAIServer:
             return
         body = json.loads(b"".join(chunks))
         with self._lock:
-            self.requests.append(Received(body=body, headers=headers, at=time.monotonic()))
+            client = scope.get("client")
+            peer = (client[0], client[1]) if client else None
+            self.requests.append(Received(body=body, headers=headers, at=time.monotonic(), peer=peer))
         given = headers.get("authorization", "").removeprefix("Bearer ")
         if given != self.api_key:
             # As OpenAI does, the message quotes the key it got: the service must not pass it on.
@@ -237,6 +241,11 @@ class OpenAIServer:
                         }
                     )
                 await event("[DONE]")
+                if reply.hold_after_done:
+                    await asyncio.wait({watcher}, timeout=reply.hold_after_done)
+                    if watcher.done():  # the client left after `[DONE]`: nothing more to send
+                        completed = True
+                        return
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             completed = True
         except DropConnection:

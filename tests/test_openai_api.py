@@ -149,11 +149,12 @@ async def test_async_stream_without_session_publishes_nothing(
     await redis.aclose()
     assert "persistence" in text
     assert set(channels) == {b"chat:control"}
-    # Only the call with a session left keys: its history, replay log and answer state.
+    # Only the call with a session left keys: its history, replay log and answer state, and its turns
+    # in the outbox to the conversation record.
     keys = stored_keys(redis_server)
     answer_states = {key for key in keys if key.startswith("chat:message:")}
     assert len(answer_states) == 1
-    assert keys - answer_states == {"chat:{control}:history", "chat:{control}:events"}
+    assert keys - answer_states == {"chat:{control}:history", "chat:{control}:events", "chat:outbox"}
 
 
 # --- With a session ------------------------------------------------------------------------------

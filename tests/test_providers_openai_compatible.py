@@ -25,7 +25,8 @@ from models import (
 )
 from parts import CompletionTokensDetails, Reasoning, Refusal, ToolCall, ToolCallStart, Usage
 from providers.base import AnswerError, Completion
-from providers.openai_compatible import ChunkReader, model_location, sse_data
+from providers.openai_compatible import model_location
+from providers.openai_stream import ChunkReader, sse_data
 from testkit.openai_server import OpenAIServer, Reply, tool_call
 from testkit.redis_server import RedisServer
 from tests.conftest import AppClient, wait_for_history
@@ -664,3 +665,31 @@ def test_every_part_of_a_chunk_is_read_and_other_choices_are_ignored() -> None:
         total_tokens=5,
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=1),
     )
+
+
+async def test_answers_one_after_another_reuse_one_upstream_connection(
+    openai_settings: SettingsFactory, model_server: OpenAIServer
+) -> None:
+    # The stream is read past `[DONE]` to its end, so its connection goes back to the client's pool: a
+    # connection closed part-read is dropped, and each answer would open a new one before its first
+    # token (issue #14).
+    model_server.script(Reply(tokens=("One.",)), Reply(tokens=("Two.",)), Reply(tokens=("Three.",)))
+    async with chat_pipeline(openai_settings()) as chat:
+        answers = [await chat.ask(question) for question in ("One?", "Two?", "Three?")]
+    assert [text_of(events) for events in answers] == ["One.", "Two.", "Three."]
+    peers = {received.peer for received in model_server.requests}
+    assert None not in peers
+    assert len(peers) == 1, f"each answer opened its own connection: {peers}"
+
+
+async def test_a_server_that_keeps_its_stream_open_after_done_does_not_hold_the_answer(
+    openai_settings: SettingsFactory, model_server: OpenAIServer
+) -> None:
+    # The rest of the stream after `[DONE]` is waited for only briefly (`DRAIN_SECONDS`): a server that
+    # never ends its body must not hold the answer's end until the read timeout.
+    model_server.script(Reply(tokens=("Done", " already."), hold_after_done=60))
+    async with chat_pipeline(openai_settings(ai_timeout=30)) as chat:
+        async with asyncio.timeout(10):
+            events = await chat.ask("Are you done?")
+    end_of(events)
+    assert text_of(events) == "Done already."

@@ -4,7 +4,10 @@ over the wire with the OTLP/HTTP exporter sending to a receiver this test runs."
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -20,13 +23,16 @@ from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 from pydantic import SecretStr
 from starlette.types import Receive, Scope, Send
 
+from ai_service import ChatService
 from app import create_app
 from config import Settings
-from telemetry import Telemetry
+from providers.base import AnswerSource
+from telemetry import Telemetry, chat_service
 from testkit.asgi_server import serve
 from testkit.openai_server import OpenAIServer, Reply
 from testkit.service import ServiceProcess
 from testkit.waiting import eventually, eventually_sync
+from tests.agui_events import HeldSource, run_input
 from tests.sse_flows import collect
 
 CHAT = {"session_id": "traced", "message": "Hello there", "user_id": "u1"}
@@ -35,13 +41,15 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @asynccontextmanager
-async def traced_app(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter]]:
+async def traced_app(
+    settings: Settings, source: AnswerSource | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, InMemorySpanExporter]]:
     """The app in-process with tracing on, its spans kept in memory."""
     settings = settings.model_copy(update={"api_keys": {"alice": SecretStr(KEY)}})
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(settings, telemetry=Telemetry(provider))
+    app = create_app(settings, source=source, telemetry=Telemetry(provider))
     async with (
         LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
         httpx.AsyncClient(
@@ -91,7 +99,9 @@ def assert_one_trace(spans: Sequence[ReadableSpan], model: str) -> ReadableSpan:
     # Admission's Redis calls (the session's owner, with keys on) are traced by the redis instrumentation,
     # under the request's span.
     redis_spans = [
-        span for span in spans if parent_of(span) == request.context.span_id and span is not answer
+        span
+        for span in spans
+        if parent_of(span) == request.context.span_id and not span.name.startswith("chat.")
     ]
     assert redis_spans, [(span.name, dict(span.attributes or {})) for span in spans]
     assert model_span.kind is SpanKind.CLIENT
@@ -178,6 +188,7 @@ async def test_tracing_off_puts_no_trace_id_in_start(make_settings: Callable[...
         events = await collect(client, accepted["stream_url"])
     assert events[0].event == "start"
     assert "trace_id" not in events[0].json()
+    assert chat_service(None) is ChatService  # off, `submit` opens no span: it is the plain one
 
 
 # --- The real export path --------------------------------------------------------------------------
@@ -283,6 +294,83 @@ async def test_a_stream_following_an_answer_links_to_the_answers_trace(
             return servers[0] if servers else None
 
         stream = await eventually(follower, "the follower's span has ended")
+    answer = named(spans, "chat.answer")
+    assert answer.context is not None
+    assert stream.context is not None
+    assert stream.context.trace_id != answer.context.trace_id
+    linked = [(link.context.trace_id, link.context.span_id) for link in stream.links]
+    assert linked == [(answer.context.trace_id, answer.context.span_id)]
+
+
+async def test_the_claim_and_the_user_turns_write_are_a_span_under_the_request_in_the_answers_trace(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with traced_app(make_settings()) as (client, exporter):
+        accepted = (await client.post("/chat", json=CHAT)).json()
+        await collect(client, accepted["stream_url"])
+        spans = await answer_spans(exporter, "simulated")
+    request = next(
+        span for span in spans if span.kind is SpanKind.SERVER and span.name.startswith("POST /chat")
+    )
+    submit = named(spans, "chat.submit")
+    answer = named(spans, "chat.answer")
+    assert request.context is not None
+    assert submit.context is not None
+    assert answer.context is not None
+    # The pipelined writes are not seen by the redis instrumentation: this span is the claim's and the
+    # user turn's, a child of the request, beside the answer's span (which outlives it), in one trace.
+    assert parent_of(submit) == request.context.span_id
+    assert parent_of(answer) == request.context.span_id
+    assert submit.context.trace_id == answer.context.trace_id == request.context.trace_id
+    assert submit.attributes is not None
+    assert submit.attributes["chat.message_id"] == accepted["message_id"]
+    assert submit.attributes["chat.session_id"] == CHAT["session_id"]
+    assert submit.attributes["chat.started"] is True
+    assert submit.end_time is not None
+    assert answer.end_time is not None
+    assert submit.end_time <= answer.end_time
+
+
+# The protocol routes that follow a running answer: (method, path, body) for its session and message id.
+FOLLOWERS: dict[str, Callable[[str, str], tuple[str, str, dict[str, Any] | None]]] = {
+    "ai_sdk_resume": lambda session, _: ("GET", f"/api/chat/{session}/stream", None),
+    "agui_connect": lambda session, _: ("POST", "/agui/connect", run_input(session)),
+    "responses_retrieve_stream": lambda _, message: (
+        "GET",
+        f"/v1/responses/resp_{uuid.UUID(message).hex}?stream=true",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("route", list(FOLLOWERS))
+async def test_a_protocol_stream_following_an_answer_links_to_the_answers_trace(
+    make_settings: Callable[..., Settings], route: str
+) -> None:
+    source = HeldSource(["Hello", " there"])
+    async with traced_app(make_settings(), source) as (client, exporter):
+        accepted = (await client.post("/chat", json=CHAT)).json()
+        await source.written.wait()  # the answer runs: every one of these routes follows it
+        method, path, body = FOLLOWERS[route](CHAT["session_id"], accepted["message_id"])
+        exporter.clear()  # the follower's is then the only server span (`/metrics` is not traced)
+        following = asyncio.create_task(client.request(method, path, json=body))
+
+        async def streaming() -> bool:
+            metrics = (await client.get("/metrics")).text
+            return re.search(r"^chat_sse_clients 1\.0$", metrics, re.MULTILINE) is not None
+
+        await eventually(streaming, "the follower follows the running answer")
+        source.release.set()
+        response = await following
+        assert response.status_code == 200, response.text
+        spans = await answer_spans(exporter, "scripted")
+
+        async def follower() -> ReadableSpan | None:
+            servers = [span for span in exporter.get_finished_spans() if span.kind is SpanKind.SERVER]
+            return servers[0] if servers else None
+
+        stream = await eventually(follower, "the follower's span has ended")
+        assert stream.name.startswith(method)
     answer = named(spans, "chat.answer")
     assert answer.context is not None
     assert stream.context is not None

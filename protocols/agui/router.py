@@ -29,6 +29,7 @@ from protocols.deps import (
     HistoryDep,
     PrincipalDep,
     SettingsDep,
+    TelemetryDep,
 )
 from protocols.errors import ErrorResponse
 from protocols.sse import EventStreamResponse
@@ -113,6 +114,7 @@ async def connect(
     admission: AdmissionDep,
     service: ChatServiceDep,
     history: HistoryDep,
+    telemetry: TelemetryDep,
 ) -> Response:
     """The thread's messages as a `MESSAGES_SNAPSHOT`, then the answer running now, live, as its run
     (runId: the answer's message id); a thread with none running gets the snapshot in a run that
@@ -133,6 +135,7 @@ async def connect(
         ]
         content = "".join(encoder.encode(event) for event in events)
         return Response(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    await telemetry.link_follower(running)  # this stream's trace links to the answer's (issue #16)
     cursor = await service.follow(body.thread_id, message_id=running)
     encoder_ = _encoder(body, service, running, before=[snapshot])
     return EventStreamResponse(cursor, encoder=encoder_, clients=admission.sse_clients)

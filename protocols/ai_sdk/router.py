@@ -25,6 +25,7 @@ from protocols.deps import (
     HistoryDep,
     PrincipalDep,
     SettingsDep,
+    TelemetryDep,
 )
 from protocols.errors import ErrorResponse
 from protocols.sse import EventStreamResponse
@@ -107,12 +108,14 @@ async def resume(
     service: ChatServiceDep,
     admission: AdmissionDep,
     history: HistoryDep,
+    telemetry: TelemetryDep,
 ) -> Response:
     """The running answer from its `start` (its whole UI message), then live; `204` when none runs."""
     await admission.check_session(principal, chat_id)
     message_id = await service.running_answer(chat_id)
     if message_id is None:
         return Response(status_code=204)
+    await telemetry.link_follower(message_id)  # this stream's trace links to the answer's (issue #16)
     cursor = await service.follow(chat_id, message_id=message_id)
     ui_message_id, prelude = resumed_message(await history.read(chat_id, RESUME_TURNS), message_id)
     return _stream(cursor, UIMessageEncoder(ui_message_id, prelude), admission)

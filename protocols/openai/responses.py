@@ -217,6 +217,7 @@ async def retrieve_response(
         return _json(await response_object(state, record, services, response_id))
     head = record.head if record is not None else default_head(response_id, service.source.model)
     encoder = ResponseEncoder(dict(head), response_id.removeprefix("resp_"))
+    await services.telemetry.link_follower(state.message_id)  # a link to the answer's trace (issue #16)
     cursor = await service.follow(state.session_id, message_id=state.message_id)
     after = -1 if starting_after is None else starting_after
     return EventStreamResponse(
