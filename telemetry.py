@@ -177,8 +177,8 @@ class AnswerTracer:
 
 
 class TracedChatService(ChatService):
-    """The chat service when tracing is on: `submit` runs in a `chat.submit` span (off, the plain
-    `ChatService` is built, and no span is opened on any path)."""
+    """The chat service when tracing is on: `submit` and `regenerate` run in a `chat.submit` span (off,
+    the plain `ChatService` is built, and no span is opened on any path)."""
 
     def __init__(self, *args: Any, tracer: AnswerTracer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -187,6 +187,12 @@ class TracedChatService(ChatService):
     async def submit(self, request: ChatRequest, **kwargs: Any) -> tuple[ChatAccepted, bool]:
         with self._answer_tracer.submitting(request.session_id) as span:
             accepted, started = await super().submit(request, **kwargs)
+            span.set_attributes({"chat.message_id": accepted.message_id, "chat.started": started})
+            return accepted, started
+
+    async def regenerate(self, session_id: str, *args: Any, **kwargs: Any) -> tuple[ChatAccepted, bool]:
+        with self._answer_tracer.submitting(session_id) as span:
+            accepted, started = await super().regenerate(session_id, *args, **kwargs)
             span.set_attributes({"chat.message_id": accepted.message_id, "chat.started": started})
             return accepted, started
 

@@ -377,3 +377,27 @@ async def test_a_protocol_stream_following_an_answer_links_to_the_answers_trace(
     assert stream.context.trace_id != answer.context.trace_id
     linked = [(link.context.trace_id, link.context.span_id) for link in stream.links]
     assert linked == [(answer.context.trace_id, answer.context.span_id)]
+
+
+async def test_a_regenerated_answers_claim_is_a_span_under_its_request(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with traced_app(make_settings()) as (client, exporter):
+        first = (await client.post("/chat", json=CHAT)).json()
+        await collect(client, first["stream_url"])
+        await answer_spans(exporter, "simulated")
+        exporter.clear()
+        regenerated = await client.post(f"/chat/{first['message_id']}/regenerate", json={"user_id": "u1"})
+        assert regenerated.status_code == 202, regenerated.text
+        await collect(client, regenerated.json()["stream_url"])
+        spans = await answer_spans(exporter, "simulated")
+    request = next(
+        span for span in spans if span.kind is SpanKind.SERVER and span.name.startswith("POST /chat/")
+    )
+    submit = named(spans, "chat.submit")
+    assert request.context is not None
+    assert submit.context is not None
+    assert parent_of(submit) == request.context.span_id
+    assert submit.attributes is not None
+    assert submit.attributes["chat.message_id"] == regenerated.json()["message_id"]
+    assert submit.attributes["chat.started"] is True
