@@ -17,17 +17,15 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
-from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Browser, Page, Request, expect
 from starlette.staticfiles import StaticFiles
 
 from testkit.asgi_server import serve
 from testkit.node import node_for
-from testkit.prerequisites import need
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
 from tests.test_ai_sdk_clients import NODE_DIR, PACING
-from tests.test_ui import CHROMIUM, CHROMIUM_ARGS
+from tests.test_ui import chromium
 
 ANSWER_TIMEOUT_MS = 30_000
 BUILD_TIMEOUT = 180  # seconds: a cold Vite build of React and the SDK takes ten or so
@@ -73,17 +71,7 @@ def service(page_origin: str, shared_redis: RedisServer) -> Iterator[ServiceProc
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    need(CHROMIUM.exists(), f"{CHROMIUM} is not installed (`make test` installs Debian's chromium)")
-    with sync_playwright() as playwright:
-        try:
-            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except PlaywrightError as error:
-            need(False, f"cannot start {CHROMIUM}: {error.message.splitlines()[0]}")
-            raise
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from chromium()
 
 
 def assistant_text(page: Page) -> str:

@@ -8,13 +8,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
-from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Browser, expect
 
 from testkit.ports import free_port
-from testkit.prerequisites import need
 from testkit.service import ServiceProcess
-from tests.test_ui import CHROMIUM, CHROMIUM_ARGS
+from tests.test_ui import chromium
 
 # What the README shows a browser client: listen for each named event; `error` is the connection's.
 FOLLOW = """
@@ -50,17 +48,7 @@ async ([sessionId, messageId, events]) => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    need(CHROMIUM.exists(), f"{CHROMIUM} is not installed (`make test` installs Debian's chromium)")
-    with sync_playwright() as playwright:
-        try:
-            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except PlaywrightError as error:
-            need(False, f"cannot start {CHROMIUM}: {error.message.splitlines()[0]}")
-            raise
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from chromium()
 
 
 @pytest.fixture

@@ -93,8 +93,8 @@ def live_server() -> Iterator[LiveServer]:
         server.cleanup()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+def chromium() -> Iterator[Browser]:
+    """Debian's chromium, started through Playwright for one module's browser tests, closed after them."""
     need(CHROMIUM.exists(), f"{CHROMIUM} is not installed (`make test` installs Debian's chromium)")
     with sync_playwright() as playwright:
         try:
@@ -106,6 +106,11 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    yield from chromium()
 
 
 @dataclass

@@ -12,13 +12,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect, sync_playwright
-from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from testkit.openai_server import OpenAIServer, Reply
-from testkit.prerequisites import need
 from testkit.service import ServiceProcess
-from tests.test_ui import ANSWER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, is_local
+from tests.test_ui import ANSWER_TIMEOUT_MS, chromium, is_local
 
 # Before any script of the page: what ran that should not have (`__ran`), and every violation of the
 # page's Content-Security-Policy (an `eval` or an inline script in a library would be one).
@@ -112,17 +110,7 @@ def markdown_service(shared_model_server: OpenAIServer) -> Iterator[ServiceProce
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    need(CHROMIUM.exists(), f"{CHROMIUM} is not installed (`make test` installs Debian's chromium)")
-    with sync_playwright() as playwright:
-        try:
-            launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        except PlaywrightError as error:
-            need(False, f"cannot start {CHROMIUM}: {error.message.splitlines()[0]}")
-            raise
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from chromium()
 
 
 @pytest.fixture
