@@ -8,6 +8,7 @@ JSON, each an integer summed with HINCRBY, so that any number of instances add t
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -88,19 +89,26 @@ class UsageLedger:
     def session_key(self, key: str, session_id: str) -> str:
         return f"{self._prefix}:usage:{{{key}}}:session:{session_id}"
 
-    async def record(self, record: UsageRecord) -> None:
-        day_key = self.day_key(record.key, day_of(record.at))
-        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for measure, value in record.measures().items():
-                if value:
-                    pipe.hincrby(day_key, orjson.dumps([record.model, record.user_id, measure]), value)
-            pipe.expire(day_key, self._retention)
+    async def record(self, *records: UsageRecord) -> None:
+        """Add the records to their keys' daily and session totals, in one round trip."""
+        increments: dict[tuple[str, bytes | str], int] = defaultdict(int)
+        expiries: dict[str, int] = {}
+        for record in records:
+            day_key = self.day_key(record.key, day_of(record.at))
+            measures = {measure: value for measure, value in record.measures().items() if value}
+            for measure, value in measures.items():
+                increments[day_key, orjson.dumps([record.model, record.user_id, measure])] += value
+            expiries[day_key] = self._retention
             if record.session_id:
                 session_key = self.session_key(record.key, record.session_id)
-                for measure, value in record.measures().items():
-                    if value:
-                        pipe.hincrby(session_key, measure, value)
-                pipe.expire(session_key, self._session_ttl)
+                for measure, value in measures.items():
+                    increments[session_key, measure] += value
+                expiries[session_key] = self._session_ttl
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for (key, field), value in increments.items():
+                pipe.hincrby(key, field, value)
+            for key, ttl in expiries.items():
+                pipe.expire(key, ttl)
             await pipe.execute()
 
     async def rows(self, key: str, days: Iterable[dt.date]) -> list[UsageRow]:

@@ -29,6 +29,9 @@ __all__ = ["UsageRecorder", "UsageSink"]
 
 logger = logging.getLogger(__name__)
 
+# At most this many ended answers are accounted for together.
+BATCH = 256
+
 # What else hears of each record: the Prometheus counters (`Metrics.record_usage`).
 UsageSink = Callable[[UsageRecord], None]
 
@@ -102,30 +105,61 @@ class UsageRecorder:
     # -- the recorder's task --
 
     async def _drain(self) -> None:
-        while (ended := await self._queue.get()) is not None:
-            try:
-                await self._account(ended)
-            except RedisUnavailable as error:
-                logger.error(
-                    "could not record the usage of message_id=%s: %s", ended.answer.message_id, error.reason
-                )
-            except Exception:
-                logger.exception("could not record the usage of message_id=%s", ended.answer.message_id)
+        """Account for ended answers in batches: what ended while the last batch was written goes in the
+        next one, counted in one worker-thread call and added to the ledger in one round trip."""
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            ended = [item for item in batch if item is not None]
+            if ended:
+                try:
+                    await self._account(ended)
+                except RedisUnavailable as error:
+                    logger.error("could not record the usage of %d answers: %s", len(ended), error.reason)
+                except Exception:
+                    logger.exception("could not record the usage of %d answers", len(ended))
+            if len(ended) < len(batch):  # the close() marker: everything before it is recorded
+                return
 
-    async def _account(self, ended: _Ended) -> None:
+    async def _account(self, batch: list[_Ended]) -> None:
+        unreported = [ended.answer for ended in batch if ended.answer.usage is None]
+        counts: dict[str, tuple[int, int, int]] = {}
+        if unreported:
+            assert self._counter is not None  # started with the recorder
+            counter = await self._counter
+            counts = await asyncio.to_thread(
+                lambda: {answer.message_id: self._count(counter, answer) for answer in unreported}
+            )
+        records = [self._record(ended, counts.get(ended.answer.message_id)) for ended in batch]
+        for record in records:
+            for sink in self._sinks:
+                sink(record)
+        try:
+            await self.ledger.record(*records)
+        finally:  # the budgets are settled even if the ledger could not be written
+            if self._budgets is not None:
+                for ended, record in zip(batch, records, strict=True):
+                    await self._budgets.settle(
+                        ended.key,
+                        ended.answer.message_id,
+                        record.total_tokens,
+                        record.cost_nanos,
+                        at=ended.at,
+                    )
+
+    def _record(self, ended: _Ended, counted: tuple[int, int, int] | None) -> UsageRecord:
+        """The answer's record: its tokens as the model reported them, else as `counted`."""
         answer = ended.answer
-        if answer.usage is not None:
+        if counted is None:
+            assert answer.usage is not None
             usage = answer.usage
             details = usage.completion_tokens_details
             reasoning = (details.reasoning_tokens or 0) if details is not None else 0
-            prompt, completion, counted = usage.prompt_tokens, usage.completion_tokens, False
+            prompt, completion = usage.prompt_tokens, usage.completion_tokens
         else:
-            assert self._counter is not None  # started with the recorder
-            counter = await self._counter
-            prompt, completion, reasoning = await asyncio.to_thread(self._count, counter, answer)
-            counted = True
-        cost = self._price.nanos(prompt, completion) if self._price is not None else 0
-        record = UsageRecord(
+            prompt, completion, reasoning = counted
+        return UsageRecord(
             key=ended.key,
             user_id=answer.user_id,
             session_id=answer.session_id,
@@ -133,19 +167,10 @@ class UsageRecorder:
             prompt_tokens=prompt,
             completion_tokens=completion,
             reasoning_tokens=reasoning,
-            counted=counted,
-            cost_nanos=cost,
+            counted=counted is not None,
+            cost_nanos=self._price.nanos(prompt, completion) if self._price is not None else 0,
             at=ended.at,
         )
-        for sink in self._sinks:
-            sink(record)
-        try:
-            await self.ledger.record(record)
-        finally:  # the budget is settled even if the ledger could not be written
-            if self._budgets is not None:
-                await self._budgets.settle(
-                    ended.key, answer.message_id, record.total_tokens, cost, at=ended.at
-                )
 
     @staticmethod
     def _count(counter: TokenCounter, answer: Answer) -> tuple[int, int, int]:
