@@ -84,7 +84,8 @@ class ConversationStore:
             if entry.turn is not None and entry.session_id
         ]
         active = self._active_ends(entries)
-        if not rows and not active:
+        retitled = [entry for entry in entries if entry.title is not None and entry.session_id]
+        if not rows and not active and not retitled:
             return 0
         by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -125,6 +126,14 @@ class ConversationStore:
                     update(conversations)
                     .where(table.id.in_(list(active)))
                     .values(active_id=case(active, value=table.id, else_=table.active_id))
+                )
+            for entry in retitled:  # rare (one per conversation at most): one statement each
+                assert entry.title is not None
+                title, derived = entry.title
+                await connection.execute(
+                    update(conversations)
+                    .where(conversations.c.id == entry.session_id, conversations.c.title == derived)
+                    .values(title=title)
                 )
         return len(rows)
 
