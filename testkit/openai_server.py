@@ -39,6 +39,8 @@ class Reply:
     hold_after_done: float = 0.0  # seconds the stream stays open after `[DONE]` (unless the client leaves)
     headers: dict[str, str] = field(default_factory=dict)  # for example Retry-After on a 429
     message: str = "scripted failure"
+    # When given, the reply waits (at most 10 s) for the test to set it before it answers anything.
+    hold: threading.Event | None = None
 
 
 def tool_call(
@@ -164,6 +166,8 @@ class OpenAIServer:
             await self._error(send, 400, unpaired, None)
             return
         reply = self._next_reply()
+        if reply.hold is not None:
+            await asyncio.to_thread(reply.hold.wait, 10)
         if reply.status != 200:
             await self._error(send, reply.status, reply.message, None, reply.headers)
             return
