@@ -234,8 +234,9 @@ class ChatService:
             with contextlib.suppress(RedisUnavailable):
                 await self._answers_store.release(message_id)
             raise
-        answer = Answer(message_id, session_id, user_id, since=since, parent_id=parent, regenerated=True)
-        self._start(answer, conversation, options)
+        self._start(
+            Answer(message_id, session_id, user_id, since=since, parent_id=parent), conversation, options
+        )
         return self._accepted(
             AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         ), True

@@ -74,8 +74,6 @@ class Answer:
     stored: bool = True
     # The exchange its turn follows on the session's branch (issue #15); None for the first.
     parent_id: str | None = None
-    # A regeneration: another answer to a message already answered (not titled again, `titles.py`).
-    regenerated: bool = False
     started: float = field(default_factory=time.perf_counter)
     seq: int = 0
     parts: list[str] = field(default_factory=list)  # the text deltas

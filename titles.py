@@ -127,7 +127,7 @@ def _first_message(answer: Answer) -> str | None:
     """The first user message, if `answer` is its conversation's first answer and ended well."""
     if not answer.stored or not answer.session_id or answer.finish_reason != "stop":
         return None
-    if answer.parent_id is not None or answer.regenerated:
+    if answer.parent_id is not None:  # a later answer, or a regeneration (its parent is its message)
         return None
     users = [message.content for message in answer.conversation if message.role == "user"]
     return users[0] if len(users) == 1 and users[0].strip() else None

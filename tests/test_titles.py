@@ -40,14 +40,15 @@ def settings_of(openai_settings: SettingsFactory, redis_server: RedisServer, tmp
     )
 
 
-async def answer(client: httpx.AsyncClient) -> None:
-    """Send the first message and read its answer to its `end`."""
-    body = {"session_id": SESSION, "message": MESSAGE, "user_id": "u1"}
+async def answer(client: httpx.AsyncClient, message: str = MESSAGE, session: str = SESSION) -> str:
+    """Send a message and read its answer to its `end`; return its message_id."""
+    body = {"session_id": session, "message": message, "user_id": "u1"}
     response = await client.post("/chat", json=body)
     assert response.status_code == 202, response.text
-    message_id = response.json()["message_id"]
-    events = await collect(client, f"/stream/{SESSION}?message_id={message_id}")
+    message_id: str = response.json()["message_id"]
+    events = await collect(client, f"/stream/{session}?message_id={message_id}")
     assert events[-1].event == "end"
+    return message_id
 
 
 async def title_of(client: httpx.AsyncClient) -> str | None:
@@ -93,18 +94,37 @@ async def test_the_models_title_replaces_the_first_messages_after_the_answer_has
     settings = settings_of(openai_settings, redis_server, tmp_path)
     async with running(settings, timeout=20) as client:
         # The answer ends while the title request is held: it does not wait for its title.
-        await answer(client)
+        first = await answer(client)
         await requests_received(model_server, 2)
         await titled(client, DERIVED)
         release.set()
         await titled(client, "Fixing a bicycle puncture")
-    title_request = model_server.requests[1].body
-    assert title_request["messages"] == [
-        {"role": "system", "content": INSTRUCTION},
-        {"role": "user", "content": MESSAGE},
-    ]
-    assert title_request["max_tokens"] == MAX_TOKENS
-    assert len(model_server.requests) == 2
+        title_request = model_server.requests[1].body
+        assert title_request["messages"] == [
+            {"role": "system", "content": INSTRUCTION},
+            {"role": "user", "content": MESSAGE},
+        ]
+        assert title_request["max_tokens"] == MAX_TOKENS
+
+        # A regeneration and a later answer ask for no title: the next one asked for (titles are asked
+        # for in order) is another conversation's.
+        response = await client.post(f"/chat/{first}/regenerate", json={"user_id": "u1"})
+        assert response.status_code == 202, response.text
+        again = response.json()["message_id"]
+        await collect(client, f"/stream/{SESSION}?message_id={again}")
+        await answer(client, "And the valve?")
+        await answer(client, "Another conversation", session="other")
+        await requests_received(model_server, 6)
+
+        async def titles_asked_for() -> list[str] | None:
+            asked = [
+                request.body["messages"][-1]["content"]
+                for request in model_server.requests
+                if request.body["messages"][0]["content"] == INSTRUCTION
+            ]
+            return asked if "Another conversation" in asked else None
+
+        assert await eventually(titles_asked_for, "the other title") == [MESSAGE, "Another conversation"]
 
 
 async def test_a_rename_before_the_models_title_lands_is_kept(
@@ -154,7 +174,6 @@ def test_only_a_conversations_first_answer_that_ended_well_is_titled() -> None:
     assert _first_message(ended()) == MESSAGE
     assert _first_message(ended(finish_reason="length")) is None
     assert _first_message(ended(finish_reason="cancelled")) is None
-    assert _first_message(ended(regenerated=True)) is None
     assert _first_message(ended(parent_id="m0")) is None
     assert _first_message(Answer("m1", "", "u1", since="0-0", stored=False, finish_reason="stop")) is None
     later = (*conversation, ConversationMessage("assistant", "Hi."), ConversationMessage("user", "And?"))
