@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from conversation import ConversationMessage
 from generation import GenerationOptions
-from providers.base import Completion
+from providers.base import AnswerError, Completion
 from records.store import title_of
 from redis_client import RedisUnavailable, bounded
 from stores.outbox import outbox_title
@@ -97,6 +97,10 @@ class TitleWriter:
             session_id, message = await self._queue.get()
             try:
                 await self._title(session_id, message)
+            except AnswerError as error:
+                logger.warning("could not title session_id=%s: the model failed (%s)", session_id, error.code)
+            except TimeoutError:
+                logger.warning("could not title session_id=%s: the model did not answer in time", session_id)
             except RedisUnavailable as error:
                 logger.warning("could not store the title of session_id=%s: %s", session_id, error.reason)
             except Exception:

@@ -148,6 +148,25 @@ async def test_a_rename_before_the_models_title_lands_is_kept(
         await redis.aclose()
 
 
+async def test_a_failed_title_request_leaves_the_first_messages_title(
+    openai_settings: SettingsFactory,
+    model_server: OpenAIServer,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model_server.script(Reply(tokens=("Patch it.",)), Reply(status=500))
+    settings = settings_of(openai_settings, redis_server, tmp_path)
+    async with running(settings, timeout=20) as client:
+        await answer(client)
+
+        async def logged() -> bool:
+            return any("the model failed" in record.getMessage() for record in caplog.records)
+
+        await eventually(logged, "the failure logged")
+        await titled(client, DERIVED)
+
+
 async def test_titles_are_off_by_default(
     openai_settings: SettingsFactory, model_server: OpenAIServer, redis_server: RedisServer, tmp_path: Path
 ) -> None:
