@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     max_context_chars: int = Field(default=32_000, ge=1, le=10_000_000)
     # Whether earlier answers' reasoning is sent back to the model (most servers neither want nor take it)
     ai_send_reasoning: bool = False
+    # Model-written titles (issue #15, titles.py): after a conversation's first answer, the model is
+    # asked for a short title, which replaces the one taken from the first message unless renamed.
+    ai_titles: bool = False
 
     # Inputs and lifecycle
     max_message_length: int = Field(default=8000, ge=1, le=1_000_000)

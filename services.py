@@ -34,6 +34,7 @@ from stores.history import HistoryStore
 from stores.leases import AnswerLeases
 from stores.replay_log import ReplayLog
 from telemetry import AnswerTracer, Telemetry, chat_service
+from titles import TitleWriter
 from usage.budgets import Budgets
 from usage.ledger import UsageLedger
 from usage.recorder import UsageRecorder
@@ -112,13 +113,17 @@ async def build_services(
         if end_retry_seconds is None:
             end_retry_seconds = settings.answer_end_retry_seconds
         recorder, budgets = _accounting(settings, redis, answer_source, metrics)
-        observing = (metrics, telemetry, recorder, budgets)
+        titles = _titles(settings, answer_source, redis, keys)
+        observing = (metrics, telemetry, recorder, budgets, titles)
         sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
             settings, redis, keys, batchers, answer_source, observing, draining, end_retry_seconds, sql
         )
         recorder.start()
         stack.push_async_callback(recorder.close)
+        if titles is not None:  # stopped after the chat service has shut down, as the recorder
+            titles.start()
+            stack.push_async_callback(titles.close)
         await _start(services, stack)
         # What start-up built lives as long as the process: take it out of the garbage collector's
         # full collections, which otherwise walk all of it and stall every stream (71 ms with 2,000
@@ -189,6 +194,15 @@ def _lease_keeper(
     )
 
 
+def _titles(
+    settings: Settings, source: AnswerSource, redis: RedisClient, keys: KeySpace
+) -> TitleWriter | None:
+    """Model-written titles (issue #15), only with AI_TITLES=true."""
+    if not settings.ai_titles:
+        return None
+    return TitleWriter(source, redis, keys, timeout=settings.redis_timeout, ai_timeout=settings.ai_timeout)
+
+
 def _accounting(
     settings: Settings, redis: RedisClient, source: AnswerSource, metrics: Metrics
 ) -> tuple[UsageRecorder, Budgets]:
@@ -247,14 +261,14 @@ def _assemble(
     keys: KeySpace,
     batchers: tuple[CommandBatcher, CommandBatcher],
     source: AnswerSource,
-    observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets],
+    observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets, TitleWriter | None],
     draining: Callable[[], bool],
     end_retry_seconds: float,
     record: tuple[ConversationStore, Archiver],
 ) -> Services:
     """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     timeout, writer = settings.redis_timeout, batchers[0]
-    metrics, telemetry, recorder, budgets = observing
+    metrics, telemetry, recorder, budgets, titles = observing
     history, answers, log, leases = _stores(settings, redis, keys, batchers)
     keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
     admission = Admission(settings, redis, keys, budgets=budgets, sse_gauge=metrics.sse_clients)
@@ -274,7 +288,7 @@ def _assemble(
         source=source,
         keeper=keeper,
         branches=Branches(settings, history=history, log=log, keys=keys, records=record[0]),
-        observers=_observers((metrics, admission, keeper, recorder), tracer),
+        observers=_observers((metrics, admission, keeper, recorder, *filter(None, [titles])), tracer),
         end_retry_seconds=end_retry_seconds,
     )
     memory = not settings.embedded_redis  # a probe of INFO memory (fakeredis has no maxmemory)

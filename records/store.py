@@ -84,7 +84,8 @@ class ConversationStore:
             if entry.turn is not None and entry.session_id
         ]
         active = self._active_ends(entries)
-        if not rows and not active:
+        retitled = [entry for entry in entries if entry.title is not None and entry.session_id]
+        if not rows and not active and not retitled:
             return 0
         by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -126,7 +127,22 @@ class ConversationStore:
                     .where(table.id.in_(list(active)))
                     .values(active_id=case(active, value=table.id, else_=table.active_id))
                 )
+            await self._retitle(connection, retitled)
         return len(rows)
+
+    @staticmethod
+    async def _retitle(connection: AsyncConnection, entries: Sequence[OutboxEntry]) -> None:
+        """Apply model-written titles (`titles.py`), each only while the conversation's title is still
+        the one its first message gave it: a rename is kept. Rare (one per conversation at most)."""
+        for entry in entries:
+            if entry.title is None:
+                continue
+            title, derived = entry.title
+            await connection.execute(
+                update(conversations)
+                .where(conversations.c.id == entry.session_id, conversations.c.title == derived)
+                .values(title=title)
+            )
 
     @staticmethod
     def _active_ends(entries: Sequence[OutboxEntry]) -> dict[str, str | None]:

@@ -25,7 +25,15 @@ from redis.exceptions import ResponseError
 from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, bounded
 
-__all__ = ["GROUP", "Outbox", "OutboxEntry", "outbox_append", "outbox_branch", "position_of_entry"]
+__all__ = [
+    "GROUP",
+    "Outbox",
+    "OutboxEntry",
+    "outbox_append",
+    "outbox_branch",
+    "outbox_title",
+    "position_of_entry",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,12 @@ def outbox_branch(keys: KeySpace, session_id: str, leaf: str) -> Command:
     return ("XADD", keys.outbox(session_id), "*", "s", session_id, "b", leaf)
 
 
+def outbox_title(keys: KeySpace, session_id: str, title: str, derived: str) -> Command:
+    """The XADD of a model-written title (`titles.py`), applied only while the conversation's title is
+    still `derived`, the one taken from its first message (a rename in the meantime is kept)."""
+    return ("XADD", keys.outbox(session_id), "*", "s", session_id, "a", title, "f", derived)
+
+
 def position_of_entry(entry_id: str) -> int:
     """An entry id (`ms-seq`) as one ordered number: the order the turns were stored in."""
     ms, _, seq = entry_id.partition("-")
@@ -59,14 +73,16 @@ def position_of_entry(entry_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
-    """One entry read from an outbox; `turn` is None for an entry deleted while it was pending, and for
-    a switch of the active branch, whose new end (an exchange's message_id) is `branch`."""
+    """One entry read from an outbox; `turn` is None for an entry deleted while it was pending, for
+    a switch of the active branch, whose new end (an exchange's message_id) is `branch`, and for a
+    model-written title: (the title, the derived title it replaces) in `title`."""
 
     stream: str
     entry_id: str
     session_id: str
     turn: dict[str, Any] | None
     branch: str | None = None
+    title: tuple[str, str] | None = None
 
 
 def _text(value: Any) -> str:
@@ -76,17 +92,19 @@ def _text(value: Any) -> str:
 def _entries(stream: str, raw: Iterable[Any]) -> list[OutboxEntry]:
     entries = []
     for entry_id, fields in raw:
-        turn = session = branch = None
+        turn = session = branch = title = None
         if fields:
             session = _text(fields.get(b"s", b""))
             if b"b" in fields:
                 branch = _text(fields[b"b"])
+            elif b"a" in fields:
+                title = (_text(fields[b"a"]), _text(fields.get(b"f", b"")))
             else:
                 try:
                     turn = orjson.loads(fields.get(b"t", b""))
                 except orjson.JSONDecodeError:
                     logger.warning("dropping an unreadable outbox entry %s", _text(entry_id))
-        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn, branch))
+        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn, branch, title))
     return entries
 
 

@@ -39,6 +39,9 @@ class Reply:
     hold_after_done: float = 0.0  # seconds the stream stays open after `[DONE]` (unless the client leaves)
     headers: dict[str, str] = field(default_factory=dict)  # for example Retry-After on a 429
     message: str = "scripted failure"
+    # When given, the reply waits for the test to set it before it answers anything; not set within 10 s,
+    # the request fails (504), so that a test whose client waited on its own reply fails.
+    hold: threading.Event | None = None
 
 
 def tool_call(
@@ -164,6 +167,9 @@ class OpenAIServer:
             await self._error(send, 400, unpaired, None)
             return
         reply = self._next_reply()
+        if reply.hold is not None and not await asyncio.to_thread(reply.hold.wait, 10):
+            await self._error(send, 504, "the held reply was never released", None)
+            return
         if reply.status != 200:
             await self._error(send, reply.status, reply.message, None, reply.headers)
             return
