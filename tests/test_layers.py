@@ -93,3 +93,21 @@ def test_functions_stay_small() -> None:
                 if length > MAX_FUNCTION_LINES and name not in LONG_FUNCTIONS:
                     long[name] = length
     assert long == {}
+
+
+def test_no_file_keeps_a_merge_conflicts_markers() -> None:
+    """A merge resolved in a hurry once left `<<<<<<<` ... `>>>>>>>` in the README's settings table."""
+    kinds = {".py", ".md", ".toml", ".txt", ".yml", ".yaml", ".js", ".html", ".css", ".example", ".ini"}
+    skipped = {".venv", "node_modules", "vendor", ".git"}
+    marked = [
+        str(path.relative_to(ROOT))
+        for path in sorted(ROOT.rglob("*"))
+        if path.is_file()
+        and (path.suffix in kinds or path.name in {"Makefile", "Dockerfile"})
+        and not skipped & set(path.relative_to(ROOT).parts)
+        and any(
+            line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="
+            for line in path.read_text(errors="replace").splitlines()
+        )
+    ]
+    assert marked == []
