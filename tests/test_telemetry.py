@@ -65,6 +65,16 @@ def named(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
     return found[0]
 
 
+def assert_links_to_the_answer(follower: ReadableSpan, spans: Sequence[ReadableSpan]) -> None:
+    """A follower's span is in a trace of its own, linked to exactly the answer's span."""
+    answer = named(spans, "chat.answer")
+    assert answer.context is not None
+    assert follower.context is not None
+    assert follower.context.trace_id != answer.context.trace_id
+    linked = [(link.context.trace_id, link.context.span_id) for link in follower.links]
+    assert linked == [(answer.context.trace_id, answer.context.span_id)]
+
+
 async def answer_spans(exporter: InMemorySpanExporter, model: str) -> list[ReadableSpan]:
     """Every span, once the answer's three have ended."""
 
@@ -294,12 +304,7 @@ async def test_a_stream_following_an_answer_links_to_the_answers_trace(
             return servers[0] if servers else None
 
         stream = await eventually(follower, "the follower's span has ended")
-    answer = named(spans, "chat.answer")
-    assert answer.context is not None
-    assert stream.context is not None
-    assert stream.context.trace_id != answer.context.trace_id
-    linked = [(link.context.trace_id, link.context.span_id) for link in stream.links]
-    assert linked == [(answer.context.trace_id, answer.context.span_id)]
+    assert_links_to_the_answer(stream, spans)
 
 
 async def test_the_claim_and_the_user_turns_write_are_a_span_under_the_request_in_the_answers_trace(
@@ -371,12 +376,7 @@ async def test_a_protocol_stream_following_an_answer_links_to_the_answers_trace(
 
         stream = await eventually(follower, "the follower's span has ended")
         assert stream.name.startswith(method)
-    answer = named(spans, "chat.answer")
-    assert answer.context is not None
-    assert stream.context is not None
-    assert stream.context.trace_id != answer.context.trace_id
-    linked = [(link.context.trace_id, link.context.span_id) for link in stream.links]
-    assert linked == [(answer.context.trace_id, answer.context.span_id)]
+    assert_links_to_the_answer(stream, spans)
 
 
 async def test_a_regenerated_answers_claim_is_a_span_under_its_request(
