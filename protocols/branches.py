@@ -16,10 +16,10 @@ from admission import Admission, Principal, SessionNotFound
 from ai_service import AnswerNotFound
 from conversation_tree import Tree, turn_row_id
 from generation import GenerationOptions
-from models import ID_PATTERN, ChatAccepted, ChatTurn, HistoryResponse, MessageId, UserId
+from models import ChatAccepted, ChatTurn, HistoryResponse, MessageId, UserId
 from protocols.deps import AdmissionDep, ChatServiceDep, HistoryDep, PrincipalDep, RecordsDep, RegistryDep
 from protocols.errors import ErrorResponse
-from protocols.native import ERRORS
+from protocols.native import ERRORS, ConversationIdPath
 from records.history import owner_of
 from records.store import ConversationStore, reachable
 from stores.answers import AnswerRegistry
@@ -173,10 +173,7 @@ async def regenerate(
     },
 )
 async def switch_branch(
-    conversation_id: Annotated[
-        str,
-        Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The conversation (session) id."),
-    ],
+    conversation_id: ConversationIdPath,
     body: BranchRequest,
     principal: PrincipalDep,
     admission: AdmissionDep,

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.engine import RowMapping
 
@@ -30,7 +30,7 @@ from protocols.deps import (
 )
 from protocols.errors import ErrorResponse
 from protocols.feedback import router as feedback_router
-from protocols.native import ERRORS
+from protocols.native import ERRORS, ConversationIdPath
 from protocols.validation import InvalidRequest
 from records.history import owner_of as _owner
 from records.store import ConversationStore, reachable, utc
@@ -43,9 +43,6 @@ router = APIRouter(tags=["history"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such conversation (or another key's)."}
 }
-ConversationIdPath = Annotated[
-    str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The conversation (session) id.")
-]
 UserQuery = Annotated[str, Query(min_length=1, max_length=128, pattern=ID_PATTERN, description="Whose.")]
 
 

@@ -36,7 +36,7 @@ from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import InvalidRequest, check_message_length
 from records.history import read_history_page
 
-__all__ = ["ERRORS", "NO_SESSION", "router"]
+__all__ = ["ERRORS", "NO_SESSION", "ConversationIdPath", "router"]
 
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 # A stream entry id is two unsigned 64-bit numbers; Redis refuses larger ones, and the largest id as an
@@ -78,6 +78,9 @@ EntryIdHeader = Annotated[
 MessageIdPath = Annotated[MessageId, Path(description="The answer's message_id.")]
 SessionIdPath = Annotated[
     str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The chat session.")
+]
+ConversationIdPath = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=ID_PATTERN, description="The conversation (session) id.")
 ]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
