@@ -183,7 +183,7 @@ class StreamHub:
             feed.listeners.add(listener)
             try:
                 async with self._subscribe_lock:
-                    await self._subscribe(feed.channel)
+                    await self._subscribe_or_defer(feed.channel)
                 newest = await self.log.newest(session_id)
             except BaseException:
                 self._release(feed, listener)
@@ -256,6 +256,16 @@ class StreamHub:
             await self._pubsub.ssubscribe(*channels)
         else:
             await self._pubsub.subscribe(*channels)
+
+    async def _subscribe_or_defer(self, channel: str) -> None:
+        """Subscribe a new feed; if the shared connection is being re-made under us (redis-py's reader
+        reconnecting while we subscribe: "read() called while another coroutine is already waiting"),
+        leave it to the doorbell's resubscribe, which subscribes every feed and reads what it missed."""
+        try:
+            await self._subscribe(channel)
+        except (RedisError, RedisClusterException, OSError, RuntimeError) as error:
+            logger.warning("stream hub could not subscribe to %s now: %s", channel, type(error).__name__)
+            self.connected = False
 
     async def _unsubscribe_now(self, channel: str) -> None:
         if self._keys.sharded:
