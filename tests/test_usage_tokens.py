@@ -65,3 +65,29 @@ def test_a_prompt_costs_its_messages_and_their_overhead() -> None:
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4.1", "o3", "gpt-3.5-turbo"])
 def test_known_models_use_a_vendored_encoding(model: str) -> None:
     assert TokenCounter(model).encoding_name in {"o200k_base", "cl100k_base"}
+
+
+def test_a_remembered_count_is_the_encoded_count_and_memory_stays_bounded() -> None:
+    counter = TokenCounter("gpt-4o", memo_chars=100)
+    text = "The same turn is counted again in every later prompt of its session."
+    first = counter.text(text)
+    assert first == len(counter.encoding.encode_ordinary(text))
+    prompt = [ConversationMessage("user", text)]
+    expected = counter.prompt(prompt)
+    counter.encoding = None  # type: ignore[assignment]  # a remembered text must not be encoded again
+    assert counter.text(text) == first
+    assert counter.prompt(prompt) == expected
+
+
+def test_the_memo_forgets_the_least_recently_used_texts_beyond_its_size() -> None:
+    counter = TokenCounter("gpt-4o", memo_chars=100)
+    texts = [f"{n} " + "word " * 8 for n in range(10)]  # 42 or 43 characters each
+    for text in texts:
+        counter.text(text)
+    assert 0 < counter.remembered_chars <= 100
+    counter.text(texts[0] + "x" * 200)  # longer than the whole memo: counted, not remembered
+    assert counter.remembered_chars <= 100
+    counter.encoding = None  # type: ignore[assignment]
+    assert counter.text(texts[-1]) > 0  # the most recent is still remembered
+    with pytest.raises(AttributeError):
+        counter.text(texts[0])  # the oldest was forgotten, so it needs the encoding again

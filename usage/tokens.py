@@ -11,6 +11,8 @@ them from the network on first use.
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +32,10 @@ FALLBACK_ENCODING = "o200k_base"
 # every reply is primed with 3 (the "How to count tokens with tiktoken" cookbook).
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
+# Counts of recent texts kept, up to this many characters of text in all: a conversation's turns are
+# counted again in the prompt of each later answer (and an answer's text in the next prompt), so without
+# it counting a session's prompts costs the square of its length (issue #16's bench regression).
+MEMO_CHARS = 4_000_000
 
 
 def use_vendored_encodings() -> None:
@@ -38,9 +44,12 @@ def use_vendored_encodings() -> None:
 
 
 class TokenCounter:
-    """Counts a model's tokens. Encoding is CPU work: call it off the event loop for long texts."""
+    """Counts a model's tokens. Encoding is CPU work: call it off the event loop for long texts.
 
-    def __init__(self, model: str) -> None:
+    A text seen recently is not encoded again: its count is remembered (least recently used first
+    out, `memo_chars` characters of text at most)."""
+
+    def __init__(self, model: str, *, memo_chars: int = MEMO_CHARS) -> None:
         use_vendored_encodings()
         try:
             name = tiktoken.encoding_name_for_model(model)
@@ -48,10 +57,40 @@ class TokenCounter:
             name = FALLBACK_ENCODING
         self.encoding_name = name if name in VENDORED else FALLBACK_ENCODING
         self.encoding = tiktoken.get_encoding(self.encoding_name)
+        self._memo: OrderedDict[str, int] = OrderedDict()
+        self._memo_chars = 0
+        self._memo_limit = memo_chars
+        self._lock = threading.Lock()  # callers count in worker threads
 
     def text(self, text: str) -> int:
         """Tokens of plain text (special tokens counted as text: a user may type `<|endoftext|>`)."""
-        return len(self.encoding.encode_ordinary(text)) if text else 0
+        if not text:
+            return 0
+        with self._lock:
+            count = self._memo.get(text)
+            if count is not None:
+                self._memo.move_to_end(text)
+                return count
+        count = len(self.encoding.encode_ordinary(text))
+        self._remember(text, count)
+        return count
+
+    def _remember(self, text: str, count: int) -> None:
+        if len(text) > self._memo_limit:
+            return
+        with self._lock:
+            if text in self._memo:
+                return
+            self._memo[text] = count
+            self._memo_chars += len(text)
+            while self._memo_chars > self._memo_limit:
+                forgotten, _ = self._memo.popitem(last=False)
+                self._memo_chars -= len(forgotten)
+
+    @property
+    def remembered_chars(self) -> int:
+        """Characters of text whose counts are remembered (never more than `memo_chars`)."""
+        return self._memo_chars
 
     def prompt(self, messages: Sequence[ConversationMessage]) -> int:
         """Tokens of a conversation as sent to a chat model: each message's role, text and tool calls."""
