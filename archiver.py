@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 FAILURES = (RedisUnavailable, SQLAlchemyError, OSError, TimeoutError)
 RETENTION_EVERY = 3600.0
+# How many times per ARCHIVE_CLAIM_SECONDS the archiver looks for a dead consumer's entries.
+CLAIM_CHECKS = 4
 
 
 @dataclass(slots=True)
@@ -68,6 +70,7 @@ class Archiver:
         self._max_pause = max_pause
         self._clock = clock
         self._next_purge = 0.0
+        self._next_claim = 0.0
         self.state = ArchiveState()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -135,7 +138,10 @@ class Archiver:
                 self.state.error = reason
                 pause = min(max(pause * 2, 0.1), self._max_pause)
             await self._measure()
-            if not archived:
+            # A full batch: more is waiting, go on at once. Otherwise wait for more to gather: one
+            # transaction per few hundred turns costs far less CPU than one per handful, and that CPU
+            # is the streaming process's own (issue #15: archiving must not slow streaming).
+            if archived < self._batch:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
                         await self._wake.wait()
@@ -148,9 +154,10 @@ class Archiver:
     async def cycle(self) -> int:
         """One pass over every outbox; how many turns it archived."""
         archived = 0
+        claiming = self._clock() >= self._next_claim
         for stream in await self._outbox.streams():
             entries = await self._outbox.read(stream, self._batch, new=False)
-            if not entries:
+            if not entries and claiming:
                 entries = await self._outbox.claim(stream, self._claim_seconds, self._batch)
             if not entries:
                 entries = await self._outbox.read(stream, self._batch, new=True)
@@ -159,6 +166,8 @@ class Archiver:
             owners = await self._outbox.owners({entry.session_id for entry in entries if entry.turn})
             archived += await self._store.archive(entries, owners)
             await self._outbox.ack(stream, [entry.entry_id for entry in entries])
+        if claiming:  # a dead consumer's entries wait claim_seconds first: looking often finds none
+            self._next_claim = self._clock() + self._claim_seconds / CLAIM_CHECKS
         self.archived.inc(archived)
         await self._purge()
         return archived
