@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import SQLAlchemyError
@@ -116,16 +116,16 @@ class ConversationStore:
                     self._insert(conversations).on_conflict_do_nothing(index_elements=["id"]),
                     new_conversations,
                 )
-                await connection.execute(
-                    self._insert(messages).on_conflict_do_nothing(index_elements=["id"]), rows
-                )
-                await self._refresh(connection, list(by_session), titles)
+                insert = self._insert(messages).on_conflict_do_nothing(index_elements=["id"])
+                inserted = await connection.execute(insert.returning(messages.c.id), rows)  # new rows only
+                by_id = {row["id"]: row for row in rows}
+                await self._refresh(connection, [by_id[row_id] for row_id in inserted.scalars()], titles)
             if active:
-                table = conversations.c
                 await connection.execute(
                     update(conversations)
-                    .where(table.id.in_(list(active)))
-                    .values(active_id=case(active, value=table.id, else_=table.active_id))
+                    .where(conversations.c.id == bindparam("b_id"))
+                    .values(active_id=bindparam("b_active")),
+                    [{"b_id": key, "b_active": end} for key, end in active.items()],
                 )
             await self._retitle(connection, retitled)
         return len(rows)
@@ -159,26 +159,34 @@ class ConversationStore:
 
     @staticmethod
     async def _refresh(
-        connection: AsyncConnection, session_ids: list[str], titles: Mapping[str, str]
+        connection: AsyncConnection, inserted: Sequence[Mapping[str, Any]], titles: Mapping[str, str]
     ) -> None:
-        """Recount the conversations' turns and move `updated_at` to their newest; title an untitled one."""
+        """Add the turns inserted now to their conversations' counts (no recount of every turn), move
+        `updated_at` to the newest; title an untitled one. Each is one cached statement, run many times."""
+        added: dict[str, int] = defaultdict(int)
+        newest: dict[str, datetime] = {}
+        for row in inserted:
+            conversation_id, created_at = row["conversation_id"], row["created_at"]
+            added[conversation_id] += 1
+            newest[conversation_id] = max(created_at, newest.get(conversation_id, created_at))
         table = conversations.c
-        own = messages.c.conversation_id == table.id
-        await connection.execute(
-            update(conversations)
-            .where(table.id.in_(session_ids))
-            .values(
-                message_count=select(func.count()).where(own).scalar_subquery(),
-                updated_at=func.coalesce(
-                    select(func.max(messages.c.created_at)).where(own).scalar_subquery(), table.updated_at
+        if added:
+            latest = bindparam("b_newest", type_=table.updated_at.type)
+            await connection.execute(
+                update(conversations)
+                .where(table.id == bindparam("b_id"))
+                .values(
+                    message_count=table.message_count + bindparam("b_added"),
+                    updated_at=case((table.updated_at < latest, latest), else_=table.updated_at),
                 ),
+                [{"b_id": key, "b_added": count, "b_newest": newest[key]} for key, count in added.items()],
             )
-        )
         if titles:
             await connection.execute(
                 update(conversations)
-                .where(table.id.in_(list(titles)), table.title == "")
-                .values(title=case(titles, value=table.id, else_=table.title))
+                .where(table.id == bindparam("b_id"), table.title == "")
+                .values(title=bindparam("b_title")),
+                [{"b_id": key, "b_title": title} for key, title in titles.items()],
             )
 
     def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:

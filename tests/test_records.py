@@ -78,6 +78,35 @@ async def test_an_entry_archived_twice_is_stored_once(
         await engine.dispose()
 
 
+async def test_later_batches_add_to_the_count_and_move_updated_at_forward_only(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    engine = create_engine(make_settings(database_url=database_url))
+
+    def turn(message_id: str, role: str, at: str) -> ChatTurn:
+        return ChatTurn.model_validate(
+            {"message_id": message_id, "role": role, "content": message_id, "user_id": "u1", "created_at": at}
+        )
+
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine, model="m")
+        await store.archive([entry(1, turn("m1", "user", "2026-01-01T00:00:00Z"))], {"s1": "k"})
+        await store.archive([entry(2, turn("m1", "assistant", "2026-01-01T00:00:05Z"))], {"s1": "k"})
+        # A turn archived late (another consumer's claimed entry) with an older time, and a repeat.
+        late = [
+            entry(3, turn("m0", "user", "2025-12-31T00:00:00Z")),
+            entry(2, turn("m1", "assistant", "2026-01-01T00:00:05Z")),
+        ]
+        await store.archive(late, {"s1": "k"})
+        row = await store.conversation("k", "s1")
+        assert row is not None
+        assert row["message_count"] == 3
+        assert row["updated_at"].replace(tzinfo=UTC) == datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
+    finally:
+        await engine.dispose()
+
+
 async def test_conversations_past_their_retention_are_deleted(
     make_settings: Callable[..., Settings], fake: Redis
 ) -> None:
