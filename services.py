@@ -112,7 +112,7 @@ async def build_services(
         stack.push_async_callback(answer_source.aclose)
         if end_retry_seconds is None:
             end_retry_seconds = settings.answer_end_retry_seconds
-        recorder, budgets = _accounting(settings, redis, answer_source, metrics)
+        recorder, budgets = _accounting(settings, redis, batchers[0], answer_source, metrics)
         titles = _titles(settings, answer_source, redis, keys)
         observing = (metrics, telemetry, recorder, budgets, titles)
         sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
@@ -204,9 +204,9 @@ def _titles(
 
 
 def _accounting(
-    settings: Settings, redis: RedisClient, source: AnswerSource, metrics: Metrics
+    settings: Settings, redis: RedisClient, writer: CommandBatcher, source: AnswerSource, metrics: Metrics
 ) -> tuple[UsageRecorder, Budgets]:
-    """Usage accounting and budgets (issue #16), over the Redis client."""
+    """Usage accounting and budgets (issue #16): the ledger adds through the event writer."""
     timeout, prefix = settings.redis_timeout, settings.redis_key_prefix
     budgets = Budgets(
         redis,
@@ -218,6 +218,7 @@ def _accounting(
     )
     ledger = UsageLedger(
         redis,
+        writer,
         prefix,
         retention_days=settings.usage_retention_days,
         session_ttl=settings.chat_history_ttl,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 # At most this many ended answers are accounted for together.
 BATCH = 256
+# A batch whose texts not yet counted are at most this long is counted on the event loop (a few
+# hundred microseconds at most); a longer one in a worker thread.
+INLINE_CHARS = 2_000
 
 # What else hears of each record: the Prometheus counters (`Metrics.record_usage`).
 UsageSink = Callable[[UsageRecord], None]
@@ -128,9 +131,14 @@ class UsageRecorder:
         if unreported:
             assert self._counter is not None  # started with the recorder
             counter = await self._counter
-            counts = await asyncio.to_thread(
-                lambda: {answer.message_id: self._count(counter, answer) for answer in unreported}
-            )
+
+            def count() -> dict[str, tuple[int, int, int]]:
+                return {answer.message_id: self._count(counter, answer) for answer in unreported}
+
+            # Texts already counted (a session's earlier turns) are remembered; a few new ones cost less
+            # to encode here than a worker thread's hand-over of the interpreter does.
+            new_text = sum(counter.unremembered(texts_of(answer)) for answer in unreported)
+            counts = count() if new_text <= INLINE_CHARS else await asyncio.to_thread(count)
         records = [self._record(ended, counts.get(ended.answer.message_id)) for ended in batch]
         for record in records:
             for sink in self._sinks:
@@ -186,3 +194,12 @@ class UsageRecorder:
             for call in other.tool_calls() or ():
                 completion += counter.text(call.name) + counter.text(call.arguments)
         return prompt, completion, reasoning
+
+
+def texts_of(answer: Answer) -> Iterator[str]:
+    """The texts counting the answer's usage encodes (besides roles and tool calls' names)."""
+    for message in answer.conversation:
+        yield message.content
+    yield "".join(answer.parts)
+    if answer.other is not None:
+        yield answer.other.reasoning_text() or ""

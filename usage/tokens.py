@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +86,11 @@ class TokenCounter:
             while self._memo_chars > self._memo_limit:
                 forgotten, _ = self._memo.popitem(last=False)
                 self._memo_chars -= len(forgotten)
+
+    def unremembered(self, texts: Iterable[str]) -> int:
+        """How many characters of `texts` counting them would encode (those not remembered)."""
+        with self._lock:
+            return sum(len(text) for text in texts if text not in self._memo)
 
     @property
     def remembered_chars(self) -> int:
