@@ -183,7 +183,7 @@ class ConversationStore:
 
     def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": turn_row_id(turn),
+            "id": f"{session_id}/{turn_row_id(turn)}",
             "message_id": turn["message_id"],
             "conversation_id": session_id,
             "parent_id": turn.get("parent_id"),
@@ -262,7 +262,7 @@ class ConversationStore:
 
     async def messages(self, session_id: str) -> list[RowMapping]:
         query = (
-            select(messages.c.id, messages.c.message_id, messages.c.parent_id, messages.c.parts)
+            select(messages.c.message_id, messages.c.parent_id, messages.c.parts)
             .where(messages.c.conversation_id == session_id)
             .order_by(messages.c.position)
         )
@@ -365,12 +365,17 @@ class ConversationStore:
 
     # -- feedback --
 
-    async def answer_of(self, message_id: str) -> RowMapping | None:
-        """An archived answer's conversation, its owner and model, or None."""
+    async def answer_of(self, message_id: str, owner: str) -> RowMapping | None:
+        """One owner's archived answer: its conversation and model, or None (another key's answer with
+        the same message id is not found: message ids are each key's own, issue #13 item 7)."""
         query = (
-            select(messages.c.conversation_id, messages.c.model, conversations.c.owner)
+            select(messages.c.conversation_id, messages.c.model)
             .join(conversations, conversations.c.id == messages.c.conversation_id)
-            .where(messages.c.message_id == message_id, messages.c.role == "assistant")
+            .where(
+                messages.c.message_id == message_id,
+                messages.c.role == "assistant",
+                conversations.c.owner == owner,
+            )
             .limit(1)
         )
         async with self.engine.connect() as connection:
