@@ -360,15 +360,23 @@ class ChatService:
         if isinstance(command, dict) and isinstance(command.get("cancel"), str):
             self.stop_local(command["cancel"])
 
-    async def shutdown(self) -> None:
-        """Take no new chats; let running answers finish within the grace period, then end the rest."""
+    async def shutdown(self, *, began: float | None = None) -> None:
+        """Take no new chats; let running answers finish within the grace period, then end the rest.
+
+        `began`: when (the event loop's time) the server began to drain, if it has: the grace period is
+        counted from then, so the streams' drain and the answers' together take one grace period, not
+        one and a half (issue #13, item 6)."""
         self._accepting = False
         running = [answer.task for answer in self._answers.values() if answer.task is not None]
         if not running:
             return
         grace = self._settings.shutdown_grace_seconds
+        if began is not None:
+            grace = max(0.0, grace - (asyncio.get_running_loop().time() - began))
         logger.info("waiting up to %.1fs for %d running answers", grace, len(running))
-        _, pending = await asyncio.wait(running, timeout=grace)
+        pending = set(running)
+        if grace > 0:
+            _, pending = await asyncio.wait(running, timeout=grace)
         for answer in list(self._answers.values()):
             # A finishing answer is complete: cancelling it would store it twice and send `error` after
             # `end`. Its last two writes are bounded by REDIS_TIMEOUT, so waiting for it cannot hang.
