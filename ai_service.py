@@ -19,11 +19,20 @@ import orjson
 
 from answer_events import Answer, EventQueue, Phase
 from answer_run import AnswerObserver, AnswerRunner
+from chat_errors import (
+    AnswerFinished,
+    AnswerNotFound,
+    ImagesUnsupported,
+    MessageConflict,
+    ServiceUnavailable,
+    ToolResultConflict,
+)
 from conversation import ConversationMessage
 from cursor import AnswerStart, EventCursor
 from errors import ServiceError
 from generation import GenerationOptions
 from hub import StreamHub
+from ids import answer_key
 from models import AnswerState, ChatAccepted, ChatRequest, new_message_id
 from parts import ToolResult
 from providers.base import AnswerSource
@@ -50,57 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class ServiceUnavailable(ServiceError):
-    """The service is shutting down and takes no new chats."""
-
-    status = 503
-    code = "shutting_down"
-
-
-class AnswerNotFound(ServiceError):
-    """No answer has this message id (or it has expired)."""
-
-    status = 404
-    code = "not_found"
-
-    def __init__(self, message_id: str) -> None:
-        super().__init__("No such answer")
-        self.message_id = message_id
-
-
-class AnswerFinished(ServiceError):
-    """The answer has already ended; `state` says how."""
-
-    status = 409
-    code = "already_finished"
-
-    def __init__(self, state: AnswerState) -> None:
-        super().__init__("The answer has already ended")
-        self.state = state
-
-
-class MessageConflict(ServiceError):
-    """A client-chosen message id is already used by another session."""
-
-    status = 409
-    code = "message_id_conflict"
-
-
-class ToolResultConflict(ServiceError):
-    """Tool results that the session's last answer did not ask for, or that it has already had, or that
-    came while an answer of the session is still streaming; nothing of them is stored."""
-
-    status = 409
-    code = "tool_result_conflict"
-
-
-class ImagesUnsupported(ServiceError):
-    """The model that answers cannot be shown images."""
-
-    status = 400
-    code = "images_unsupported"
 
 
 class ChatService:
@@ -172,11 +130,13 @@ class ChatService:
         context: Sequence[ConversationMessage] | None = None,
         system_prompt: str | None = None,
         listener: EventQueue | None = None,
+        owner: str | None = None,
     ) -> tuple[ChatAccepted, bool]:
         """Store the user's turn and start the answer; return at once.
 
         Returns the answer's state and whether this call started it: a repeated `message_id` returns
-        the existing answer's state and starts nothing.
+        the existing answer's state and starts nothing. Message ids are each `owner`'s (the API key's
+        name; None on an open service): another key's use of one changes nothing here.
 
         For in-process callers such as the OpenAI-compatible API: `context` is the conversation to
         answer, in place of the one built from the session's history; `listener` receives every event
@@ -190,11 +150,8 @@ class ChatService:
         session_id = request.session_id
         if request.images and not self.source.accepts_images:
             raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="images")
-        existing = await self._answers_store.claim(message_id, session_id, request.user_id)
-        if existing is not None:
-            existing = await self._keeper.settled(existing)  # ended first if it was lost
-            if existing.session_id != session_id:
-                raise MessageConflict("this message_id belongs to another session")
+        key = answer_key(owner, message_id)
+        if (existing := await self._claim(key, session_id, request.user_id)) is not None:
             return self._accepted(existing), False  # a retry, tool results included, is answered alike
         try:
             if request.tool_results is not None:
@@ -207,39 +164,53 @@ class ChatService:
             )
         except ServiceError:  # Redis, the record, tool results or the branch: nothing is stored
             with contextlib.suppress(RedisUnavailable):
-                await self._answers_store.release(message_id)
+                await self._answers_store.release(key)
             raise
         answer = Answer(
-            message_id, session_id, request.user_id, since=since, listener=listener, parent_id=parent
+            message_id, session_id, request.user_id, since=since, listener=listener, parent_id=parent, key=key
         )
         self._start(answer, conversation, request)
         state = AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         return self._accepted(state), True
 
     async def regenerate(
-        self, session_id: str, answer_id: str, options: GenerationOptions, *, user_id: str, message_id: str
+        self,
+        session_id: str,
+        answer_id: str,
+        options: GenerationOptions,
+        *,
+        user_id: str,
+        message_id: str,
+        owner: str | None = None,
     ) -> tuple[ChatAccepted, bool]:
         """Start another answer (`message_id`) to the message `answer_id` answered, as its sibling on a
         branch made the active one (`branches.py`); a repeated `message_id` starts nothing, as `submit`."""
         self._check_accepting()
-        existing = await self._answers_store.claim(message_id, session_id, user_id)
-        if existing is not None:
-            existing = await self._keeper.settled(existing)
-            if existing.session_id != session_id:
-                raise MessageConflict("this message_id belongs to another session")
+        key = answer_key(owner, message_id)
+        if (existing := await self._claim(key, session_id, user_id)) is not None:
             return self._accepted(existing), False
         try:
             since, conversation, parent = await self._branches.regenerate(session_id, answer_id, message_id)
         except ServiceError:
             with contextlib.suppress(RedisUnavailable):
-                await self._answers_store.release(message_id)
+                await self._answers_store.release(key)
             raise
-        self._start(
-            Answer(message_id, session_id, user_id, since=since, parent_id=parent), conversation, options
-        )
+        answer = Answer(message_id, session_id, user_id, since=since, parent_id=parent, key=key)
+        self._start(answer, conversation, options)
         return self._accepted(
             AnswerState(message_id=message_id, session_id=session_id, status="streaming")
         ), True
+
+    async def _claim(self, key: str, session_id: str, user_id: str) -> AnswerState | None:
+        """Claim the answer's key: None if this call did, else the existing answer's state (ended first
+        if it was lost); `MessageConflict` if that answer is of another session."""
+        existing = await self._answers_store.claim(key, session_id, user_id)
+        if existing is None:
+            return None
+        existing = await self._keeper.settled(key, existing)
+        if existing.session_id != session_id:
+            raise MessageConflict("this message_id belongs to another session")
+        return existing
 
     def submit_stateless(
         self,
@@ -249,16 +220,19 @@ class ChatService:
         user_id: str,
         listener: EventQueue,
         message_id: str | None = None,
+        owner: str | None = None,
     ) -> str:
         """Start an answer that is neither stored nor published: its events go to `listener` only (as
-        for `submit`). It counts, is observed and is ended at shutdown like every other; returns its id."""
+        for `submit`). It counts, is observed and is ended at shutdown like every other; returns its key
+        (`ids.answer_key`: for `stop_local`)."""
         self._check_accepting()
         if not self.source.accepts_images and any(message.images for message in conversation):
             raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="messages")
         answer_id = message_id or new_message_id()
-        answer = Answer(answer_id, "", user_id, since="0-0", listener=listener, stored=False)
+        key = answer_key(owner, answer_id)
+        answer = Answer(answer_id, "", user_id, since="0-0", listener=listener, stored=False, key=key)
         self._start(answer, list(conversation), options)
-        return answer_id
+        return key
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -267,7 +241,7 @@ class ChatService:
     def _start(
         self, answer: Answer, conversation: list[ConversationMessage], options: GenerationOptions
     ) -> None:
-        self._answers[answer.message_id] = answer
+        self._answers[answer.key] = answer
         answer.conversation = conversation
         # Before `submit` returns: admission counts it as running from here (its slot is not given back).
         self._runner.started(answer)
@@ -276,7 +250,7 @@ class ChatService:
         )
         answer.task = task
         # Callbacks, not the task's `finally`: they run even for a task cancelled before it started.
-        task.add_done_callback(lambda _: self._answers.pop(answer.message_id, None))
+        task.add_done_callback(lambda _: self._answers.pop(answer.key, None))
         listener = answer.listener
         if listener is not None:
             task.add_done_callback(lambda _: listener.put_nowait(None))
@@ -306,17 +280,24 @@ class ChatService:
                 )
 
     async def follow(
-        self, session_id: str, *, after: str | None = None, message_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        after: str | None = None,
+        message_id: str | None = None,
+        owner: str | None = None,
     ) -> EventCursor:
         """A cursor over the session's events after `after`, or over one answer's (`AnswerNotFound` if
-        it is not an answer of this session), or over its running answers and then everything live."""
+        it is not an answer of this session and `owner`), or over its running answers and then
+        everything live."""
         answer = None
         if message_id is not None:
-            state = await self._keeper.state(message_id)
+            key = answer_key(owner, message_id)
+            state = await self._keeper.state(key)
             if state is None or state.session_id != session_id:
                 raise AnswerNotFound(message_id)
-            since = await self._log.start_of(message_id)
-            answer = AnswerStart(message_id, since, finished=state.status != "streaming")
+            since = await self._log.start_of(key)
+            answer = AnswerStart(message_id, since, finished=state.status != "streaming", key=key)
         return EventCursor(self._hub, session_id, after=after, answer=answer)
 
     async def running_answer(self, session_id: str) -> str | None:
@@ -332,34 +313,36 @@ class ChatService:
             [*self._history.clear_commands(session_id), *self._log.clear_commands(session_id)]
         )
 
-    async def cancel(self, message_id: str) -> AnswerState:
-        """Stop an answer wherever it runs; return its state once it has ended (or still `streaming`
-        if the instance running it has not confirmed within `cancel_wait_seconds`)."""
-        state = await self._keeper.state(message_id)
+    async def cancel(self, message_id: str, *, owner: str | None = None) -> AnswerState:
+        """Stop `owner`'s answer wherever it runs; return its state once it has ended (or still
+        `streaming` if the instance running it has not confirmed within `cancel_wait_seconds`)."""
+        key = answer_key(owner, message_id)
+        state = await self._keeper.state(key)
         if state is None:
             raise AnswerNotFound(message_id)
         if state.status != "streaming":
             raise AnswerFinished(state)
-        local = self._answers.get(message_id)
-        if self.stop_local(message_id) and local is not None and local.task is not None:
+        local = self._answers.get(key)
+        if self.stop_local(key) and local is not None and local.task is not None:
             # Ours: its task ends once the partial answer is stored, within REDIS_TIMEOUT per write.
             await asyncio.wait([local.task], timeout=self._cancel_wait)
         else:
             await self._writer.submit(
-                [(self._keys.publish, self._keys.control, orjson.dumps({"cancel": message_id}))]
+                [(self._keys.publish, self._keys.control, orjson.dumps({"cancel": key}))]
             )
         deadline = time.monotonic() + self._cancel_wait
         while True:
-            current = await self._answers_store.get(message_id)
+            current = await self._answers_store.get(key)
             if current is not None and current.status != "streaming":
                 return current
             if time.monotonic() >= deadline:
                 return state
             await asyncio.sleep(0.02)  # another instance stores it: poll its state until the deadline
 
-    def stop_local(self, message_id: str) -> bool:
-        """Cancel the answer if this instance runs it (one already being stored ends by itself)."""
-        answer = self._answers.get(message_id)
+    def stop_local(self, key: str) -> bool:
+        """Cancel the answer (by its key) if this instance runs it (one already being stored ends by
+        itself)."""
+        answer = self._answers.get(key)
         if answer is None or answer.task is None or answer.task.done():
             return False
         if answer.phase is Phase.RUNNING:
@@ -377,15 +360,23 @@ class ChatService:
         if isinstance(command, dict) and isinstance(command.get("cancel"), str):
             self.stop_local(command["cancel"])
 
-    async def shutdown(self) -> None:
-        """Take no new chats; let running answers finish within the grace period, then end the rest."""
+    async def shutdown(self, *, began: float | None = None) -> None:
+        """Take no new chats; let running answers finish within the grace period, then end the rest.
+
+        `began`: when (the event loop's time) the server began to drain, if it has: the grace period is
+        counted from then, so the streams' drain and the answers' together take one grace period, not
+        one and a half (issue #13, item 6)."""
         self._accepting = False
         running = [answer.task for answer in self._answers.values() if answer.task is not None]
         if not running:
             return
         grace = self._settings.shutdown_grace_seconds
+        if began is not None:
+            grace = max(0.0, grace - (asyncio.get_running_loop().time() - began))
         logger.info("waiting up to %.1fs for %d running answers", grace, len(running))
-        _, pending = await asyncio.wait(running, timeout=grace)
+        pending = set(running)
+        if grace > 0:
+            _, pending = await asyncio.wait(running, timeout=grace)
         for answer in list(self._answers.values()):
             # A finishing answer is complete: cancelling it would store it twice and send `error` after
             # `end`. Its last two writes are bounded by REDIS_TIMEOUT, so waiting for it cannot hang.

@@ -89,6 +89,13 @@ class Answer:
     trace_id: str | None = None
     usage: Usage | None = None
     conversation: Sequence[ConversationMessage] = ()
+    # Its identity in Redis and in this process (`ids.answer_key`): the message id within its API key's;
+    # the message id itself when not given (an open service, a stateless answer's fresh id).
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.message_id
 
 
 def event_of(answer: Answer, kind: type[E], **fields: object) -> E:

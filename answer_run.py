@@ -125,7 +125,7 @@ class AnswerRunner:
         # is confirmed before the answer is stored and ended.
         in_flight: deque[Written] = deque()
         try:
-            starting = self._log.starting_commands(answer.session_id, answer.message_id, answer.since)
+            starting = self._log.starting_commands(answer.session_id, answer.since, answer.key)
             await self._publish(answer, start_event(answer), *starting)
             # aclosing: a cancelled answer closes its source (and the source its upstream stream) at
             # once, even when the cancel lands while a chunk is being published.
@@ -265,13 +265,13 @@ class AnswerRunner:
         if not answer.stored:
             return
         commands = self._ends.commands(
-            answer.session_id, turn, event.model_dump_json(exclude_none=True).encode()
+            answer.session_id, turn, event.model_dump_json(exclude_none=True).encode(), answer.key
         )
         # While our lease surely holds, nobody else ends the answer. After a timeout (a timed-out EXEC
         # may have landed) or once the lease may have expired, only if it is still streaming.
-        if attempt == 1 and self._holds(answer.message_id):
+        if attempt == 1 and self._holds(answer.key):
             await self._ends.commit(commands)
-        elif not await self._ends.commit_if_streaming(answer.message_id, commands):
+        elif not await self._ends.commit_if_streaming(answer.key, commands):
             logger.warning("answer message_id=%s had already been ended", answer.message_id)
 
     async def _retrying(

@@ -46,6 +46,7 @@ class AnswerStart:
     message_id: str
     since: str | None
     finished: bool
+    key: str  # its state's name (`ids.answer_key`)
 
 
 class EventCursor:
@@ -143,7 +144,7 @@ class EventCursor:
         if answer is not None:
             # Read again now that the listener is registered: it may have started since the cursor
             # was made. If it still has not, its `start` arrives live.
-            since = answer.since or await log.start_of(answer.message_id)
+            since = answer.since or await log.start_of(answer.key)
             replay = (
                 []
                 if since is None

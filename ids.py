@@ -7,7 +7,16 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-__all__ = ["ID_PATTERN", "MessageId", "SessionId", "UserId", "check_message_id", "new_message_id"]
+__all__ = [
+    "ID_PATTERN",
+    "MessageId",
+    "SessionId",
+    "UserId",
+    "answer_key",
+    "check_message_id",
+    "message_of",
+    "new_message_id",
+]
 
 # Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
@@ -34,3 +43,16 @@ def check_message_id(value: uuid.UUID) -> uuid.UUID:
 
 
 MessageId = Annotated[uuid.UUID, AfterValidator(check_message_id)]
+
+
+def answer_key(owner: str | None, message_id: str) -> str:
+    """An answer's identity in Redis and in this process: its message id within its owner's, the API key
+    that asked for it (issue #13, item 7), so that another key's use of an id tells nothing and changes
+    nothing. `<owner>/<message_id>` (a key's name has no `/`, nor has an id); the bare id on an open
+    service, as before."""
+    return f"{owner}/{message_id}" if owner else message_id
+
+
+def message_of(key: str) -> str:
+    """The message id of an `answer_key`."""
+    return key.rpartition("/")[2]

@@ -25,6 +25,7 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import WatchError
 
 from answer_events import Answer, Phase
+from ids import message_of
 from models import AnswerState, ChatTurn, ErrorEvent, ErrorInfo, utc_now
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
 
@@ -82,16 +83,16 @@ class AnswerEnds:
         # A cluster's batches take no MULTI, and an answer's state is in another slot than its session.
         self._cluster = isinstance(redis, RedisCluster)
 
-    def commands(self, session_id: str, turn: ChatTurn, event: bytes | None) -> list[Command]:
-        """The end of the answer `turn` closes: history first, so a client that reads history on the
-        terminal event finds the turn, then the state, then the event (unless None: already written)."""
+    def commands(self, session_id: str, turn: ChatTurn, event: bytes | None, answer: str) -> list[Command]:
+        """The end of the answer `turn` closes (`answer`: its key): history first, so a client that reads
+        history on the terminal event finds the turn, then the state, then the event (unless None:
+        already written)."""
         assert turn.finish_reason is not None
-        message_id = turn.message_id
         return [
             *self._history.append_commands(session_id, turn),
-            *self._answers.finished_commands(message_id, turn.finish_reason),
-            *self._log.finished_commands(session_id, message_id),
-            self.leases.release_command(message_id),
+            *self._answers.finished_commands(answer, turn.finish_reason),
+            *self._log.finished_commands(session_id, turn.message_id),
+            self.leases.release_command(answer),
             *([] if event is None else self._log.append_commands(session_id, event, refresh_ttl=True)),
         ]
 
@@ -104,10 +105,10 @@ class AnswerEnds:
         if failure is not None:
             raise RedisUnavailable(failure)
 
-    async def commit_if_streaming(self, message_id: str, commands: Sequence[Command]) -> bool:
-        """`commit`, only if the answer is still streaming; False (and nothing written) if it has ended,
-        or its state has expired."""
-        key = self._keys.message(message_id)
+    async def commit_if_streaming(self, answer: str, commands: Sequence[Command]) -> bool:
+        """`commit`, only if the answer (its key) is still streaming; False (and nothing written) if it
+        has ended, or its state has expired."""
+        key = self._keys.message(answer)
         if self._cluster:  # no transaction spans the answer's state and its session: check, then write
             async with bounded(self._timeout):
                 status = await self._redis.hget(key, "status")
@@ -141,15 +142,16 @@ class AnswerEnds:
                 raise RedisUnavailable(describe(error)) from None
         return True
 
-    async def end_lost(self, message_id: str) -> bool:
-        """End an answer whose lease has expired, from its events in the log: its partial content stored
-        with `finish_reason: "error"`, then an `error` event `answer_lost`. False if it had ended."""
-        state = await self._answers.get(message_id)
+    async def end_lost(self, answer: str) -> bool:
+        """End an answer (its key) whose lease has expired, from its events in the log: its partial
+        content stored with `finish_reason: "error"`, then an `error` event `answer_lost`. False if it
+        had ended."""
+        state = await self._answers.get(answer)
         if state is None or state.status != "streaming":
-            await self._writer.submit([self.leases.release_command(message_id)])
+            await self._writer.submit([self.leases.release_command(answer)])
             return False
-        session_id = state.session_id
-        since = await self._log.start_of(message_id) or "0-0"
+        session_id, message_id = state.session_id, message_of(answer)
+        since = await self._log.start_of(answer) or "0-0"
         entries = [
             entry for entry in await self._log.read_after(session_id, since) if entry.message_id == message_id
         ]
@@ -161,7 +163,7 @@ class AnswerEnds:
         turn = ChatTurn.assistant(
             message_id,
             joined("chunk") or "",
-            await self._answers.user_of(message_id),
+            await self._answers.user_of(answer),
             "error",
             reasoning=joined("reasoning"),
             refusal=joined("refusal"),
@@ -175,7 +177,7 @@ class AnswerEnds:
                 message_id=message_id, session_id=session_id, seq=seq, timestamp=utc_now(), error=LOST
             )
             payload = error.model_dump_json(exclude_none=True).encode()
-        ended = await self.commit_if_streaming(message_id, self.commands(session_id, turn, payload))
+        ended = await self.commit_if_streaming(answer, self.commands(session_id, turn, payload, answer))
         if ended:
             logger.warning("ended a lost answer message_id=%s session_id=%s", message_id, session_id)
         return ended
@@ -203,7 +205,7 @@ class LeaseKeeper:
         self._writer = writer
         self._log = log
         self._answers = answers
-        # The stored answers this process runs (it is an `AnswerObserver` of the chat service).
+        # The stored answers this process runs, by key (it is an `AnswerObserver` of the chat service).
         self._running: dict[str, Answer] = {}
         self._renew_every = renew_seconds
         self._sweep_every = sweep_seconds
@@ -216,35 +218,35 @@ class LeaseKeeper:
 
     def answer_started(self, answer: Answer) -> None:
         if answer.stored:  # its lease was taken with its claim, a moment ago
-            self._running[answer.message_id] = answer
-            self._held[answer.message_id] = self._clock() + self._validity()
+            self._running[answer.key] = answer
+            self._held[answer.key] = self._clock() + self._validity()
 
     def chunk_published(self, answer: Answer) -> None:
         pass
 
     def answer_ended(self, answer: Answer) -> None:
-        self._running.pop(answer.message_id, None)
-        self._held.pop(answer.message_id, None)
+        self._running.pop(answer.key, None)
+        self._held.pop(answer.key, None)
 
-    async def state(self, message_id: str) -> AnswerState | None:
-        """The answer's state (`settled`), or None if there is no such answer."""
-        state = await self._answers.get(message_id)
-        return None if state is None else await self.settled(state)
+    async def state(self, answer: str) -> AnswerState | None:
+        """The state (`settled`) of the answer with this key, or None if there is no such answer."""
+        state = await self._answers.get(answer)
+        return None if state is None else await self.settled(answer, state)
 
-    async def settled(self, state: AnswerState) -> AnswerState:
-        """The answer's state, once it has been ended as lost if it is `streaming` and no instance holds
-        its lease: whoever sees a lost answer first ends it."""
-        message_id = state.message_id
-        if state.status != "streaming" or message_id in self._running:
+    async def settled(self, answer: str, state: AnswerState) -> AnswerState:
+        """The answer's (`answer`: its key) state, once it has been ended as lost if it is `streaming`
+        and no instance holds its lease: whoever sees a lost answer first ends it."""
+        if state.status != "streaming" or answer in self._running:
             return state
-        if await self._leases.live(message_id):
+        if await self._leases.live(answer):
             return state
-        await self.ends.end_lost(message_id)
-        return await self._answers.get(message_id) or state
+        await self.ends.end_lost(answer)
+        return await self._answers.get(answer) or state
 
-    def holds(self, message_id: str) -> bool:
-        """Whether our lease on the answer surely has not expired, so no other instance may end it."""
-        return self._held.get(message_id, 0.0) > self._clock()
+    def holds(self, answer: str) -> bool:
+        """Whether our lease on the answer (its key) surely has not expired, so no other instance may end
+        it."""
+        return self._held.get(answer, 0.0) > self._clock()
 
     def _validity(self) -> float:
         # A third of the lease is left as margin for the instances' clocks and the write's own delay.
@@ -281,20 +283,20 @@ class LeaseKeeper:
         answers = list(self._running.values())
         if not answers:
             return
-        commands = self._leases.renew_commands([answer.message_id for answer in answers])
+        commands = self._leases.renew_commands([answer.key for answer in answers])
         for answer in answers:
             commands += [
                 *self._log.keep_alive_commands(answer.session_id),
-                self._answers.keep_alive_command(answer.message_id),
+                self._answers.keep_alive_command(answer.key),
             ]
         sent = self._clock()
         _, scores, *_ = await self._writer.submit(commands)
         for answer, score in zip(answers, scores, strict=True):
             if score is not None:
-                self._held[answer.message_id] = sent + self._validity()
+                self._held[answer.key] = sent + self._validity()
                 continue
             # Ended elsewhere while our writes were refused: it must write nothing more.
-            self._held.pop(answer.message_id, None)
+            self._held.pop(answer.key, None)
             if answer.task is not None and answer.phase is Phase.RUNNING:
                 logger.warning(
                     "answer message_id=%s was ended as lost by another instance", answer.message_id
@@ -306,7 +308,7 @@ class LeaseKeeper:
         """End every answer whose lease has expired and that does not run here; how many were ended."""
         ours = self._running
         ended = 0
-        for message_id in await self._leases.expired():
-            if message_id not in ours and await self.ends.end_lost(message_id):
+        for answer in await self._leases.expired():
+            if answer not in ours and await self.ends.end_lost(answer):
                 ended += 1
         return ended

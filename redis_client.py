@@ -163,9 +163,10 @@ class KeySpace:
         """Hash of the session's running answers: message id -> entry id of its `start` event."""
         return f"{self.prefix}:{{{session_id}}}:active"
 
-    def message(self, message_id: str) -> str:
-        """Hash of one answer's state (session, status, finish reason, start entry id)."""
-        return f"{self.prefix}:message:{{{message_id}}}"
+    def message(self, answer: str) -> str:
+        """Hash of one answer's state (session, status, finish reason, start entry id), named by the
+        answer's key (`ids.answer_key`: its message id within its API key's)."""
+        return f"{self.prefix}:message:{{{answer}}}"
 
     def owner(self, session_id: str) -> str:
         """With API keys on: the name of the key that owns the session, beside the session's keys."""
@@ -194,7 +195,8 @@ class KeySpace:
 
     @property
     def leases(self) -> str:
-        """Sorted set of the stored answers that are running, scored by when their lease expires (ms)."""
+        """Sorted set of the stored answers (their keys) that are running, scored by when their lease
+        expires (ms)."""
         return f"{self.prefix}:leases"
 
     @property

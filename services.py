@@ -159,7 +159,13 @@ async def _start(services: Services, stack: AsyncExitStack) -> None:
     # Renewing leases until the last answer has ended (and ending predecessors' lost ones).
     services.keeper.start()
     stack.push_async_callback(services.keeper.close)
-    stack.push_async_callback(services.chat.shutdown)
+    stack.push_async_callback(_shutdown_chat, services)
+
+
+async def _shutdown_chat(services: Services) -> None:
+    """End the answers within what is left of the grace period once the streams have drained: the grace
+    is counted once, from when the server began to drain (issue #13, item 6)."""
+    await services.chat.shutdown(began=services.admission.sse_clients.draining_since)
 
 
 def _lease_keeper(

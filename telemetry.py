@@ -63,9 +63,10 @@ EXCLUDED_URLS = "health,metrics"
 _REQUEST_CONTEXT: ContextVar[otel_context.Context | None] = ContextVar("request_context", default=None)
 
 
-def answer_trace_key(prefix: str, message_id: str) -> str:
-    """Where the answer's span context is kept (`<trace id>-<span id>`), for followers to link to."""
-    return f"{prefix}:trace:{{{message_id}}}"
+def answer_trace_key(prefix: str, answer: str) -> str:
+    """Where the answer's (`answer`: its key, `ids.answer_key`) span context is kept (`<trace id>-<span
+    id>`), for followers to link to."""
+    return f"{prefix}:trace:{{{answer}}}"
 
 
 def _consume(future: asyncio.Future[list[object]]) -> None:
@@ -127,13 +128,13 @@ class AnswerTracer:
             kind=SpanKind.CLIENT,
             attributes={"db.system.name": "redis", "chat.stored": answer.stored},
         )
-        self._spans[answer.message_id] = _AnswerSpans(span, model, writes)
+        self._spans[answer.key] = _AnswerSpans(span, model, writes)
         context_of = span.get_span_context()
         answer.trace_id = format_trace_id(context_of.trace_id)
         if answer.stored and self._writer is not None:
             # For followers on any instance (`Telemetry.link_follower`); with the answer's writes.
             value = f"{answer.trace_id}-{format_span_id(context_of.span_id)}"
-            key = answer_trace_key(self._prefix, answer.message_id)
+            key = answer_trace_key(self._prefix, answer.key)
             self._writer.submit([("SET", key, value, "EX", self._ttl)]).add_done_callback(_consume)
 
     @contextmanager
@@ -149,13 +150,13 @@ class AnswerTracer:
                 _REQUEST_CONTEXT.reset(token)
 
     def chunk_published(self, answer: Answer) -> None:
-        spans = self._spans.get(answer.message_id)
+        spans = self._spans.get(answer.key)
         if spans is not None and spans.first_chunk is None:
             spans.first_chunk = time.perf_counter() - answer.started
             spans.model.add_event("gen_ai.first_token")
 
     def answer_ended(self, answer: Answer) -> None:
-        spans = self._spans.pop(answer.message_id, None)
+        spans = self._spans.pop(answer.key, None)
         if spans is None:
             return
         model = spans.model
@@ -268,9 +269,10 @@ class Telemetry:
         tracer = self.provider.get_tracer(__name__, VERSION)
         return AnswerTracer(tracer, provider=provider, model=model, writer=writer, prefix=prefix, ttl=ttl)
 
-    async def link_follower(self, message_id: str) -> None:
-        """Link the current request's span (a stream following an answer) to the answer's span, which
-        may be in another request's trace, on another instance. Nothing when tracing is off."""
+    async def link_follower(self, answer: str) -> None:
+        """Link the current request's span (a stream following an answer, `answer` its key) to the
+        answer's span, which may be in another request's trace, on another instance. Nothing when
+        tracing is off."""
         if self.provider is None or self._redis is None:
             return
         span = trace.get_current_span()
@@ -278,7 +280,7 @@ class Telemetry:
             return
         try:
             async with bounded(LINK_TIMEOUT):
-                value = await self._redis.get(answer_trace_key(self._prefix, message_id))
+                value = await self._redis.get(answer_trace_key(self._prefix, answer))
         except RedisUnavailable:
             return
         if not isinstance(value, bytes):

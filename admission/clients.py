@@ -36,6 +36,8 @@ class SseClients:
         self._gauge = gauge
         self._deadlines: set[asyncio.Timeout] = set()
         self._ending_at: float | None = None
+        # When (the event loop's time) `end_all` was first called: the server began to drain.
+        self.draining_since: float | None = None
 
     @property
     def open(self) -> int:
@@ -66,7 +68,8 @@ class SseClients:
         """Every open stream ends within `within` seconds from now, whether or not its client reads."""
         if self._ending_at is not None:
             return
-        self._ending_at = asyncio.get_running_loop().time() + within
+        self.draining_since = asyncio.get_running_loop().time()
+        self._ending_at = self.draining_since + within
         if self._deadlines:
             logger.info("ending %d open streams within %.1fs", len(self._deadlines), within)
         for deadline in self._deadlines:

@@ -15,6 +15,7 @@ from admission.errors import SessionForbidden, SessionNotFound
 from admission.keys import KeyRing, Principal, StreamTokens
 from admission.limits import Capacity, Clock, RateLimiter, StreamSlots
 from admission.owners import SessionOwners
+from ids import answer_key
 
 if TYPE_CHECKING:
     from answer_run import Answer
@@ -151,33 +152,35 @@ class Admission:
         self.capacity.check()
         self.capacity.admitting += 1
         taken = False
+        # The answer as the service names it (`ids.answer_key`): one key's ids are not another's.
+        key = answer_key(principal.key_name, message_id)
         try:
             if self.rate_limiter is not None:
                 await self.rate_limiter.hit(principal, user_id)
             if session_id is not None:
                 await self.claim_session(principal, session_id)
             if self.slots is not None:
-                taken = await self.slots.acquire(principal, user_id, message_id)
+                taken = await self.slots.acquire(principal, user_id, key)
             if self.budgets is None:
                 yield
             else:  # the key's budget (429 `budget_exceeded`), and whom the answer is charged to
-                async with self.budgets.admit(principal.owner, message_id):
+                async with self.budgets.admit(principal.owner, key):
                     yield
         finally:
             self.capacity.admitting -= 1
             # Released at most once: if the answer started and already ended, its release went first.
-            if taken and self.slots is not None and message_id not in self.capacity.running:
-                await self.slots.release(message_id)
+            if taken and self.slots is not None and key not in self.capacity.running:
+                await self.slots.release(key)
 
     # -- AnswerObserver --
 
     def answer_started(self, answer: Answer) -> None:
-        self.capacity.running.add(answer.message_id)
+        self.capacity.running.add(answer.key)
 
     def chunk_published(self, answer: Answer) -> None:
         pass
 
     def answer_ended(self, answer: Answer) -> None:
-        self.capacity.running.discard(answer.message_id)
+        self.capacity.running.discard(answer.key)
         if self.slots is not None:
-            self.slots.release_later(answer.message_id)
+            self.slots.release_later(answer.key)

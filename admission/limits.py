@@ -142,7 +142,7 @@ class StreamSlots:
         self._lease = lease
         self._timeout = timeout
         self._clock = clock
-        # message id -> its sorted sets, for the answers this process runs
+        # answer key (`ids.answer_key`) -> its sorted sets, for the answers this process runs
         self._held: dict[str, list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None

@@ -16,6 +16,7 @@ from admission import Admission, Principal, SessionNotFound
 from ai_service import AnswerNotFound
 from conversation_tree import Tree, turn_row_id
 from generation import GenerationOptions
+from ids import answer_key
 from models import ChatAccepted, ChatTurn, HistoryResponse, MessageId, UserId
 from protocols.deps import AdmissionDep, ChatServiceDep, HistoryDep, PrincipalDep, RecordsDep, RegistryDep
 from protocols.errors import ErrorResponse
@@ -108,14 +109,14 @@ async def _session_of_answer(
     records: ConversationStore,
 ) -> str:
     """The caller's session the answer belongs to: from its state in Redis, else from the record."""
-    state = await registry.get(answer_id)
+    state = await registry.get(answer_key(principal.key_name, answer_id))
     if state is not None:
         if not await admission.owns(principal, state.session_id):
             raise NoSuchAnswer(answer_id)
         return state.session_id
     async with reachable():
-        answer = await records.answer_of(answer_id)
-    if answer is None or answer["owner"] != owner_of(principal):
+        answer = await records.answer_of(answer_id, owner_of(principal))
+    if answer is None:
         raise NoSuchAnswer(answer_id)
     return str(answer["conversation_id"])
 
@@ -152,7 +153,7 @@ async def regenerate(
     new_id = str(body.message_id or uuid.uuid4())
     async with admission.admit(principal, user_id=body.user_id, session_id=session_id, message_id=new_id):
         accepted, started = await service.regenerate(
-            session_id, answer_id, body, user_id=body.user_id, message_id=new_id
+            session_id, answer_id, body, user_id=body.user_id, message_id=new_id, owner=principal.key_name
         )
     accepted.stream_token = admission.stream_token(principal, session_id)
     if not started:

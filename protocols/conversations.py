@@ -16,6 +16,8 @@ from sqlalchemy.engine import RowMapping
 
 from admission import Principal, SessionNotFound
 from archiver import Archiver
+from conversation_tree import turn_row_id
+from ids import answer_key
 from models import ID_PATTERN, ChatTurn, StatusResponse
 from protocols.branches import BranchPosition, active_branch
 from protocols.branches import router as branches_router
@@ -191,7 +193,9 @@ async def get_conversation(
             raise SessionNotFound(conversation_id)
         stored = await records.messages(conversation_id)
     messages = [
-        StoredMessage(id=m["id"], message_id=m["message_id"], parent_id=m["parent_id"], turn=m["parts"])
+        StoredMessage(
+            id=turn_row_id(m["parts"]), message_id=m["message_id"], parent_id=m["parent_id"], turn=m["parts"]
+        )
         for m in stored
     ]
     branch, positions = active_branch((m["parts"] for m in stored), row["active_id"])
@@ -239,7 +243,7 @@ async def _delete(
         async with reachable():
             stored = await records.messages(session_id)
         for message_id in {message["message_id"] for message in stored}:
-            await registry.release(message_id)
+            await registry.release(answer_key(principal.key_name, message_id))
         await service.clear(session_id)
     async with reachable():
         await records.delete(_owner(principal), session_ids)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ai_service import AnswerNotFound
 from errors import ServiceError
+from ids import answer_key
 from models import UserId, utc_now
 from protocols.deps import AdmissionDep, MetricsDep, PrincipalDep, RecordsDep, RegistryDep
 from protocols.errors import ErrorResponse
@@ -79,10 +80,10 @@ async def rate_answer(
     """Thumbs up or down, with an optional comment and tags; a new rating replaces the user's last."""
     answer_id = str(message_id)
     async with reachable():
-        answer = await records.answer_of(answer_id)
-    if answer is None or answer["owner"] != owner_of(principal):
-        state = await registry.get(answer_id)
-        if answer is None and state is not None and await admission.owns(principal, state.session_id):
+        answer = await records.answer_of(answer_id, owner_of(principal))
+    if answer is None:
+        state = await registry.get(answer_key(principal.key_name, answer_id))
+        if state is not None and await admission.owns(principal, state.session_id):
             raise NotArchivedYet(
                 "The answer is not archived yet; retry in a second.", headers={"Retry-After": "1"}
             )

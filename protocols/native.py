@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from pydantic import AfterValidator
 
 from ai_service import AnswerNotFound
+from ids import answer_key
 from models import (
     ID_PATTERN,
     AnswerState,
@@ -114,8 +115,8 @@ router = APIRouter()
         403: {"model": ErrorResponse, "description": "The session belongs to another API key."},
         409: {
             "model": ErrorResponse,
-            "description": "The message_id belongs to another session; or, with `parent_id`, an answer "
-            "of the session is still streaming.",
+            "description": "The message_id belongs to another session of the same API key; or, with "
+            "`parent_id`, an answer of the session is still streaming.",
         },
         413: {"model": ErrorResponse, "description": "The body is larger than MAX_BODY_BYTES."},
         429: {
@@ -146,7 +147,7 @@ async def chat(
         session_id=request.session_id,
         message_id=str(request.message_id),
     ):
-        accepted, started = await service.submit(request)
+        accepted, started = await service.submit(request, owner=principal.key_name)
     accepted.stream_token = admission.stream_token(principal, request.session_id)
     if not started:
         response.status_code = 200
@@ -174,10 +175,10 @@ async def cancel(
 ) -> AnswerState:
     """Stop the answer on whichever instance runs it; the partial answer is stored as `cancelled`."""
     if principal.key_name is not None:
-        state = await registry.get(str(message_id))
+        state = await registry.get(answer_key(principal.key_name, str(message_id)))
         if state is None or not await admission.owns(principal, state.session_id):
             raise AnswerNotFound(str(message_id))
-    return await service.cancel(str(message_id))
+    return await service.cancel(str(message_id), owner=principal.key_name)
 
 
 @router.get(
@@ -226,11 +227,12 @@ async def stream(
     Authenticate with the API key, or with `token`: the `stream_token` that `POST /chat` returned."""
     await admission.check_session(principal, session_id)
     if message_id is not None:  # this stream's trace links to the answer's (issue #16)
-        await telemetry.link_follower(str(message_id))
+        await telemetry.link_follower(answer_key(principal.key_name, str(message_id)))
     cursor = await service.follow(
         session_id,
         after=last_event_id_header or last_event_id,
         message_id=str(message_id) if message_id else None,
+        owner=principal.key_name,
     )
     return EventStreamResponse(
         cursor,

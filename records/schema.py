@@ -44,11 +44,13 @@ conversations = Table(
 
 # One row per stored turn. The turns of one exchange share its message_id (the user's message and the
 # answer to it; tool results and the answer after them), so a turn's own id is `<message_id>:<role>`,
-# or `<message_id>:tool:<tool_call_id>`: the archiver upserts by it, so a replayed entry changes nothing.
+# or `<message_id>:tool:<tool_call_id>`; its row's id is that after its conversation's id and a `/`
+# (message ids are each API key's own: two conversations may hold the same one, issue #13 item 7). The
+# archiver upserts by it, so a replayed entry changes nothing.
 messages = Table(
     "messages",
     metadata,
-    Column("id", String(400), primary_key=True),
+    Column("id", String(600), primary_key=True),
     Column("message_id", String(128), nullable=False),
     Column(
         "conversation_id",

@@ -1,9 +1,8 @@
 """What the service reads from and writes to the conversation record (`records/schema.py`).
 
-Writes come from the archiver, as batches of outbox entries: each turn is inserted by its own id and
-a turn already there is left as it is, so an entry archived twice (a retry after a timeout, a claim of a
-dead consumer's entries) is stored once. Reads serve the Conversations API and the history of a session
-whose Redis keys have expired.
+Writes come from the archiver, as batches of outbox entries: each turn is inserted by its own id and a
+turn already there is left as it is, so an entry archived twice (a retry after a timeout, a claim of a
+dead consumer's entries) is stored once. Reads serve the Conversations API and expired sessions' history.
 """
 
 from __future__ import annotations
@@ -161,8 +160,7 @@ class ConversationStore:
     async def _refresh(
         connection: AsyncConnection, inserted: Sequence[Mapping[str, Any]], titles: Mapping[str, str]
     ) -> None:
-        """Add the turns inserted now to their conversations' counts (no recount of every turn), move
-        `updated_at` to the newest; title an untitled one. Each is one cached statement, run many times."""
+        """Count the turns inserted now (no recount) and date by their newest; title an untitled one."""
         added: dict[str, int] = defaultdict(int)
         newest: dict[str, datetime] = {}
         for row in inserted:
@@ -191,7 +189,7 @@ class ConversationStore:
 
     def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:
         return {
-            "id": turn_row_id(turn),
+            "id": f"{session_id}/{turn_row_id(turn)}",
             "message_id": turn["message_id"],
             "conversation_id": session_id,
             "parent_id": turn.get("parent_id"),
@@ -270,7 +268,7 @@ class ConversationStore:
 
     async def messages(self, session_id: str) -> list[RowMapping]:
         query = (
-            select(messages.c.id, messages.c.message_id, messages.c.parent_id, messages.c.parts)
+            select(messages.c.message_id, messages.c.parent_id, messages.c.parts)
             .where(messages.c.conversation_id == session_id)
             .order_by(messages.c.position)
         )
@@ -373,12 +371,17 @@ class ConversationStore:
 
     # -- feedback --
 
-    async def answer_of(self, message_id: str) -> RowMapping | None:
-        """An archived answer's conversation, its owner and model, or None."""
+    async def answer_of(self, message_id: str, owner: str) -> RowMapping | None:
+        """One owner's archived answer: its conversation and model, or None (another key's answer with
+        the same message id is not found: message ids are each key's own, issue #13 item 7)."""
         query = (
-            select(messages.c.conversation_id, messages.c.model, conversations.c.owner)
+            select(messages.c.conversation_id, messages.c.model)
             .join(conversations, conversations.c.id == messages.c.conversation_id)
-            .where(messages.c.message_id == message_id, messages.c.role == "assistant")
+            .where(
+                messages.c.message_id == message_id,
+                messages.c.role == "assistant",
+                conversations.c.owner == owner,
+            )
             .limit(1)
         )
         async with self.engine.connect() as connection:

@@ -1,11 +1,13 @@
 """Each answer's state in Redis, shared by every instance: what makes sends idempotent and lets any
-instance stop or follow an answer that another one runs."""
+instance stop or follow an answer that another one runs. An answer is named by its key
+(`ids.answer_key`: its message id within its API key's), so one key's ids are invisible to another."""
 
 from __future__ import annotations
 
 from typing import cast
 
 from batcher import CommandBatcher
+from ids import message_of
 from models import AnswerState, AnswerStatus, FinishReason, status_of
 from redis_client import Command, KeySpace, RedisClient, bounded
 from stores.leases import AnswerLeases
@@ -33,10 +35,10 @@ class AnswerRegistry:
         self._ttl = ttl
         self._timeout = timeout
 
-    async def claim(self, message_id: str, session_id: str, user_id: str) -> AnswerState | None:
-        """Record a new answer, and take its lease; if the id is taken, return the existing answer's
-        state instead (a lease that it already holds is left as it is)."""
-        key = self._keys.message(message_id)
+    async def claim(self, answer: str, session_id: str, user_id: str) -> AnswerState | None:
+        """Record a new answer (its key), and take its lease; if the key is taken, return the existing
+        answer's state instead (a lease that it already holds is left as it is)."""
+        key = self._keys.message(answer)
         # HSETNX is the atomic claim: of two identical sends, on any instances, exactly one wins.
         won, *_ = await self._writer.submit(
             [
@@ -44,44 +46,47 @@ class AnswerRegistry:
                 ("HSETNX", key, "status", "streaming"),
                 ("HSETNX", key, "user_id", user_id),
                 ("EXPIRE", key, self._ttl),
-                self._leases.take_command(message_id),
+                self._leases.take_command(answer),
             ]
         )
         if won:
             return None
-        existing = await self.get(message_id)
+        existing = await self.get(answer)
         # The winner may not have written its status yet: it is streaming.
-        return existing or AnswerState(message_id=message_id, session_id=session_id, status="streaming")
+        return existing or AnswerState(
+            message_id=message_of(answer), session_id=session_id, status="streaming"
+        )
 
-    async def release(self, message_id: str) -> None:
+    async def release(self, answer: str) -> None:
         """Forget a claim whose answer never started (its user turn could not be stored)."""
         async with bounded(self._timeout):
-            await self._redis.delete(self._keys.message(message_id))
+            await self._redis.delete(self._keys.message(answer))
 
-    async def get(self, message_id: str) -> AnswerState | None:
+    async def get(self, answer: str) -> AnswerState | None:
+        """The state of the answer with this key, or None."""
         async with bounded(self._timeout):
-            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.message(message_id)))
+            fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._keys.message(answer)))
         if not fields or b"session_id" not in fields:
             return None
         finish_reason = fields.get(b"finish_reason")
         return AnswerState.model_validate(
             {
-                "message_id": message_id,
+                "message_id": message_of(answer),
                 "session_id": fields[b"session_id"].decode(),
                 "status": fields.get(b"status", b"streaming").decode(),
                 "finish_reason": finish_reason.decode() if finish_reason else None,
             }
         )
 
-    async def user_of(self, message_id: str) -> str:
+    async def user_of(self, answer: str) -> str:
         """Who asked for the answer ("" for a state written before this was recorded)."""
         async with bounded(self._timeout):
-            value = await self._redis.hget(self._keys.message(message_id), "user_id")
+            value = await self._redis.hget(self._keys.message(answer), "user_id")
         return cast(bytes, value).decode() if value else ""
 
-    def keep_alive_command(self, message_id: str) -> Command:
-        return ("EXPIRE", self._keys.message(message_id), self._ttl)
+    def keep_alive_command(self, answer: str) -> Command:
+        return ("EXPIRE", self._keys.message(answer), self._ttl)
 
-    def finished_commands(self, message_id: str, finish_reason: FinishReason) -> list[Command]:
+    def finished_commands(self, answer: str, finish_reason: FinishReason) -> list[Command]:
         status: AnswerStatus = status_of(finish_reason)
-        return [("HSET", self._keys.message(message_id), "status", status, "finish_reason", finish_reason)]
+        return [("HSET", self._keys.message(answer), "status", status, "finish_reason", finish_reason)]

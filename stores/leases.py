@@ -2,8 +2,8 @@
 instance running it; an answer whose lease has expired has lost its instance (it died, or could not
 write its end) and is ended by whichever instance next sees it.
 
-The leases are one sorted set, `chat:leases`: message id -> when its lease expires (epoch milliseconds,
-by the instances' clocks, so a lease is much longer than their skew).
+The leases are one sorted set, `chat:leases`: an answer's key (`ids.answer_key`) -> when its lease
+expires (epoch milliseconds, by the instances' clocks, so a lease is much longer than their skew).
 """
 
 from __future__ import annotations
@@ -39,29 +39,29 @@ class AnswerLeases:
     def _expiry(self) -> int:
         return int((self._clock() + self.seconds) * 1000)
 
-    def take_command(self, message_id: str) -> Command:
+    def take_command(self, answer: str) -> Command:
         """A new answer's lease (NX: a repeated claim does not extend an existing one)."""
-        return ("ZADD", self._key, "NX", self._expiry(), message_id)
+        return ("ZADD", self._key, "NX", self._expiry(), answer)
 
-    def renew_commands(self, message_ids: Sequence[str]) -> list[Command]:
+    def renew_commands(self, answers: Sequence[str]) -> list[Command]:
         """Extend these answers' leases, and read them back: a None score is an answer that another
         instance has ended (its lease had expired), whose lease is not taken again (XX)."""
         expiry = self._expiry()
-        members = [value for message_id in message_ids for value in (expiry, message_id)]
-        return [("ZADD", self._key, "XX", *members), ("ZMSCORE", self._key, *message_ids)]
+        members = [value for answer in answers for value in (expiry, answer)]
+        return [("ZADD", self._key, "XX", *members), ("ZMSCORE", self._key, *answers)]
 
-    def release_command(self, message_id: str) -> Command:
-        return ("ZREM", self._key, message_id)
+    def release_command(self, answer: str) -> Command:
+        return ("ZREM", self._key, answer)
 
     async def expired(self, count: int = EXPIRED_PAGE) -> list[str]:
-        """Up to `count` answers whose lease has expired, oldest first."""
+        """Up to `count` answers (their keys) whose lease has expired, oldest first."""
         now = int(self._clock() * 1000)
         (members,) = await self._reader.submit(
             [("ZRANGE", self._key, "-inf", now, "BYSCORE", "LIMIT", 0, count)]
         )
         return [bytes(member).decode() for member in members]
 
-    async def live(self, message_id: str) -> bool:
+    async def live(self, answer: str) -> bool:
         """Whether the answer holds a lease that has not expired."""
-        (score,) = await self._reader.submit([("ZSCORE", self._key, message_id)])
+        (score,) = await self._reader.submit([("ZSCORE", self._key, answer)])
         return score is not None and float(score) > self._clock() * 1000

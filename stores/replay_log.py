@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from batcher import CommandBatcher
+from ids import message_of
 from redis_client import Command, KeySpace
 
 __all__ = ["TERMINAL", "Entry", "ReplayLog", "parse_entry_id", "position_of"]
@@ -97,14 +98,14 @@ class ReplayLog:
         command comes after it."""
         return ("XREVRANGE", self._keys.events(session_id), "+", "-", "COUNT", 1)
 
-    def starting_commands(self, session_id: str, message_id: str, since: str) -> list[Command]:
-        """Record after which entry the answer's events begin. Sent before its `start` is appended, so a
-        reader that finds the answer here finds its `start` after `since`, and one that does not sees
-        the `start` arrive live."""
+    def starting_commands(self, session_id: str, since: str, answer: str) -> list[Command]:
+        """Record after which entry the answer (`answer`: its key, `ids.answer_key`) begins. Sent before
+        its `start` is appended, so a reader that finds the answer here finds its `start` after `since`,
+        and one that does not sees the `start` arrive live."""
         running = self._keys.active(session_id)
         return [
-            ("HSET", self._keys.message(message_id), "since", since),
-            ("HSET", running, message_id, since),
+            ("HSET", self._keys.message(answer), "since", since),
+            ("HSET", running, message_of(answer), since),
             ("EXPIRE", running, self._ttl),
             ("EXPIRE", self._keys.owner(session_id), self._ttl),
         ]
@@ -167,7 +168,7 @@ class ReplayLog:
         (values,) = await self._reader.submit([("HVALS", self._keys.active(session_id))])
         return [value.decode() for value in values]
 
-    async def start_of(self, message_id: str) -> str | None:
-        """The entry after which the answer's events begin, once it is starting."""
-        (value,) = await self._reader.submit([("HGET", self._keys.message(message_id), "since")])
+    async def start_of(self, answer: str) -> str | None:
+        """The entry after which the answer's (`answer`: its key) events begin, once it is starting."""
+        (value,) = await self._reader.submit([("HGET", self._keys.message(answer), "since")])
         return bytes(value).decode() if value else None

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ai_service import ServiceUnavailable
 from generation import GenerationOptions
-from models import ChatRequest, EndEvent, ErrorEvent, StreamEvent
+from models import ChatRequest, EndEvent, ErrorEvent, StartEvent, StreamEvent
 from providers.base import AnswerError
 from providers.simulated import SimulatedAnswerSource, compose_answer
 from redis_client import Command, RedisClient
@@ -117,6 +117,38 @@ async def test_shutdown_lets_answers_finish_within_the_grace_period(run_service:
     assert events[-1]["type"] == "end"
     assert events[-1]["content"] == "abc"
     assert waited < 10  # it returned once the answer ended, not after the 30s grace
+
+
+async def test_shutdown_counts_one_grace_period_from_when_the_streams_began_to_drain(
+    run_service: RunService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The streams' drain and the answers' share one SHUTDOWN_GRACE_SECONDS (issue #13, item 6): an
+    answer still running when the drain has used the whole grace period is ended at once."""
+    hold = asyncio.Event()  # never set: the answer would run forever
+    events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+    caplog.set_level("INFO", logger="ai_service")
+    async with asyncio.timeout(10):  # a guard: the grace period below is 30 s
+        async with run_service(
+            ScriptedSource(["Half an ans", "wer"], hold=hold), shutdown_grace_seconds=30
+        ) as harness:
+            await harness.service.submit(
+                ChatRequest(session_id="s1", message="Hi", user_id="u1"), listener=events
+            )
+            assert isinstance(await events.get(), StartEvent)  # it runs
+            streams = harness.services.admission.sse_clients
+            streams.end_all(within=15)  # the server begins to drain: its streams end within 15 s
+            began = streams.draining_since
+            assert began is not None
+            streams.end_all(within=1)
+            assert streams.draining_since == began  # the drain began once
+            # As if the drain had begun a whole grace period ago: the clock's reading, not a wait.
+            streams.draining_since = began - 30
+    received = []
+    while (event := events.get_nowait()) is not None:
+        received.append(event)
+    assert isinstance(received[-1], ErrorEvent)
+    assert received[-1].error.code == "shutdown"
+    assert "waiting up to 0.0s for 1 running answers" in caplog.messages
 
 
 def slow_history_reply(redis: RedisClient) -> RedisPipe:
@@ -229,7 +261,8 @@ async def test_a_stateless_answer_runs_through_the_service_and_writes_nothing(
                 received.append(event)
         assert [event.type for event in received] == ["start", "chunk", "chunk", "end"]
         assert harness.service.active_answers == 0
-        assert await harness.redis.keys("*") == []  # no history, no log, no answer state
+        # No history, no log, no answer state: only its usage, which every answer adds to its key's.
+        assert [key for key in await harness.redis.keys("*") if b":usage:" not in key] == []
         registry = harness.services.metrics.registry
         assert registry.get_sample_value("chat_chunks_published_total") == 2
 

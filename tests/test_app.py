@@ -234,7 +234,7 @@ class StoppingService:
 
     active_answers = 0
 
-    async def submit(self, request: ChatRequest) -> ChatAccepted:
+    async def submit(self, request: ChatRequest, *, owner: str | None = None) -> ChatAccepted:
         raise ServiceUnavailable("the service is shutting down")
 
 

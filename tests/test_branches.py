@@ -213,7 +213,8 @@ class Unchanged:
 
     def check(self, new_id: str) -> None:
         assert self._read() == self._history
-        assert self._server.cli("EXISTS", f"chat:message:{{{new_id}}}") == "0"
+        # Alice's answers' states are named by her key and the id (issue #13, item 7).
+        assert self._server.cli("EXISTS", f"chat:message:{{alice/{new_id}}}") == "0"
 
 
 async def test_bad_branches_are_refused_naming_the_field_and_write_nothing(

@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import Archiver
 from config import Settings
 from models import ChatTurn
 from records.database import create_engine, current_revision, migrate
+from records.schema import messages
 from records.store import ConversationStore
 from redis_client import KeySpace
 from stores.outbox import Outbox, OutboxEntry
@@ -42,7 +43,7 @@ async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings],
     try:
         assert await migrate(engine) is True
         assert await tables(engine) == TABLES
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "0003"
         assert await migrate(engine) is False  # current: nothing to do
         assert await migrate(engine, "base", downgrade=True) is True
         assert await tables(engine) == set()
@@ -133,5 +134,56 @@ async def test_conversations_past_their_retention_are_deleted(
         assert await store.conversation("", "old") is None
         assert await store.conversation("", "recent") is not None
         assert await store.history("old") == []
+    finally:
+        await engine.dispose()
+
+
+async def row_ids(engine: AsyncEngine) -> list[tuple[str, str]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            select(messages.c.conversation_id, messages.c.id).order_by("position")
+        )
+    return [(str(conversation), str(row_id)) for conversation, row_id in rows.all()]
+
+
+async def test_two_keys_turns_of_one_message_id_are_both_archived_and_migrate_down_and_up(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """Message ids are each key's own (issue #13, item 7): the record keeps both keys' turns, each in
+    its conversation and found by its own key only; a turn's id in the API is as before."""
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine, model="m")
+        question = ChatTurn.model_validate(
+            {"message_id": "m1", "role": "user", "content": "Hi", "user_id": "u1",
+             "created_at": "2026-01-01T00:00:00Z"}
+        )  # fmt: skip
+        answer = ChatTurn.assistant("m1", "Hello.", "u1", "stop")
+        alices = [entry(1, question, "alice-s"), entry(2, answer, "alice-s")]
+        bobs = [entry(3, question, "bob-s"), entry(4, answer, "bob-s")]
+        assert await store.archive(alices, {"alice-s": "alice"}) == 2
+        assert await store.archive(bobs, {"bob-s": "bob"}) == 2
+        await store.archive([*alices, *bobs], {})  # replayed: nothing changes
+        assert await row_ids(engine) == [
+            ("alice-s", "alice-s/m1:user"),
+            ("alice-s", "alice-s/m1:assistant"),
+            ("bob-s", "bob-s/m1:user"),
+            ("bob-s", "bob-s/m1:assistant"),
+        ]
+        found = {owner: await store.answer_of("m1", owner) for owner in ("alice", "bob", "carol")}
+        assert {owner: row and row["conversation_id"] for owner, row in found.items()} == {
+            "alice": "alice-s",
+            "bob": "bob-s",
+            "carol": None,
+        }
+
+        # Down to bare ids (only one conversation's turns of a shared id can stay), and up again.
+        assert await migrate(engine, "0002", downgrade=True) is True
+        assert await row_ids(engine) == [("alice-s", "m1:user"), ("alice-s", "m1:assistant")]
+        assert await migrate(engine) is True
+        assert await row_ids(engine) == [("alice-s", "alice-s/m1:user"), ("alice-s", "alice-s/m1:assistant")]
+        assert [turn["content"] for turn in await store.history("alice-s")] == ["Hi", "Hello."]
+        assert [hit["id"] for hit in await store.search("alice", "u1", "Hello", 10)] == ["alice-s"]
     finally:
         await engine.dispose()

@@ -157,7 +157,8 @@ class Budgets:
     async def admit(self, key: str, message_id: str) -> AsyncIterator[None]:
         """Admission's hook: refuse the answer if its key is over budget, hold room for it, and charge
         the answer started inside the block to `key`. A hold not taken up by a started answer (a repeated
-        send, a failure) is given back when the block ends."""
+        send, a failure) is given back when the block ends. `message_id`: the answer's key
+        (`ids.answer_key`), as the answer's observers name it."""
         budget = self.budget_for(key)
         if budget is not None:
             await self._hold(key, budget, message_id)

@@ -93,15 +93,15 @@ class UsageRecorder:
 
     def answer_started(self, answer: Answer) -> None:
         key = current_key()
-        self._keys[answer.message_id] = key
+        self._keys[answer.key] = key
         if self._budgets is not None:
-            self._budgets.started(answer.message_id)
+            self._budgets.started(answer.key)
 
     def chunk_published(self, answer: Answer) -> None:
         pass
 
     def answer_ended(self, answer: Answer) -> None:
-        key = self._keys.pop(answer.message_id, None)
+        key = self._keys.pop(answer.key, None)
         if key is not None:
             self._queue.put_nowait(_Ended(answer, key, self._clock()))
 
@@ -133,13 +133,13 @@ class UsageRecorder:
             counter = await self._counter
 
             def count() -> dict[str, tuple[int, int, int]]:
-                return {answer.message_id: self._count(counter, answer) for answer in unreported}
+                return {answer.key: self._count(counter, answer) for answer in unreported}
 
             # Texts already counted (a session's earlier turns) are remembered; a few new ones cost less
             # to encode here than a worker thread's hand-over of the interpreter does.
             new_text = sum(counter.unremembered(texts_of(answer)) for answer in unreported)
             counts = count() if new_text <= INLINE_CHARS else await asyncio.to_thread(count)
-        records = [self._record(ended, counts.get(ended.answer.message_id)) for ended in batch]
+        records = [self._record(ended, counts.get(ended.answer.key)) for ended in batch]
         for record in records:
             for sink in self._sinks:
                 sink(record)
@@ -150,7 +150,7 @@ class UsageRecorder:
                 for ended, record in zip(batch, records, strict=True):
                     await self._budgets.settle(
                         ended.key,
-                        ended.answer.message_id,
+                        ended.answer.key,
                         record.total_tokens,
                         record.cost_nanos,
                         at=ended.at,

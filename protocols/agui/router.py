@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from admission import SessionForbidden, SessionNotFound
 from ai_service import ChatService
+from ids import answer_key
 from models import ID_PATTERN
 from protocols.agui.encoder import RunEncoder
 from protocols.agui.inputs import read_input
@@ -93,10 +94,10 @@ async def run_agent(
         async with admission.admit(
             principal, user_id=request.user_id, session_id=session_id, message_id=message_id
         ):
-            await service.submit(request, system_prompt=run.system_prompt)
+            await service.submit(request, system_prompt=run.system_prompt, owner=principal.key_name)
     except SessionForbidden:
         raise SessionNotFound(session_id) from None  # another key's thread is as good as missing
-    cursor = await service.follow(session_id, message_id=message_id)
+    cursor = await service.follow(session_id, message_id=message_id, owner=principal.key_name)
     return EventStreamResponse(
         cursor, encoder=_encoder(body, service, body.run_id), clients=admission.sse_clients
     )
@@ -135,7 +136,8 @@ async def connect(
         ]
         content = "".join(encoder.encode(event) for event in events)
         return Response(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    await telemetry.link_follower(running)  # this stream's trace links to the answer's (issue #16)
-    cursor = await service.follow(body.thread_id, message_id=running)
+    # This stream's trace links to the answer's (issue #16).
+    await telemetry.link_follower(answer_key(principal.key_name, running))
+    cursor = await service.follow(body.thread_id, message_id=running, owner=principal.key_name)
     encoder_ = _encoder(body, service, running, before=[snapshot])
     return EventStreamResponse(cursor, encoder=encoder_, clients=admission.sse_clients)

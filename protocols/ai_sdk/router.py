@@ -15,6 +15,7 @@ from fastapi import APIRouter, Path, Response
 
 from admission.errors import SessionForbidden, SessionNotFound
 from ai_service import AnswerFinished
+from ids import answer_key
 from models import ID_PATTERN, AnswerState
 from protocols.ai_sdk.encoder import HEADERS, UIMessageEncoder
 from protocols.ai_sdk.messages import UIChatRequest, read_exchange
@@ -86,11 +87,11 @@ async def chat(
         async with admission.admit(
             principal, user_id=request.user_id, session_id=body.id, message_id=str(request.message_id)
         ):
-            accepted, _ = await service.submit(request)
+            accepted, _ = await service.submit(request, owner=principal.key_name)
     except SessionForbidden:
         # Another key's chat answers as a missing one does: a chat id tells nothing of other keys.
         raise SessionNotFound(body.id) from None
-    cursor = await service.follow(body.id, message_id=accepted.message_id)
+    cursor = await service.follow(body.id, message_id=accepted.message_id, owner=principal.key_name)
     encoder = UIMessageEncoder(exchange.ui_message_id or accepted.message_id, exchange.prelude)
     return _stream(cursor, encoder, admission)
 
@@ -115,8 +116,9 @@ async def resume(
     message_id = await service.running_answer(chat_id)
     if message_id is None:
         return Response(status_code=204)
-    await telemetry.link_follower(message_id)  # this stream's trace links to the answer's (issue #16)
-    cursor = await service.follow(chat_id, message_id=message_id)
+    # This stream's trace links to the answer's (issue #16).
+    await telemetry.link_follower(answer_key(principal.key_name, message_id))
+    cursor = await service.follow(chat_id, message_id=message_id, owner=principal.key_name)
     ui_message_id, prelude = resumed_message(await history.read(chat_id, RESUME_TURNS), message_id)
     return _stream(cursor, UIMessageEncoder(ui_message_id, prelude), admission)
 
@@ -137,6 +139,6 @@ async def stop(
     if message_id is None:
         return Response(status_code=204)
     try:
-        return await service.cancel(message_id)
+        return await service.cancel(message_id, owner=principal.key_name)
     except AnswerFinished as finished:  # it ended while we looked: a stop button's race, not an error
         return finished.state

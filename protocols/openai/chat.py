@@ -132,7 +132,9 @@ async def _in_session(
     async with admission.admit(
         principal, user_id=chat.user_id, session_id=session_id, message_id=str(chat.message_id)
     ):
-        accepted, _ = await service.submit(chat, context=exchange.conversation, listener=events)
+        accepted, _ = await service.submit(
+            chat, context=exchange.conversation, listener=events, owner=principal.key_name
+        )
     return f"chatcmpl-{accepted.message_id}", _relay(events)
 
 
@@ -150,11 +152,16 @@ async def _stateless(
     user_id = body.user or DEFAULT_USER_ID
     events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
     async with admission.admit(principal, user_id=user_id, message_id=answer_id):
-        service.submit_stateless(
-            exchange.conversation, body, user_id=user_id, listener=events, message_id=answer_id
+        key = service.submit_stateless(
+            exchange.conversation,
+            body,
+            user_id=user_id,
+            listener=events,
+            message_id=answer_id,
+            owner=principal.key_name,
         )
     # Nobody else can follow a stateless answer: it ends when its caller leaves.
-    events_out = _relay(events, stop=lambda: service.stop_local(answer_id))
+    events_out = _relay(events, stop=lambda: service.stop_local(key))
     return f"chatcmpl-{answer_id.replace('-', '')}", events_out
 
 

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ai_service import AnswerFinished, ChatService, ImagesUnsupported
+from ids import answer_key
 from models import ChatRequest, StreamEvent
 from protocols.deps import AdmissionDep, ChatServiceDep, PrincipalDep, SettingsDep
 from protocols.errors import OpenAIErrorResponse
@@ -104,14 +105,15 @@ async def _stateless(
     encoder = ResponseEncoder(head_of(body, f"resp_{hex_id}", service.source.model), hex_id)
     events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
     async with admission.admit(principal, user_id=user_id, message_id=answer_id):
-        service.submit_stateless(
+        key = service.submit_stateless(
             reading.exchange.conversation,
             generation_options(body),
             user_id=user_id,
             listener=events,
             message_id=answer_id,
+            owner=principal.key_name,
         )
-    answer = relay(events, stop=lambda: service.stop_local(answer_id))
+    answer = relay(events, stop=lambda: service.stop_local(key))
     if not body.stream:
         return _json(await fold(encoder, answer))
 
@@ -179,13 +181,13 @@ async def create_response(
     waits = not (body.stream or body.background)
     events: asyncio.Queue[StreamEvent | None] | None = asyncio.Queue() if waits else None
     async with admission.admit(principal, user_id=chat.user_id, session_id=session_id, message_id=message_id):
-        await service.submit(chat, context=exchange.conversation, listener=events)
+        await service.submit(chat, context=exchange.conversation, listener=events, owner=principal.key_name)
     encoder = ResponseEncoder(dict(head), hex_id)
     if events is not None:
         return _json(await fold(encoder, relay(events)))
     if not body.stream:
         return _json(encoder.response())
-    cursor = await service.follow(session_id, message_id=message_id)
+    cursor = await service.follow(session_id, message_id=message_id, owner=principal.key_name)
     return EventStreamResponse(cursor, encoder=ResponseStream(encoder), clients=admission.sse_clients)
 
 
@@ -214,11 +216,12 @@ async def retrieve_response(
         response_id, principal, admission=admission, registry=services.answers, store=store
     )
     if not stream:
-        return _json(await response_object(state, record, services, response_id))
+        return _json(await response_object(state, record, services, response_id, principal))
     head = record.head if record is not None else default_head(response_id, service.source.model)
     encoder = ResponseEncoder(dict(head), response_id.removeprefix("resp_"))
-    await services.telemetry.link_follower(state.message_id)  # a link to the answer's trace (issue #16)
-    cursor = await service.follow(state.session_id, message_id=state.message_id)
+    key = answer_key(principal.key_name, state.message_id)
+    await services.telemetry.link_follower(key)  # a link to the answer's trace (issue #16)
+    cursor = await service.follow(state.session_id, message_id=state.message_id, owner=principal.key_name)
     after = -1 if starting_after is None else starting_after
     return EventStreamResponse(
         cursor, encoder=ResponseStream(encoder, after=after), clients=admission.sse_clients
@@ -244,14 +247,14 @@ async def cancel_response(
         response_id, principal, admission=admission, registry=services.answers, store=store
     )
     try:
-        state = await service.cancel(state.message_id)
+        state = await service.cancel(state.message_id, owner=principal.key_name)
     except AnswerFinished as finished:
         if finished.state.status != "cancelled":
             raise InvalidRequest(
                 [("response_id", "Cannot cancel a response that has already ended.")]
             ) from None
         state = finished.state
-    return _json(await response_object(state, record, services, response_id))
+    return _json(await response_object(state, record, services, response_id, principal))
 
 
 @router.delete(

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from admission import Admission, Principal
 from conversation import ConversationMessage
 from generation import GenerationOptions
+from ids import answer_key
 from models import AnswerState, AnyEvent, EndEvent, ErrorEvent, StreamEvent
 from protocols.openai.responses_encoder import ResponseEncoder
 from protocols.openai.responses_store import (
@@ -171,7 +172,7 @@ async def find(
     """The response's answer and record; `ResponseNotFound` for a missing, deleted or another key's
     one alike (the same 404 as `POST /chat`'s routes give for another key's session)."""
     message_id = message_id_of(response_id)
-    state = await registry.get(message_id)
+    state = await registry.get(answer_key(principal.key_name, message_id))
     if state is None or not await admission.owns(principal, state.session_id):
         raise ResponseNotFound(response_id)
     record = await store.get(message_id)
@@ -228,12 +229,17 @@ def new_session_id(message_id: str) -> str:
 
 
 async def response_object(
-    state: AnswerState, record: ResponseRecord | None, services: Services, response_id: str
+    state: AnswerState,
+    record: ResponseRecord | None,
+    services: Services,
+    response_id: str,
+    principal: Principal,
 ) -> dict[str, Any]:
-    """The response object as its answer stands: its events so far, from the log (or its stored turn)."""
+    """The response object as its answer (the caller's) stands: its events so far, from the log (or its
+    stored turn)."""
     head = record.head if record is not None else default_head(response_id, services.chat.source.model)
     encoder = ResponseEncoder(dict(head), response_id.removeprefix("resp_"))
-    for event in await answer_events(services, state):
+    for event in await answer_events(services, state, answer_key(principal.key_name, state.message_id)):
         encoder.feed(event)
     response = encoder.response()
     response.setdefault("created_at", int(time.time()))  # an answer of another protocol, not started
@@ -275,7 +281,7 @@ async def resolve_references(
                 state, record = await find(
                     response_id, principal, admission=admission, registry=services.answers, store=store
                 )
-                output = (await response_object(state, record, services, response_id))["output"]
+                output = (await response_object(state, record, services, response_id, principal))["output"]
             except ResponseNotFound:
                 pass
         position = int(match[3]) if match is not None else -1

@@ -176,11 +176,12 @@ def turn_events(turn: ChatTurn, session_id: str) -> list[AnyEvent]:
     return events
 
 
-async def answer_events(services: Services, state: AnswerState) -> list[AnyEvent]:
-    """The answer's events so far, from its `start`: from the replay log while it holds them, else (an
-    ended answer whose events were trimmed or expired) rebuilt from its stored turn. Never waits."""
+async def answer_events(services: Services, state: AnswerState, key: str) -> list[AnyEvent]:
+    """The answer's (`key`: `ids.answer_key`) events so far, from its `start`: from the replay log while
+    it holds them, else (an ended answer whose events were trimmed or expired) rebuilt from its stored
+    turn. Never waits."""
     log = services.log
-    since = await log.start_of(state.message_id)
+    since = await log.start_of(key)
     if since is not None:
         entries = [
             e for e in await log.read_after(state.session_id, since) if e.message_id == state.message_id
