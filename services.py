@@ -119,7 +119,7 @@ async def build_services(
         services = _assemble(
             settings, redis, keys, batchers, answer_source, observing, draining, end_retry_seconds, sql
         )
-        recorder.start()
+        await recorder.start()
         stack.push_async_callback(recorder.close)
         if titles is not None:  # stopped after the chat service has shut down, as the recorder
             titles.start()

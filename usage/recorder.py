@@ -63,9 +63,8 @@ class UsageRecorder:
         self.ledger = ledger
         self._budgets = budgets
         self._make_counter = counter
-        # Loading an encoding takes half a second of CPU or more: it is loaded in a worker thread from
-        # start-up, so that it is ready before answers end (at shutdown too, within the grace period) and
-        # does not compete with the first answers for the interpreter.
+        # Loading an encoding takes a quarter of a second of CPU or more: `start` loads it (in a worker
+        # thread) before the service serves, so that it is ready before answers end.
         self._counter: asyncio.Task[TokenCounter] | None = None
         self._model = model
         self._price = prices.get(model)
@@ -75,8 +74,12 @@ class UsageRecorder:
         self._queue: asyncio.Queue[_Ended | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Load the token counter, then start accounting. Start-up waits for the load: done while the
+        first answers stream, it held the interpreter from them for a quarter of a second and more (the
+        encoding is parsed in Python). Loaded once per process: tiktoken keeps it."""
         self._counter = asyncio.create_task(asyncio.to_thread(self._make_counter), name="token-counter")
+        await asyncio.wait([self._counter])
         self._task = asyncio.create_task(self._drain(), name="usage-recorder")
 
     async def close(self) -> None:
