@@ -55,11 +55,16 @@ def metric(text: str, line_start: str) -> float:
     return values[0]
 
 
+# A short message is counted on the event loop; a long one (more new text than the recorder's
+# INLINE_CHARS) in a worker thread: both must count the same way.
+@pytest.mark.parametrize(
+    "message", ["How many tokens is this?", "Count every token of this long message, please. " * 60]
+)
 async def test_an_answer_without_reported_usage_is_counted_with_tiktoken(
-    make_settings: Callable[..., Settings], app_client: AppClient
+    make_settings: Callable[..., Settings], app_client: AppClient, message: str
 ) -> None:
     async with app_client(make_settings(system_prompt="Be brief.")) as client:
-        events = await chat(client)
+        events = await chat(client, message=message)
         body = await usage_after(client, 1)
         metrics = (await client.get("/metrics")).text
     # The simulated model's encoding is o200k_base (tiktoken does not know it); OpenAI's accounting:
@@ -69,11 +74,7 @@ async def test_an_answer_without_reported_usage_is_counted_with_tiktoken(
     def tokens(text: str) -> int:
         return len(encoding.encode(text))
 
-    prompt = (
-        3
-        + (3 + tokens("system") + tokens("Be brief."))
-        + (3 + tokens("user") + tokens("How many tokens is this?"))
-    )
+    prompt = 3 + (3 + tokens("system") + tokens("Be brief.")) + (3 + tokens("user") + tokens(message))
     completion = tokens(events[-1]["content"])
     assert events[-1]["type"] == "end"
     assert "usage" not in events[-1]  # the simulated model reports none: the count is ours
