@@ -8,10 +8,9 @@ JSON, each an integer summed with HINCRBY, so that any number of instances add t
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -50,15 +49,19 @@ class UsageRecord:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def values(self) -> tuple[int, ...]:
+        """Its MEASURES, in their order."""
+        return (
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.reasoning_tokens,
+            1,
+            int(self.counted),
+            self.cost_nanos,
+        )
+
     def measures(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "reasoning_tokens": self.reasoning_tokens,
-            "answers": 1,
-            "counted": int(self.counted),
-            "cost_nanos": self.cost_nanos,
-        }
+        return dict(zip(MEASURES, self.values(), strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,24 +104,32 @@ class UsageLedger:
         return f"{self._prefix}:usage:{{{key}}}:session:{session_id}"
 
     async def record(self, *records: UsageRecord) -> None:
-        """Add the records to their keys' daily and session totals, in one round trip."""
-        increments: dict[tuple[str, bytes | str], int] = defaultdict(int)
-        expiries: dict[str, int] = {}
+        """Add the records to their keys' daily and session totals, in one round trip: summed here first
+        per (key, day, model, user) and per session, so each total is one HINCRBY per batch."""
+        days: dict[tuple[str, dt.date, str, str], list[int]] = {}
+        sessions: dict[tuple[str, str], list[int]] = {}
         for record in records:
-            day_key = self.day_key(record.key, day_of(record.at))
-            measures = {measure: value for measure, value in record.measures().items() if value}
-            for measure, value in measures.items():
-                increments[day_key, orjson.dumps([record.model, record.user_id, measure])] += value
-            expiries[day_key] = self._retention
+            values = record.values()
+            _add(days, (record.key, day_of(record.at), record.model, record.user_id), values)
             if record.session_id:
-                session_key = self.session_key(record.key, record.session_id)
-                for measure, value in measures.items():
-                    increments[session_key, measure] += value
-                expiries[session_key] = self._session_ttl
-        commands: list[Command] = [
-            ("HINCRBY", key, field, value) for (key, field), value in increments.items()
-        ]
-        commands += [("EXPIRE", key, ttl) for key, ttl in expiries.items()]
+                _add(sessions, (record.key, record.session_id), values)
+        commands: list[Command] = []
+        for (key, day, model, user_id), totals in days.items():
+            day_key = self.day_key(key, day)
+            commands += [
+                ("HINCRBY", day_key, orjson.dumps([model, user_id, measure]), value)
+                for measure, value in zip(MEASURES, totals, strict=True)
+                if value
+            ]
+            commands.append(("EXPIRE", day_key, self._retention))
+        for (key, session_id), totals in sessions.items():
+            session_key = self.session_key(key, session_id)
+            commands += [
+                ("HINCRBY", session_key, measure, value)
+                for measure, value in zip(MEASURES, totals, strict=True)
+                if value
+            ]
+            commands.append(("EXPIRE", session_key, self._session_ttl))
         await self._writer.submit(commands)
 
     async def rows(self, key: str, days: Iterable[dt.date]) -> list[UsageRow]:
@@ -147,3 +158,12 @@ class UsageLedger:
 
 def _text(name: bytes | str) -> str:
     return name.decode() if isinstance(name, bytes) else name
+
+
+def _add(totals: dict[Any, list[int]], group: Any, values: tuple[int, ...]) -> None:
+    current = totals.get(group)
+    if current is None:
+        totals[group] = list(values)
+    else:
+        for index, value in enumerate(values):
+            current[index] += value
