@@ -151,6 +151,7 @@ class ChatService:
         if request.images and not self.source.accepts_images:
             raise ImagesUnsupported(f"The model {self.source.model!r} cannot see images.", param="images")
         key = answer_key(owner, message_id)
+        leaf = self._branches.read_leaf_soon(request, context)  # in the claim's round trip
         if (existing := await self._claim(key, session_id, request.user_id)) is not None:
             return self._accepted(existing), False  # a retry, tool results included, is answered alike
         try:
@@ -160,7 +161,7 @@ class ChatService:
                 await self._check_tool_results(session_id, request.tool_results, by_history=context is None)
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
             since, conversation, parent = await self._branches.store_and_read(
-                request, message_id, context, system_prompt
+                request, message_id, context, system_prompt, leaf=leaf
             )
         except ServiceError:  # Redis, the record, tool results or the branch: nothing is stored
             with contextlib.suppress(RedisUnavailable):

@@ -12,7 +12,8 @@ The tree comes from the conversation record, with the Redis history's turns not 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conversation import ConversationMessage, build_context
@@ -116,6 +117,18 @@ class Branches:
             firsts.setdefault(message_id, index)
         return max(firsts, key=firsts.__getitem__) if firsts else None
 
+    def read_leaf_soon(
+        self, request: ChatRequest, context: Sequence[ConversationMessage] | None
+    ) -> asyncio.Task[str | None] | None:
+        """Start reading where the active branch ends, for `store_and_read`, when the turns will follow it
+        (no `parent_id`): started before the answer's claim, the read goes in the same batch, one round
+        trip for both. Its result or failure is always retrieved, even if it is not waited for."""
+        if "parent_id" in request.model_fields_set and context is None:
+            return None
+        task = asyncio.ensure_future(self._leaf(request.session_id))
+        task.add_done_callback(_retrieved)
+        return task
+
     async def _idle(self, session_id: str, field: str) -> None:
         if await self._log.running_starts(session_id):
             raise BranchBusy(field)
@@ -126,6 +139,8 @@ class Branches:
         message_id: str,
         context: Sequence[ConversationMessage] | None,
         system_prompt: str | None,
+        *,
+        leaf: Awaitable[str | None] | None = None,
     ) -> tuple[str, list[ConversationMessage], str | None]:
         """Store the user's turn (or the tool results) on its branch; return where the answer's events
         will begin in the replay log, the conversation to answer (`context`, or one built from the
@@ -149,7 +164,7 @@ class Branches:
             else:  # an edited first message: the whole history leaves for the off-branch list
                 first = await self._replace_all(request.session_id)
         else:
-            parent = await self._leaf(request.session_id)
+            parent = await (leaf or self._leaf(request.session_id))
         for turn in turns:
             turn.parent_id = parent
         (position,), stored = await self._history.append(
@@ -205,3 +220,8 @@ class Branches:
             session_id, [], first=first, along=[outbox_branch(self._keys, session_id, leaf)]
         )
         return [dict(turn) for turn in path]
+
+
+def _retrieved(task: asyncio.Task[str | None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed read that nobody waited for is not logged as never retrieved
