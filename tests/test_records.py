@@ -16,7 +16,7 @@ from config import Settings
 from models import ChatTurn
 from records.database import create_engine, current_revision, migrate
 from records.schema import messages
-from records.store import ConversationStore
+from records.store import ROWS_PER_STATEMENT, ConversationStore
 from redis_client import KeySpace
 from stores.outbox import Outbox, OutboxEntry
 from tests.record_backends import database_url
@@ -104,6 +104,30 @@ async def test_later_batches_add_to_the_count_and_move_updated_at_forward_only(
         assert row is not None
         assert row["message_count"] == 3
         assert row["updated_at"].replace(tzinfo=UTC) == datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_batch_longer_than_one_statement_is_stored_whole_and_once(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine, model="m")
+        turns = [
+            entry(n, ChatTurn.model_validate({"message_id": f"m{n}", "role": "user", "content": f"Q{n}",
+                                              "user_id": "u1", "created_at": "2026-01-01T00:00:00Z"}),
+                  f"s{n % 3}")
+            for n in range(ROWS_PER_STATEMENT * 2 + 5)
+        ]  # fmt: skip
+        assert await store.archive(turns, {}) == len(turns)
+        await store.archive(turns[ROWS_PER_STATEMENT - 3 :], {})  # a repeat across statements' bounds
+        counts = [
+            (row["message_count"] if (row := await store.conversation("", f"s{n}")) else 0) for n in range(3)
+        ]
+        assert counts == [len(turns[n::3]) for n in range(3)]
+        assert [len(await store.messages(f"s{n}")) for n in range(3)] == counts
     finally:
         await engine.dispose()
 
