@@ -79,7 +79,7 @@ def test_a_remembered_count_is_the_encoded_count_and_memory_stays_bounded() -> N
     assert counter.prompt(prompt) == expected
 
 
-def test_the_memo_forgets_the_least_recently_used_texts_beyond_its_size() -> None:
+def test_the_memo_forgets_the_oldest_texts_beyond_its_size() -> None:
     counter = TokenCounter("gpt-4o", memo_chars=100)
     texts = [f"{n} " + "word " * 8 for n in range(10)]  # 42 or 43 characters each
     for text in texts:

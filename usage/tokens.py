@@ -46,8 +46,8 @@ def use_vendored_encodings() -> None:
 class TokenCounter:
     """Counts a model's tokens. Encoding is CPU work: call it off the event loop for long texts.
 
-    A text seen recently is not encoded again: its count is remembered (least recently used first
-    out, `memo_chars` characters of text at most)."""
+    A text seen recently is not encoded again: its count is remembered (first in, first out, up to
+    `memo_chars` characters of text)."""
 
     def __init__(self, model: str, *, memo_chars: int = MEMO_CHARS) -> None:
         use_vendored_encodings()
@@ -60,19 +60,16 @@ class TokenCounter:
         self._memo: OrderedDict[str, int] = OrderedDict()
         self._memo_chars = 0
         self._memo_limit = memo_chars
-        self._lock = threading.Lock()  # callers count in worker threads
+        self._lock = threading.Lock()  # for writes: callers may count in worker threads
 
     def text(self, text: str) -> int:
         """Tokens of plain text (special tokens counted as text: a user may type `<|endoftext|>`)."""
         if not text:
             return 0
-        with self._lock:
-            count = self._memo.get(text)
-            if count is not None:
-                self._memo.move_to_end(text)
-                return count
-        count = len(self.encoding.encode_ordinary(text))
-        self._remember(text, count)
+        count = self._memo.get(text)  # a read needs no lock: one call, atomic for the interpreter
+        if count is None:
+            count = len(self.encoding.encode_ordinary(text))
+            self._remember(text, count)
         return count
 
     def _remember(self, text: str, count: int) -> None:
@@ -89,8 +86,8 @@ class TokenCounter:
 
     def unremembered(self, texts: Iterable[str]) -> int:
         """How many characters of `texts` counting them would encode (those not remembered)."""
-        with self._lock:
-            return sum(len(text) for text in texts if text not in self._memo)
+        memo = self._memo
+        return sum(len(text) for text in texts if text not in memo)
 
     @property
     def remembered_chars(self) -> int:
