@@ -3,9 +3,10 @@ on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy import inspect, select
@@ -38,6 +39,19 @@ def entry(number: int, turn: ChatTurn, session: str = "s1") -> OutboxEntry:
     )
 
 
+@pytest.fixture
+async def store(
+    make_settings: Callable[..., Settings], database_url: str
+) -> AsyncIterator[ConversationStore]:
+    """A migrated record on each backend, its engine disposed after the test."""
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        await migrate(engine)
+        yield ConversationStore(engine, model="m")
+    finally:
+        await engine.dispose()
+
+
 async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings], database_url: str) -> None:
     engine = create_engine(make_settings(database_url=database_url))
     try:
@@ -54,82 +68,58 @@ async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings],
         await engine.dispose()
 
 
-async def test_an_entry_archived_twice_is_stored_once(
-    make_settings: Callable[..., Settings], database_url: str
-) -> None:
-    engine = create_engine(make_settings(database_url=database_url))
-    try:
-        await migrate(engine)
-        store = ConversationStore(engine, model="m")
-        question = ChatTurn.model_validate(
-            {"message_id": "m1", "role": "user", "content": "What is  a\nstream?", "user_id": "u1",
-             "created_at": "2026-01-01T00:00:00Z"}
-        )  # fmt: skip
-        answer = ChatTurn.assistant("m1", "A log.", "u1", "stop")
-        batch = [entry(1, question), entry(2, answer)]
-        assert await store.archive(batch, {"s1": "key-a"}) == 2
-        await store.archive(batch[1:], {"s1": "key-a"})  # a retry after a timeout, or a claim
-        row = await store.conversation("key-a", "s1")
-        assert row is not None
-        assert (row["title"], row["message_count"], row["user_id"]) == ("What is a stream?", 2, "u1")
-        history = await store.history("s1")
-        assert [ChatTurn.model_validate(turn) for turn in history] == [question, answer]
-        assert await store.conversation("key-b", "s1") is None  # another key's is not found
-    finally:
-        await engine.dispose()
+async def test_an_entry_archived_twice_is_stored_once(store: ConversationStore) -> None:
+    question = ChatTurn.model_validate(
+        {"message_id": "m1", "role": "user", "content": "What is  a\nstream?", "user_id": "u1",
+         "created_at": "2026-01-01T00:00:00Z"}
+    )  # fmt: skip
+    answer = ChatTurn.assistant("m1", "A log.", "u1", "stop")
+    batch = [entry(1, question), entry(2, answer)]
+    assert await store.archive(batch, {"s1": "key-a"}) == 2
+    await store.archive(batch[1:], {"s1": "key-a"})  # a retry after a timeout, or a claim
+    row = await store.conversation("key-a", "s1")
+    assert row is not None
+    assert (row["title"], row["message_count"], row["user_id"]) == ("What is a stream?", 2, "u1")
+    history = await store.history("s1")
+    assert [ChatTurn.model_validate(turn) for turn in history] == [question, answer]
+    assert await store.conversation("key-b", "s1") is None  # another key's is not found
+
+
+def turn(message_id: str, role: str, at: str) -> ChatTurn:
+    return ChatTurn.model_validate(
+        {"message_id": message_id, "role": role, "content": message_id, "user_id": "u1", "created_at": at}
+    )
 
 
 async def test_later_batches_add_to_the_count_and_move_updated_at_forward_only(
-    make_settings: Callable[..., Settings], database_url: str
+    store: ConversationStore,
 ) -> None:
-    engine = create_engine(make_settings(database_url=database_url))
-
-    def turn(message_id: str, role: str, at: str) -> ChatTurn:
-        return ChatTurn.model_validate(
-            {"message_id": message_id, "role": role, "content": message_id, "user_id": "u1", "created_at": at}
-        )
-
-    try:
-        await migrate(engine)
-        store = ConversationStore(engine, model="m")
-        await store.archive([entry(1, turn("m1", "user", "2026-01-01T00:00:00Z"))], {"s1": "k"})
-        await store.archive([entry(2, turn("m1", "assistant", "2026-01-01T00:00:05Z"))], {"s1": "k"})
-        # A turn archived late (another consumer's claimed entry) with an older time, and a repeat.
-        late = [
-            entry(3, turn("m0", "user", "2025-12-31T00:00:00Z")),
-            entry(2, turn("m1", "assistant", "2026-01-01T00:00:05Z")),
-        ]
-        await store.archive(late, {"s1": "k"})
-        row = await store.conversation("k", "s1")
-        assert row is not None
-        assert row["message_count"] == 3
-        assert row["updated_at"].replace(tzinfo=UTC) == datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
-    finally:
-        await engine.dispose()
+    await store.archive([entry(1, turn("m1", "user", "2026-01-01T00:00:00Z"))], {"s1": "k"})
+    await store.archive([entry(2, turn("m1", "assistant", "2026-01-01T00:00:05Z"))], {"s1": "k"})
+    # A turn archived late (another consumer's claimed entry) with an older time, and a repeat.
+    late = [
+        entry(3, turn("m0", "user", "2025-12-31T00:00:00Z")),
+        entry(2, turn("m1", "assistant", "2026-01-01T00:00:05Z")),
+    ]
+    await store.archive(late, {"s1": "k"})
+    row = await store.conversation("k", "s1")
+    assert row is not None
+    assert row["message_count"] == 3
+    assert row["updated_at"].replace(tzinfo=UTC) == datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
 
 
-async def test_a_batch_longer_than_one_statement_is_stored_whole_and_once(
-    make_settings: Callable[..., Settings], database_url: str
-) -> None:
-    engine = create_engine(make_settings(database_url=database_url))
-    try:
-        await migrate(engine)
-        store = ConversationStore(engine, model="m")
-        turns = [
-            entry(n, ChatTurn.model_validate({"message_id": f"m{n}", "role": "user", "content": f"Q{n}",
-                                              "user_id": "u1", "created_at": "2026-01-01T00:00:00Z"}),
-                  f"s{n % 3}")
-            for n in range(ROWS_PER_STATEMENT * 2 + 5)
-        ]  # fmt: skip
-        assert await store.archive(turns, {}) == len(turns)
-        await store.archive(turns[ROWS_PER_STATEMENT - 3 :], {})  # a repeat across statements' bounds
-        counts = [
-            (row["message_count"] if (row := await store.conversation("", f"s{n}")) else 0) for n in range(3)
-        ]
-        assert counts == [len(turns[n::3]) for n in range(3)]
-        assert [len(await store.messages(f"s{n}")) for n in range(3)] == counts
-    finally:
-        await engine.dispose()
+async def test_a_batch_longer_than_one_statement_is_stored_whole_and_once(store: ConversationStore) -> None:
+    turns = [
+        entry(n, turn(f"m{n}", "user", "2026-01-01T00:00:00Z"), f"s{n % 3}")
+        for n in range(ROWS_PER_STATEMENT * 2 + 5)
+    ]
+    assert await store.archive(turns, {}) == len(turns)
+    await store.archive(turns[ROWS_PER_STATEMENT - 3 :], {})  # a repeat across statements' bounds
+    counts = [
+        (row["message_count"] if (row := await store.conversation("", f"s{n}")) else 0) for n in range(3)
+    ]
+    assert counts == [len(turns[n::3]) for n in range(3)]
+    assert [len(await store.messages(f"s{n}")) for n in range(3)] == counts
 
 
 async def test_conversations_past_their_retention_are_deleted(
