@@ -106,6 +106,56 @@ def test_sigterm_ends_streams_whose_clients_stopped_reading_within_the_grace_per
     assert "Traceback" not in log
 
 
+def test_sigterm_with_stalled_streams_and_running_answers_exits_within_one_grace_period(
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
+) -> None:
+    # The streams' drain and the answers' grace are one period, counted from SIGTERM: before, the
+    # answers had a whole grace period of their own after the drain (about 1.5 times in all).
+    service = start_service(
+        REDIS_URL=redis_server.url,
+        SHUTDOWN_GRACE_SECONDS=str(GRACE),
+        STREAM_MAXLEN="100000",
+        SSE_POLL_SECONDS="0.2",
+        STREAM_DELAY="0",
+        CHUNK_DELAY="0.5",  # each answer runs for seconds: longer than the grace period
+    )
+    after = fill_log(redis_server.url, "backlog", entries=40, size=100_000)
+    request = f"GET /stream/backlog HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {after}\r\n\r\n".encode()
+
+    def stalled_client() -> socket.socket:
+        sock = raw_connection(service, receive_buffer=4096)
+        sock.sendall(request)
+        assert sock.recv(64).startswith(b"HTTP/1.1 200"), "the stream opened"
+        return sock
+
+    with connections(3, stalled_client):
+        accepted = [
+            httpx.post(
+                f"{service.url}/chat",
+                json={"session_id": f"long{n}", "message": "Tell me a long story", "user_id": "u"},
+                timeout=5,
+            ).json()
+            for n in range(2)
+        ]
+        eventually_sync(
+            lambda: "chat_sse_clients 3.0" in httpx.get(f"{service.url}/metrics", timeout=5).text,
+            "every stalled stream is open",
+        )
+        started = time.monotonic()
+        service.terminate()
+        try:
+            code = service.wait(timeout=GRACE * 2 + 10)
+        finally:
+            elapsed = time.monotonic() - started
+    log = service.output()
+    assert code in (0, -signal.SIGTERM), log
+    assert elapsed <= GRACE + 1, f"took {elapsed:.1f}s to exit"
+    with redis.Redis.from_url(redis_server.url) as client:
+        for body in accepted:
+            status = client.hget(f"chat:message:{{{body['message_id']}}}", "status")
+            assert status == b"failed", "the answer was ended with `shutdown`"
+
+
 def test_a_request_head_over_max_header_bytes_is_refused_and_its_connection_closed(
     redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
 ) -> None:
