@@ -71,6 +71,7 @@ class Archiver:
         self._clock = clock
         self._next_purge = 0.0
         self._next_claim = 0.0
+        self._full = False  # the last cycle read a whole batch from some outbox: more may be waiting
         self.state = ArchiveState()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -124,13 +125,13 @@ class Archiver:
         pause = self._poll
         while not self._closing:
             try:
-                archived = await self.cycle()
+                await self.cycle()
                 if self.state.error is not None:
                     logger.info("archiving again: the conversation record is reachable")
                 self.state.error = None
                 pause = self._poll
             except FAILURES as error:
-                archived = 0
+                self._full = False  # wait before trying again
                 self.failures.inc()
                 reason = type(error).__name__ if not isinstance(error, RedisUnavailable) else error.reason
                 if self.state.error is None:
@@ -141,7 +142,7 @@ class Archiver:
             # A full batch: more is waiting, go on at once. Otherwise wait for more to gather: one
             # transaction per few hundred turns costs far less CPU than one per handful, and that CPU
             # is the streaming process's own (issue #15: archiving must not slow streaming).
-            if archived < self._batch:
+            if not self._full:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
                         await self._wake.wait()
@@ -153,7 +154,7 @@ class Archiver:
 
     async def cycle(self) -> int:
         """One pass over every outbox; how many turns it archived."""
-        archived = 0
+        archived, self._full = 0, False
         claiming = self._clock() >= self._next_claim
         for stream in await self._outbox.streams():
             entries = await self._outbox.read(stream, self._batch, new=False)
@@ -163,6 +164,7 @@ class Archiver:
                 entries = await self._outbox.read(stream, self._batch, new=True)
             if not entries:
                 continue
+            self._full = self._full or len(entries) == self._batch  # entries, turns or not
             owners = await self._outbox.owners({entry.session_id for entry in entries if entry.turn})
             archived += await self._store.archive(entries, owners)
             await self._outbox.ack(stream, [entry.entry_id for entry in entries])

@@ -3,7 +3,7 @@ on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -19,7 +19,8 @@ from records.database import create_engine, current_revision, migrate
 from records.schema import messages
 from records.store import ROWS_PER_STATEMENT, ConversationStore
 from redis_client import KeySpace
-from stores.outbox import Outbox, OutboxEntry
+from stores.outbox import Outbox, OutboxEntry, outbox_append
+from testkit.waiting import eventually
 from tests.record_backends import database_url
 
 __all__ = ["database_url"]
@@ -120,6 +121,49 @@ async def test_a_batch_longer_than_one_statement_is_stored_whole_and_once(store:
     ]
     assert counts == [len(turns[n::3]) for n in range(3)]
     assert [len(await store.messages(f"s{n}")) for n in range(3)] == counts
+
+
+async def append(redis: Redis, keys: KeySpace, stored: ChatTurn) -> None:
+    """The outbox entry the service writes for a stored turn of session `s1`."""
+    _, stream, _, *fields = outbox_append(keys, "s1", stored)
+    await redis.xadd(
+        str(stream), {str(name): value for name, value in zip(fields[::2], fields[1::2], strict=True)}
+    )
+
+
+async def test_the_archiver_goes_on_at_once_after_a_full_batch_and_waits_after_a_partial_one(
+    store: ConversationStore, fake: Redis
+) -> None:
+    keys = KeySpace("chat")
+    for n in range(5):
+        await append(fake, keys, turn(f"m{n}", "user", "2026-01-01T00:00:00Z"))
+    # Batches of 2 and a pause of an hour: the five turns are archived only if full batches do not wait.
+    archiver = Archiver(
+        Outbox(fake, keys, timeout=1),
+        store,
+        CollectorRegistry(),
+        batch=2,
+        claim_seconds=30,
+        poll_seconds=3600,
+    )
+    archiver.start()
+
+    def archived(count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            row = await store.conversation("", "s1")
+            return (
+                row is not None and row["message_count"] == count and await fake.xlen(keys.outbox("s1")) == 0
+            )
+
+        return check
+
+    try:
+        await eventually(archived(5), "every turn is archived and acknowledged")
+        await append(fake, keys, turn("m5", "user", "2026-01-01T00:00:00Z"))
+        archiver.wake()  # after a partial batch it waits for more to gather (an hour here) or a wake-up
+        await eventually(archived(6), "the woken archiver takes the new turn")
+    finally:
+        await archiver.close()
 
 
 async def test_conversations_past_their_retention_are_deleted(
