@@ -153,7 +153,7 @@ async def test_limits_ownership_and_health_on_a_cluster(
     assert own.status_code == 200
 
 
-async def test_turns_are_archived_from_each_sessions_outbox_on_a_cluster(
+async def test_turns_are_archived_and_accounted_from_each_sessions_answers_on_a_cluster(
     make_settings: Callable[..., Settings], cluster: ClusterServers
 ) -> None:
     # Issue #15: each session's outbox lives in its slot (`chat:{s}:outbox`), written in the same
@@ -173,6 +173,11 @@ async def test_turns_are_archived_from_each_sessions_outbox_on_a_cluster(
                 ]
 
             await eventually(archived, "every session's turns archived", timeout=20)
+
+            async def accounted() -> bool:  # the usage ledger goes through the cluster's event writer
+                return bool((await http.get("/usage")).json()["totals"]["answers"] == len(sessions))
+
+            await eventually(accounted, "every answer's usage recorded", timeout=20)
             for session in sessions:
                 assert await client.xlen(f"chat:{{{session}}}:outbox") == 0  # archived, so deleted
     finally:
