@@ -70,16 +70,24 @@ def fill_log(redis_url: str, session_id: str, *, entries: int, size: int) -> str
     return first.decode() if isinstance(first, bytes) else str(first)
 
 
-def test_sigterm_ends_streams_whose_clients_stopped_reading_within_the_grace_period(
-    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
-) -> None:
-    service = start_service(
+def draining_service(
+    start_service: Callable[..., ServiceProcess], redis_server: RedisServer, **settings: str
+) -> ServiceProcess:
+    """A `python app.py` with a short grace period and room for a long backlog in the replay log."""
+    return start_service(
         REDIS_URL=redis_server.url,
         SHUTDOWN_GRACE_SECONDS=str(GRACE),
         STREAM_MAXLEN="100000",
         SSE_POLL_SECONDS="0.2",
+        **settings,
     )
-    after = fill_log(redis_server.url, "backlog", entries=40, size=100_000)  # 4 MB for each client
+
+
+def stalled_streams(
+    service: ServiceProcess, redis_url: str, count: int
+) -> contextlib.AbstractContextManager[list[socket.socket]]:
+    """`count` SSE clients that read the response's head and then nothing of a 4 MB backlog each."""
+    after = fill_log(redis_url, "backlog", entries=40, size=100_000)
     request = f"GET /stream/backlog HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {after}\r\n\r\n".encode()
 
     def stalled_client() -> socket.socket:
@@ -88,17 +96,27 @@ def test_sigterm_ends_streams_whose_clients_stopped_reading_within_the_grace_per
         assert sock.recv(64).startswith(b"HTTP/1.1 200"), "the stream opened"
         return sock  # and it reads nothing more
 
-    with connections(5, stalled_client):
-        eventually_sync(
-            lambda: "chat_sse_clients 5.0" in httpx.get(f"{service.url}/metrics", timeout=5).text,
-            "every stalled stream is open",
-        )
-        started = time.monotonic()
-        service.terminate()
-        try:
-            code = service.wait(timeout=GRACE + 10)
-        finally:
-            elapsed = time.monotonic() - started
+    return connections(count, stalled_client)
+
+
+def terminate(service: ServiceProcess, clients: int) -> tuple[int, float]:
+    """SIGTERM once `clients` streams are open; the exit status and the seconds it took."""
+    eventually_sync(
+        lambda: f"chat_sse_clients {clients}.0" in httpx.get(f"{service.url}/metrics", timeout=5).text,
+        "every stalled stream is open",
+    )
+    started = time.monotonic()
+    service.terminate()
+    code = service.wait(timeout=GRACE * 2 + 10)
+    return code, time.monotonic() - started
+
+
+def test_sigterm_ends_streams_whose_clients_stopped_reading_within_the_grace_period(
+    redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
+) -> None:
+    service = draining_service(start_service, redis_server)
+    with stalled_streams(service, redis_server.url, 5):
+        code, elapsed = terminate(service, 5)
     log = service.output()
     assert code in (0, -signal.SIGTERM), log
     assert elapsed <= GRACE + 3, f"took {elapsed:.1f}s to exit with clients that do not read"
@@ -111,24 +129,9 @@ def test_sigterm_with_stalled_streams_and_running_answers_exits_within_one_grace
 ) -> None:
     # The streams' drain and the answers' grace are one period, counted from SIGTERM: before, the
     # answers had a whole grace period of their own after the drain (about 1.5 times in all).
-    service = start_service(
-        REDIS_URL=redis_server.url,
-        SHUTDOWN_GRACE_SECONDS=str(GRACE),
-        STREAM_MAXLEN="100000",
-        SSE_POLL_SECONDS="0.2",
-        STREAM_DELAY="0",
-        CHUNK_DELAY="0.5",  # each answer runs for seconds: longer than the grace period
-    )
-    after = fill_log(redis_server.url, "backlog", entries=40, size=100_000)
-    request = f"GET /stream/backlog HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {after}\r\n\r\n".encode()
-
-    def stalled_client() -> socket.socket:
-        sock = raw_connection(service, receive_buffer=4096)
-        sock.sendall(request)
-        assert sock.recv(64).startswith(b"HTTP/1.1 200"), "the stream opened"
-        return sock
-
-    with connections(3, stalled_client):
+    # Each answer runs for seconds: longer than the grace period.
+    service = draining_service(start_service, redis_server, STREAM_DELAY="0", CHUNK_DELAY="0.5")
+    with stalled_streams(service, redis_server.url, 3):
         accepted = [
             httpx.post(
                 f"{service.url}/chat",
@@ -137,16 +140,7 @@ def test_sigterm_with_stalled_streams_and_running_answers_exits_within_one_grace
             ).json()
             for n in range(2)
         ]
-        eventually_sync(
-            lambda: "chat_sse_clients 3.0" in httpx.get(f"{service.url}/metrics", timeout=5).text,
-            "every stalled stream is open",
-        )
-        started = time.monotonic()
-        service.terminate()
-        try:
-            code = service.wait(timeout=GRACE * 2 + 10)
-        finally:
-            elapsed = time.monotonic() - started
+        code, elapsed = terminate(service, 3)
     log = service.output()
     assert code in (0, -signal.SIGTERM), log
     assert elapsed <= GRACE + 1, f"took {elapsed:.1f}s to exit"
