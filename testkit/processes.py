@@ -134,4 +134,9 @@ class ServerProcess:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.kill()
+        # Whatever of its group outlived it: uvicorn's workers, when the signal reached only the process
+        # in front of them (py-spy, under the benchmark's BENCH_PROFILE), went on running and loading
+        # the machine. The group's id stays taken while any of them lives, so this reaches only them.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
