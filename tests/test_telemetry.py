@@ -307,6 +307,23 @@ async def test_a_stream_following_an_answer_links_to_the_answers_trace(
     assert_links_to_the_answer(stream, spans)
 
 
+def submit_under_request(
+    spans: Sequence[ReadableSpan], request_name: str, message_id: str
+) -> tuple[ReadableSpan, ReadableSpan]:
+    """The request's server span and its `chat.submit` child, which started the answer `message_id`."""
+    request = next(
+        span for span in spans if span.kind is SpanKind.SERVER and span.name.startswith(request_name)
+    )
+    submit = named(spans, "chat.submit")
+    assert request.context is not None
+    assert submit.context is not None
+    assert parent_of(submit) == request.context.span_id
+    assert submit.attributes is not None
+    assert submit.attributes["chat.message_id"] == message_id
+    assert submit.attributes["chat.started"] is True
+    return request, submit
+
+
 async def test_the_claim_and_the_user_turns_write_are_a_span_under_the_request_in_the_answers_trace(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -314,23 +331,17 @@ async def test_the_claim_and_the_user_turns_write_are_a_span_under_the_request_i
         accepted = (await client.post("/chat", json=CHAT)).json()
         await collect(client, accepted["stream_url"])
         spans = await answer_spans(exporter, "simulated")
-    request = next(
-        span for span in spans if span.kind is SpanKind.SERVER and span.name.startswith("POST /chat")
-    )
-    submit = named(spans, "chat.submit")
+    request, submit = submit_under_request(spans, "POST /chat", accepted["message_id"])
     answer = named(spans, "chat.answer")
     assert request.context is not None
     assert submit.context is not None
     assert answer.context is not None
     # The pipelined writes are not seen by the redis instrumentation: this span is the claim's and the
     # user turn's, a child of the request, beside the answer's span (which outlives it), in one trace.
-    assert parent_of(submit) == request.context.span_id
     assert parent_of(answer) == request.context.span_id
     assert submit.context.trace_id == answer.context.trace_id == request.context.trace_id
     assert submit.attributes is not None
-    assert submit.attributes["chat.message_id"] == accepted["message_id"]
     assert submit.attributes["chat.session_id"] == CHAT["session_id"]
-    assert submit.attributes["chat.started"] is True
     assert submit.end_time is not None
     assert answer.end_time is not None
     assert submit.end_time <= answer.end_time
@@ -391,13 +402,4 @@ async def test_a_regenerated_answers_claim_is_a_span_under_its_request(
         assert regenerated.status_code == 202, regenerated.text
         await collect(client, regenerated.json()["stream_url"])
         spans = await answer_spans(exporter, "simulated")
-    request = next(
-        span for span in spans if span.kind is SpanKind.SERVER and span.name.startswith("POST /chat/")
-    )
-    submit = named(spans, "chat.submit")
-    assert request.context is not None
-    assert submit.context is not None
-    assert parent_of(submit) == request.context.span_id
-    assert submit.attributes is not None
-    assert submit.attributes["chat.message_id"] == regenerated.json()["message_id"]
-    assert submit.attributes["chat.started"] is True
+    submit_under_request(spans, "POST /chat/", regenerated.json()["message_id"])
