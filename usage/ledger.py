@@ -114,6 +114,7 @@ class UsageLedger:
             if record.session_id:
                 _add(sessions, (record.key, record.session_id), values)
         commands: list[Command] = []
+        expiries: dict[str, int] = {}  # one EXPIRE per hash, however many of its fields were added to
         for (key, day, model, user_id), totals in days.items():
             day_key = self.day_key(key, day)
             commands += [
@@ -121,7 +122,7 @@ class UsageLedger:
                 for measure, value in zip(MEASURES, totals, strict=True)
                 if value
             ]
-            commands.append(("EXPIRE", day_key, self._retention))
+            expiries[day_key] = self._retention
         for (key, session_id), totals in sessions.items():
             session_key = self.session_key(key, session_id)
             commands += [
@@ -129,7 +130,8 @@ class UsageLedger:
                 for measure, value in zip(MEASURES, totals, strict=True)
                 if value
             ]
-            commands.append(("EXPIRE", session_key, self._session_ttl))
+            expiries[session_key] = self._session_ttl
+        commands += [("EXPIRE", key, ttl) for key, ttl in expiries.items()]
         await self._writer.submit(commands)
 
     async def rows(self, key: str, days: Iterable[dt.date]) -> list[UsageRow]:
