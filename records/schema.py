@@ -11,7 +11,6 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
-    Integer,
     MetaData,
     String,
     Table,
@@ -35,7 +34,6 @@ conversations = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("pinned", Boolean, nullable=False, default=False),
     Column("archived", Boolean, nullable=False, default=False),
-    Column("message_count", Integer, nullable=False, default=0),
     # The message_id of the exchange its active branch ends with (issue #15); null: every turn in order.
     Column("active_id", String(128), nullable=True),
     Index("ix_conversations_owner_user_updated", "owner", "user_id", "updated_at", "id"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +31,18 @@ logger = logging.getLogger(__name__)
 TITLE_LENGTH = 80
 # Turns per INSERT: preparing a statement's rows runs on the event loop, so a few dozen at a time keep
 # each such run well under a millisecond while answers stream.
-ROWS_PER_STATEMENT = 32
+ROWS_PER_STATEMENT = 50
+
+
+# A conversation's stored turns, every branch counted: counted as it is read (an index range), so that
+# archiving needs to know nothing of which turns it inserted and which were there already.
+MESSAGE_COUNT = (
+    select(func.count())
+    .where(messages.c.conversation_id == conversations.c.id)
+    .correlate(conversations)
+    .scalar_subquery()
+    .label("message_count")
+)
 
 
 class RecordUnavailable(ServiceError):
@@ -70,6 +80,20 @@ class ConversationStore:
         self.engine = engine
         self._model = model
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # The archiver's two statements, built once. A conversation already there keeps its owner, user
+        # and start; it takes the batch's newest time if that is later, and a title while it has none.
+        upsert = self._insert(conversations)
+        table, new = conversations.c, upsert.excluded
+        changes = {
+            "updated_at": case((table.updated_at < new.updated_at, new.updated_at), else_=table.updated_at),
+            "title": case((table.title == "", new.title), else_=table.title),
+        }
+        self._upsert_conversations = upsert.on_conflict_do_update(index_elements=["id"], set_=changes)
+        # The same for the conversations whose active branch the batch moves (`_active_ends`).
+        self._upsert_moved = upsert.on_conflict_do_update(
+            index_elements=["id"], set_={**changes, "active_id": new.active_id}
+        )
+        self._insert_messages = self._insert(messages).on_conflict_do_nothing(index_elements=["id"])
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
@@ -78,8 +102,9 @@ class ConversationStore:
     # -- archiving --
 
     async def archive(self, entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
-        """Store the entries' turns (each at most once), bring their conversations up to date: one
-        transaction of a few statements, turns inserted ROWS_PER_STATEMENT at a time."""
+        """Store the entries' turns (each at most once) and bring their conversations up to date, in one
+        transaction: the conversations upserted, the turns inserted ROWS_PER_STATEMENT at a time. Every
+        statement is idempotent, so a batch archived twice changes nothing."""
         rows = [
             self._message_row(entry.session_id, position_of_entry(entry.entry_id), entry.turn)
             for entry in entries
@@ -89,50 +114,51 @@ class ConversationStore:
         retitled = [entry for entry in entries if entry.title is not None and entry.session_id]
         if not rows and not active and not retitled:
             return 0
-        by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            by_session[row["conversation_id"]].append(row)
-        titles = {
-            session_id: title_of(next(row["content"] for row in turns if row["role"] == "user"))
-            for session_id, turns in by_session.items()
-            if any(row["role"] == "user" for row in turns)
-        }
-        new_conversations = [
-            {
-                "id": session_id,
-                "owner": owners.get(session_id, ""),
-                "user_id": turns[0]["user_id"],
-                "title": titles.get(session_id, ""),
-                "created_at": min(row["created_at"] for row in turns),
-                "updated_at": max(row["created_at"] for row in turns),
-                "pinned": False,
-                "archived": False,
-                "message_count": 0,
-            }
-            for session_id, turns in by_session.items()
-        ]
+        found = self._conversation_rows(rows, owners, active)
         async with self.engine.begin() as connection:
-            # Executemany (SQLAlchemy's "insertmanyvalues"): one cached statement, however many rows.
-            if rows:
-                await connection.execute(
-                    self._insert(conversations).on_conflict_do_nothing(index_elements=["id"]),
-                    new_conversations,
-                )
-                insert = self._insert(messages).on_conflict_do_nothing(index_elements=["id"])
-                by_id, inserted = {row["id"]: row for row in rows}, []
-                for start in range(0, len(rows), ROWS_PER_STATEMENT):  # new rows only are returned
-                    chunk = rows[start : start + ROWS_PER_STATEMENT]
-                    inserted += (await connection.execute(insert.returning(messages.c.id), chunk)).scalars()
-                await self._refresh(connection, [by_id[row_id] for row_id in inserted], titles)
-            if active:
+            for statement, moved in ((self._upsert_moved, True), (self._upsert_conversations, False)):
+                if chosen := [row for row in found.values() if (row["id"] in active) is moved]:
+                    await connection.execute(statement, chosen)
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                await connection.execute(self._insert_messages, rows[start : start + ROWS_PER_STATEMENT])
+            # A switch of branch alone: its conversation is there already (its turns came first).
+            if switched := {key: end for key, end in active.items() if key not in found}:
                 await connection.execute(
                     update(conversations)
                     .where(conversations.c.id == bindparam("b_id"))
                     .values(active_id=bindparam("b_active")),
-                    [{"b_id": key, "b_active": end} for key, end in active.items()],
+                    [{"b_id": key, "b_active": end} for key, end in switched.items()],
                 )
             await self._retitle(connection, retitled)
         return len(rows)
+
+    @staticmethod
+    def _conversation_rows(
+        rows: Sequence[Mapping[str, Any]], owners: Mapping[str, str], active: Mapping[str, str | None]
+    ) -> dict[str, dict[str, Any]]:
+        """One row per conversation of the batch's turns: a new one as it starts (titled by its first
+        user message), an existing one's newest time, its title while it has none, its active end."""
+        found: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            session_id, created_at = row["conversation_id"], row["created_at"]
+            conversation = found.get(session_id)
+            if conversation is None:
+                conversation = found[session_id] = {
+                    "id": session_id,
+                    "owner": owners.get(session_id, ""),
+                    "user_id": row["user_id"],
+                    "title": "",
+                    "created_at": created_at,
+                    "updated_at": created_at,
+                    "pinned": False,
+                    "archived": False,
+                    "active_id": active.get(session_id),
+                }
+            conversation["created_at"] = min(conversation["created_at"], created_at)
+            conversation["updated_at"] = max(conversation["updated_at"], created_at)
+            if not conversation["title"] and row["role"] == "user":
+                conversation["title"] = title_of(row["content"])
+        return found
 
     @staticmethod
     async def _retitle(connection: AsyncConnection, entries: Sequence[OutboxEntry]) -> None:
@@ -160,37 +186,6 @@ class ConversationStore:
             elif entry.turn is not None and entry.turn.get("role") in ("user", "tool"):
                 ends[entry.session_id] = entry.turn["message_id"]
         return ends
-
-    @staticmethod
-    async def _refresh(
-        connection: AsyncConnection, inserted: Sequence[Mapping[str, Any]], titles: Mapping[str, str]
-    ) -> None:
-        """Count the turns inserted now (no recount) and date by their newest; title an untitled one."""
-        added: dict[str, int] = defaultdict(int)
-        newest: dict[str, datetime] = {}
-        for row in inserted:
-            conversation_id, created_at = row["conversation_id"], row["created_at"]
-            added[conversation_id] += 1
-            newest[conversation_id] = max(created_at, newest.get(conversation_id, created_at))
-        table = conversations.c
-        if added:
-            latest = bindparam("b_newest", type_=table.updated_at.type)
-            await connection.execute(
-                update(conversations)
-                .where(table.id == bindparam("b_id"))
-                .values(
-                    message_count=table.message_count + bindparam("b_added"),
-                    updated_at=case((table.updated_at < latest, latest), else_=table.updated_at),
-                ),
-                [{"b_id": key, "b_added": count, "b_newest": newest[key]} for key, count in added.items()],
-            )
-        if titles:
-            await connection.execute(
-                update(conversations)
-                .where(table.id == bindparam("b_id"), table.title == "")
-                .values(title=bindparam("b_title")),
-                [{"b_id": key, "b_title": title} for key, title in titles.items()],
-            )
 
     def _message_row(self, session_id: str, position: int, turn: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -258,7 +253,9 @@ class ConversationStore:
         return turns[start:end], start
 
     async def conversation(self, owner: str, session_id: str) -> RowMapping | None:
-        query = select(conversations).where(conversations.c.id == session_id, conversations.c.owner == owner)
+        query = select(conversations, MESSAGE_COUNT).where(
+            conversations.c.id == session_id, conversations.c.owner == owner
+        )
         async with self.engine.connect() as connection:
             return (await connection.execute(query)).mappings().first()
 
@@ -282,7 +279,7 @@ class ConversationStore:
     ) -> list[RowMapping]:
         """One page of a user's conversations, newest first, after the cursor's (updated_at, id)."""
         table = conversations.c
-        query = select(conversations).where(
+        query = select(conversations, MESSAGE_COUNT).where(
             table.owner == owner, table.user_id == user_id, table.archived == archived
         )
         if after is not None:
@@ -311,7 +308,7 @@ class ConversationStore:
         )
         table = conversations.c
         query = (
-            select(conversations, hits.c.snippet)
+            select(conversations, MESSAGE_COUNT, hits.c.snippet)
             .join(hits, hits.c.conversation_id == table.id)
             .where(table.owner == owner, table.user_id == user_id)
             .order_by(table.updated_at.desc(), table.id.desc())

@@ -192,10 +192,11 @@ class Outbox:
     async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
         """The API key that owns each session ("" on an open service, or once the key has expired)."""
         sessions = list(session_ids)
-        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
-            for session_id in sessions:
-                pipe.get(self._keys.owner(session_id))
-            values = await pipe.execute()
+        if not sessions:
+            return {}
+        # One MGET: a batch's sessions share one stream, and on a cluster a stream is one session's.
+        async with bounded(self._timeout):
+            values = await self._redis.mget([self._keys.owner(session_id) for session_id in sessions])
         return {
             session_id: _text(value) if value else ""
             for session_id, value in zip(sessions, values, strict=True)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import Archiver
@@ -58,7 +58,7 @@ async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings],
     try:
         assert await migrate(engine) is True
         assert await tables(engine) == TABLES
-        assert await current_revision(engine) == "0003"
+        assert await current_revision(engine) == "0004"
         assert await migrate(engine) is False  # current: nothing to do
         assert await migrate(engine, "base", downgrade=True) is True
         assert await tables(engine) == set()
@@ -245,3 +245,49 @@ async def test_two_keys_turns_of_one_message_id_are_both_archived_and_migrate_do
         assert [hit["id"] for hit in await store.search("alice", "u1", "Hello", 10)] == ["alice-s"]
     finally:
         await engine.dispose()
+
+
+async def test_turn_counts_survive_the_migration_that_counts_them_when_read(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """0004 drops the stored count (SQLite in place: a rebuilt table would cascade to its messages);
+    going down stores each conversation's count again."""
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        await migrate(engine)
+        store = ConversationStore(engine, model="m")
+        at = "2026-01-01T00:00:00Z"
+        batch = [entry(1, turn("m1", "user", at)), entry(2, turn("m1", "assistant", at))]
+        await store.archive([*batch, entry(3, turn("m2", "user", at), "s2")], {})
+        assert await migrate(engine, "0003", downgrade=True) is True
+        async with engine.connect() as connection:
+            stored = await connection.execute(text("SELECT id, message_count FROM conversations ORDER BY id"))
+            assert [tuple(row) for row in stored.all()] == [("s1", 2), ("s2", 1)]
+        assert await migrate(engine) is True
+        assert [len(await store.messages(session)) for session in ("s1", "s2")] == [2, 1]
+        row = await store.conversation("", "s1")
+        assert row is not None
+        assert row["message_count"] == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_the_active_branch_moves_with_user_turns_and_switches_but_not_with_answers(
+    store: ConversationStore,
+) -> None:
+    """In one batch or across several, with the conversation new or already there (issue #15)."""
+    at = "2026-01-01T00:00:00Z"
+    await store.archive([entry(1, turn("m1", "user", at)), entry(2, turn("m1", "assistant", at))], {})
+    assert await store.active_id("s1") == "m1"
+    await store.archive([entry(3, turn("m2", "user", at))], {})
+    await store.archive([entry(4, turn("m2", "assistant", at))], {})  # an answer: the end stays
+    assert await store.active_id("s1") == "m2"
+    switch = OutboxEntry("chat:outbox", "1700000000005-0", "s1", None, branch="m1")
+    await store.archive([switch], {})  # a switch alone
+    assert await store.active_id("s1") == "m1"
+    late_answer = entry(6, ChatTurn.assistant("m3", "A.", "u1", "stop"))
+    await store.archive([entry(5, turn("m3", "user", at)), late_answer, switch], {})
+    assert await store.active_id("s1") == "m1"  # the switch came after the user turn
+    row = await store.conversation("", "s1")
+    assert row is not None
+    assert row["message_count"] == 6
