@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import (
@@ -139,6 +139,10 @@ class Metrics:
                 self.redis_errors.labels("answer").inc()
 
 
+# The kinds of tokens `chat_tokens` counts.
+KINDS = ("prompt", "completion", "reasoning")
+
+
 class UsageMetrics:
     """Usage and budgets (issue #16). `key` is the API key's name (`-` on an open service): a bounded set,
     from API_KEYS. `source`: `reported` by the model, or `counted` here with tiktoken."""
@@ -168,18 +172,26 @@ class UsageMetrics:
             ["key"],
             registry=registry,
         )
+        # Each (key, model, source)'s labelled counters, looked up once: `labels()` costs more than the
+        # increment, and this runs for every answer. As bounded as the series themselves.
+        self._children: dict[tuple[str, str, bool], tuple[Any, ...]] = {}
 
     def record(self, record: UsageRecord) -> None:
         """A `UsageRecorder` sink: the answer's tokens and cost in the counters."""
-        source = "counted" if record.counted else "reported"
-        for kind, tokens in (
-            ("prompt", record.prompt_tokens),
-            ("completion", record.completion_tokens),
-            ("reasoning", record.reasoning_tokens),
-        ):
-            self.tokens.labels(record.key, record.model, kind, source).inc(tokens)
-        self.cost.labels(record.key, record.model).inc(record.cost_nanos / 1_000_000_000)
-        self.accounted_answers.labels(record.key, record.model).inc()
+        series = (record.key, record.model, record.counted)
+        if (children := self._children.get(series)) is None:
+            source = "counted" if record.counted else "reported"
+            children = self._children[series] = (
+                *(self.tokens.labels(record.key, record.model, kind, source) for kind in KINDS),
+                self.cost.labels(record.key, record.model),
+                self.accounted_answers.labels(record.key, record.model),
+            )
+        prompt, completion, reasoning, cost, answers = children
+        prompt.inc(record.prompt_tokens)
+        completion.inc(record.completion_tokens)
+        reasoning.inc(record.reasoning_tokens)
+        cost.inc(record.cost_nanos / 1_000_000_000)
+        answers.inc()
 
 
 def _route_template(scope: Scope) -> str:

@@ -61,14 +61,15 @@ class HistoryStore:
         owner record (if keys are on) is refreshed with it, so it never expires before the turns it
         guards (#13, item 4)."""
         key = self._keys.history(session_id)
-        pushed: list[Command] = [("RPUSH", key, *(turn.model_dump_json(exclude_none=True) for turn in turns))]
+        stored = [turn.model_dump_json(exclude_none=True) for turn in turns]  # once, for both
+        pushed: list[Command] = [("RPUSH", key, *stored)]
         return [
             *(pushed if turns else []),
             ("LTRIM", key, -self._max_messages, -1),
             ("EXPIRE", key, self._ttl),
             ("EXPIRE", self._keys.owner(session_id), self._ttl),
             # The durable outbox, in the same transaction: the archiver copies it to SQL (issue #15).
-            *(outbox_append(self._keys, session_id, turn) for turn in turns),
+            *(outbox_append(self._keys, session_id, turn) for turn in stored),
         ]
 
     def replace_commands(

@@ -22,7 +22,6 @@ import orjson
 from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
-from models import ChatTurn
 from redis_client import Command, KeySpace, RedisClient, bounded
 
 __all__ = [
@@ -40,17 +39,9 @@ logger = logging.getLogger(__name__)
 GROUP = "archiver"
 
 
-def outbox_append(keys: KeySpace, session_id: str, turn: ChatTurn) -> Command:
-    """The XADD of one stored turn (its JSON as history holds it)."""
-    return (
-        "XADD",
-        keys.outbox(session_id),
-        "*",
-        "s",
-        session_id,
-        "t",
-        turn.model_dump_json(exclude_none=True),
-    )
+def outbox_append(keys: KeySpace, session_id: str, turn: str) -> Command:
+    """The XADD of one stored turn: its JSON as history holds it (`ChatTurn.model_dump_json`)."""
+    return ("XADD", keys.outbox(session_id), "*", "s", session_id, "t", turn)
 
 
 def outbox_branch(keys: KeySpace, session_id: str, leaf: str) -> Command:

@@ -125,7 +125,7 @@ async def test_a_batch_longer_than_one_statement_is_stored_whole_and_once(store:
 
 async def append(redis: Redis, keys: KeySpace, stored: ChatTurn) -> None:
     """The outbox entry the service writes for a stored turn of session `s1`."""
-    _, stream, _, *fields = outbox_append(keys, "s1", stored)
+    _, stream, _, *fields = outbox_append(keys, "s1", stored.model_dump_json(exclude_none=True))
     await redis.xadd(
         str(stream), {str(name): value for name, value in zip(fields[::2], fields[1::2], strict=True)}
     )
