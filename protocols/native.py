@@ -28,7 +28,7 @@ from protocols.deps import (
     PrincipalDep,
     RecordsDep,
     RegistryDep,
-    SettingsDep,
+    ServicesDep,
     StreamPrincipalDep,
     TelemetryDep,
 )
@@ -127,14 +127,10 @@ router = APIRouter()
     },
 )
 async def chat(
-    request: ChatRequest,
-    response: Response,
-    principal: PrincipalDep,
-    service: ChatServiceDep,
-    admission: AdmissionDep,
-    settings: SettingsDep,
+    request: ChatRequest, response: Response, principal: PrincipalDep, services: ServicesDep
 ) -> ChatAccepted:
     """Store the message, start the answer in the background, and return where it streams."""
+    service, admission, settings = services.chat, services.admission, services.settings
     if request.message is not None:
         check_message_length(request.message, settings.max_message_length, "message")
     if request.tool_results is not None and "parent_id" in request.model_fields_set:

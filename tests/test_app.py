@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from fastapi import Request
 
 from ai_service import ServiceUnavailable
 from config import VERSION, Settings
 from models import ChatAccepted, ChatRequest
-from protocols.deps import get_chat_service, get_history
+from protocols.deps import get_history, get_services
+from services import Services
 from tests.chat_harness import Json
 from tests.conftest import CHAT, AppClient, wait_for_history
 
@@ -241,7 +244,11 @@ class StoppingService:
 async def test_a_chat_during_shutdown_is_503_shutting_down(
     make_settings: Callable[..., Settings], app_client: AppClient
 ) -> None:
-    async with app_client(make_settings(), overrides={get_chat_service: StoppingService}) as client:
+    async def stopping(request: Request) -> Services:
+        services: Services = request.state.services
+        return dataclasses.replace(services, chat=StoppingService())  # type: ignore[arg-type]
+
+    async with app_client(make_settings(), overrides={get_services: stopping}) as client:
         response = await client.post("/chat", json=CHAT)
     assert response.status_code == 503
     assert response.json() == {"error": {"code": "shutting_down", "message": "the service is shutting down"}}

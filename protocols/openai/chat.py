@@ -24,7 +24,7 @@ from admission import Principal
 from ai_service import ChatService, ImagesUnsupported
 from generation import GenerationOptions
 from models import ID_PATTERN, ChatRequest, EndEvent, ErrorEvent, StartEvent, StreamEvent
-from protocols.deps import AdmissionDep, ChatServiceDep, PrincipalDep, SettingsDep
+from protocols.deps import AdmissionDep, PrincipalDep, ServicesDep
 from protocols.errors import OpenAIErrorResponse
 from protocols.openai.context import Exchange, read_messages
 from protocols.openai.encoder import Meta, event_stream, whole_response
@@ -191,13 +191,12 @@ def _check_servable(body: ChatCompletionRequest, exchange: Exchange, service: Ch
 )
 async def create_chat_completion(
     body: ChatCompletionRequest,
-    service: ChatServiceDep,
-    settings: SettingsDep,
     principal: PrincipalDep,
-    admission: AdmissionDep,
+    services: ServicesDep,
     session_id: SessionHeader = None,
 ) -> Response:
     """Answer the conversation, whole or streamed, as OpenAI's Chat Completions API does."""
+    service, admission, settings = services.chat, services.admission, services.settings
     exchange = read_messages(body.messages, settings)
     _check_servable(body, exchange, service)
     if session_id is None:
