@@ -80,7 +80,7 @@ class ConversationStore:
         self.engine = engine
         self._model = model
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        # The archiver's two statements, built once. A conversation already there keeps its owner, user
+        # The archiver's statements, built once. A conversation already there keeps its owner, user
         # and start; it takes the batch's newest time if that is later, and a title while it has none.
         upsert = self._insert(conversations)
         table, new = conversations.c, upsert.excluded
