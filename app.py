@@ -31,6 +31,7 @@ from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
 from protocols.service import router as service_router
+from protocols.sse import StreamHandoff
 from protocols.usage import router as usage_router
 from providers.base import AnswerSource
 from services import Services, build_services
@@ -62,7 +63,8 @@ def build_lifespan(
 
 
 def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
-    """The middleware, outermost first: request id, metrics, the access log, the body limit, CORS."""
+    """The middleware, outermost first: request id, metrics, the access log, the body limit, CORS, and
+    the layer that runs an open event stream once its route has returned."""
     middleware = [
         Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
         Middleware(MetricsMiddleware, metrics=metrics),
@@ -81,6 +83,7 @@ def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
                 expose_headers=["X-Request-ID"],
             )
         )
+    middleware.append(Middleware(StreamHandoff))
     return middleware
 
 

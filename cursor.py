@@ -9,6 +9,7 @@ hands it, plus two signals, `Reset` (the log no longer reaches back to where the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -89,24 +90,36 @@ class EventCursor:
         return self._answer is None or entry.message_id == self._answer.message_id
 
     async def __aiter__(self) -> AsyncGenerator[CursorItem, None]:
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for item in batch:
+                    yield item
+
+    async def batches(self) -> AsyncGenerator[list[CursorItem], None]:
+        """The same items, as lists: each time all that is ready at once (the replay, or what arrived
+        while the client's task waited for its turn on a busy loop), so that a transport can send them
+        in one write. Never an empty list."""
         hub, log, session_id, answer = self._hub, self._hub.log, self._session_id, self._answer
         loop = asyncio.get_running_loop()
-        async with hub.listen(session_id) as listener:
+        listener = await hub.join(session_id)
+        try:
             self._close_listener = listener.close
             if self._closed:
                 return
             replay, last_sent = await self._replay()
+            batch: list[CursorItem] = []
             if isinstance(replay, Reset):
-                yield replay
                 if answer is not None and answer.finished:
+                    yield [replay]
                     return
+                batch.append(replay)
                 if replay.position is not None:
                     last_sent = parse_entry_id(replay.position)
                 replay = []
             elif answer is not None and answer.finished and not any(e.terminal for e in replay):
                 # It had ended, and its end is at or before where the client resumes: it has everything.
-                for entry in replay:
-                    yield entry
+                if replay:
+                    yield list(replay)
                 return
             pending = replay
             while True:
@@ -114,23 +127,28 @@ class EventCursor:
                     if entry.key <= last_sent or not self._wanted(entry):
                         continue
                     last_sent = entry.key
-                    yield entry
+                    batch.append(entry)
                     if answer is not None and entry.terminal:
+                        yield batch
                         return
+                if batch:
+                    yield batch
+                    batch = []
                 listener.active = loop.time()
                 await listener.wait()
                 if listener.closed:
                     return
                 if listener.ping_due:
                     listener.ping_due = False
-                    yield KEEPALIVE
+                    batch.append(KEEPALIVE)
                 if listener.lagged:
                     listener.lagged = False
                     listener.entries.clear()
                     pending = await log.read_after(session_id, f"{last_sent[0]}-{last_sent[1]}")
                 else:
-                    pending = list(listener.entries)
-                    listener.entries.clear()
+                    pending, listener.entries = listener.entries, []
+        finally:
+            hub.leave(listener)
 
     async def _replay(self) -> tuple[list[Entry] | Reset, EntryKey]:
         """What the client missed (or `Reset` when it missed more than the log still holds), and the

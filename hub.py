@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -36,12 +34,14 @@ class Listener:
     """One SSE client's inbox. When a slow client lets it fill up, it is marked `lagged` and emptied:
     the client then catches up from the replay log instead of holding memory.
 
-    Thousands of idle clients each hold one: it is kept small (a future only while waiting, no
-    asyncio.Event, no timer of its own: the hub tells it when a keepalive is due).
+    Thousands of idle clients each hold one: it is kept small (a list, not a deque, for the inbox; a
+    future only while waiting, no asyncio.Event, no timer of its own: the hub tells it when a keepalive
+    is due).
     """
 
     limit: int
-    entries: deque[Entry] = field(default_factory=deque)
+    entries: list[Entry] = field(default_factory=list)
+    feed: SessionFeed | None = None  # set while it follows a session (`StreamHub.join`)
     lagged: bool = False
     closed: bool = False
     ping_due: bool = False
@@ -171,9 +171,9 @@ class StreamHub:
 
     # -- following a session --
 
-    @asynccontextmanager
-    async def listen(self, session_id: str) -> AsyncIterator[Listener]:
-        """Follow a session's live events for as long as the block runs."""
+    async def join(self, session_id: str) -> Listener:
+        """Follow a session's live events until `leave`: the caller leaves in a `finally` (an
+        idle client holds the listener alone, not a context manager's generator as well)."""
         listener = Listener(limit=self._listener_limit, active=asyncio.get_running_loop().time())
         feed = self._feeds.get(session_id)
         if feed is None:
@@ -181,21 +181,26 @@ class StreamHub:
             self._feeds[session_id] = feed
             self._by_channel[feed.channel.encode()] = feed
             feed.listeners.add(listener)
+            listener.feed = feed
             try:
                 async with self._subscribe_lock:
                     await self._subscribe_or_defer(feed.channel)
                 newest = await self.log.newest(session_id)
             except BaseException:
-                self._release(feed, listener)
+                self.leave(listener)
                 raise
             feed.last = newest or "0-0"
             if feed.dirty:
                 self._notify(feed)
         else:
             feed.listeners.add(listener)
-        try:
-            yield listener
-        finally:
+            listener.feed = feed
+        return listener
+
+    def leave(self, listener: Listener) -> None:
+        """Stop following; the session's channel is unsubscribed once its last local listener left."""
+        feed, listener.feed = listener.feed, None
+        if feed is not None:
             self._release(feed, listener)
 
     def _release(self, feed: SessionFeed, listener: Listener) -> None:

@@ -4,6 +4,10 @@ sends a cursor through an encoder.
 The response runs the stream in the request's own task, plus one small task that waits for the client
 to leave: an idle client costs what its connection costs and little more (issue #6, f; sse-starlette's
 response ran four tasks in a task group per client, about 20 KB of the 52 KB an idle client held).
+
+Once the headers are sent, `StreamHandoff` runs the stream from outside the route: the router's,
+FastAPI's and the endpoint's frames, the request and its dependencies are freed while the client stays
+connected, and an idle client holds its connection, its cursor and its listener (issue #14, e).
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from typing import Protocol
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cursor import CursorItem, EventCursor, Keepalive, Reset
 from stores.replay_log import Entry
 
-__all__ = ["ANSWER_ERROR", "EventStreamResponse", "encode", "encode_v1"]
+__all__ = ["ANSWER_ERROR", "EventStreamResponse", "StreamHandoff", "encode", "encode_v1"]
 
 PING = b": ping\r\n\r\n"
+# The scope key under which `StreamHandoff` takes a response whose headers are sent.
+HANDOFF = "sse.handoff"
 
 
 # An answer's `error` event is `answer_error` on the wire: `error` is also the name under which a browser's
@@ -108,6 +114,15 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        handoff: Callable[[EventStreamResponse], None] | None = scope.get(HANDOFF)
+        if handoff is not None:  # the route returns; `StreamHandoff` runs the stream from outside it
+            handoff(self)
+            return
+        await self.run(receive, send)
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        """Send the stream's body: its items until the cursor ends, the client leaves or the deadline
+        comes (the headers are sent)."""
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -115,9 +130,9 @@ class EventStreamResponse(Response):
             self._cursor.close()
 
         watcher = asyncio.create_task(watch(), name="sse-disconnect")
-        items = aiter(self._cursor)
+        batches = self._cursor.batches()
         try:
-            if not await self._send_items(items, send) and not (self._clients and self._clients.ending):
+            if not await self._send_items(batches, send) and not (self._clients and self._clients.ending):
                 # The token expired: end the response as usual. At shutdown a client too slow to take
                 # the stream is not waited for: the server closes its connection.
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -125,24 +140,55 @@ class EventStreamResponse(Response):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            await items.aclose()
+            await batches.aclose()
 
-    async def _send_items(self, items: AsyncIterator[CursorItem], send: Send) -> bool:
-        """Send the cursor's items, then the end of the response, until the stream's deadline: the
-        expiry of the token it was opened with (issue #13, item 7), brought forward when the server
-        stops (item 6). A cursor step or a send in progress then (a send waits while the client reads
-        nothing) is cancelled before any of its bytes are written. False if the deadline came first."""
+    async def _send_items(self, batches: AsyncIterator[list[CursorItem]], send: Send) -> bool:
+        """Send the cursor's items, all that are ready at once in one message (a client whose task waited
+        behind thousands of others gets what piled up in one write, not one each), then the end of the
+        response, until the stream's deadline: the expiry of the token it was opened with (issue #13,
+        item 7), brought forward when the server stops (item 6). A cursor step or a send in progress
+        then (a send waits while the client reads nothing) is cancelled before any of its bytes are
+        written. False if the deadline came first."""
         encoder, clients = self._encoder, self._clients
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._expires_in) as deadline:
                 if clients is not None:
                     clients.opened(deadline)
                 try:
-                    async for item in items:
-                        await send({"type": "http.response.body", "body": encoder(item), "more_body": True})
+                    async for batch in batches:
+                        body = encoder(batch[0]) if len(batch) == 1 else b"".join(map(encoder, batch))
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return True
                 finally:
                     if clients is not None:
                         clients.closed(deadline)
         return False
+
+
+class StreamHandoff:
+    """The innermost middleware: an event stream outlives the route that opened it.
+
+    The route stack below this layer (Starlette's exception layer and router, FastAPI's request and
+    dependency stacks, the endpoint, the `Request`) runs with a copy of the scope. An
+    `EventStreamResponse` sends its headers through it, hands itself over and returns, so that all of
+    that is freed; this layer then sends the stream's body with its own `receive` and `send`. The
+    layers outside it see one request from start to end, and the matched route (copied back, for the
+    metrics' route label)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        streams: list[EventStreamResponse] = []
+        inner = {**scope, HANDOFF: streams.append}
+        await self.app(inner, receive, send)
+        for name in ("route", "endpoint", "path_params"):
+            if name in inner:
+                scope[name] = inner[name]
+        del inner
+        if streams:
+            await streams.pop().run(receive, send)

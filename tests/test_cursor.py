@@ -7,6 +7,7 @@ Cursors are made as every protocol makes them, by `ChatService.follow`, on servi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import cast
@@ -147,3 +148,27 @@ async def test_close_ends_an_idle_cursor_and_lets_go_of_the_session(
         async with asyncio.timeout(TIMEOUT):
             assert await iteration == []
         await eventually(lambda: subscribers(0), "the session is let go")
+
+
+async def test_what_piles_up_while_a_client_is_not_taking_comes_in_one_batch(
+    run_service: RunService, redis_server: RedisServer
+) -> None:
+    """A transport sends each batch in one write: the replay is one batch, and so is everything that
+    arrived live while the client's task was busy (here: not iterating)."""
+    async with run_service(ScriptedSource(["one", " two", " three"]), redis_url=redis_server.url) as harness:
+        await harness.chat(session_id="s1")
+        ids = await log_ids(harness, "s1")
+        slow = await harness.service.follow("s1", after=ids[0])
+        probe = await harness.service.follow("s1", after=ids[-1])
+        async with contextlib.aclosing(slow.batches()) as batches, iterating(probe) as items:
+            replay = await anext(batches)
+            assert [entry.id for entry in entries(replay)] == ids[1:]
+            second = await submit(harness, "s1")
+            # The probe follows the same session: once it has the answer's end, the hub has handed the
+            # whole answer to the slow cursor's inbox as well.
+            live = entries(await take(items, 5))
+            assert (live[0].type, live[-1].type) == ("start", "end")
+            async with asyncio.timeout(TIMEOUT):
+                piled = entries(await anext(batches))
+    assert [entry.id for entry in piled] == [entry.id for entry in live]
+    assert {entry.message_id for entry in piled} == {second}

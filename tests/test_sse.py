@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from starlette.requests import Request
 
 from app import create_app
 from config import Settings
@@ -42,6 +44,44 @@ async def test_a_client_that_leaves_is_let_go(
             # The hub follows a session only while a client does: once the client is gone, so is the
             # subscription, and everything the client held with it.
             await subscribed(redis_server, "chat:leaving", 0)
+
+
+def requests_for(path: str) -> list[Request]:
+    """The `Request` objects still alive in this process for `path`."""
+    gc.collect()
+    return [found for found in gc.get_objects() if isinstance(found, Request) and found.url.path == path]
+
+
+async def test_an_open_stream_holds_nothing_of_the_route_that_opened_it(
+    make_settings: Callable[..., Settings], redis_server: RedisServer
+) -> None:
+    """Issue #14, e: once its headers are sent, a stream runs from outside the route, so an idle client
+    does not keep the route's frames, its `Request` and its dependencies alive; it still streams."""
+    settings = make_settings(redis_url=redis_server.url)
+    with serve(create_app(settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=20) as client:
+            async with aconnect_sse(client, "GET", "/stream/held") as source:
+                assert source.response.status_code == 200
+                await subscribed(redis_server, "chat:held", 1)
+                assert requests_for("/stream/held") == []
+                body = {"session_id": "held", "user_id": "u1", "message": "hi"}
+                sent = await client.post("/chat", json=body)
+                assert sent.status_code == 202
+                types = []
+                async for event in source.aiter_sse():
+                    types.append(event.event)
+                    if event.event == "end":
+                        break
+                assert types[0] == "start"
+                assert "chunk" in types
+            await subscribed(redis_server, "chat:held", 0)
+
+            # The layers outside the route still see the matched route, not a raw path.
+            async def counted() -> bool:
+                metrics = (await client.get("/metrics")).text
+                return 'method="GET",route="/stream/{session_id}",status="200"' in metrics
+
+            await eventually(counted, "the stream is counted under its route", timeout=5)
 
 
 async def test_sigterm_ends_open_streams_and_the_service_exits(
