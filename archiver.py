@@ -3,8 +3,9 @@
 Each cycle it takes, per outbox stream, its own unacknowledged entries (a batch that failed before),
 or else entries another consumer has held past ARCHIVE_CLAIM_SECONDS (a killed process's), or else new
 ones; stores them (idempotently, by turn id) and acknowledges them. While the database (or Redis) is
-down it keeps the entries and retries with a growing pause; the stream never waits for SQL. Its state
-(the backlog, the oldest entry's age, the last failure) feeds `/metrics` and `/health`.
+down, or after any other error of a cycle, it keeps the entries and retries with a growing pause; the
+stream never waits for SQL. Its state (the backlog, the oldest entry's age, the last failure) feeds
+`/metrics` and `/health`.
 """
 
 from __future__ import annotations
@@ -16,24 +17,43 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from config import Settings
-from records.database import create_engine, migrate
 from records.store import ConversationStore
-from redis_client import KeySpace, RedisClient, RedisUnavailable
-from stores.outbox import Outbox
+from redis_client import KeySpace, RedisUnavailable
+from stores.outbox import Outbox, OutboxEntry
 
-__all__ = ["ArchiveState", "Archiver", "open_archive"]
+__all__ = ["ArchiveMetrics", "ArchiveRunner", "ArchiveState", "Archiver"]
 
 logger = logging.getLogger(__name__)
 
 FAILURES = (RedisUnavailable, SQLAlchemyError, OSError, TimeoutError)
+# What says the database or Redis is out of reach, not that an entry was refused.
+OUTAGES = (
+    RedisUnavailable,
+    OSError,
+    TimeoutError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeout,
+)
 RETENTION_EVERY = 3600.0
 # How many times per ARCHIVE_CLAIM_SECONDS the archiver looks for a dead consumer's entries.
 CLAIM_CHECKS = 4
+# How often, in seconds, the backlog is measured for /metrics and /health.
+MEASURE_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -43,10 +63,81 @@ class ArchiveState:
     backlog: int = 0
     oldest_seconds: float = 0.0
     error: str | None = None
+    # Since start: what the archiver process reports to its parent (`archiver_process.py`).
+    archived: int = 0
+    failures: int = 0
+    set_aside: int = 0
+
+    def degraded(self, threshold: float) -> bool:
+        """Whether a turn has waited longer than `threshold` seconds to be archived."""
+        return self.oldest_seconds > threshold
+
+
+class ArchiveMetrics:
+    """The archive's figures in `/metrics`, kept by whoever runs the archiver in this process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.archived = Counter(
+            "chat_archived_turns",
+            "Turns copied from the outbox into the conversation record.",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "chat_archive_failures",
+            "Archiver cycles that failed (database or Redis down).",
+            registry=registry,
+        )
+        self.set_aside = Counter(
+            "chat_archive_set_aside_entries",
+            "Outbox entries the record refused while the rest of their batch was stored: moved to the "
+            "outbox's `:rejected` stream.",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "chat_archive_outbox_lag",
+            "Turns in the outbox not archived yet (pending or not yet read).",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.oldest = Gauge(
+            "chat_archive_oldest_pending_seconds",
+            "Age of the oldest turn in the outbox not archived yet; 0 when it is empty.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+    def measured(self, state: ArchiveState) -> None:
+        self.lag.set(state.backlog)
+        self.oldest.set(state.oldest_seconds)
+
+
+class ArchiveRunner(Protocol):
+    """What the routes and `/health` see of the archive, wherever it runs (ARCHIVER=loop or process)."""
+
+    state: ArchiveState
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def wake(self) -> None: ...
 
 
 class Archiver:
     """Owned by the services builder: `start()` at start-up, `close()` at shutdown."""
+
+    @classmethod
+    def configured(
+        cls, outbox: Outbox, store: ConversationStore, registry: CollectorRegistry, settings: Settings
+    ) -> Archiver:
+        """An archiver as the settings (ARCHIVE_*, CONVERSATION_RETENTION_DAYS) ask for."""
+        return cls(
+            outbox,
+            store,
+            registry,
+            batch=settings.archive_batch,
+            claim_seconds=settings.archive_claim_seconds,
+            retention_days=settings.conversation_retention_days,
+        )
 
     def __init__(
         self,
@@ -71,33 +162,16 @@ class Archiver:
         self._clock = clock
         self._next_purge = 0.0
         self._next_claim = 0.0
+        self._next_measure = 0.0
+        # Whether this consumer may hold entries it read and did not acknowledge: at start (a process
+        # that restarted under its name) and after a failed cycle; otherwise there are none to read.
+        self._unacknowledged = True
         self._full = False  # the last cycle read a whole batch from some outbox: more may be waiting
         self.state = ArchiveState()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._wake = asyncio.Event()
-        self.archived = Counter(
-            "chat_archived_turns",
-            "Turns copied from the outbox into the conversation record.",
-            registry=registry,
-        )
-        self.failures = Counter(
-            "chat_archive_failures",
-            "Archiver cycles that failed (database or Redis down).",
-            registry=registry,
-        )
-        self.lag = Gauge(
-            "chat_archive_outbox_lag",
-            "Turns in the outbox not archived yet (pending or not yet read).",
-            registry=registry,
-            multiprocess_mode="max",
-        )
-        self.oldest = Gauge(
-            "chat_archive_oldest_pending_seconds",
-            "Age of the oldest turn in the outbox not archived yet; 0 when it is empty.",
-            registry=registry,
-            multiprocess_mode="max",
-        )
+        self.metrics = ArchiveMetrics(registry)
 
     @property
     def outbox(self) -> Outbox:
@@ -118,9 +192,6 @@ class Archiver:
             await self._task
         self._task = None
 
-    def degraded(self, threshold: float) -> bool:
-        return self.state.oldest_seconds > threshold
-
     async def _run(self) -> None:
         pause = self._poll
         while not self._closing:
@@ -130,11 +201,15 @@ class Archiver:
                     logger.info("archiving again: the conversation record is reachable")
                 self.state.error = None
                 pause = self._poll
-            except FAILURES as error:
+            except Exception as error:  # the task must outlive any one cycle, whatever it raised
                 self._full = False  # wait before trying again
-                self.failures.inc()
+                self._next_measure = 0.0
+                self.metrics.failures.inc()
+                self.state.failures += 1
                 reason = type(error).__name__ if not isinstance(error, RedisUnavailable) else error.reason
-                if self.state.error is None:
+                if not isinstance(error, FAILURES):  # not an outage: a bug, or an entry it cannot store
+                    logger.exception("archiving failed, the outbox keeps the turns")
+                elif self.state.error is None:
                     logger.warning("archiving paused, the outbox keeps the turns: %s", reason)
                 self.state.error = reason
                 pause = min(max(pause * 2, 0.1), self._max_pause)
@@ -156,8 +231,12 @@ class Archiver:
         """One pass over every outbox; how many turns it archived."""
         archived, self._full = 0, False
         claiming = self._clock() >= self._next_claim
+        unacknowledged = False  # this consumer still holds more than one batch read it did not acknowledge
         for stream in await self._outbox.streams():
-            entries = await self._outbox.read(stream, self._batch, new=False)
+            entries = []
+            if self._unacknowledged:
+                entries = await self._outbox.read(stream, self._batch, new=False)
+                unacknowledged = unacknowledged or len(entries) == self._batch
             if not entries and claiming:
                 entries = await self._outbox.claim(stream, self._claim_seconds, self._batch)
             if not entries:
@@ -165,23 +244,63 @@ class Archiver:
             if not entries:
                 continue
             self._full = self._full or len(entries) == self._batch  # entries, turns or not
+            self._unacknowledged = True  # until they are acknowledged: a failure leaves them pending
             owners = await self._outbox.owners({entry.session_id for entry in entries if entry.turn})
-            archived += await self._store.archive(entries, owners)
+            archived += await self._archive(entries, owners)
             await self._outbox.ack(stream, [entry.entry_id for entry in entries])
+        self._unacknowledged = unacknowledged
         if claiming:  # a dead consumer's entries wait claim_seconds first: looking often finds none
             self._next_claim = self._clock() + self._claim_seconds / CLAIM_CHECKS
-        self.archived.inc(archived)
+        self.metrics.archived.inc(archived)
+        self.state.archived += archived
         await self._purge()
         return archived
 
+    async def _archive(self, entries: list[OutboxEntry], owners: dict[str, str]) -> int:
+        """Store a batch. When the record refuses it (not an outage), store its entries one at a time
+        and set aside those it refuses while it takes the others: one entry it cannot store must not
+        hold back every turn after it. When it refuses them all, the fault is not in the entries (a
+        schema out of date, a bug): the batch stays in the outbox and the error is raised."""
+        try:
+            return await self._store.archive(entries, owners)
+        except Exception as batch_error:
+            if _outage(batch_error) or len(entries) == 1:
+                raise
+            stored, refused = 0, []
+            for entry in entries:
+                try:
+                    stored += await self._store.archive([entry], owners)
+                except Exception as entry_error:
+                    if _outage(entry_error):
+                        raise
+                    refused.append((entry, entry_error))
+            if len(refused) == len(entries):
+                raise
+        for entry, reason in refused:
+            logger.error(
+                "outbox entry %s (session %s) set aside in %s: the record refused it: %r",
+                entry.entry_id,
+                entry.session_id,
+                KeySpace.outbox_rejected(entry.stream),
+                reason,
+            )
+            await self._outbox.set_aside(entry, type(reason).__name__)
+        self.metrics.set_aside.inc(len(refused))
+        self.state.set_aside += len(refused)
+        return stored
+
     async def _measure(self) -> None:
+        """The backlog and the oldest entry's age, for `/metrics` and `/health`: once a second, not
+        every cycle (an idle cycle is then one read of the outbox)."""
+        if self._clock() < self._next_measure:
+            return
+        self._next_measure = self._clock() + MEASURE_EVERY
         try:
             backlog, oldest = await self._outbox.backlog(await self._outbox.streams())
         except RedisUnavailable:
             return
         self.state.backlog, self.state.oldest_seconds = backlog, oldest
-        self.lag.set(backlog)
-        self.oldest.set(oldest)
+        self.metrics.measured(self.state)
 
     async def _purge(self) -> None:
         """CONVERSATION_RETENTION_DAYS: delete conversations untouched for longer, once an hour."""
@@ -195,29 +314,6 @@ class Archiver:
             logger.info("deleted %d conversations past their retention", len(expired))
 
 
-async def open_archive(
-    stack: contextlib.AsyncExitStack,
-    settings: Settings,
-    redis: RedisClient,
-    keys: KeySpace,
-    registry: CollectorRegistry,
-    *,
-    model: str | None,
-) -> tuple[ConversationStore, Archiver]:
-    """The conversation record, migrated (under the lock), and its archiver, running; closed by `stack`."""
-    engine = create_engine(settings)
-    stack.push_async_callback(engine.dispose)
-    await migrate(engine)
-    store = ConversationStore(engine, model=model)
-    archiver = Archiver(
-        Outbox(redis, keys, timeout=settings.redis_timeout),
-        store,
-        registry,
-        batch=settings.archive_batch,
-        claim_seconds=settings.archive_claim_seconds,
-        retention_days=settings.conversation_retention_days,
-    )
-    archiver.start()
-    stack.push_async_callback(archiver.close)
-    logger.info("conversation record: %s", settings.database_location())
-    return store, archiver
+def _outage(error: BaseException) -> bool:
+    """Whether the database or Redis is out of reach (retry later), not refusing an entry."""
+    return isinstance(error, OUTAGES) or (isinstance(error, DBAPIError) and error.connection_invalidated)

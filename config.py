@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     # consumer that stopped answering before another instance claims it.
     archive_batch: int = Field(default=200, ge=1, le=10_000)
     archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    # Where the archiver runs: `loop`, a task on this process's event loop; `process`, a child process
+    # of this one (archiver_process.py), so that storing turns takes no time from the streams. `process`
+    # needs a Redis server: the embedded one lives in this process only.
+    archiver: Literal["loop", "process"] = "loop"
 
     # Logging
     log_level: LogLevel = "INFO"
@@ -307,6 +311,15 @@ class Settings(BaseSettings):
             and urlsplit(self.openai_base_url).hostname == urlsplit(OPENAI_BASE_URL).hostname
         ):
             raise ValueError("OPENAI_API_KEY must be set when AI_PROVIDER=openai talks to api.openai.com")
+        return self
+
+    @model_validator(mode="after")
+    def _archiver_process_needs_a_server(self) -> Settings:
+        if self.archiver == "process" and self.embedded_redis:
+            raise ValueError(
+                "ARCHIVER=process needs a Redis server (REDIS_URL, REDIS_HOST or REDIS_SENTINELS): "
+                "the embedded Redis lives in this process only"
+            )
         return self
 
     @property

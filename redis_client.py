@@ -180,6 +180,12 @@ class KeySpace:
             return f"{self.prefix}:{{{session_id}}}:outbox"
         return f"{self.prefix}:outbox"
 
+    @staticmethod
+    def outbox_rejected(outbox: str) -> str:
+        """Beside an outbox (in its slot on a cluster): the entries the record refused, kept for an
+        operator to read (`Outbox.set_aside`)."""
+        return f"{outbox}:rejected"
+
     @property
     def outbox_pattern(self) -> str:
         """A SCAN pattern matching every outbox on a cluster."""

@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry
+
 from admission import Admission
 from ai_service import AnswerObserver, ChatService
-from archiver import Archiver, open_archive
+from archiver import Archiver, ArchiveRunner
+from archiver_process import ArchiverProcess
 from batcher import CommandBatcher
 from branches import Branches
 from config import SERVICE_NAME, VERSION, Settings
@@ -26,12 +29,14 @@ from leases import AnswerEnds, LeaseKeeper
 from metrics import Metrics
 from providers import create_answer_source
 from providers.base import AnswerSource
+from records.database import create_engine, migrate
 from records.store import ConversationStore
 from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
 from stores.answers import AnswerRegistry
 from stores.history import HistoryStore
 from stores.leases import AnswerLeases
+from stores.outbox import Outbox
 from stores.replay_log import ReplayLog
 from telemetry import AnswerTracer, Telemetry, chat_service
 from titles import TitleWriter
@@ -70,7 +75,7 @@ class Services:
     telemetry: Telemetry
     # The conversation record and the task that archives into it (issue #15).
     records: ConversationStore
-    archiver: Archiver
+    archiver: ArchiveRunner
 
 
 EMBEDDED_WARNING = (
@@ -115,7 +120,7 @@ async def build_services(
         recorder, budgets = _accounting(settings, redis, batchers[0], answer_source, metrics)
         titles = _titles(settings, answer_source, redis, keys)
         observing = (metrics, telemetry, recorder, budgets, titles)
-        sql = await open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
+        sql = await _open_archive(stack, settings, redis, keys, metrics.registry, model=answer_source.model)
         services = _assemble(
             settings, redis, keys, batchers, answer_source, observing, draining, end_retry_seconds, sql
         )
@@ -271,7 +276,7 @@ def _assemble(
     observing: tuple[Metrics, Telemetry, UsageRecorder, Budgets, TitleWriter | None],
     draining: Callable[[], bool],
     end_retry_seconds: float,
-    record: tuple[ConversationStore, Archiver],
+    record: tuple[ConversationStore, ArchiveRunner],
 ) -> Services:
     """The stores, the hub, admission and the chat service over open connections (nothing runs yet)."""
     timeout, writer = settings.redis_timeout, batchers[0]
@@ -345,3 +350,30 @@ def _observers(observers: tuple[AnswerObserver, ...], tracer: AnswerTracer | Non
     """Who hears of each answer's life."""
     # The tracer first: the answer's trace id is set before anything logs it.
     return [*observers] if tracer is None else [tracer, *observers]
+
+
+async def _open_archive(
+    stack: AsyncExitStack,
+    settings: Settings,
+    redis: RedisClient,
+    keys: KeySpace,
+    registry: CollectorRegistry,
+    *,
+    model: str | None,
+) -> tuple[ConversationStore, ArchiveRunner]:
+    """The conversation record, migrated (under the lock), and its archiver, running (a task on this
+    loop, or a child process: ARCHIVER); closed by `stack`."""
+    engine = create_engine(settings)
+    stack.push_async_callback(engine.dispose)
+    await migrate(engine)
+    store = ConversationStore(engine, model=model)
+    outbox = Outbox(redis, keys, timeout=settings.redis_timeout)
+    archiver: Archiver | ArchiverProcess
+    if settings.archiver == "process":
+        archiver = ArchiverProcess(outbox, registry, settings, model=model)
+    else:
+        archiver = Archiver.configured(outbox, store, registry, settings)
+    archiver.start()
+    stack.push_async_callback(archiver.close)
+    logger.info("conversation record: %s, archived by %s", settings.database_location(), settings.archiver)
+    return store, archiver

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.engine import RowMapping
 
 from admission import Principal, SessionNotFound
-from archiver import Archiver
+from archiver import ArchiveRunner
 from conversation_tree import turn_row_id
 from ids import answer_key
 from models import ID_PATTERN, ChatTurn, StatusResponse
@@ -233,7 +233,7 @@ async def _delete(
     session_ids: list[str],
     *,
     records: ConversationStore,
-    archiver: Archiver,
+    archiver: ArchiveRunner,
     service: ChatServiceDep,
     registry: RegistryDep,
 ) -> None:

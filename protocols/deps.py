@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from admission import Admission, Principal, Unauthorized
 from ai_service import ChatService
-from archiver import Archiver
+from archiver import ArchiveRunner
 from config import Settings
 from health import PubSubProbe, Readiness
 from hub import StreamHub
@@ -133,7 +133,7 @@ async def get_records(request: Request) -> ConversationStore:
     return _services(request).records
 
 
-async def get_archiver(request: Request) -> Archiver:
+async def get_archiver(request: Request) -> ArchiveRunner:
     return _services(request).archiver
 
 
@@ -148,7 +148,7 @@ ReadinessDep = Annotated[Readiness, Depends(get_readiness)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 RecordsDep = Annotated[ConversationStore, Depends(get_records)]
-ArchiverDep = Annotated[Archiver, Depends(get_archiver)]
+ArchiverDep = Annotated[ArchiveRunner, Depends(get_archiver)]
 
 
 # --- The caller ----------------------------------------------------------------------------------

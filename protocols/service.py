@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from archiver import Archiver
+from archiver import ArchiveRunner
 from config import SERVICE_NAME, VERSION
 from metrics import CONTENT_TYPE_LATEST
 from protocols.deps import (
@@ -164,10 +164,10 @@ async def health(
     return JSONResponse(body.model_dump(mode="json", exclude_none=True))
 
 
-def _archive_health(archiver: Archiver, threshold: float) -> ArchiveHealth:
+def _archive_health(archiver: ArchiveRunner, threshold: float) -> ArchiveHealth:
     state = archiver.state
     return ArchiveHealth(
-        status="degraded" if archiver.degraded(threshold) else "ok",
+        status="degraded" if state.degraded(threshold) else "ok",
         backlog=state.backlog,
         oldest_seconds=round(state.oldest_seconds, 3),
         error=state.error,

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from redis_client import Command, KeySpace, RedisClient, bounded
 
@@ -37,6 +38,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GROUP = "archiver"
+# Entries the record refused, kept per outbox for an operator (`Outbox.set_aside`).
+REJECTED_KEPT = 10_000
 
 
 def outbox_append(keys: KeySpace, session_id: str, turn: str) -> Command:
@@ -167,6 +170,21 @@ class Outbox:
             pipe.xdel(stream, *entry_ids)
             await pipe.execute()
 
+    async def set_aside(self, entry: OutboxEntry, reason: str) -> None:
+        """Keep an entry the record refused, with why, in the outbox's `:rejected` stream (the newest
+        REJECTED_KEPT), for an operator to read; the caller then acknowledges it as archived."""
+        fields: dict[FieldT, EncodableT] = {"id": entry.entry_id, "s": entry.session_id, "r": reason}
+        if entry.turn is not None:
+            fields["t"] = orjson.dumps(entry.turn).decode()
+        if entry.branch is not None:
+            fields["b"] = entry.branch
+        if entry.title is not None:
+            fields["a"], fields["f"] = entry.title
+        async with bounded(self._timeout):
+            await self._redis.xadd(
+                self._keys.outbox_rejected(entry.stream), fields, maxlen=REJECTED_KEPT, approximate=True
+            )
+
     async def backlog(self, streams: Sequence[str]) -> tuple[int, float]:
         """Entries not archived yet, and the age in seconds of the oldest (0 with none)."""
         total, oldest = 0, 0.0
@@ -194,21 +212,26 @@ class Outbox:
         }
 
     async def forget(self, session_id: str) -> None:
-        """Drop the session's entries still waiting (its conversation is being deleted)."""
+        """Drop the session's entries still waiting, and those set aside (its conversation is being
+        deleted)."""
         stream = self._keys.outbox(session_id)
+        rejected = self._keys.outbox_rejected(stream)
         if isinstance(self._redis, RedisCluster):
             async with bounded(self._timeout):
-                await self._redis.delete(stream)
+                await self._redis.delete(stream, rejected)
             self._grouped.discard(stream)
             return
+        session = session_id.encode()
         async with bounded(self._timeout * 5):
-            ids = [
-                entry_id
-                async for entry_id, fields in self._scan(stream)
-                if fields.get(b"s") == session_id.encode()
+            ids = [entry_id async for entry_id, fields in self._scan(stream) if fields.get(b"s") == session]
+            kept = [
+                entry_id async for entry_id, fields in self._scan(rejected) if fields.get(b"s") == session
             ]
         if ids:
             await self.ack(stream, ids)
+        if kept:
+            async with bounded(self._timeout):
+                await self._redis.xdel(rejected, *kept)
 
     async def _scan(self, stream: str) -> Any:
         start = "-"

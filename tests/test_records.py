@@ -3,13 +3,16 @@ on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from archiver import Archiver
@@ -164,6 +167,143 @@ async def test_the_archiver_goes_on_at_once_after_a_full_batch_and_waits_after_a
         await eventually(archived(6), "the woken archiver takes the new turn")
     finally:
         await archiver.close()
+
+
+async def test_an_unexpected_error_pauses_the_archiver_and_it_goes_on(
+    store: ConversationStore, fake: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only an outage: whatever a cycle raises is counted, reported and retried; the task lives on."""
+    keys = KeySpace("chat")
+    archiver = Archiver(
+        Outbox(fake, keys, timeout=1),
+        store,
+        CollectorRegistry(),
+        batch=10,
+        claim_seconds=30,
+        poll_seconds=0.05,
+    )
+    archive = store.archive
+    raised: list[Exception] = []
+
+    async def broken_once(entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
+        if not raised:
+            raised.append(RuntimeError("a bug"))
+            raise raised[0]
+        return await archive(entries, owners)
+
+    monkeypatch.setattr(store, "archive", broken_once)
+    await append(fake, keys, turn("m0", "user", "2026-01-01T00:00:00Z"))
+    archiver.start()
+    try:
+
+        async def archived() -> bool:
+            return [row["message_id"] for row in await store.messages("s1")] == ["m0"]
+
+        await eventually(archived, "the turn is archived after the failed cycle")
+        assert archiver.state.failures == 1
+        assert archiver.state.error is None  # cleared by the cycle that worked
+    finally:
+        await archiver.close()
+    assert len(raised) == 1
+
+
+def refusing(store: ConversationStore, refused: set[str]) -> Callable[..., Awaitable[int]]:
+    """The store's archive, refusing (as a constraint would) any batch holding one of these turns."""
+    archive = store.archive
+
+    async def archive_unless_refused(entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
+        if any(entry.turn and entry.turn["message_id"] in refused for entry in entries):
+            raise ValueError("refused")
+        return await archive(entries, owners)
+
+    return archive_unless_refused
+
+
+async def test_an_entry_the_record_refuses_is_set_aside_and_the_rest_of_its_batch_archived(
+    store: ConversationStore, fake: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = KeySpace("chat")
+    registry = CollectorRegistry()
+    outbox = Outbox(fake, keys, timeout=1)
+    archiver = Archiver(outbox, store, registry, batch=10, claim_seconds=30)
+    for n, message_id in enumerate(["m0", "bad", "m2"]):
+        await append(fake, keys, turn(message_id, "user", f"2026-01-01T00:00:0{n}Z"))
+    monkeypatch.setattr(store, "archive", refusing(store, {"bad"}))
+
+    assert await archiver.cycle() == 2
+    assert [row["message_id"] for row in await store.messages("s1")] == ["m0", "m2"]
+    assert await fake.xlen(keys.outbox("s1")) == 0  # nothing holds back the turns after it
+    kept: Any = await fake.xrange(keys.outbox_rejected(keys.outbox("s1")))
+    assert len(kept) == 1
+    fields = kept[0][1]
+    assert (fields[b"s"], fields[b"r"]) == (b"s1", b"ValueError")
+    assert orjson.loads(fields[b"t"])["message_id"] == "bad"
+    assert archiver.state.set_aside == 1
+    assert registry.get_sample_value("chat_archive_set_aside_entries_total") == 1
+    await outbox.forget("s1")  # the conversation is deleted: what was set aside of it goes too
+    assert await fake.xlen(keys.outbox_rejected(keys.outbox("s1"))) == 0
+
+
+async def test_when_the_record_refuses_every_entry_nothing_is_set_aside_and_the_batch_waits(
+    store: ConversationStore, fake: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every entry refused: the fault is not in them (a schema out of date, a bug). They stay."""
+    keys = KeySpace("chat")
+    archiver = Archiver(Outbox(fake, keys, timeout=1), store, CollectorRegistry(), batch=10, claim_seconds=30)
+    for n, message_id in enumerate(["a", "b"]):
+        await append(fake, keys, turn(message_id, "user", f"2026-01-01T00:00:0{n}Z"))
+    monkeypatch.setattr(store, "archive", refusing(store, {"a", "b"}))
+
+    with pytest.raises(ValueError, match="refused"):
+        await archiver.cycle()
+    assert await fake.xlen(keys.outbox("s1")) == 2
+    assert await fake.exists(keys.outbox_rejected(keys.outbox("s1"))) == 0
+    assert archiver.state.set_aside == 0
+
+
+class CountingOutbox(Outbox):
+    """An outbox that records which reads the archiver makes: its own unacknowledged entries, or new ones."""
+
+    def __init__(self, redis: Redis, keys: KeySpace) -> None:
+        super().__init__(redis, keys, timeout=1)
+        self.reads: list[str] = []
+
+    async def read(self, stream: str, count: int, *, new: bool) -> list[OutboxEntry]:
+        self.reads.append("new" if new else "unacknowledged")
+        return await super().read(stream, count, new=new)
+
+
+async def test_an_idle_archiver_reads_only_new_entries_and_rereads_what_a_failure_left(
+    store: ConversationStore, fake: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle cycle is one read of the outbox; entries read by a cycle that failed are read again."""
+    keys = KeySpace("chat")
+    outbox = CountingOutbox(fake, keys)
+    archiver = Archiver(outbox, store, CollectorRegistry(), batch=10, claim_seconds=30, clock=lambda: 0.0)
+
+    async def reads_of_one_cycle() -> list[str]:
+        outbox.reads.clear()
+        await archiver.cycle()
+        return list(outbox.reads)
+
+    await append(fake, keys, turn("m0", "user", "2026-01-01T00:00:00Z"))
+    assert await reads_of_one_cycle() == ["unacknowledged", "new"]  # at start: what an earlier run left
+    assert await reads_of_one_cycle() == ["new"]
+
+    archive = store.archive
+
+    async def down(entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
+        raise OperationalError("INSERT", {}, ConnectionRefusedError())
+
+    await append(fake, keys, turn("m1", "user", "2026-01-01T00:00:01Z"))
+    monkeypatch.setattr(store, "archive", down)
+    with pytest.raises(OperationalError):
+        await archiver.cycle()
+    monkeypatch.setattr(store, "archive", archive)
+    assert await reads_of_one_cycle() == ["unacknowledged"]  # m1, read before the failure
+    assert [row["message_id"] for row in await store.messages("s1")] == ["m0", "m1"]
+    assert await reads_of_one_cycle() == ["new"]
+    assert await fake.xlen(keys.outbox("s1")) == 0
 
 
 async def test_conversations_past_their_retention_are_deleted(
