@@ -5,6 +5,7 @@
     python -m bench --only a,c        # some scenarios
     python -m bench --only g,h        # the relay of a real model's stream, against LiteLLM's proxy
     python -m bench --workers 2       # also scenario a with two uvicorn workers
+    python -m bench --sse-clients 1000  # scenario e with fewer SSE clients than its 10,000
 
 It starts its own redis-server and servers on free loopback ports, prints a table, writes the figures to
 `bench/results/latest.json` (smoke runs: `smoke.json`; g and h alone: `relay.json`) and draws the chart
@@ -40,7 +41,7 @@ H_LEVELS = {"v1": [25, 50, 100, 200, 400, 700, 1000], "litellm": [5, 10, 25, 50,
 H_SMOKE = {"v1": [5]}
 
 
-async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
+async def run_all(run: Run, only: set[str], workers: int, sse_clients: int) -> dict[str, Any]:
     smoke = run.smoke
     results: dict[str, Any] = {}
     steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
@@ -48,7 +49,7 @@ async def run_all(run: Run, only: set[str], workers: int) -> dict[str, Any]:
         "b": lambda: scenario_b(run, *((10, 20) if smoke else (200, 1000))),
         "c": lambda: scenario_c(run, [1, 20] if smoke else [1, 50, 100, 250, 500], think=1.0),
         "d": lambda: scenario_d(run, 50 if smoke else 2000),
-        "e": lambda: scenario_e(run, *((50, 5) if smoke else (1000, 100))),
+        "e": lambda: scenario_e(run, 50 if smoke else sse_clients, 5 if smoke else 100),
         "g": lambda: scenario_g(run, *((1, 1, 20, 4) if smoke else (3, 3, 300, 16))),
         "h": lambda: scenario_h(run, H_SMOKE if smoke else H_LEVELS, 10 if smoke else 150),
     }
@@ -71,6 +72,9 @@ def main() -> None:
     parser.add_argument("--only", default="abcdegh", help="scenarios to run, e.g. a,c (f comes from d and e)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("BENCH_WORKERS", "2")))
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument(
+        "--sse-clients", type=int, default=10_000, help="scenario e's SSE clients (on 100 sessions)"
+    )
     args = parser.parse_args()
     smoke = args.smoke or os.environ.get("BENCH_SMOKE") == "1"
     only = set(args.only.replace(",", ""))
@@ -79,14 +83,15 @@ def main() -> None:
     out: Path = args.out or RESULTS / ("smoke.json" if smoke else name)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 16384)), hard))
+    # e's clients are a socket each, here and in the service (which inherits the limit).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.sse_clients + 4096)), hard))
     with tempfile.TemporaryDirectory(prefix="bench-") as directory:
         redis = bench_redis(Path(directory))
         redis.start()
         run = Run(redis=redis, logs=Path(directory), smoke=smoke)
         started = datetime.now(UTC)
         try:
-            results = uvloop.run(run_all(run, only, 1 if smoke else args.workers))
+            results = uvloop.run(run_all(run, only, 1 if smoke else args.workers, args.sse_clients))
         finally:
             run.stop_all()
             redis_version = redis.version() if redis.process else "?"

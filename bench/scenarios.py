@@ -490,7 +490,10 @@ async def scenario_d(run: Run, answers: int) -> dict[str, Any]:
 
 async def scenario_e(run: Run, clients: int, sessions: int) -> dict[str, Any]:
     before_service = run.redis.connected_clients()
-    service = run.service(STREAM_DELAY=str(DEFAULT_STREAM_DELAY), CHUNK_DELAY=str(DEFAULT_CHUNK_DELAY))
+    # No cap on the service's side (MAX_SSE_CLIENTS=0): a stream it refused would be counted, not measured.
+    service = run.service(
+        STREAM_DELAY=str(DEFAULT_STREAM_DELAY), CHUNK_DELAY=str(DEFAULT_CHUNK_DELAY), MAX_SSE_CLIENTS="0"
+    )
     latencies: list[float] = []
     ends = 0
     all_ended = asyncio.Event()
@@ -532,6 +535,7 @@ async def scenario_e(run: Run, clients: int, sessions: int) -> dict[str, Any]:
                     for i in range(start, min(clients, start + 100))
                 )
             )
+        refused = sum(stream.status != 200 for stream in streams)
         await asyncio.sleep(1)
         connected = await service_stats(service, collect=True)
         post = await HttpConnection.open(service.port)
@@ -542,6 +546,12 @@ async def scenario_e(run: Run, clients: int, sessions: int) -> dict[str, Any]:
             await asyncio.wait_for(all_ended.wait(), 60)
         elapsed = time.perf_counter() - started
         post.close()
+        # What every client should have received: its session's log, from the answer's `start` on.
+        lengths = [
+            int(await asyncio.to_thread(run.redis.cli, "XLEN", f"chat:{{e{index}}}:events"))
+            for index in range(sessions)
+        ]
+        expected = sum(lengths[index % sessions] for index in range(clients))
     finally:
         stop_watching.set()
         await watcher
@@ -551,8 +561,10 @@ async def scenario_e(run: Run, clients: int, sessions: int) -> dict[str, Any]:
     return {
         "clients": clients,
         "sessions": sessions,
+        "clients_refused": refused,
         "clients_finished": ends,
         "deliveries": len(latencies),
+        "deliveries_expected": expected,
         "deliveries_per_s": round(len(latencies) / elapsed, 1),
         "delivery_p50_ms": ms(quantile(latencies, 0.5)),
         "delivery_p99_ms": ms(quantile(latencies, 0.99)),
