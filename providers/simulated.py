@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -221,12 +221,14 @@ class SimulatedAnswerSource(AnswerSource):
         words_per_chunk: int = 3,
         reasoning: bool = False,
         max_tokens: int | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.stream_delay = stream_delay
         self.chunk_delay = chunk_delay
         self.words_per_chunk = words_per_chunk
         self.reasoning = reasoning
         self.max_tokens = max_tokens
+        self._sleep = sleep  # the pacing's clock: tests pass one that records the pauses
 
     async def stream(
         self,
@@ -255,7 +257,7 @@ class SimulatedAnswerSource(AnswerSource):
             if pause:
                 wanted = max(0.0, pause - behind)
                 slept_from = loop.time()
-                await asyncio.sleep(wanted)
+                await self._sleep(wanted)
                 behind = max(0.0, behind + (loop.time() - slept_from) - pause)
             yield delta
         completion.finish_reason = finish_reason

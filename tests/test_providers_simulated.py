@@ -89,9 +89,7 @@ async def test_chunks_concatenate_to_the_composed_answer() -> None:
     assert all(1 <= len(chunk.split()) <= 3 for chunk in chunks)
 
 
-async def test_each_chunk_waits_stream_delay_per_word_plus_chunk_delay(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_each_chunk_waits_stream_delay_per_word_plus_chunk_delay() -> None:
     pauses: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -99,21 +97,20 @@ async def test_each_chunk_waits_stream_delay_per_word_plus_chunk_delay(
         pauses.append(seconds)
         await real_sleep(0)
 
-    monkeypatch.setattr("providers.simulated.asyncio.sleep", recording_sleep)
-    source = SimulatedAnswerSource(stream_delay=0.1, chunk_delay=0.05)
+    source = SimulatedAnswerSource(stream_delay=0.1, chunk_delay=0.05, sleep=recording_sleep)
     chunks = await collect(source, [user("Why is PostgreSQL replication lagging?")])
     assert pauses == pytest.approx([0.1 * len(chunk.split()) + 0.05 for chunk in chunks])
 
 
-async def test_with_both_delays_zero_nothing_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_with_both_delays_zero_nothing_sleeps() -> None:
     pauses: list[float] = []
 
     async def recording_sleep(seconds: float) -> None:
         pauses.append(seconds)
 
-    monkeypatch.setattr("providers.simulated.asyncio.sleep", recording_sleep)
     conversation = [user("What is a vector database?")]
-    chunks = await collect(SimulatedAnswerSource(stream_delay=0, chunk_delay=0), conversation)
+    source = SimulatedAnswerSource(stream_delay=0, chunk_delay=0, sleep=recording_sleep)
+    chunks = await collect(source, conversation)
     assert "".join(chunks) == compose_answer(conversation)
     assert pauses == []
 
@@ -405,14 +402,13 @@ async def test_the_same_conversation_and_options_stream_the_same_parts() -> None
     assert await answer(conversation, **structured) == await answer(conversation, **structured)
 
 
-async def test_tool_call_pieces_are_paced_like_text_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_tool_call_pieces_are_paced_like_text_chunks() -> None:
     pauses: list[float] = []
 
     async def recording_sleep(seconds: float) -> None:
         pauses.append(seconds)
 
-    monkeypatch.setattr("providers.simulated.asyncio.sleep", recording_sleep)
-    source = SimulatedAnswerSource(stream_delay=0.1, chunk_delay=0.05)
+    source = SimulatedAnswerSource(stream_delay=0.1, chunk_delay=0.05, sleep=recording_sleep)
     deltas, _ = await answer([user(ASK)], source, tools=[WEATHER])
     assert pauses == pytest.approx([0.05] + [0.15] * (len(deltas) - 1))  # a start, then a word each
 
