@@ -93,7 +93,12 @@ class AnswerEnds:
             *self._answers.finished_commands(answer, turn.finish_reason),
             *self._log.finished_commands(session_id, turn.message_id),
             self.leases.release_command(answer),
-            *([] if event is None else self._log.append_commands(session_id, event, refresh_ttl=True)),
+            # The history's commands above refresh the owner record's TTL: the event's need not again.
+            *(
+                []
+                if event is None
+                else self._log.append_commands(session_id, event, refresh_ttl=True, refresh_owner=False)
+            ),
         ]
 
     async def commit(self, commands: Sequence[Command]) -> None:

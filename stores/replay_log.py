@@ -73,17 +73,20 @@ class ReplayLog:
 
     # -- writing: commands for the answer's writer --
 
-    def append_commands(self, session_id: str, payload: bytes, *, refresh_ttl: bool) -> list[Command]:
+    def append_commands(
+        self, session_id: str, payload: bytes, *, refresh_ttl: bool, refresh_owner: bool = True
+    ) -> list[Command]:
         """XADD the event, then PUBLISH it: a reader woken by the PUBLISH finds the entry in the log.
         The log lives as long as the history: `start` and the terminal event set its TTL, and a chunk's
-        XADD keeps it."""
+        XADD keeps it. With the TTL the owner record's is refreshed in the same batch, so that it never
+        expires before the log (#13, item 4); `refresh_owner=False` when the batch's other commands
+        refresh it already (the history's, at an answer's end)."""
         commands = self.appender(session_id)(payload)
         if refresh_ttl:
-            # The owner record with it, in the same batch: it never expires before the log (#13, item 4).
-            commands[1:1] = [
-                ("EXPIRE", self._keys.events(session_id), self._ttl),
-                ("EXPIRE", self._keys.owner(session_id), self._ttl),
-            ]
+            refreshed: list[Command] = [("EXPIRE", self._keys.events(session_id), self._ttl)]
+            if refresh_owner:
+                refreshed.append(("EXPIRE", self._keys.owner(session_id), self._ttl))
+            commands[1:1] = refreshed
         return commands
 
     def appender(self, session_id: str) -> Callable[[bytes], list[Command]]:
@@ -100,14 +103,14 @@ class ReplayLog:
 
     def starting_commands(self, session_id: str, since: str, answer: str) -> list[Command]:
         """Record after which entry the answer (`answer`: its key, `ids.answer_key`) begins. Sent before
-        its `start` is appended, so a reader that finds the answer here finds its `start` after `since`,
-        and one that does not sees the `start` arrive live."""
+        its `start` is appended, in the same batch (whose `append_commands` refresh the owner record's
+        TTL), so a reader that finds the answer here finds its `start` after `since`, and one that does
+        not sees the `start` arrive live."""
         running = self._keys.active(session_id)
         return [
             ("HSET", self._keys.message(answer), "since", since),
             ("HSET", running, message_of(answer), since),
             ("EXPIRE", running, self._ttl),
-            ("EXPIRE", self._keys.owner(session_id), self._ttl),
         ]
 
     def keep_alive_commands(self, session_id: str) -> list[Command]:
