@@ -25,7 +25,8 @@ export class Sidebar {
     this.editing = null; // the id whose title is being edited
     this.renaming = null; // and its form
     this.confirming = null; // the id whose deletion awaits a confirmation
-    this.loads = 0;
+    this.loads = 0; // lists asked for: an answer is used only if nothing was asked or changed since
+    this.inFlight = 0; // lists on their way: the list is `aria-busy` meanwhile
     this.searchTimer = null;
     this.lookTimer = null;
     search.addEventListener("input", () => {
@@ -67,6 +68,7 @@ export class Sidebar {
     if (!user) return;
     const query = this.search.value.trim();
     const load = ++this.loads; // a newer load's answer wins
+    this.busy(+1);
     try {
       const page = query
         ? await api("conversations/search", { params: { user_id: user, q: query, limit: PAGE } })
@@ -85,8 +87,20 @@ export class Sidebar {
     } catch (error) {
       if (load !== this.loads) return;
       this.status.textContent = `Could not load the conversations: ${error.message}`;
+    } finally {
+      this.busy(-1);
     }
     this.render();
+  }
+
+  busy(change) {
+    this.inFlight += change;
+    this.list.setAttribute("aria-busy", String(this.inFlight > 0));
+  }
+
+  // A list asked for before a change of ours is older than it: its answer must not undo the change.
+  changed() {
+    this.loads++;
   }
 
   // Listed now? A conversation whose first turn has not been archived is not.
@@ -204,6 +218,7 @@ export class Sidebar {
   }
 
   async change(id, changes) {
+    this.changed();
     try {
       const updated = await api(`conversations/${encodeURIComponent(id)}`, { method: "PATCH", body: changes });
       this.conversations = this.conversations.map((c) => (c.id === id ? { ...c, ...updated } : c));
@@ -216,6 +231,7 @@ export class Sidebar {
 
   async remove(id) {
     this.confirming = null;
+    this.changed();
     try {
       await api(`conversations/${encodeURIComponent(id)}`, { method: "DELETE" });
     } catch (error) {

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
+from playwright.sync_api import APIResponse, Browser, BrowserContext, Locator, Page, Route, expect
 
 from testkit.service import ServiceProcess
 from testkit.waiting import eventually_sync
@@ -170,6 +170,46 @@ def test_the_sidebar_comes_from_the_service_in_a_new_browser_profile(profiles: P
     # Another user's list is not this one's.
     other = profiles.page("side-someone-else")
     expect(titles_shown(other)).to_have_text(["New chat"])
+
+
+@pytest.mark.browser
+def test_a_list_asked_for_before_a_rename_does_not_undo_it(profiles: Profiles) -> None:
+    """The page asks for its list now and then (after an answer, on a new user id). A list that was on
+    its way while the user renamed a conversation was read before the rename: when it arrives after
+    the rename's answer, it must not put the old title back (CI saw it happen on a loaded machine)."""
+    service = profiles.service
+    service.chat("stale-a", "stale-user", "A question about tides")
+    page = profiles.page("stale-user", "stale-a")
+    listing = page.locator("#session-list")
+    expect(titles_shown(page)).to_have_text(["A question about tides"])
+    expect(listing).to_have_attribute("aria-busy", "false")
+
+    # Every list the page asks for from now on is read from the service at once, and answered later.
+    held: list[tuple[Route, APIResponse]] = []
+    holding = True
+
+    def hold(route: Route) -> None:
+        if not holding or route.request.method != "GET":
+            route.continue_()
+            return
+        held.append((route, route.fetch()))
+
+    page.route("**/conversations?*", hold)
+    page.get_by_label("User id").dispatch_event("change")  # the page asks for its list again
+    expect(listing).to_have_attribute("aria-busy", "true")
+    eventually_sync(lambda: page.evaluate("true") and held, "the list was read before the rename")
+
+    item(page, "A question about tides").get_by_role("button", name="Rename").click()
+    sidebar(page).get_by_label("New title").fill("Tides, renamed")
+    sidebar(page).get_by_role("button", name="Save").click()
+    expect(titles_shown(page)).to_have_text(["Tides, renamed"])
+    assert service.titles("stale-user") == ["Tides, renamed"]
+
+    holding = False
+    for route, response in held:  # the lists read before the rename arrive now
+        route.fulfill(response=response)
+    expect(listing).to_have_attribute("aria-busy", "false")  # every list asked for has been answered
+    expect(titles_shown(page)).to_have_text(["Tides, renamed"])
 
 
 @pytest.mark.browser
