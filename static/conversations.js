@@ -98,7 +98,8 @@ export class Sidebar {
     this.list.setAttribute("aria-busy", String(this.inFlight > 0));
   }
 
-  // A list asked for before a change of ours is older than it: its answer must not undo the change.
+  // Called once the service has made a change of ours: a list asked for before then may have been read
+  // before the change, and its answer, when it comes, must not undo it.
   changed() {
     this.loads++;
   }
@@ -218,9 +219,9 @@ export class Sidebar {
   }
 
   async change(id, changes) {
-    this.changed();
     try {
       const updated = await api(`conversations/${encodeURIComponent(id)}`, { method: "PATCH", body: changes });
+      this.changed();
       this.conversations = this.conversations.map((c) => (c.id === id ? { ...c, ...updated } : c));
       this.status.textContent = "";
     } catch (error) {
@@ -231,7 +232,6 @@ export class Sidebar {
 
   async remove(id) {
     this.confirming = null;
-    this.changed();
     try {
       await api(`conversations/${encodeURIComponent(id)}`, { method: "DELETE" });
     } catch (error) {
@@ -241,6 +241,7 @@ export class Sidebar {
         return;
       }
     }
+    this.changed();
     this.conversations = this.conversations.filter((c) => c.id !== id);
     this.localTitles.delete(id);
     this.listed.delete(id);
