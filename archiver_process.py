@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -212,16 +213,8 @@ async def _pipes() -> tuple[asyncio.StreamReader, asyncio.WriteTransport]:
 
 
 def _report(archiver: Archiver, out: asyncio.WriteTransport) -> None:
-    state = archiver.state
-    line = {
-        "backlog": state.backlog,
-        "oldest_seconds": state.oldest_seconds,
-        "error": state.error,
-        "archived": state.archived,
-        "failures": state.failures,
-        "set_aside": state.set_aside,
-    }
-    out.write(json.dumps(line).encode() + b"\n")
+    """The archiver's state as one JSON line: the parent reads it back as an `ArchiveState`."""
+    out.write(json.dumps(dataclasses.asdict(archiver.state)).encode() + b"\n")
 
 
 async def _reporting(archiver: Archiver, out: asyncio.WriteTransport) -> None:
