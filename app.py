@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
@@ -19,24 +18,23 @@ from starlette.middleware import Middleware
 
 from config import VERSION, Settings, format_validation_error, get_settings
 from draining import server_draining
-from logs import RequestLogMiddleware, configure_logging, valid_request_id
-from metrics import Metrics, MetricsMiddleware
+from logs import configure_logging
+from metrics import Metrics
 from protocols import errors
 from protocols.agui import router as agui_router
 from protocols.ai_sdk import router as ai_sdk_router
-from protocols.body_limit import BodyLimitMiddleware
 from protocols.conversations import router as conversations_router
 from protocols.deps import require_key
+from protocols.edge import Edge
 from protocols.native import ERRORS
 from protocols.native import router as native_router
 from protocols.openai import router as openai_router
 from protocols.service import router as service_router
-from protocols.sse import StreamHandoff
 from protocols.usage import router as usage_router
 from providers.base import AnswerSource
 from services import Services, build_services
 from telemetry import Telemetry
-from ui import add_ui
+from ui import DOCS_HEADERS, add_ui
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +61,18 @@ def build_lifespan(
 
 
 def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
-    """The middleware, outermost first: request id, metrics, the access log, the body limit, CORS, and
-    the layer that runs an open event stream once its route has returned."""
+    """The middleware, outermost first: the edge layer (request id, body limit, crash answer, access
+    log, metrics, the docs' policy, event streams run once their route has returned), then CORS when
+    origins are configured."""
     middleware = [
-        Middleware(CorrelationIdMiddleware, header_name="X-Request-ID", validator=valid_request_id),
-        Middleware(MetricsMiddleware, metrics=metrics),
-        Middleware(RequestLogMiddleware, crash_response=errors.crash_response),
         Middleware(
-            BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.request_body_timeout
-        ),
+            Edge,
+            metrics=metrics,
+            crash_response=errors.crash_response,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.request_body_timeout,
+            path_headers=DOCS_HEADERS,
+        )
     ]
     if settings.cors_origins:
         middleware.append(
@@ -83,7 +84,6 @@ def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
                 expose_headers=["X-Request-ID"],
             )
         )
-    middleware.append(Middleware(StreamHandoff))
     return middleware
 
 

@@ -1,6 +1,7 @@
 """Logs: the root logger's set-up (text or JSON, every line with its request id) and one access line per
-request. Configured once, at the entry point; the request id comes from asgi-correlation-id, which
-accepts a client's `X-Request-ID` when it is a plain token and makes one otherwise.
+request. Configured once, at the entry point; the request id is set by `protocols/edge.py` (the client's
+`X-Request-ID` when it is a plain token, a new one otherwise) in asgi-correlation-id's context variable,
+which its log filter puts in every line.
 """
 
 from __future__ import annotations
@@ -8,23 +9,19 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from asgi_correlation_id import CorrelationIdFilter
 from pythonjsonlogger.json import JsonFormatter
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
     from config import Settings
 
 __all__ = [
     "EscapeControls",
-    "RequestLogMiddleware",
     "configure_logging",
     "escape_controls",
+    "log_request",
     "valid_request_id",
 ]
 
@@ -84,48 +81,16 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
 
 
-class RequestLogMiddleware:
-    """Logs each request once (method, path, status, duration) and turns a crash into a 500: the
-    response `crash_response(path)` makes (the error table's, in the path's protocol)."""
-
-    def __init__(self, app: ASGIApp, crash_response: Callable[[str], ASGIApp]) -> None:
-        self.app = app
-        self.crash_response = crash_response
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        response_started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            status = 500
-            if not response_started:
-                await self.crash_response(scope["path"])(scope, receive, send)
-        finally:
-            duration_ms = (time.perf_counter() - started) * 1000
-            access_logger.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                duration_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(duration_ms, 2),
-                },
-            )
+def log_request(method: str, path: str, status: int, seconds: float) -> None:
+    """The request's one access line (`protocols/edge.py` calls it as the request ends)."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    duration_ms = seconds * 1000
+    access_logger.info(
+        "%s %s %d %.1fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={"method": method, "path": path, "status": status, "duration_ms": round(duration_ms, 2)},
+    )

@@ -24,15 +24,18 @@ from prometheus_client import (
 from starlette.routing import Match
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from starlette.types import Scope
 
     from answer_run import Answer
     from usage.ledger import UsageRecord
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware", "UsageMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "UsageMetrics"]
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A method label outside these is "OTHER": h11 takes any token as a method, and a client's made-up ones
+# must not each make a time series.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 ANSWER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -104,6 +107,32 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.usage = UsageMetrics(registry)
+        # Each (method, route, status)'s counter and histogram, looked up once (bounded: route templates,
+        # the methods below and the status codes).
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(
+        self, scope: Scope, status: int, seconds: float, *, streaming: bool, error_body: bytes | None
+    ) -> None:
+        """One HTTP request answered (`protocols/edge.py`): counted by method, route template and status,
+        timed unless it was an event stream, and an error counted by its code (`error_body` is its
+        start, for a status of 400 or more)."""
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+        route = _route_template(scope)
+        if (series := self._request_series.get((method, route, status))) is None:
+            series = self._request_series[method, route, status] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        count, latency = series
+        count.inc()
+        if not streaming:
+            latency.observe(seconds)
+        if status >= 400:
+            code = _error_code(error_body)
+            self.errors.labels("http", code).inc()
+            if code == "redis_unavailable":
+                self.redis_errors.labels("request").inc()
 
     def render(self) -> bytes:
         """The exposition text: this process's metrics, or with several workers every live worker's."""
@@ -207,51 +236,6 @@ def _route_template(scope: Scope) -> str:
         if match == Match.FULL:
             return str(getattr(route, "path", "unmatched"))
     return "unmatched"
-
-
-class MetricsMiddleware:
-    """Counts every HTTP request by route template and status, times it, and counts error codes."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        streaming = False
-        error_body: bytes | None = None
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, streaming, error_body
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = dict(message.get("headers", []))
-                streaming = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-                error_body = b"" if status >= 400 else None
-            elif (
-                message["type"] == "http.response.body"
-                and error_body is not None
-                and len(error_body) < 65_536
-            ):
-                error_body += message.get("body", b"")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = _route_template(scope)
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            if not streaming:
-                self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
-            if status >= 400:
-                code = _error_code(error_body)
-                self.metrics.errors.labels("http", code).inc()
-                if code == "redis_unavailable":
-                    self.metrics.redis_errors.labels("request").inc()
 
 
 def _error_code(body: bytes | None) -> str:

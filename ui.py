@@ -12,12 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
-from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["STATIC_DIR", "DocsContentPolicy", "add_ui"]
+__all__ = ["DOCS_HEADERS", "STATIC_DIR", "add_ui"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -42,26 +40,8 @@ DOCS_POLICY = (
     "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'self'"
 )
-
-
-class DocsContentPolicy:
-    """Adds `DOCS_POLICY` to the answers of the docs pages, which `fastapi-offline` renders."""
-
-    def __init__(self, app: ASGIApp, paths: tuple[str, ...] = ("/docs", "/redoc")) -> None:
-        self.app = app
-        self.paths = frozenset(paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_policy(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["Content-Security-Policy"] = DOCS_POLICY
-            await send(message)
-
-        await self.app(scope, receive, send_with_policy)
+# Added to the answers of the docs pages, which `fastapi-offline` renders (by `protocols/edge.py`).
+DOCS_HEADERS = {path: [(b"content-security-policy", DOCS_POLICY.encode())] for path in ("/docs", "/redoc")}
 
 
 class RevalidatedFiles(StaticFiles):
@@ -76,12 +56,11 @@ class RevalidatedFiles(StaticFiles):
 
 
 def add_ui(app: FastAPI, path: str = "/ui") -> None:
-    """Serve `static/chat.html` at `path` and its scripts and styles under `path/`; hold the docs pages
-    to this service's own assets."""
+    """Serve `static/chat.html` at `path` and its scripts and styles under `path/` (the docs pages'
+    policy is `DOCS_HEADERS`)."""
 
     async def chat_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "chat.html", media_type="text/html", headers=PAGE_HEADERS)
 
     app.add_api_route(path, chat_page, methods=["GET"], include_in_schema=False, response_class=FileResponse)
     app.mount(path, RevalidatedFiles(directory=STATIC_DIR), name="ui")
-    app.add_middleware(DocsContentPolicy)

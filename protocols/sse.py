@@ -5,9 +5,10 @@ The response runs the stream in the request's own task, plus one small task that
 to leave: an idle client costs what its connection costs and little more (issue #6, f; sse-starlette's
 response ran four tasks in a task group per client, about 20 KB of the 52 KB an idle client held).
 
-Once the headers are sent, `StreamHandoff` runs the stream from outside the route: the router's,
-FastAPI's and the endpoint's frames, the request and its dependencies are freed while the client stays
-connected, and an idle client holds its connection, its cursor and its listener (issue #14, e).
+Once the headers are sent, the edge layer (`protocols/edge.py`) runs the stream from outside the route:
+the router's, FastAPI's and the endpoint's frames, the request and its dependencies are freed while the
+client stays connected, and an idle client holds its connection, its cursor and its listener (issue #14,
+e).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from typing import Protocol
 
 import orjson
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from cursor import CursorItem, EventCursor, Keepalive, Reset
 from stores.replay_log import Entry
 
-__all__ = ["ANSWER_ERROR", "EventStreamResponse", "StreamHandoff", "encode", "encode_v1"]
+__all__ = ["ANSWER_ERROR", "HANDOFF", "EventStreamResponse", "encode", "encode_v1"]
 
 PING = b": ping\r\n\r\n"
-# The scope key under which `StreamHandoff` takes a response whose headers are sent.
+# The scope key under which the edge layer takes a response whose headers are sent.
 HANDOFF = "sse.handoff"
 
 
@@ -115,7 +116,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         handoff: Callable[[EventStreamResponse], None] | None = scope.get(HANDOFF)
-        if handoff is not None:  # the route returns; `StreamHandoff` runs the stream from outside it
+        if handoff is not None:  # the route returns; the edge layer runs the stream from outside it
             handoff(self)
             return
         await self.run(receive, send)
@@ -164,31 +165,3 @@ class EventStreamResponse(Response):
                     if clients is not None:
                         clients.closed(deadline)
         return False
-
-
-class StreamHandoff:
-    """The innermost middleware: an event stream outlives the route that opened it.
-
-    The route stack below this layer (Starlette's exception layer and router, FastAPI's request and
-    dependency stacks, the endpoint, the `Request`) runs with a copy of the scope. An
-    `EventStreamResponse` sends its headers through it, hands itself over and returns, so that all of
-    that is freed; this layer then sends the stream's body with its own `receive` and `send`. The
-    layers outside it see one request from start to end, and the matched route (copied back, for the
-    metrics' route label)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        streams: list[EventStreamResponse] = []
-        inner = {**scope, HANDOFF: streams.append}
-        await self.app(inner, receive, send)
-        for name in ("route", "endpoint", "path_params"):
-            if name in inner:
-                scope[name] = inner[name]
-        del inner
-        if streams:
-            await streams.pop().run(receive, send)

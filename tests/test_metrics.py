@@ -67,6 +67,21 @@ async def test_metrics_parse_and_count_requests_answers_chunks_and_errors(
     assert value(text, "chat_errors_total", source="http", code="unauthorized") == 1
 
 
+async def test_a_made_up_method_is_counted_as_other_not_as_a_series_of_its_own(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    # h11, the default parser, takes any token as a method: each made-up one must not add a series.
+    async with app_client(make_settings()) as client:
+        for method in ("FOOBAR1", "FOOBAR2"):
+            assert (await client.request(method, "/health")).status_code == 405
+        assert (await client.request("PUT", "/health")).status_code == 405
+        text = (await client.get("/metrics")).text
+
+    assert "FOOBAR" not in text
+    assert value(text, "chat_http_requests_total", method="OTHER", route="/health", status="405") == 2
+    assert value(text, "chat_http_requests_total", method="PUT", route="/health", status="405") == 1
+
+
 @pytest.mark.redis
 async def test_metrics_count_redis_errors_and_failed_health(
     make_settings: Callable[..., Settings], app_client: AppClient, own_redis: RedisServer
