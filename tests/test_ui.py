@@ -554,6 +554,7 @@ class CuttableProxy:
         self.port: int = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
+        self.closed = False
         self.requests = bytearray()  # everything browsers sent, to check the headers they resent
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -563,8 +564,16 @@ class CuttableProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the service has gone (the test is ending)
+                client.close()
+                return
             with self.lock:
+                if self.closed:  # accepted just before `close`: no one else will close these
+                    client.close()
+                    upstream.close()
+                    return
                 self.open += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
@@ -591,6 +600,8 @@ class CuttableProxy:
             sock.close()
 
     def close(self) -> None:
+        with self.lock:
+            self.closed = True
         self.listener.close()
         self.cut()
 
