@@ -49,19 +49,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "chat_http_requests",
-            "HTTP requests answered, by method, route template and status.",
-            ["method", "route", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "chat_http_request_duration_seconds",
-            "Time to answer an HTTP request (Server-Sent Event streams are not included).",
-            ["method", "route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self.requests = RequestMetrics(registry)
         self.active_answers = Gauge(
             "chat_active_answers",
             "Answers being generated now.",
@@ -107,9 +95,6 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self.usage = UsageMetrics(registry)
-        # Each (method, route, status)'s counter and histogram, looked up once (bounded: route templates,
-        # the methods below and the status codes).
-        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(
         self, scope: Scope, status: int, seconds: float, *, streaming: bool, error_body: bytes | None
@@ -118,16 +103,7 @@ class Metrics:
         timed unless it was an event stream, and an error counted by its code (`error_body` is its
         start, for a status of 400 or more)."""
         method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
-        route = _route_template(scope)
-        if (series := self._request_series.get((method, route, status))) is None:
-            series = self._request_series[method, route, status] = (
-                self.requests.labels(method, route, str(status)),
-                self.latency.labels(method, route),
-            )
-        count, latency = series
-        count.inc()
-        if not streaming:
-            latency.observe(seconds)
+        self.requests.count(method, _route_template(scope), status, None if streaming else seconds)
         if status >= 400:
             code = _error_code(error_body)
             self.errors.labels("http", code).inc()
@@ -170,6 +146,40 @@ class Metrics:
 
 # The kinds of tokens `chat_tokens` counts.
 KINDS = ("prompt", "completion", "reasoning")
+
+
+class RequestMetrics:
+    """HTTP requests: counted by method, route template and status, and timed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.total = Counter(
+            "chat_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "chat_http_request_duration_seconds",
+            "Time to answer an HTTP request (Server-Sent Event streams are not included).",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Each (method, route, status)'s counter and histogram, looked up once (bounded: route templates,
+        # the standard methods and the status codes).
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def count(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        """One request answered; `seconds` None for one that is not timed (an event stream)."""
+        if (series := self._series.get((method, route, status))) is None:
+            series = self._series[method, route, status] = (
+                self.total.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        total, latency = series
+        total.inc()
+        if seconds is not None:
+            latency.observe(seconds)
 
 
 class UsageMetrics:

@@ -113,14 +113,14 @@ class Edge:
         sent: str | None = None
         declared: bytes | None = None
         for name, value in scope["headers"]:
-            if name == REQUEST_ID_HEADER:
+            if name == REQUEST_ID_HEADER and sent is None:
                 sent = value.decode("latin-1")
             elif name == b"content-length":
                 declared = value
-        if sent is not None and valid_request_id(sent):
+        if sent and valid_request_id(sent):
             return sent, declared
         request_id = uuid.uuid4().hex
-        if sent is not None:
+        if sent:
             logger.warning("replaced a request id that is not a plain token with %s", request_id)
         scope["headers"] = [
             *(header for header in scope["headers"] if header[0] != REQUEST_ID_HEADER),

@@ -57,6 +57,8 @@ async def test_metrics_parse_and_count_requests_answers_chunks_and_errors(
     # Ids never become labels: every session's requests share the route template.
     assert value(text, "chat_http_requests_total", route="/history/{session_id}", status="422") == 1
     assert "bad id" not in text
+    # An event stream runs after its route has returned: still counted under its route's template.
+    assert value(text, "chat_http_requests_total", route="/stream/{session_id}", status="200") == 1
     assert value(text, "chat_http_request_duration_seconds_count", route="/chat") == 1
     assert value(text, "chat_chunks_published_total") == chunks > 0
     assert value(text, "chat_time_to_first_chunk_seconds_count") == 1
