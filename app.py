@@ -121,6 +121,9 @@ def create_app(
         lifespan=build_lifespan(settings, metrics, source, telemetry),
         middleware=middleware,
         debug=False,
+        # The service's traces are `telemetry.py`'s (with OTEL_* set); FastAPI's own telemetry, which
+        # would look for globally configured providers on every request, stays off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     telemetry.instrument_app(app)
