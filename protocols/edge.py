@@ -95,8 +95,10 @@ class Edge:
             body = await self._body(scope, receive, declared)
             if isinstance(body, PayloadTooLarge | BodyTimeout):
                 await render(scope["path"], problem_of(body))(scope, receive, edge_send)
-            else:
-                await self._route(scope, body or receive, edge_send)
+            elif stream := await self._route(scope, body or receive, edge_send):
+                # Its headers went through `edge_send`; its events (thousands, to as many clients) go
+                # straight out, unless it is an error whose body the metrics read.
+                await stream.run(body or receive, send if error_body is None else edge_send)
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             status = 500
@@ -160,9 +162,9 @@ class Edge:
             f"The request body is larger than {self.max_body_bytes} bytes", headers={"Connection": "close"}
         )
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the routes with a copy of the scope; an event stream whose headers they sent is handed
-        over and run from here, once they have returned and all they held is freed."""
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> EventStreamResponse | None:
+        """Run the routes with a copy of the scope. An event stream whose headers they sent is handed
+        over and returned, to be run from here once they have returned and all they held is freed."""
         streams: list[EventStreamResponse] = []
         inner = {**scope, HANDOFF: streams.append}
         await self.app(inner, receive, send)
@@ -170,8 +172,7 @@ class Edge:
             if name in inner:
                 scope[name] = inner[name]
         del inner
-        if streams:
-            await streams.pop().run(receive, send)
+        return streams.pop() if streams else None
 
 
 def _keep_start(kept: bytes, more: bytes) -> bytes:
