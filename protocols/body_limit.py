@@ -13,7 +13,7 @@ from errors import ServiceError
 if TYPE_CHECKING:
     from starlette.types import Message, Receive
 
-__all__ = ["BodyTimeout", "PayloadTooLarge", "read_body"]
+__all__ = ["BodyTimeout", "PayloadTooLarge", "read_body", "too_large"]
 
 
 class PayloadTooLarge(ServiceError):
@@ -24,6 +24,13 @@ class PayloadTooLarge(ServiceError):
 class BodyTimeout(ServiceError):
     status = 408
     code = "request_timeout"
+
+
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    """The 413 of a body over `max_bytes`. The rest of it is not read: the connection cannot be reused."""
+    return PayloadTooLarge(
+        f"The request body is larger than {max_bytes} bytes", headers={"Connection": "close"}
+    )
 
 
 async def read_body(receive: Receive, max_bytes: int, within: float) -> Message:
@@ -42,7 +49,7 @@ async def read_body(receive: Receive, max_bytes: int, within: float) -> Message:
                     return message
                 size += len(message.get("body", b""))
                 if size > max_bytes:
-                    raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes")
+                    raise too_large(max_bytes)
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": False}

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from asgi_correlation_id import correlation_id
 
 from logs import log_request, valid_request_id
-from protocols.body_limit import BodyTimeout, PayloadTooLarge, read_body
+from protocols.body_limit import BodyTimeout, PayloadTooLarge, read_body, too_large
 from protocols.errors import problem_of, render
 from protocols.sse import HANDOFF
 
@@ -136,14 +136,12 @@ class Edge:
         """None when the route may read the request as it comes (no body); otherwise a `receive` that
         gives the whole body, read here within the limits, or the error that refuses it."""
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            return self._too_large()
+            return too_large(self.max_body_bytes)
         if declared is None and scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return None
         try:
             message = await read_body(receive, self.max_body_bytes, self.body_timeout)
-        except PayloadTooLarge:
-            return self._too_large()
-        except BodyTimeout as error:
+        except (PayloadTooLarge, BodyTimeout) as error:
             return error
         replayed = False
 
@@ -155,12 +153,6 @@ class Edge:
             return await receive()
 
         return replay
-
-    def _too_large(self) -> PayloadTooLarge:
-        # The rest of the body is not read: the connection cannot be reused.
-        return PayloadTooLarge(
-            f"The request body is larger than {self.max_body_bytes} bytes", headers={"Connection": "close"}
-        )
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> EventStreamResponse | None:
         """Run the routes with a copy of the scope. An event stream whose headers they sent is handed
