@@ -58,6 +58,9 @@ class Run:
 
     def service(self, workers: int = 1, **env: str) -> Server:
         values = {"REDIS_URL": self.redis.url, "STREAM_DELAY": "0", "CHUNK_DELAY": "0"}
+        # Each service starts on an empty record, as on an empty Redis: a file left by earlier runs (in
+        # the working directory, the default) grew with every run, and each run measured a bigger one.
+        values["DATABASE_PATH"] = str(self.logs / f"record-{len(self.servers)}-{time.monotonic_ns()}.db")
         values.update({"SHUTDOWN_GRACE_SECONDS": "2", **env})
         return self._start("bench.service:create", values, workers)
 
