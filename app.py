@@ -25,6 +25,7 @@ from protocols.agui import router as agui_router
 from protocols.ai_sdk import router as ai_sdk_router
 from protocols.conversations import router as conversations_router
 from protocols.deps import require_key
+from protocols.direct import DirectChat
 from protocols.edge import Edge
 from protocols.native import ERRORS
 from protocols.native import router as native_router
@@ -84,6 +85,8 @@ def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
                 expose_headers=["X-Request-ID"],
             )
         )
+    # Innermost: POST /chat without FastAPI's per-request machinery, when it can answer as the route.
+    middleware.append(Middleware(DirectChat))
     return middleware
 
 

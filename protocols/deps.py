@@ -13,6 +13,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from admission import Admission, Principal, Unauthorized
 from ai_service import ChatService
@@ -61,6 +62,7 @@ __all__ = [
     "get_services",
     "get_telemetry",
     "get_usage",
+    "key_principal",
     "require_key",
     "require_stream_access",
 ]
@@ -165,6 +167,13 @@ KeyHeaderDep = Annotated[str | None, Depends(api_key_scheme)]
 
 def _presented(bearer: HTTPAuthorizationCredentials | None, header: str | None) -> str | None:
     return bearer.credentials if bearer is not None else header
+
+
+async def key_principal(connection: HTTPConnection) -> Principal | None:
+    """The caller as `require_key` finds them (the same schemes read the same headers), or None: for
+    `protocols/direct.py`, which reads no dependencies."""
+    presented = _presented(await bearer_scheme(connection), await api_key_scheme(connection))
+    return cast(Services, connection.state.services).admission.principal(presented)
 
 
 async def require_key(request: Request, bearer: BearerDep, header: KeyHeaderDep) -> Principal:

@@ -24,6 +24,7 @@ from providers.base import AnswerError
 from redis_client import RedisUnavailable
 
 __all__ = [
+    "HANDLED",
     "OPENAI_PREFIX",
     "ConflictResponse",
     "ErrorResponse",
@@ -31,6 +32,7 @@ __all__ = [
     "OpenAIErrorResponse",
     "Problem",
     "crash_response",
+    "error_response",
     "install",
     "openai_error",
     "problem_of",
@@ -191,13 +193,22 @@ def crash_response(path: str) -> JSONResponse:
     return render(path, INTERNAL)
 
 
-async def _handle(request: Request, error: Exception) -> JSONResponse:
+# The exceptions a route may end in that the table answers; any other is a crash (`INTERNAL`).
+HANDLED: tuple[type[Exception], ...] = (ServiceError, RequestValidationError, HTTPException, AnswerError)
+
+
+def error_response(path: str, error: Exception) -> JSONResponse:
+    """The answer to a request on `path` that ended in `error` (one of HANDLED)."""
     if isinstance(error, RedisUnavailable):
         logger.warning("Redis unavailable: %s", error.reason)
-    return render(request.url.path, problem_of(error))
+    return render(path, problem_of(error))
+
+
+async def _handle(request: Request, error: Exception) -> JSONResponse:
+    return error_response(request.url.path, error)
 
 
 def install(app: FastAPI) -> None:
     """Answer every known error through the table (a crash is the access log's: `INTERNAL`)."""
-    for kind in (ServiceError, RequestValidationError, HTTPException, AnswerError):
+    for kind in HANDLED:
         app.add_exception_handler(kind, _handle)

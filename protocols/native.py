@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Header, Path, Query, Response
 from pydantic import AfterValidator
 
+from admission import Principal
 from ai_service import AnswerNotFound
 from ids import answer_key
 from models import (
@@ -36,8 +37,9 @@ from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import InvalidRequest, check_message_length
 from records.history import read_history_page
+from services import Services
 
-__all__ = ["ERRORS", "NO_SESSION", "ConversationIdPath", "router"]
+__all__ = ["ERRORS", "NO_SESSION", "ConversationIdPath", "accept_chat", "router"]
 
 ENTRY_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 # A stream entry id is two unsigned 64-bit numbers; Redis refuses larger ones, and the largest id as an
@@ -130,6 +132,17 @@ async def chat(
     request: ChatRequest, response: Response, principal: PrincipalDep, services: ServicesDep
 ) -> ChatAccepted:
     """Store the message, start the answer in the background, and return where it streams."""
+    accepted, started = await accept_chat(request, principal, services)
+    if not started:
+        response.status_code = 200
+    return accepted
+
+
+async def accept_chat(
+    request: ChatRequest, principal: Principal, services: Services
+) -> tuple[ChatAccepted, bool]:
+    """`POST /chat`'s work, for this route and for `protocols/direct.py`: the answer's state, and
+    whether this call started it (`202`) or found it started by an earlier one (`200`)."""
     service, admission, settings = services.chat, services.admission, services.settings
     if request.message is not None:
         check_message_length(request.message, settings.max_message_length, "message")
@@ -145,9 +158,7 @@ async def chat(
     ):
         accepted, started = await service.submit(request, owner=principal.key_name)
     accepted.stream_token = admission.stream_token(principal, request.session_id)
-    if not started:
-        response.status_code = 200
-    return accepted
+    return accepted, started
 
 
 @router.post(
