@@ -13,7 +13,7 @@ The tree comes from the conversation record, with the Redis history's turns not 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from conversation import ConversationMessage, build_context
@@ -110,24 +110,26 @@ class Branches:
         dropped = [turn for turn in hot if turn_row_id(turn) not in kept]
         return self._history.replace_commands(session_id, path, dropped), path
 
-    async def _leaf(self, session_id: str) -> str | None:
-        """The exchange the active branch ends with: of the newest turns, the one to begin last."""
+    async def _leaf(self, session_id: str, soon: asyncio.Future[list[Any]] | None = None) -> str | None:
+        """The exchange the active branch ends with: of the newest turns, the one to begin last. `soon`:
+        their read, queued by `read_leaf_soon`."""
+        replies = await (soon or self._history.newest_soon(session_id, LEAF_WINDOW))
         firsts: dict[str, int] = {}
-        for index, (message_id, _) in enumerate(await self._history.newest(session_id, LEAF_WINDOW)):
+        for index, message_id in enumerate(self._history.message_ids(session_id, replies)):
             firsts.setdefault(message_id, index)
         return max(firsts, key=firsts.__getitem__) if firsts else None
 
     def read_leaf_soon(
         self, request: ChatRequest, context: Sequence[ConversationMessage] | None
-    ) -> asyncio.Task[str | None] | None:
-        """Start reading where the active branch ends, for `store_and_read`, when the turns will follow it
-        (no `parent_id`): started before the answer's claim, the read goes in the same batch, one round
-        trip for both. Its result or failure is always retrieved, even if it is not waited for."""
+    ) -> asyncio.Future[list[Any]] | None:
+        """Queue the read of where the active branch ends, for `store_and_read`, when the turns will
+        follow it (no `parent_id`): queued before the answer's claim, the read goes in the same batch,
+        one round trip for both. Its failure is always retrieved, even if it is not waited for."""
         if "parent_id" in request.model_fields_set and context is None:
             return None
-        task = asyncio.ensure_future(self._leaf(request.session_id))
-        task.add_done_callback(_retrieved)
-        return task
+        read = self._history.newest_soon(request.session_id, LEAF_WINDOW)
+        read.add_done_callback(_retrieved)
+        return read
 
     async def _idle(self, session_id: str, field: str) -> None:
         if await self._log.running_starts(session_id):
@@ -140,7 +142,7 @@ class Branches:
         context: Sequence[ConversationMessage] | None,
         system_prompt: str | None,
         *,
-        leaf: Awaitable[str | None] | None = None,
+        leaf: asyncio.Future[list[Any]] | None = None,
     ) -> tuple[str, list[ConversationMessage], str | None]:
         """Store the user's turn (or the tool results) on its branch; return where the answer's events
         will begin in the replay log, the conversation to answer (`context`, or one built from the
@@ -164,7 +166,7 @@ class Branches:
             else:  # an edited first message: the whole history leaves for the off-branch list
                 first = await self._replace_all(request.session_id)
         else:
-            parent = await (leaf or self._leaf(request.session_id))
+            parent = await self._leaf(request.session_id, leaf)
         for turn in turns:
             turn.parent_id = parent
         (position,), stored = await self._history.append(
@@ -222,6 +224,6 @@ class Branches:
         return [dict(turn) for turn in path]
 
 
-def _retrieved(task: asyncio.Task[str | None]) -> None:
-    if not task.cancelled():
-        task.exception()  # a failed read that nobody waited for is not logged as never retrieved
+def _retrieved(read: asyncio.Future[list[Any]]) -> None:
+    if not read.cancelled():
+        read.exception()  # a failed read that nobody waited for is not logged as never retrieved

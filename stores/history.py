@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -166,11 +167,26 @@ class HistoryStore:
                 logger.warning("skipping an unreadable history entry in session %s", session_id)
         return turns
 
-    async def newest(self, session_id: str, count: int) -> list[RecentTurn]:
-        """`recent`, read in the writer's next batch: a round trip shared with other requests, and no
-        connection of its own (every message reads where its branch ends, issue #15)."""
-        (raw,) = await self._writer.submit([("LRANGE", self._keys.history(session_id), -count, -1)])
-        return self._parse(session_id, raw)
+    def newest_soon(self, session_id: str, count: int) -> asyncio.Future[list[Any]]:
+        """The `count` newest turns, read in the writer's next batch (a round trip shared with other
+        requests, and no connection of its own: every message reads where its branch ends, issue #15),
+        queued now; `message_ids` reads the reply."""
+        return self._writer.submit([("LRANGE", self._keys.history(session_id), -count, -1)])
+
+    @staticmethod
+    def message_ids(session_id: str, replies: Sequence[Any]) -> list[str]:
+        """The message ids of `newest_soon`'s turns, oldest first (an unreadable entry is skipped)."""
+        ids: list[str] = []
+        for item in replies[0]:
+            try:
+                message_id = orjson.loads(item)["message_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                message_id = None
+            if isinstance(message_id, str):
+                ids.append(message_id)
+            else:
+                logger.warning("skipping an unreadable history entry in session %s", session_id)
+        return ids
 
     async def recent(self, session_id: str, count: int) -> list[RecentTurn]:
         """The session's `count` newest turns, as a model is sent them."""

@@ -99,6 +99,18 @@ async def test_an_unreadable_entry_is_skipped_not_fatal(fake: Redis) -> None:
     assert [t.message_id for t in await history.read("s1")] == ["m-1", "m-2"]
 
 
+async def test_the_newest_message_ids_skip_an_unreadable_entry(fake: Redis) -> None:
+    """What a new message's branch is found from (`branches.py`): the ids alone, read in the writer's
+    batch; an entry that is not a turn is skipped, as `read` skips it."""
+    history = history_on(fake)
+    await history.append("s1", [turn(1)])
+    await fake.rpush(KEYS.history("s1"), b"{not json", b'{"message_id": 7}', b"[]")
+    await history.append("s1", [turn(2)])
+    assert history.message_ids("s1", await history.newest_soon("s1", 8)) == ["m-1", "m-2"]
+    assert history.message_ids("s1", await history.newest_soon("s1", 1)) == ["m-2"]
+    assert history.message_ids("unknown", await history.newest_soon("unknown", 8)) == []
+
+
 async def test_embedded_redis_answers_ping(make_settings: Callable[..., Settings]) -> None:
     redis = create_redis(make_settings())
     try:
