@@ -549,6 +549,9 @@ async def scenario_e(run: Run, clients: int, sessions: int) -> dict[str, Any]:
             await asyncio.wait_for(all_ended.wait(), 60)
         elapsed = time.perf_counter() - started
         post.close()
+        # Stopped before the logs are counted: each count is a `redis-cli` connection of the bench's own.
+        stop_watching.set()
+        await watcher
         # What every client should have received: its session's log, from the answer's `start` on.
         lengths = [
             int(await asyncio.to_thread(run.redis.cli, "XLEN", f"chat:{{e{index}}}:events"))
