@@ -178,8 +178,10 @@ def assert_complete(events: list[dict[str, Any]], history: dict[str, Any]) -> No
 
 
 def test_three_pubsub_kills_lose_no_event_for_sse_clients(own_redis: RedisServer) -> None:
+    # Answers of over 3 s (11 chunks, 0.3 s apart): the three kills need the answers still running once
+    # every client has connected, and at 0.1 s apart a loaded machine (CI) once connected them too late.
     service = ServiceProcess(
-        {"REDIS_URL": own_redis.url, "STREAM_DELAY": "0", "CHUNK_DELAY": "0.1", "LOG_LEVEL": "WARNING"}
+        {"REDIS_URL": own_redis.url, "STREAM_DELAY": "0", "CHUNK_DELAY": "0.3", "LOG_LEVEL": "WARNING"}
     )
     try:
         service.start()
