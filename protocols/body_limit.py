@@ -13,7 +13,7 @@ from errors import ServiceError
 if TYPE_CHECKING:
     from starlette.types import Message, Receive
 
-__all__ = ["BodyTimeout", "PayloadTooLarge", "read_body", "too_large"]
+__all__ = ["BodyTimeout", "PayloadTooLarge", "read_body", "replaying", "too_large"]
 
 
 class PayloadTooLarge(ServiceError):
@@ -57,3 +57,17 @@ async def read_body(receive: Receive, max_bytes: int, within: float) -> Message:
         raise BodyTimeout(
             f"The request body did not arrive within {within:g} seconds", headers={"Connection": "close"}
         ) from None
+
+
+def replaying(first: Message, receive: Receive) -> Receive:
+    """A `receive` that gives `first` (the body `read_body` read) again, then whatever comes next."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return first
+        return await receive()
+
+    return replay

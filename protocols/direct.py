@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from models import ChatRequest
 from protocols import native
+from protocols.body_limit import replaying
 from protocols.deps import key_principal
 from protocols.errors import HANDLED, error_response
 
@@ -58,7 +59,7 @@ class DirectChat:
             return
         # The edge has read the whole body within its limits: it is the first message.
         message = await receive()
-        replay = _replaying(message, receive)
+        replay = replaying(message, receive)
         connection = HTTPConnection(scope)
         caller = await self._caller(connection, message)
         if caller is None:
@@ -108,17 +109,3 @@ def chat_route() -> APIRoute:
 def _is_json(content_type: str | None) -> bool:
     """`application/json`, with or without parameters: what every client of this route sends."""
     return content_type is not None and content_type.partition(";")[0].strip().lower() == "application/json"
-
-
-def _replaying(first: Message, receive: Receive) -> Receive:
-    """A `receive` that gives `first` again, then whatever comes next."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return first
-        return await receive()
-
-    return replay

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from asgi_correlation_id import correlation_id
 
 from logs import log_request, valid_request_id
-from protocols.body_limit import BodyTimeout, PayloadTooLarge, read_body, too_large
+from protocols.body_limit import BodyTimeout, PayloadTooLarge, read_body, replaying, too_large
 from protocols.errors import problem_of, render
 from protocols.sse import HANDOFF
 
@@ -143,16 +143,7 @@ class Edge:
             message = await read_body(receive, self.max_body_bytes, self.body_timeout)
         except (PayloadTooLarge, BodyTimeout) as error:
             return error
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return message
-            return await receive()
-
-        return replay
+        return replaying(message, receive)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> EventStreamResponse | None:
         """Run the routes with a copy of the scope. An event stream whose headers they sent is handed
