@@ -113,7 +113,7 @@ class Branches:
     async def _leaf(self, session_id: str, soon: asyncio.Future[list[Any]] | None = None) -> str | None:
         """The exchange the active branch ends with: of the newest turns, the one to begin last. `soon`:
         their read, queued by `read_leaf_soon`."""
-        replies = await (soon or self._history.newest_soon(session_id, LEAF_WINDOW))
+        replies = await (soon if soon is not None else self._history.newest_soon(session_id, LEAF_WINDOW))
         firsts: dict[str, int] = {}
         for index, message_id in enumerate(self._history.message_ids(session_id, replies)):
             firsts.setdefault(message_id, index)

@@ -65,65 +65,67 @@ __all__ = [
     "key_principal",
     "require_key",
     "require_stream_access",
+    "services_of",
 ]
 
 
-def _services(request: Request) -> Services:
-    return cast(Services, request.state.services)
+def services_of(connection: HTTPConnection) -> Services:
+    """The services the lifespan built, from a request's (or any connection's) state."""
+    return cast(Services, connection.state.services)
 
 
 async def get_services(request: Request) -> Services:
     """All of them in one dependency, for the busiest routes: FastAPI spends more on resolving each
     dependency (10-20 µs) than most routes' own work, so `POST /chat` takes one, not three."""
-    return _services(request)
+    return services_of(request)
 
 
 async def get_chat_service(request: Request) -> ChatService:
-    return _services(request).chat
+    return services_of(request).chat
 
 
 async def get_history(request: Request) -> HistoryStore:
-    return _services(request).history
+    return services_of(request).history
 
 
 async def get_app_settings(request: Request) -> Settings:
-    return _services(request).settings
+    return services_of(request).settings
 
 
 async def get_registry(request: Request) -> AnswerRegistry:
-    return _services(request).answers
+    return services_of(request).answers
 
 
 async def get_hub(request: Request) -> StreamHub:
-    return _services(request).hub
+    return services_of(request).hub
 
 
 async def get_probe(request: Request) -> PubSubProbe:
-    return _services(request).probe
+    return services_of(request).probe
 
 
 async def get_readiness(request: Request) -> Readiness:
-    return _services(request).readiness
+    return services_of(request).readiness
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return _services(request).metrics
+    return services_of(request).metrics
 
 
 async def get_admission(request: Request) -> Admission:
-    return _services(request).admission
+    return services_of(request).admission
 
 
 async def get_usage(request: Request) -> UsageLedger:
-    return _services(request).usage
+    return services_of(request).usage
 
 
 async def get_budgets(request: Request) -> Budgets:
-    return _services(request).budgets
+    return services_of(request).budgets
 
 
 async def get_telemetry(request: Request) -> Telemetry:
-    return _services(request).telemetry
+    return services_of(request).telemetry
 
 
 UsageDep = Annotated[UsageLedger, Depends(get_usage)]
@@ -132,11 +134,11 @@ TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 
 
 async def get_records(request: Request) -> ConversationStore:
-    return _services(request).records
+    return services_of(request).records
 
 
 async def get_archiver(request: Request) -> ArchiveRunner:
-    return _services(request).archiver
+    return services_of(request).archiver
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -173,12 +175,12 @@ async def key_principal(connection: HTTPConnection) -> Principal | None:
     """The caller as `require_key` finds them (the same schemes read the same headers), or None: for
     `protocols/direct.py`, which reads no dependencies."""
     presented = _presented(await bearer_scheme(connection), await api_key_scheme(connection))
-    return cast(Services, connection.state.services).admission.principal(presented)
+    return services_of(connection).admission.principal(presented)
 
 
 async def require_key(request: Request, bearer: BearerDep, header: KeyHeaderDep) -> Principal:
     """The caller, identified by their API key; 401 without a valid one (unless the service is open)."""
-    principal = _services(request).admission.principal(_presented(bearer, header))
+    principal = services_of(request).admission.principal(_presented(bearer, header))
     if principal is None:
         raise Unauthorized()
     return principal
@@ -198,7 +200,7 @@ async def require_stream_access(
     ] = None,
 ) -> Principal:
     """The caller of a stream: an API key, or a stream token for the session in the path."""
-    admission = _services(request).admission
+    admission = services_of(request).admission
     principal = admission.principal(_presented(bearer, header))
     if principal is not None:
         return principal

@@ -17,7 +17,7 @@ twice. The route stays the one the OpenAPI document describes.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -27,14 +27,13 @@ from starlette.responses import Response
 from models import ChatRequest
 from protocols import native
 from protocols.body_limit import replaying
-from protocols.deps import key_principal
+from protocols.deps import key_principal, services_of
 from protocols.errors import HANDLED, error_response
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from admission import Principal
-    from services import Services
 
 __all__ = ["DirectChat", "chat_route"]
 
@@ -68,9 +67,7 @@ class DirectChat:
         request, principal = caller
         scope["route"] = self._route  # the metrics' label: the route the router would have chosen
         try:
-            accepted, started = await native.accept_chat(
-                request, principal, cast("Services", connection.state.services)
-            )
+            accepted, started = await native.accept_chat(request, principal, services_of(connection))
         except HANDLED as error:
             response: Response = error_response(PATH, error)
         else:
