@@ -162,10 +162,11 @@ class Settings(BaseSettings):
     # consumer that stopped answering before another instance claims it.
     archive_batch: int = Field(default=200, ge=1, le=10_000)
     archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
-    # Where the archiver runs: `loop`, a task on this process's event loop; `process`, a child process
-    # of this one (archiver_process.py), so that storing turns takes no time from the streams. `process`
-    # needs a Redis server: the embedded one lives in this process only.
-    archiver: Literal["loop", "process"] = "loop"
+    # Where the archiver runs: `process`, a child process of this one (archiver_process.py), so that
+    # storing turns takes no time from the streams; `loop`, a task on this process's event loop. `auto`
+    # (the default) is `process` with a Redis server and `loop` with the embedded one, which lives in
+    # this process only (`archiver_mode` says which).
+    archiver: Literal["auto", "loop", "process"] = "auto"
 
     # Logging
     log_level: LogLevel = "INFO"
@@ -321,6 +322,13 @@ class Settings(BaseSettings):
                 "the embedded Redis lives in this process only"
             )
         return self
+
+    @property
+    def archiver_mode(self) -> Literal["loop", "process"]:
+        """Where the archiver runs: ARCHIVER, with `auto` resolved by where Redis is."""
+        if self.archiver == "auto":
+            return "loop" if self.embedded_redis else "process"
+        return self.archiver
 
     @property
     def embedded_redis(self) -> bool:

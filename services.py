@@ -369,11 +369,12 @@ async def _open_archive(
     store = ConversationStore(engine, model=model)
     outbox = Outbox(redis, keys, timeout=settings.redis_timeout)
     archiver: Archiver | ArchiverProcess
-    if settings.archiver == "process":
+    mode = settings.archiver_mode
+    if mode == "process":
         archiver = ArchiverProcess(outbox, registry, settings, model=model)
     else:
         archiver = Archiver.configured(outbox, store, registry, settings)
     archiver.start()
     stack.push_async_callback(archiver.close)
-    logger.info("conversation record: %s, archived by %s", settings.database_location(), settings.archiver)
+    logger.info("conversation record: %s, archived by %s", settings.database_location(), mode)
     return store, archiver
