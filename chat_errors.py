@@ -11,6 +11,7 @@ __all__ = [
     "AnswerNotFound",
     "ImagesUnsupported",
     "MessageConflict",
+    "NoSuchAnswer",
     "ServiceUnavailable",
     "ToolResultConflict",
 ]
@@ -32,6 +33,14 @@ class AnswerNotFound(ServiceError):
     def __init__(self, message_id: str) -> None:
         super().__init__("No such answer")
         self.message_id = message_id
+
+
+class NoSuchAnswer(AnswerNotFound):
+    """`AnswerNotFound` of a path's `message_id`, naming the field: no such answer, or another key's."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.details = {"fields": [{"field": "message_id", "message": "no such answer"}]}
 
 
 class AnswerFinished(ServiceError):

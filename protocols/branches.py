@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from admission import Admission, Principal, SessionNotFound
-from ai_service import AnswerNotFound
+from chat_errors import NoSuchAnswer
 from conversation_tree import Tree, turn_row_id
 from generation import GenerationOptions
 from ids import answer_key
@@ -33,14 +33,6 @@ router = APIRouter()
 BUSY: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "An answer of the session is still streaming."}
 }
-
-
-class NoSuchAnswer(AnswerNotFound):
-    """`AnswerNotFound`, naming the path's field: no such answer, or another key's."""
-
-    def __init__(self, message_id: str) -> None:
-        super().__init__(message_id)
-        self.details = {"fields": [{"field": "message_id", "message": "no such answer"}]}
 
 
 class BranchPosition(BaseModel):

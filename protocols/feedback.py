@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
-from ai_service import AnswerNotFound
+from chat_errors import NoSuchAnswer
 from errors import ServiceError
 from ids import answer_key
 from models import UserId, utc_now
@@ -87,7 +87,7 @@ async def rate_answer(
             raise NotArchivedYet(
                 "The answer is not archived yet; retry in a second.", headers={"Retry-After": "1"}
             )
-        raise AnswerNotFound(answer_id)
+        raise NoSuchAnswer(answer_id)
     row = {
         "message_id": answer_id,
         "owner": owner_of(principal),

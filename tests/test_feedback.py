@@ -95,6 +95,8 @@ async def test_bad_feedback_is_refused_and_nothing_is_written(
             f"/chat/{uuid.uuid4()}/feedback", json={"user_id": "u1", "rating": "up"}, headers=ALICE
         )
         assert unknown.status_code == 404
+        assert [field["field"] for field in unknown.json()["error"]["fields"]] == ["message_id"]
         theirs = await client.post(url, json={"user_id": "u1", "rating": "down"}, headers=BOB)
         assert theirs.status_code == 404  # another key's answer: the same as a missing one
+        assert theirs.json()["error"] == unknown.json()["error"]
         assert ratings(database) == []
