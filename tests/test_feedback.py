@@ -1,19 +1,24 @@
 """Ratings of answers (protocols/feedback.py): one per answer, key and user, replaced by a new one,
-counted by model in /metrics; bad input and other keys' answers refused with nothing written."""
+counted by model in /metrics; bad input and other keys' answers refused with nothing written. On both
+backends of the record (SQLite and PostgreSQL: the upsert is each dialect's own)."""
 
 from __future__ import annotations
 
 import re
-import sqlite3
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
 from config import Settings
+from records.database import create_engine
+from records.schema import feedback
 from testkit.waiting import eventually
 from tests.conftest import AppClient
+from tests.record_backends import database_url
+
+__all__ = ["database_url"]
 
 ALICE_KEY = "alice-key-0123456789abcdef"
 BOB_KEY = "bob-key-0123456789abcdef00"
@@ -21,9 +26,14 @@ ALICE = {"Authorization": f"Bearer {ALICE_KEY}"}
 BOB = {"Authorization": f"Bearer {BOB_KEY}"}
 
 
-def ratings(database: Path) -> list[tuple[str, str, str | None]]:
-    with sqlite3.connect(database) as connection:
-        rows = connection.execute("SELECT user_id, rating, comment FROM feedback ORDER BY user_id").fetchall()
+async def ratings(settings: Settings) -> list[tuple[str, str, str | None]]:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            query = select(feedback.c.user_id, feedback.c.rating, feedback.c.comment)
+            rows = (await connection.execute(query.order_by(feedback.c.user_id))).all()
+    finally:
+        await engine.dispose()
     return [(str(user), str(rating), comment) for user, rating, comment in rows]
 
 
@@ -41,10 +51,9 @@ async def answered(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
 
 
 async def test_a_rating_is_stored_once_per_user_replaced_and_counted_by_model(
-    make_settings: Callable[..., Settings], app_client: AppClient, tmp_path: Path
+    make_settings: Callable[..., Settings], app_client: AppClient, database_url: str
 ) -> None:
-    database = tmp_path / "record.db"
-    settings = make_settings(database_path=str(database), api_keys=f"alice:{ALICE_KEY},bob:{BOB_KEY}")
+    settings = make_settings(database_url=database_url, api_keys=f"alice:{ALICE_KEY},bob:{BOB_KEY}")
     async with app_client(settings) as client:
         message_id = await answered(client, ALICE)
         url = f"/chat/{message_id}/feedback"
@@ -62,17 +71,16 @@ async def test_a_rating_is_stored_once_per_user_replaced_and_counted_by_model(
         assert (
             await client.post(url, json={"user_id": "u2", "rating": "up"}, headers=ALICE)
         ).status_code == 200
-        assert ratings(database) == [("u1", "down", "Wrong"), ("u2", "up", None)]
+        assert await ratings(settings) == [("u1", "down", "Wrong"), ("u2", "up", None)]
         metrics = (await client.get("/metrics", headers=ALICE)).text
         assert re.search(r'^chat_feedback_total\{model="simulated",rating="up"\} 2\.0$', metrics, re.M)
         assert re.search(r'^chat_feedback_total\{model="simulated",rating="down"\} 1\.0$', metrics, re.M)
 
 
 async def test_bad_feedback_is_refused_and_nothing_is_written(
-    make_settings: Callable[..., Settings], app_client: AppClient, tmp_path: Path
+    make_settings: Callable[..., Settings], app_client: AppClient, database_url: str
 ) -> None:
-    database = tmp_path / "record.db"
-    settings = make_settings(database_path=str(database), api_keys=f"alice:{ALICE_KEY},bob:{BOB_KEY}")
+    settings = make_settings(database_url=database_url, api_keys=f"alice:{ALICE_KEY},bob:{BOB_KEY}")
     async with app_client(settings) as client:
         message_id = await answered(client, ALICE)
         url = f"/chat/{message_id}/feedback"
@@ -99,4 +107,4 @@ async def test_bad_feedback_is_refused_and_nothing_is_written(
         theirs = await client.post(url, json={"user_id": "u1", "rating": "down"}, headers=BOB)
         assert theirs.status_code == 404  # another key's answer: the same as a missing one
         assert theirs.json()["error"] == unknown.json()["error"]
-        assert ratings(database) == []
+        assert await ratings(settings) == []
