@@ -36,6 +36,7 @@ from protocols.native import ERRORS, ConversationIdPath
 from protocols.validation import InvalidRequest
 from records.history import owner_of as _owner
 from records.store import ConversationStore, reachable, utc
+from stores.history import HistoryStore
 
 __all__ = ["router"]
 
@@ -236,17 +237,21 @@ async def _delete(
     archiver: ArchiveRunner,
     service: ChatServiceDep,
     registry: RegistryDep,
+    history: HistoryStore,
+    user_id: str | None = None,
 ) -> None:
-    """Both tiers: the outbox's waiting entries first (so nothing is archived again), Redis, then SQL."""
+    """Both tiers: the outbox's waiting entries first (so nothing is archived again), Redis, then SQL;
+    with `user_id`, that user's ratings too."""
     for session_id in session_ids:
         await archiver.outbox.forget(session_id)
         async with reachable():
             stored = await records.messages(session_id)
-        for message_id in {message["message_id"] for message in stored}:
+        hot = await history.read(session_id)  # turns not archived yet have answer states too
+        for message_id in {message["message_id"] for message in stored} | {turn.message_id for turn in hot}:
             await registry.release(answer_key(principal.key_name, message_id))
         await service.clear(session_id)
     async with reachable():
-        await records.delete(_owner(principal), session_ids)
+        await records.delete(_owner(principal), session_ids, user_id=user_id)
 
 
 @router.delete(
@@ -273,7 +278,13 @@ async def delete_conversation(
     if owner != _owner(principal) and not (in_redis and await history.read(conversation_id, 1)):
         raise SessionNotFound(conversation_id)
     await _delete(
-        principal, [conversation_id], records=records, archiver=archiver, service=service, registry=registry
+        principal,
+        [conversation_id],
+        records=records,
+        archiver=archiver,
+        service=service,
+        registry=registry,
+        history=history,
     )
     return StatusResponse(message=f"Conversation {conversation_id} deleted")
 
@@ -287,16 +298,29 @@ async def delete_conversation(
 async def delete_user_conversations(
     principal: PrincipalDep,
     user_id: UserQuery,
+    admission: AdmissionDep,
+    history: HistoryDep,
     records: RecordsDep,
     archiver: ArchiverDep,
     service: ChatServiceDep,
     registry: RegistryDep,
 ) -> DeletedResponse:
-    """Everything of `user_id` under the caller's key, in both tiers (a data-deletion request)."""
+    """Everything of `user_id` under the caller's key, in both tiers (a data-deletion request): the
+    conversations in the record, those whose turns still wait in the outbox, and the user's ratings."""
     async with reachable():
         session_ids = await records.ids_of_user(_owner(principal), user_id)
+    for session_id in sorted(await archiver.outbox.sessions_of_user(user_id) - set(session_ids)):
+        if await admission.owns(principal, session_id):  # not archived yet: the caller's by its key
+            session_ids.append(session_id)
     await _delete(
-        principal, session_ids, records=records, archiver=archiver, service=service, registry=registry
+        principal,
+        session_ids,
+        records=records,
+        archiver=archiver,
+        service=service,
+        registry=registry,
+        history=history,
+        user_id=user_id,
     )
     return DeletedResponse(deleted=len(session_ids))
 

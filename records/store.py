@@ -330,11 +330,16 @@ class ConversationStore:
                 return None
         return await self.conversation(owner, session_id)
 
-    async def delete(self, owner: str, session_ids: Sequence[str]) -> None:
-        """Delete the conversations (their messages and feedback first: SQLite may not cascade)."""
-        if not session_ids:
-            return
+    async def delete(self, owner: str, session_ids: Sequence[str], *, user_id: str | None = None) -> None:
+        """Delete the conversations (their messages and feedback first: SQLite may not cascade), and with
+        `user_id` every rating that user gave under `owner`, on any conversation."""
         async with self.engine.begin() as connection:
+            if user_id is not None:
+                await connection.execute(
+                    delete(feedback).where(feedback.c.owner == owner, feedback.c.user_id == user_id)
+                )
+            if not session_ids:
+                return
             await connection.execute(delete(feedback).where(feedback.c.conversation_id.in_(session_ids)))
             await connection.execute(delete(messages).where(messages.c.conversation_id.in_(session_ids)))
             await connection.execute(

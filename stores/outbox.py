@@ -198,6 +198,24 @@ class Outbox:
                 oldest = max(oldest, age)
         return total, oldest
 
+    async def sessions_of_user(self, user_id: str, page: int = 1000) -> set[str]:
+        """The sessions with a turn of `user_id` waiting to be archived (a data-deletion request must
+        find them too): every entry is read, `page` at a time; the outbox holds only what the archiver
+        has not stored yet."""
+        found: set[str] = set()
+        for stream in await self.streams():
+            start = "-"
+            while True:
+                async with bounded(self._timeout):
+                    raw: Any = await self._redis.xrange(stream, start, "+", count=page)
+                for entry in _entries(stream, raw):
+                    if entry.turn is not None and entry.turn.get("user_id") == user_id:
+                        found.add(entry.session_id)
+                if len(raw) < page:
+                    break
+                start = "(" + _text(raw[-1][0])
+        return found
+
     async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
         """The API key that owns each session ("" on an open service, or once the key has expired)."""
         sessions = list(session_ids)

@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+from fastapi import Request
 from redis.asyncio import Redis
+from sqlalchemy import select
 
+from archiver import Archiver, ArchiveRunner
 from config import Settings
+from protocols.deps import get_archiver, services_of
+from records.database import create_engine
+from records.schema import feedback
 from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
 from tests.chat_harness import Json
@@ -174,6 +180,65 @@ async def test_all_of_a_users_conversations_are_deleted_in_one_call(client: http
     assert (await client.get("/conversations", params={"user_id": "u1"})).json()["conversations"] == []
     assert (await client.get("/history/a")).json()["count"] == 0
     assert len((await client.get("/conversations", params={"user_id": "u2"})).json()["conversations"]) == 1
+
+
+async def test_deleting_a_user_takes_their_unarchived_conversations_and_their_ratings_too(
+    make_settings: Callable[..., Settings],
+    app_client: AppClient,
+    redis_server: RedisServer,
+    database_url: str,
+) -> None:
+    keys = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
+    settings = make_settings(
+        api_keys=keys, redis_url=redis_server.url, database_url=database_url, archiver="loop"
+    )
+    running: list[ArchiveRunner] = []
+
+    def archiver_of(request: Request) -> ArchiveRunner:  # the service's own, for the test to stop
+        running.append(services_of(request).archiver)
+        return running[-1]
+
+    redis = Redis.from_url(redis_server.url)
+    try:
+        async with app_client(settings, overrides={get_archiver: archiver_of}) as client:
+            await chat(client, "a", "Mine", headers=ALICE)
+            await chat(client, "c", "Theirs", user="u2", headers=ALICE)
+            await archived(client, 1, headers=ALICE)
+            await archived(client, 1, user="u2", headers=ALICE)
+            answer = (await client.get("/history/c", headers=ALICE)).json()["messages"][-1]["message_id"]
+            rating = {"user_id": "u1", "rating": "up"}  # u1's rating of u2's answer
+            assert (
+                await client.post(f"/chat/{answer}/feedback", json=rating, headers=ALICE)
+            ).status_code == 200
+            assert (await client.delete("/conversations/none", headers=ALICE)).status_code == 404
+            archiver = running[0]
+            assert isinstance(archiver, Archiver)
+            await archiver.close()  # from here on, turns wait in the outbox
+            await chat(client, "b", "Not archived yet", headers=ALICE)
+            await chat(client, "theirs", "Bob's user u1", headers=BOB)
+
+            async def answered() -> bool:  # both exchanges stored, neither archived
+                return bool(await redis.xlen("chat:outbox") == 4)
+
+            await eventually(answered, "the two answers wait in the outbox")
+
+            response = await client.delete("/conversations", params={"user_id": "u1"}, headers=ALICE)
+            assert response.json() == {"status": "success", "deleted": 2}
+            for session in ("a", "b"):
+                assert (await client.get(f"/history/{session}", headers=ALICE)).json()["count"] == 0
+            assert await redis.xlen("chat:outbox") == 2  # Bob's session's turns: another key's
+            assert (await client.get("/history/theirs", headers=BOB)).json()["count"] == 2
+            theirs = await client.get("/conversations/c", headers=ALICE)
+            assert theirs.json()["message_count"] == 2
+            engine = create_engine(settings)
+            try:
+                async with engine.connect() as connection:
+                    rated = (await connection.execute(select(feedback.c.user_id))).scalars().all()
+            finally:
+                await engine.dispose()
+            assert rated == []
+    finally:
+        await redis.aclose()
 
 
 async def test_another_keys_conversation_is_not_found(
