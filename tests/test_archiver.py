@@ -8,6 +8,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -86,6 +87,9 @@ async def test_nothing_is_lost_while_the_database_is_down_and_each_turn_arrives_
             assert state["error"]
             metrics = (await client.get("/metrics")).text
             assert re.search(r"^chat_archive_outbox_lag 200\.0$", metrics, re.M), metrics
+            oldest = re.search(r"^chat_archive_oldest_pending_seconds (\S+)$", metrics, re.M)
+            assert oldest is not None, metrics
+            assert float(oldest[1]) > 0.3, metrics  # past the degraded threshold
             history = (await client.get("/history/s7")).json()
             assert history["count"] == 2  # the chats themselves never waited for SQL
 
@@ -96,6 +100,8 @@ async def test_nothing_is_lost_while_the_database_is_down_and_each_turn_arrives_
                 return bool(state["backlog"] == 0 and state["status"] == "ok" and "error" not in state)
 
             await eventually(drained, "the outbox drained into PostgreSQL", timeout=30)
+            metrics = (await client.get("/metrics")).text
+            assert re.search(r"^chat_archive_oldest_pending_seconds 0\.0$", metrics, re.M), metrics
         assert await counts(postgres_url) == (2 * answers, 2 * answers, answers)
     finally:
         await proxy.close()
@@ -155,7 +161,17 @@ async def test_a_killed_instances_pending_entries_are_archived_by_a_new_one(
 def test_two_instances_starting_together_on_an_empty_database_migrate_it_once(
     redis_server: RedisServer, postgres_url: str
 ) -> None:
-    variables = {"REDIS_URL": redis_server.url, "DATABASE_URL": postgres_url}
+    two_instances_migrate_once({"REDIS_URL": redis_server.url, "DATABASE_URL": postgres_url})
+
+
+def test_two_instances_starting_together_on_a_new_sqlite_file_migrate_it_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # SQLite has no advisory lock: the migration lock is a file lock beside the database.
+    two_instances_migrate_once({"REDIS_URL": redis_server.url, "DATABASE_PATH": str(tmp_path / "record.db")})
+
+
+def two_instances_migrate_once(variables: dict[str, str]) -> None:
     instances = [ServiceProcess(variables), ServiceProcess(variables)]
     try:
         with ThreadPoolExecutor(2) as pool:

@@ -3,6 +3,8 @@ on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +25,8 @@ from records.schema import messages
 from records.store import ROWS_PER_STATEMENT, ConversationStore
 from redis_client import KeySpace
 from stores.outbox import Outbox, OutboxEntry, outbox_append
+from testkit.processes import ROOT
+from testkit.service import service_environment
 from testkit.waiting import eventually
 from tests.record_backends import database_url
 
@@ -68,6 +72,34 @@ async def test_migrations_go_up_and_down(make_settings: Callable[..., Settings],
         assert await current_revision(engine) is None
         assert await migrate(engine) is True
         assert await tables(engine) == TABLES
+    finally:
+        await engine.dispose()
+
+
+async def test_make_migrates_command_brings_the_configured_database_up_and_down(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """`make migrate` runs `python -m records.database upgrade head`, configured as the service is."""
+    environment = {**service_environment(), "DATABASE_URL": database_url}
+
+    async def run(*arguments: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "records.database", *arguments, cwd=ROOT, env=environment,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await process.communicate()
+        assert process.returncode == 0, output.decode()
+        return output.decode()
+
+    engine = create_engine(make_settings(database_url=database_url))
+    try:
+        assert "migrated to head" in await run("upgrade", "head")
+        assert (await tables(engine), await current_revision(engine)) == (TABLES, "0004")
+        assert "schema is current" in await run("upgrade", "head")
+        assert "migrated to 0003" in await run("downgrade", "0003")
+        assert await current_revision(engine) == "0003"
+        await run("downgrade", "base")
+        assert await tables(engine) == set()
     finally:
         await engine.dispose()
 
