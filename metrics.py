@@ -84,7 +84,8 @@ class Metrics:
         )
         self.feedback = Counter(
             "chat_feedback",
-            "Ratings of answers (POST /chat/{message_id}/feedback), by model and rating (issue #15).",
+            "Ratings given to answers (POST /chat/{message_id}/feedback), by model and rating; a rating that "
+            "replaces an earlier one counts too (issue #15).",
             ["model", "rating"],
             registry=registry,
         )
