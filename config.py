@@ -162,10 +162,9 @@ class Settings(BaseSettings):
     # consumer that stopped answering before another instance claims it.
     archive_batch: int = Field(default=200, ge=1, le=10_000)
     archive_claim_seconds: float = Field(default=30.0, gt=0, le=86_400)
-    # Where the archiver runs: `process`, a child process of this one (archiver_process.py), so that
-    # storing turns takes no time from the streams; `loop`, a task on this process's event loop. `auto`
-    # (the default) is `process` with a Redis server and `loop` with the embedded one, which lives in
-    # this process only (`archiver_mode` says which).
+    # Where the archiver runs: `process`, a child process (archiver_process.py), so that storing turns
+    # takes no time from the streams; `loop`, a task on this event loop. `auto`: `process` with a Redis
+    # server, `loop` with the embedded one, which lives in this process only (see `archiver_mode`).
     archiver: Literal["auto", "loop", "process"] = "auto"
 
     # Logging
@@ -237,9 +236,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _budgets_name_keys(self) -> Settings:
         # A budget for a name that is not a key is a typo that would leave the key without one.
-        unknown = sorted(set(self.budgets) - set(self.api_keys) - {"default"})
-        if unknown:
-            raise ValueError(f"BUDGETS names keys that API_KEYS does not have: {', '.join(unknown)}")
+        if unknown := set(self.budgets) - set(self.api_keys) - {"default"}:
+            secrets = {key.get_secret_value() for key in self.api_keys.values()}  # never echoed
+            named = sorted(unknown - secrets) + ["a key's secret (give its name)"] * bool(unknown & secrets)
+            raise ValueError(f"BUDGETS names keys that API_KEYS does not have: {', '.join(named)}")
         return self
 
     @field_validator("redis_sentinels", mode="before")

@@ -13,8 +13,10 @@ from pydantic import ValidationError
 from config import Settings, format_validation_error
 from testkit.processes import ROOT
 from testkit.service import service_environment
+from usage.plans import Budget, Price
 
 SECRET = "s3cr3t-pw"
+API_KEY = "alice-key-0123456789abcdef"
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -204,6 +206,7 @@ def test_a_bad_redis_url_error_does_not_echo_the_password(monkeypatch: pytest.Mo
         ("CHAT_HISTORY_TTL", "-1"),
         ("REDIS_URL", f"http://:{SECRET}@x"),
         ("REDIS_URL", f"redis://:{SECRET}@localhost:port/0"),
+        ("BUDGETS", "alice:5usd/day"),  # a check across variables (no API_KEYS: no key named alice)
     ],
 )
 def test_python_app_py_with_a_bad_value_exits_with_one_line_and_no_traceback(
@@ -223,3 +226,88 @@ def test_python_app_py_with_a_bad_value_exits_with_one_line_and_no_traceback(
     assert name in lines[0]
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stderr + result.stdout
+
+
+# --- PRICES and BUDGETS --------------------------------------------------------------------------
+
+
+def test_prices_and_budgets_as_the_readme_writes_them_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEYS", f"web:{API_KEY}")
+    monkeypatch.setenv("PRICES", "gpt-4o-mini:0.15/0.60,gpt-4o:2.50/10")
+    monkeypatch.setenv("BUDGETS", "web:200000tokens/day, default:5usd/month")
+    settings = Settings(_env_file=None)
+    assert settings.prices == {"gpt-4o-mini": Price(0.15, 0.60), "gpt-4o": Price(2.50, 10)}
+    assert settings.budgets == {
+        "web": Budget(200_000, "tokens", "day"),
+        "default": Budget(5_000_000_000, "usd", "month"),  # in nano-dollars
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("PRICES", "gpt-4o-mini:0.15", "entry 1 is not model:input/output (USD per million tokens)"),
+        (
+            "PRICES",
+            "gpt-4o:2.50/10;gpt-4o-mini:0.15/0.60",
+            "entry 1 is not model:input/output (USD per million tokens)",
+        ),
+        (
+            "PRICES",
+            "gpt-4o:2.50/10,gpt-4o-mini:-0.15/0.60",
+            "entry 2 is not model:input/output (USD per million tokens)",
+        ),
+        ("PRICES", "gpt-4o:2.50/10,gpt-4o:3/12", "the model 'gpt-4o' is priced twice"),
+        ("BUDGETS", "alice:5000", "entry 1 is not name:amount tokens|usd/day|month"),
+        ("BUDGETS", "alice:-5usd/day", "entry 1 is not name:amount tokens|usd/day|month"),
+        ("BUDGETS", "alice:0tokens/day", "the budget of 'alice' must be above 0"),
+        ("BUDGETS", "alice:0.0000000001usd/day", "the budget of 'alice' must be above 0"),
+        ("BUDGETS", "alice:5eur/day", "entry 1 is not name:amount tokens|usd/day|month"),
+        ("BUDGETS", "default:1tokens/day,alice:5usd/week", "entry 2 is not name:amount tokens|usd/day|month"),
+        ("BUDGETS", "alice:1.5tokens/day", "the budget of 'alice' is not a whole number of tokens"),
+        ("BUDGETS", "alice:1usd/day,alice:2usd/month", "the key 'alice' has two budgets"),
+    ],
+)
+def test_a_bad_price_or_budget_is_refused_saying_which_entry_and_why(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, reason: str
+) -> None:
+    monkeypatch.setenv("API_KEYS", f"alice:{API_KEY}")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    message = format_validation_error(caught.value)
+    assert message == f"invalid configuration: {name}: Value error, {reason}"
+    assert API_KEY not in message
+
+
+def test_a_budget_for_a_name_api_keys_lacks_is_refused_naming_it_and_no_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A typo in a key's name would leave the key without its budget (or on the default).
+    monkeypatch.setenv("API_KEYS", f"alice:{API_KEY},bob:bob-key-0123456789abcdefgh")
+    monkeypatch.setenv("BUDGETS", "alice:5usd/day,bobby:100tokens/day,default:1usd/day,eve:1tokens/month")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    message = format_validation_error(caught.value)
+    assert message == "invalid configuration: BUDGETS names keys that API_KEYS does not have: bobby, eve"
+    assert API_KEY not in message
+    assert "bob-key" not in message
+    # A key itself written for its name is a budget for no key: refused, and the secret never echoed.
+    monkeypatch.setenv("BUDGETS", f"{API_KEY}:5usd/day,eve:1tokens/month")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert format_validation_error(caught.value) == (
+        "invalid configuration: BUDGETS names keys that API_KEYS does not have: "
+        "eve, a key's secret (give its name)"
+    )
+
+
+def test_with_api_keys_off_only_the_default_budget_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUDGETS", "default:5usd/month")
+    assert Settings(_env_file=None).budgets == {"default": Budget(5_000_000_000, "usd", "month")}
+    monkeypatch.setenv("BUDGETS", "default:5usd/month,alice:1tokens/day")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert format_validation_error(caught.value) == (
+        "invalid configuration: BUDGETS names keys that API_KEYS does not have: alice"
+    )

@@ -3,19 +3,29 @@ and model in Redis, read back with `GET /usage`, and counted in `/metrics`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import datetime as dt
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 import tiktoken
+from fastapi import Request
 
 from config import Settings
+from protocols.deps import get_budgets, get_usage, services_of
 from testkit.openai_server import OpenAIServer, Reply
 from testkit.redis_server import RedisServer
 from testkit.waiting import eventually
 from tests.conftest import AppClient
 from tests.sse_flows import collect
+from usage.accounting import OPEN_KEY
+from usage.budgets import Budgets
+from usage.ledger import UsageLedger, UsageRecord
 
 ALICE = "alice-key-0123456789abcdef"
 BOB = "bob-key-0123456789abcdefgh"
@@ -181,3 +191,128 @@ async def test_a_range_that_ends_before_it_starts_is_refused(
     assert bad_session.status_code == 422
     assert first_days.status_code == 200
     assert first_days.json()["start"] == "0001-01-01"
+
+
+# --- Ranges of days ------------------------------------------------------------------------------
+
+
+def at(moment: str) -> float:
+    """A UTC time, as a record's `at`."""
+    return dt.datetime.fromisoformat(moment).replace(tzinfo=dt.UTC).timestamp()
+
+
+def spent(moment: str, user_id: str, prompt_tokens: int, model: str = "simulated") -> UsageRecord:
+    """One answer of the open service's key that ended at `moment` (UTC), as the recorder adds it."""
+    return UsageRecord(
+        key=OPEN_KEY,
+        user_id=user_id,
+        session_id="",
+        model=model,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=1,
+        reasoning_tokens=0,
+        counted=False,
+        cost_nanos=0,
+        at=at(moment),
+    )
+
+
+@pytest.fixture
+def far_from_utc() -> Iterator[None]:
+    """The host's zone 14 hours ahead of UTC, so that a day taken in local time would be the wrong one."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "XYZ-14"  # POSIX: local time is UTC+14
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+@asynccontextmanager
+async def app_on(
+    app_client: AppClient, settings: Settings, today: str | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, UsageLedger]]:
+    """The app, and its own ledger (handed over on a first request) to add answers that ended on chosen
+    days, so that no test waits for real days to pass; `today` (UTC): the clock `GET /usage` reads."""
+    ledgers: list[UsageLedger] = []
+
+    async def ledger_of(request: Request) -> UsageLedger:
+        ledgers.append(services_of(request).usage)
+        return ledgers[-1]
+
+    async def budgets_of(request: Request) -> Budgets:
+        budgets = services_of(request).budgets
+        return budgets if today is None else dataclasses.replace(budgets, clock=lambda: at(today))
+
+    async with app_client(settings, overrides={get_usage: ledger_of, get_budgets: budgets_of}) as client:
+        assert (await client.get("/usage")).status_code == 200
+        yield client, ledgers[0]
+
+
+async def usage_of(client: httpx.AsyncClient, **params: str) -> Json:
+    response = await client.get("/usage", params=params)
+    assert response.status_code == 200, response.text
+    body: Json = response.json()
+    return body
+
+
+def days(body: Json) -> list[tuple[str, int, int]]:
+    """Each day of the answer: its date, prompt tokens and answers."""
+    return [(row["day"], row["prompt_tokens"], row["answers"]) for row in body["by_day"]]
+
+
+@pytest.mark.usefixtures("far_from_utc")
+async def test_usage_over_a_range_has_the_days_inside_it_and_none_outside_it(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_on(app_client, make_settings()) as (client, ledger):
+        await ledger.record(
+            spent("2026-11-28T23:59:59", "early", 1000, model="old-model"),  # the last second before
+            spent("2026-11-29T00:00:00", "u1", 10),  # the first second of the range
+            spent("2026-11-30T12:00:00", "u2", 20),
+            spent("2026-11-30T23:59:59", "u1", 30),  # its last second
+            spent("2026-12-01T00:00:00", "late", 5000, model="new-model"),  # the first second after
+        )
+        inside = await usage_of(client, start="2026-11-29", end="2026-11-30")
+        after = await usage_of(client, start="2026-12-01", end="2026-12-01")
+        around = await usage_of(client, start="2026-11-28", end="2026-12-01")
+    assert (inside["start"], inside["end"]) == ("2026-11-29", "2026-11-30")
+    assert days(inside) == [("2026-11-29", 10, 1), ("2026-11-30", 50, 2)]
+    assert (inside["totals"]["prompt_tokens"], inside["totals"]["answers"]) == (60, 3)
+    assert [row["model"] for row in inside["by_model"]] == ["simulated"]
+    assert [(row["user_id"], row["answers"]) for row in inside["by_user"]] == [("u1", 2), ("u2", 1)]
+    # The days left out are in the ledger all the same: a range that takes them in shows them.
+    assert days(after) == [("2026-12-01", 5000, 1)]
+    assert [row["user_id"] for row in after["by_user"]] == ["late"]
+    assert days(around) == [
+        ("2026-11-28", 1000, 1),
+        ("2026-11-29", 10, 1),
+        ("2026-11-30", 50, 2),
+        ("2026-12-01", 5000, 1),
+    ]
+    assert around["totals"]["answers"] == 5
+
+
+@pytest.mark.usefixtures("far_from_utc")
+async def test_usage_without_a_range_is_the_30_days_to_today_by_the_services_clock(
+    make_settings: Callable[..., Settings], app_client: AppClient
+) -> None:
+    async with app_on(app_client, make_settings(), today="2026-11-30T12:00:00") as (client, ledger):
+        await ledger.record(
+            spent("2026-10-31T23:59:59", "u1", 1000),  # 30 days before today: one day too many
+            spent("2026-11-01T00:00:00", "u1", 10),  # 29 days before: the first day shown
+            spent("2026-11-30T23:59:59", "u1", 20),  # today's last second
+            spent("2026-12-01T00:00:00", "u1", 5000),  # tomorrow
+        )
+        default = await usage_of(client)
+        from_start = await usage_of(client, start="2026-10-31")  # to today
+    assert (default["start"], default["end"]) == ("2026-11-01", "2026-11-30")
+    assert days(default) == [("2026-11-01", 10, 1), ("2026-11-30", 20, 1)]
+    assert default["totals"]["prompt_tokens"] == 30
+    assert from_start["end"] == "2026-11-30"
+    assert days(from_start) == [("2026-10-31", 1000, 1), ("2026-11-01", 10, 1), ("2026-11-30", 20, 1)]
