@@ -32,7 +32,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from config import Settings
 from records.store import ConversationStore
 from redis_client import KeySpace, RedisUnavailable
-from stores.outbox import Outbox, OutboxEntry
+from stores.outbox import Outbox, OutboxEntry, position_of_entry
 
 __all__ = ["ArchiveMetrics", "ArchiveRunner", "ArchiveState", "Archiver"]
 
@@ -247,6 +247,7 @@ class Archiver:
             self._unacknowledged = True  # until they are acknowledged: a failure leaves them pending
             owners = await self._outbox.owners({entry.session_id for entry in entries if entry.turn})
             archived += await self._archive(entries, owners)
+            await self._delete_again(entries)
             await self._outbox.ack(stream, [entry.entry_id for entry in entries])
         self._unacknowledged = unacknowledged
         if claiming:  # a dead consumer's entries wait claim_seconds first: looking often finds none
@@ -288,6 +289,15 @@ class Archiver:
         self.metrics.set_aside.inc(len(refused))
         self.state.set_aside += len(refused)
         return stored
+
+    async def _delete_again(self, entries: list[OutboxEntry]) -> None:
+        """A conversation deleted while this batch was being stored: its deletion may have run before the
+        batch's rows were written, so what the batch stored of it from before the deletion goes too."""
+        sessions = {entry.session_id for entry in entries if entry.turn is not None}
+        for session_id, before in (await self._outbox.deleted_since(sessions)).items():
+            positions = [position_of_entry(e.entry_id) for e in entries if e.session_id == session_id]
+            if min(positions) < before:
+                await self._store.purge(session_id, before)
 
     async def _measure(self) -> None:
         """The backlog and the oldest entry's age, for `/metrics` and `/health`: once a second, not

@@ -172,6 +172,10 @@ class KeySpace:
         """With API keys on: the name of the key that owns the session, beside the session's keys."""
         return f"{self.prefix}:{{{session_id}}}:owner"
 
+    def deleted(self, session_id: str) -> str:
+        """When the session's conversation was deleted, for an hour (`Outbox.mark_deleted`)."""
+        return f"{self.prefix}:{{{session_id}}}:deleted"
+
     def outbox(self, session_id: str) -> str:
         """The durable outbox (a Stream) that stored turns are appended to for the archiver: one for
         the server, or on a cluster one per session, in the session's slot, so that it is written in

@@ -243,6 +243,7 @@ async def _delete(
     """Both tiers: the outbox's waiting entries first (so nothing is archived again), Redis, then SQL;
     with `user_id`, that user's ratings too."""
     for session_id in session_ids:
+        await archiver.outbox.mark_deleted(session_id)  # what the archiver is storing now goes too
         await archiver.outbox.forget(session_id)
         async with reachable():
             stored = await records.messages(session_id)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conversation_tree import Tree, turn_row_id
 from errors import ServiceError
+from records.deletion import Deletions
 from records.schema import conversations, feedback, messages
 from stores.outbox import OutboxEntry, position_of_entry
 
@@ -73,7 +74,7 @@ def utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-class ConversationStore:
+class ConversationStore(Deletions):
     """The conversation record over one engine. `model`: the model recorded on archived answers."""
 
     def __init__(self, engine: AsyncEngine, *, model: str | None = None) -> None:
@@ -329,43 +330,6 @@ class ConversationStore:
             if not result.rowcount:
                 return None
         return await self.conversation(owner, session_id)
-
-    async def delete(self, owner: str, session_ids: Sequence[str], *, user_id: str | None = None) -> None:
-        """Delete the conversations (their messages and feedback first: SQLite may not cascade), and with
-        `user_id` every rating that user gave under `owner`, on any conversation."""
-        async with self.engine.begin() as connection:
-            if user_id is not None:
-                await connection.execute(
-                    delete(feedback).where(feedback.c.owner == owner, feedback.c.user_id == user_id)
-                )
-            if not session_ids:
-                return
-            await connection.execute(delete(feedback).where(feedback.c.conversation_id.in_(session_ids)))
-            await connection.execute(delete(messages).where(messages.c.conversation_id.in_(session_ids)))
-            await connection.execute(
-                delete(conversations).where(
-                    conversations.c.id.in_(session_ids), conversations.c.owner == owner
-                )
-            )
-
-    async def ids_of_user(self, owner: str, user_id: str) -> list[str]:
-        async with self.engine.connect() as connection:
-            found = await connection.scalars(
-                select(conversations.c.id).where(
-                    conversations.c.owner == owner, conversations.c.user_id == user_id
-                )
-            )
-            return list(found.all())
-
-    async def expired(self, before: datetime, limit: int = 500) -> list[tuple[str, str]]:
-        """(owner, id) of conversations last updated before `before` (CONVERSATION_RETENTION_DAYS)."""
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                select(conversations.c.owner, conversations.c.id)
-                .where(conversations.c.updated_at < before)
-                .limit(limit)
-            )
-            return [(str(owner), str(session_id)) for owner, session_id in rows.all()]
 
     # -- feedback --
 

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 GROUP = "archiver"
 # Entries the record refused, kept per outbox for an operator (`Outbox.set_aside`).
 REJECTED_KEPT = 10_000
+# How long a deleted conversation's mark outlives it: longer than any batch the archiver may be storing.
+DELETED_SECONDS = 3600
 
 
 def outbox_append(keys: KeySpace, session_id: str, turn: str) -> Command:
@@ -198,23 +200,36 @@ class Outbox:
                 oldest = max(oldest, age)
         return total, oldest
 
-    async def sessions_of_user(self, user_id: str, page: int = 1000) -> set[str]:
+    async def sessions_of_user(self, user_id: str) -> set[str]:
         """The sessions with a turn of `user_id` waiting to be archived (a data-deletion request must
-        find them too): every entry is read, `page` at a time; the outbox holds only what the archiver
-        has not stored yet."""
+        find them too): every entry is read; the outbox holds only what the archiver has not stored."""
         found: set[str] = set()
         for stream in await self.streams():
-            start = "-"
-            while True:
-                async with bounded(self._timeout):
-                    raw: Any = await self._redis.xrange(stream, start, "+", count=page)
-                for entry in _entries(stream, raw):
+            async with bounded(self._timeout * 5):
+                async for entry_id, fields in self._scan(stream):
+                    entry = _entries(stream, [(entry_id, fields)])[0]
                     if entry.turn is not None and entry.turn.get("user_id") == user_id:
                         found.add(entry.session_id)
-                if len(raw) < page:
-                    break
-                start = "(" + _text(raw[-1][0])
         return found
+
+    async def mark_deleted(self, session_id: str) -> None:
+        """Before a conversation is deleted: the moment, in the outbox's own clock (Redis's), so that a
+        batch the archiver stores while it is deleted is deleted again (`deleted_since`)."""
+        async with bounded(self._timeout):
+            seconds, microseconds = await self._redis.time()
+            # As `position_of_entry` counts, past every entry of this millisecond (all written before).
+            before = (seconds * 1000 + microseconds // 1000 + 1) * 1_000_000
+            await self._redis.set(self._keys.deleted(session_id), before, ex=DELETED_SECONDS)
+
+    async def deleted_since(self, session_ids: Iterable[str]) -> dict[str, int]:
+        """The sessions deleted since their entries were read, each with the position (of an entry)
+        before which its turns were deleted."""
+        sessions = list(session_ids)
+        if not sessions:
+            return {}
+        async with bounded(self._timeout):
+            values = await self._redis.mget([self._keys.deleted(session_id) for session_id in sessions])
+        return {session_id: int(value) for session_id, value in zip(sessions, values, strict=True) if value}
 
     async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
         """The API key that owns each session ("" on an open service, or once the key has expired)."""

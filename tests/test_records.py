@@ -251,6 +251,36 @@ def refusing(store: ConversationStore, refused: set[str]) -> Callable[..., Await
     return archive_unless_refused
 
 
+async def test_a_conversation_deleted_while_its_batch_is_stored_stays_deleted(
+    store: ConversationStore, fake: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = KeySpace("chat")
+    outbox = Outbox(fake, keys, timeout=1)
+    archiver = Archiver(outbox, store, CollectorRegistry(), batch=10, claim_seconds=30)
+    await append(fake, keys, turn("m0", "user", "2026-01-01T00:00:00Z"))
+    await append(fake, keys, turn("m0", "assistant", "2026-01-01T00:00:01Z"))
+    archive = store.archive
+
+    async def deleted_meanwhile(entries: Sequence[OutboxEntry], owners: Mapping[str, str]) -> int:
+        # DELETE /conversations/s1, between the batch's read and its rows' commit, as the route does it
+        await outbox.mark_deleted("s1")
+        await outbox.forget("s1")
+        await store.delete("", ["s1"])
+        return await archive(entries, owners)
+
+    monkeypatch.setattr(store, "archive", deleted_meanwhile)
+    await archiver.cycle()
+    assert await store.messages("s1") == []
+    assert await store.conversation("", "s1") is None
+
+    # A new exchange under the same id after the deletion is archived as any other.
+    monkeypatch.setattr(store, "archive", archive)
+    await append(fake, keys, turn("m1", "user", "2026-01-02T00:00:00Z"))
+    assert await archiver.cycle() == 1
+    assert [row["message_id"] for row in await store.messages("s1")] == ["m1"]
+    assert await store.conversation("", "s1") is not None
+
+
 async def test_an_entry_the_record_refuses_is_set_aside_and_the_rest_of_its_batch_archived(
     store: ConversationStore, fake: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
