@@ -227,6 +227,12 @@ async def test_deleting_a_user_takes_their_unarchived_conversations_and_their_ra
             for session in ("a", "b"):
                 assert (await client.get(f"/history/{session}", headers=ALICE)).json()["count"] == 0
             assert await redis.xlen("chat:outbox") == 2  # Bob's session's turns: another key's
+            for session in ("a", "b"):  # its history, replay log and outbox entries are gone; its owner
+                # record stays until it expires, so the id stays the key's, beside the deletion's mark
+                left = sorted(key.decode() for key in await redis.keys(f"chat:{{{session}}}:*"))
+                assert left == [f"chat:{{{session}}}:deleted", f"chat:{{{session}}}:owner"]
+            # The answer states of a and b are released, archived (a) or not (b): only c's is Alice's.
+            assert len(await redis.keys("chat:message:{alice/*")) == 1
             assert (await client.get("/history/theirs", headers=BOB)).json()["count"] == 2
             theirs = await client.get("/conversations/c", headers=ALICE)
             assert theirs.json()["message_count"] == 2
