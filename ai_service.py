@@ -161,7 +161,7 @@ class ChatService:
                 await self._check_tool_results(session_id, request.tool_results, by_history=context is None)
             # The user turn is stored before 202 is answered: an accepted chat is always in history.
             since, conversation, parent = await self._branches.store_and_read(
-                request, message_id, context, system_prompt, leaf=leaf
+                request, message_id, context, system_prompt, leaf=leaf, owner=owner
             )
         except ServiceError:  # Redis, the record, tool results or the branch: nothing is stored
             with contextlib.suppress(RedisUnavailable):

@@ -245,7 +245,7 @@ class Archiver:
                 continue
             self._full = self._full or len(entries) == self._batch  # entries, turns or not
             self._unacknowledged = True  # until they are acknowledged: a failure leaves them pending
-            owners = await self._outbox.owners({entry.session_id for entry in entries if entry.turn})
+            owners = await self._outbox.owners(entries)
             archived += await self._archive(entries, owners)
             await self._delete_again(entries)
             await self._outbox.ack(stream, [entry.entry_id for entry in entries])

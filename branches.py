@@ -143,10 +143,12 @@ class Branches:
         system_prompt: str | None,
         *,
         leaf: asyncio.Future[list[Any]] | None = None,
+        owner: str | None = None,
     ) -> tuple[str, list[ConversationMessage], str | None]:
-        """Store the user's turn (or the tool results) on its branch; return where the answer's events
-        will begin in the replay log, the conversation to answer (`context`, or one built from the
-        branch's recent turns), and the exchange the turns follow."""
+        """Store the user's turn (or the tool results) on its branch, as the session of `owner` (the
+        API key's name); return where the answer's events will begin in the replay log, the
+        conversation to answer (`context`, or one built from the branch's recent turns), and the
+        exchange the turns follow."""
         settings = self._settings
         if request.tool_results is None:
             turns = [ChatTurn.user(request, message_id)]
@@ -175,6 +177,7 @@ class Branches:
             along=[self._log.position_command(request.session_id)],
             recent=0 if context is not None else recent,
             first=first,
+            owner=owner,
         )
         if context is not None:
             return position_of(position), list(context), parent

@@ -16,6 +16,7 @@ __all__ = [
     "check_message_id",
     "message_of",
     "new_message_id",
+    "owner_of_answer",
 ]
 
 # Ids become Redis keys and channel names: no glob characters, spaces, braces or control characters.
@@ -56,3 +57,8 @@ def answer_key(owner: str | None, message_id: str) -> str:
 def message_of(key: str) -> str:
     """The message id of an `answer_key`."""
     return key.rpartition("/")[2]
+
+
+def owner_of_answer(key: str) -> str | None:
+    """The owner of an `answer_key` (the API key's name), or None on an open service."""
+    return key.rpartition("/")[0] or None

@@ -25,7 +25,7 @@ from redis.asyncio import RedisCluster
 from redis.exceptions import WatchError
 
 from answer_events import Answer, Phase
-from ids import message_of
+from ids import message_of, owner_of_answer
 from models import AnswerState, ChatTurn, ErrorEvent, ErrorInfo, utc_now
 from redis_client import Command, KeySpace, RedisClient, RedisUnavailable, bounded, describe
 
@@ -89,7 +89,7 @@ class AnswerEnds:
         already written)."""
         assert turn.finish_reason is not None
         return [
-            *self._history.append_commands(session_id, turn),
+            *self._history.append_commands(session_id, turn, owner=owner_of_answer(answer)),
             *self._answers.finished_commands(answer, turn.finish_reason),
             *self._log.finished_commands(session_id, turn.message_id),
             self.leases.release_command(answer),

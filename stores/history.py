@@ -57,10 +57,10 @@ class HistoryStore:
         self._timeout = timeout
         self._wait_replicas = wait_replicas
 
-    def append_commands(self, session_id: str, *turns: ChatTurn) -> list[Command]:
+    def append_commands(self, session_id: str, *turns: ChatTurn, owner: str | None = None) -> list[Command]:
         """RPUSH, LTRIM and EXPIRE of the turns: the key never exists without its TTL. The session's
         owner record (if keys are on) is refreshed with it, so it never expires before the turns it
-        guards (#13, item 4)."""
+        guards (#13, item 4); the outbox's entries name the owner (`owner`, the API key's name)."""
         key = self._keys.history(session_id)
         stored = [turn.model_dump_json(exclude_none=True) for turn in turns]  # once, for both
         pushed: list[Command] = [("RPUSH", key, *stored)]
@@ -70,7 +70,7 @@ class HistoryStore:
             ("EXPIRE", key, self._ttl),
             ("EXPIRE", self._keys.owner(session_id), self._ttl),
             # The durable outbox, in the same transaction: the archiver copies it to SQL (issue #15).
-            *(outbox_append(self._keys, session_id, turn) for turn in stored),
+            *(outbox_append(self._keys, session_id, turn, owner) for turn in stored),
         ]
 
     def replace_commands(
@@ -100,6 +100,7 @@ class HistoryStore:
         along: Sequence[Command] = (),
         recent: int = 0,
         first: Sequence[Command] = (),
+        owner: str | None = None,
     ) -> tuple[list[Any], list[RecentTurn]]:
         """Store the turns in one transaction with `along` (another store's commands that must see the
         same moment, such as the replay log's position) and after `first` (`replace_commands`); return
@@ -108,7 +109,7 @@ class HistoryStore:
         With `wait_replicas`, return only once that many replicas hold the turn (WAIT), or every attached
         replica if fewer are attached, so a failover cannot lose it.
         """
-        appended = [*first, *self.append_commands(session_id, *turns)]
+        appended = [*first, *self.append_commands(session_id, *turns, owner=owner)]
         commands = [*appended, *along]
         if recent:
             commands.append(("LRANGE", self._keys.history(session_id), -recent, -1))

@@ -44,9 +44,12 @@ REJECTED_KEPT = 10_000
 DELETED_SECONDS = 3600
 
 
-def outbox_append(keys: KeySpace, session_id: str, turn: str) -> Command:
-    """The XADD of one stored turn: its JSON as history holds it (`ChatTurn.model_dump_json`)."""
-    return ("XADD", keys.outbox(session_id), "*", "s", session_id, "t", turn)
+def outbox_append(keys: KeySpace, session_id: str, turn: str, owner: str | None = None) -> Command:
+    """The XADD of one stored turn: its JSON as history holds it (`ChatTurn.model_dump_json`), and the
+    name of the API key that owns the session (none on an open service), so that the record has it
+    however late the turn is archived (the owner record expires with the session's history)."""
+    command: Command = ("XADD", keys.outbox(session_id), "*", "s", session_id, "t", turn)
+    return (*command, "o", owner) if owner else command
 
 
 def outbox_branch(keys: KeySpace, session_id: str, leaf: str) -> Command:
@@ -71,7 +74,8 @@ def position_of_entry(entry_id: str) -> int:
 class OutboxEntry:
     """One entry read from an outbox; `turn` is None for an entry deleted while it was pending, for
     a switch of the active branch, whose new end (an exchange's message_id) is `branch`, and for a
-    model-written title: (the title, the derived title it replaces) in `title`."""
+    model-written title: (the title, the derived title it replaces) in `title`. `owner`: the session's
+    API key as the turn was stored (None when the entry names none: an open service's)."""
 
     stream: str
     entry_id: str
@@ -79,6 +83,7 @@ class OutboxEntry:
     turn: dict[str, Any] | None
     branch: str | None = None
     title: tuple[str, str] | None = None
+    owner: str | None = None
 
 
 def _text(value: Any) -> str:
@@ -88,9 +93,10 @@ def _text(value: Any) -> str:
 def _entries(stream: str, raw: Iterable[Any]) -> list[OutboxEntry]:
     entries = []
     for entry_id, fields in raw:
-        turn = session = branch = title = None
+        turn = session = branch = title = owner = None
         if fields:
             session = _text(fields.get(b"s", b""))
+            owner = _text(fields[b"o"]) if b"o" in fields else None
             if b"b" in fields:
                 branch = _text(fields[b"b"])
             elif b"a" in fields:
@@ -100,7 +106,7 @@ def _entries(stream: str, raw: Iterable[Any]) -> list[OutboxEntry]:
                     turn = orjson.loads(fields.get(b"t", b""))
                 except orjson.JSONDecodeError:
                     logger.warning("dropping an unreadable outbox entry %s", _text(entry_id))
-        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn, branch, title))
+        entries.append(OutboxEntry(stream, _text(entry_id), session or "", turn, branch, title, owner))
     return entries
 
 
@@ -182,6 +188,8 @@ class Outbox:
             fields["b"] = entry.branch
         if entry.title is not None:
             fields["a"], fields["f"] = entry.title
+        if entry.owner is not None:
+            fields["o"] = entry.owner
         async with bounded(self._timeout):
             await self._redis.xadd(
                 self._keys.outbox_rejected(entry.stream), fields, maxlen=REJECTED_KEPT, approximate=True
@@ -231,8 +239,15 @@ class Outbox:
             values = await self._redis.mget([self._keys.deleted(session_id) for session_id in sessions])
         return {session_id: int(value) for session_id, value in zip(sessions, values, strict=True) if value}
 
-    async def owners(self, session_ids: Iterable[str]) -> dict[str, str]:
-        """The API key that owns each session ("" on an open service, or once the key has expired)."""
+    async def owners(self, entries: Sequence[OutboxEntry]) -> dict[str, str]:
+        """The API key that owns each session of the entries' turns: as the entries name it, else (an
+        entry from before entries named it, or from an open service) as its owner record says ("" on an
+        open service, or once the record has expired)."""
+        named = {entry.session_id: entry.owner for entry in entries if entry.turn and entry.owner}
+        found = await self._owner_records({e.session_id for e in entries if e.turn} - named.keys())
+        return {**found, **named}
+
+    async def _owner_records(self, session_ids: Iterable[str]) -> dict[str, str]:
         sessions = list(session_ids)
         if not sessions:
             return {}

@@ -227,10 +227,13 @@ async def test_deleting_a_user_takes_their_unarchived_conversations_and_their_ra
             for session in ("a", "b"):
                 assert (await client.get(f"/history/{session}", headers=ALICE)).json()["count"] == 0
             assert await redis.xlen("chat:outbox") == 2  # Bob's session's turns: another key's
+            # Each names its owner, the user's turn (as it was stored) and the answer's (as it ended).
+            waiting = [fields for _, fields in await redis.xrange("chat:outbox")]
+            assert [(fields[b"s"], fields[b"o"]) for fields in waiting] == [(b"theirs", b"bob")] * 2
             for session in ("a", "b"):  # its history, replay log and outbox entries are gone; its owner
                 # record stays until it expires, so the id stays the key's, beside the deletion's mark
-                left = sorted(key.decode() for key in await redis.keys(f"chat:{{{session}}}:*"))
-                assert left == [f"chat:{{{session}}}:deleted", f"chat:{{{session}}}:owner"]
+                left = sorted(map(repr, await redis.keys(f"chat:{{{session}}}:*")))
+                assert left == [repr(f"chat:{{{session}}}:{kind}".encode()) for kind in ("deleted", "owner")]
             # The answer states of a and b are released, archived (a) or not (b): only c's is Alice's.
             assert len(await redis.keys("chat:message:{alice/*")) == 1
             assert (await client.get("/history/theirs", headers=BOB)).json()["count"] == 2
@@ -270,10 +273,9 @@ async def test_history_from_the_record_keeps_its_owner_after_redis_let_it_expire
     make_settings: Callable[..., Settings], app_client: AppClient, redis_server: RedisServer
 ) -> None:
     keys = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
-    # The archiver on the loop: it runs from the start, well within the 1-s TTL, where a child process
-    # may still be starting on a loaded machine. The owner is read as a turn is archived, so a first
-    # turn archived after its owner record expired would have none (the README, Architecture).
-    settings = make_settings(api_keys=keys, chat_history_ttl=1, redis_url=redis_server.url, archiver="loop")
+    # The default archiver (a child process) may archive after the owner record's 1-s TTL: the outbox's
+    # entries name their owner.
+    settings = make_settings(api_keys=keys, chat_history_ttl=1, redis_url=redis_server.url)
     redis = Redis.from_url(redis_server.url)
     try:
         async with app_client(settings) as client:

@@ -158,9 +158,11 @@ async def test_a_batch_longer_than_one_statement_is_stored_whole_and_once(store:
     assert [len(await store.messages(f"s{n}")) for n in range(3)] == counts
 
 
-async def append(redis: Redis, keys: KeySpace, stored: ChatTurn) -> None:
-    """The outbox entry the service writes for a stored turn of session `s1`."""
-    _, stream, _, *fields = outbox_append(keys, "s1", stored.model_dump_json(exclude_none=True))
+async def append(
+    redis: Redis, keys: KeySpace, stored: ChatTurn, session: str = "s1", owner: str | None = None
+) -> None:
+    """The outbox entry the service writes for a stored turn of `session`, owned by `owner`."""
+    _, stream, _, *fields = outbox_append(keys, session, stored.model_dump_json(exclude_none=True), owner)
     await redis.xadd(
         str(stream), {str(name): value for name, value in zip(fields[::2], fields[1::2], strict=True)}
     )
@@ -249,6 +251,25 @@ def refusing(store: ConversationStore, refused: set[str]) -> Callable[..., Await
         return await archive(entries, owners)
 
     return archive_unless_refused
+
+
+async def test_a_turn_keeps_its_owner_however_late_it_is_archived(
+    store: ConversationStore, fake: Redis
+) -> None:
+    keys = KeySpace("chat")
+    archiver = Archiver(Outbox(fake, keys, timeout=1), store, CollectorRegistry(), batch=10, claim_seconds=30)
+    # The entry names its owner: archived after the owner record expired (here: never written), it
+    # is still the key's.
+    await append(fake, keys, turn("m0", "user", "2026-01-01T00:00:00Z"), owner="key-a")
+    # An entry that names none (an open service's, or one written before entries named owners) takes
+    # its owner record's.
+    await fake.set(keys.owner("s2"), "key-b")
+    await append(fake, keys, turn("m1", "user", "2026-01-01T00:00:01Z"), session="s2")
+    assert await archiver.cycle() == 2
+    assert await store.owner_of("s1") == "key-a"
+    assert await store.owner_of("s2") == "key-b"
+    assert await store.conversation("key-a", "s1") is not None
+    assert await store.conversation("", "s1") is None
 
 
 async def test_a_conversation_deleted_while_its_batch_is_stored_stays_deleted(
