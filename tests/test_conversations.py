@@ -5,6 +5,7 @@ every bad input a 4xx naming the field, with nothing written."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -228,8 +229,8 @@ async def test_deleting_a_user_takes_their_unarchived_conversations_and_their_ra
                 assert (await client.get(f"/history/{session}", headers=ALICE)).json()["count"] == 0
             assert await redis.xlen("chat:outbox") == 2  # Bob's session's turns: another key's
             # Each names its owner, the user's turn (as it was stored) and the answer's (as it ended).
-            waiting = [fields for _, fields in await redis.xrange("chat:outbox")]
-            assert [(fields[b"s"], fields[b"o"]) for fields in waiting] == [(b"theirs", b"bob")] * 2
+            waiting: Any = await redis.xrange("chat:outbox")
+            assert [(fields[b"s"], fields[b"o"]) for _, fields in waiting] == [(b"theirs", b"bob")] * 2
             for session in ("a", "b"):  # its history, replay log and outbox entries are gone; its owner
                 # record stays until it expires, so the id stays the key's, beside the deletion's mark
                 left = sorted(map(repr, await redis.keys(f"chat:{{{session}}}:*")))
