@@ -83,10 +83,18 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def make_settings(clean_env: None) -> Callable[..., Settings]:
-    """Settings for a test: fast pacing, no `.env`, embedded Redis unless a URL is given."""
+    """Settings for a test: fast pacing, no `.env`, embedded Redis unless a URL is given, and the
+    archiver on the loop: the in-process tests reach it there, and start no child process each (the
+    default with a Redis server, which `test_archiver_process.py` and the tests of the service as a
+    process run)."""
 
     def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"stream_delay": 0, "chunk_delay": 0, "shutdown_grace_seconds": 2}
+        values: dict[str, Any] = {
+            "stream_delay": 0,
+            "chunk_delay": 0,
+            "shutdown_grace_seconds": 2,
+            "archiver": "loop",
+        }
         values.update(overrides)
         return Settings(_env_file=None, **values)
 

@@ -30,10 +30,10 @@ def test_a_process_archiver_needs_a_redis_server(make_settings: Callable[..., Se
 def test_the_default_archiver_is_a_process_with_a_redis_server_and_a_task_with_the_embedded_one(
     make_settings: Callable[..., Settings],
 ) -> None:
-    assert make_settings().archiver == "auto"
-    assert make_settings().archiver_mode == "loop"
-    assert make_settings(redis_url="redis://127.0.0.1:6399").archiver_mode == "process"
-    assert make_settings(redis_host="redis.internal").archiver_mode == "process"
+    assert Settings(_env_file=None).archiver == "auto"
+    assert Settings(_env_file=None).archiver_mode == "loop"
+    assert make_settings(redis_url="redis://127.0.0.1:6399", archiver="auto").archiver_mode == "process"
+    assert make_settings(redis_host="redis.internal", archiver="auto").archiver_mode == "process"
     assert make_settings(redis_url="redis://127.0.0.1:6399", archiver="loop").archiver_mode == "loop"
     assert make_settings(redis_url="redis://127.0.0.1:6399", archiver="process").archiver_mode == "process"
 

@@ -276,7 +276,7 @@ async def test_history_from_the_record_keeps_its_owner_after_redis_let_it_expire
     keys = f"alice:{ALICE_KEY},bob:{BOB_KEY}"
     # The default archiver (a child process) may archive after the owner record's 1-s TTL: the outbox's
     # entries name their owner.
-    settings = make_settings(api_keys=keys, chat_history_ttl=1, redis_url=redis_server.url)
+    settings = make_settings(api_keys=keys, chat_history_ttl=1, redis_url=redis_server.url, archiver="auto")
     redis = Redis.from_url(redis_server.url)
     try:
         async with app_client(settings) as client:
