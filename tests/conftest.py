@@ -16,10 +16,13 @@ import fakeredis
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import Request
 from redis.asyncio import Redis
 
 from app import create_app
+from archiver import Archiver, ArchiveRunner
 from config import Settings
+from protocols.deps import get_archiver, services_of
 from providers.simulated import SimulatedAnswerSource
 from redis_client import RedisClient
 from redis_wire import RedisPipe, open_pipe
@@ -255,3 +258,24 @@ def backend(
         model, server = "test-model", request.getfixturevalue("model_server")
     with serve(create_app(settings)) as url:
         yield Backend(url, model, server)
+
+
+class CaughtArchiver:
+    """`overrides` for `app_client` that catch the service's own archiver (ARCHIVER=loop) as a route
+    resolves it, so that a test can stop it: `await caught.stop(client)`; turns then wait in the outbox,
+    and the archiver sends Redis nothing more."""
+
+    def __init__(self) -> None:
+        self._running: list[ArchiveRunner] = []
+        self.overrides = {get_archiver: self._catch}
+
+    def _catch(self, request: Request) -> ArchiveRunner:
+        self._running.append(services_of(request).archiver)
+        return self._running[-1]
+
+    async def stop(self, client: httpx.AsyncClient, headers: Json | None = None) -> None:
+        """Have a route resolve the archiver (the DELETE of a missing conversation), then close it."""
+        assert (await client.delete("/conversations/none", headers=headers or {})).status_code == 404
+        archiver = self._running[0]
+        assert isinstance(archiver, Archiver)
+        await archiver.close()

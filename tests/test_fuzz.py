@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from fastapi import Request
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -16,12 +15,10 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from archiver import Archiver, ArchiveRunner
 from config import Settings
-from protocols.deps import get_archiver, services_of
 from testkit.redis_server import RedisServer
 from testkit.service import ServiceProcess
-from tests.conftest import AppClient
+from tests.conftest import AppClient, CaughtArchiver
 
 KEY = "fuzz-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -108,20 +105,12 @@ BAD_IDS = st.one_of(
 async def test_malformed_ids_get_422_and_send_no_redis_command(
     make_settings: Callable[..., Settings], app_client: AppClient, redis_server: RedisServer
 ) -> None:
-    running: list[ArchiveRunner] = []
-
-    def archiver_of(request: Request) -> ArchiveRunner:  # the service's own, for the test to stop
-        running.append(services_of(request).archiver)
-        return running[-1]
-
+    caught = CaughtArchiver()
     settings = make_settings(api_keys=f"fuzz:{KEY}", redis_url=redis_server.url, archiver="loop")
-    async with app_client(settings, overrides={get_archiver: archiver_of}) as client:
+    async with app_client(settings, overrides=caught.overrides) as client:
         assert (await client.get("/health")).status_code == 200  # connected and subscribed
         # The archiver polls the outbox on its own: stopped, so that what is counted is the requests'.
-        assert (await client.delete("/conversations/none", headers=AUTH)).status_code == 404
-        archiver = running[0]
-        assert isinstance(archiver, Archiver)
-        await archiver.close()
+        await caught.stop(client, AUTH)
         redis_server.cli("CONFIG", "RESETSTAT")
         for bad in _examples(BAD_IDS, 60):
             path = "/" + _quote(bad)
