@@ -14,10 +14,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.engine import RowMapping
 
-from admission import Principal, SessionNotFound
-from archiver import ArchiveRunner
+from admission import SessionNotFound
 from conversation_tree import turn_row_id
-from ids import answer_key
 from models import ID_PATTERN, ChatTurn, StatusResponse
 from protocols.branches import BranchPosition, active_branch
 from protocols.branches import router as branches_router
@@ -30,13 +28,13 @@ from protocols.deps import (
     RecordsDep,
     RegistryDep,
 )
+from protocols.erasure import erase
 from protocols.errors import ErrorResponse
 from protocols.feedback import router as feedback_router
 from protocols.native import ERRORS, ConversationIdPath
 from protocols.validation import InvalidRequest
 from records.history import owner_of as _owner
-from records.store import ConversationStore, reachable, utc
-from stores.history import HistoryStore
+from records.store import reachable, utc
 
 __all__ = ["router"]
 
@@ -76,8 +74,9 @@ class StoredMessage(BaseModel):
     id: str = Field(description="The turn's own id: `<message_id>:<role>` (`:<tool_call_id>` for a tool).")
     message_id: str
     parent_id: str | None = Field(
-        description="The message_id of the exchange it follows (null for a first message); a "
-        "regenerated answer's is the message it answers."
+        default=None,
+        description="The message_id of the exchange it follows (absent for a first message); a "
+        "regenerated answer's is the message it answers.",
     )
     turn: ChatTurn
 
@@ -229,32 +228,6 @@ async def patch_conversation(
     return _summary(row)
 
 
-async def _delete(
-    principal: Principal,
-    session_ids: list[str],
-    *,
-    records: ConversationStore,
-    archiver: ArchiveRunner,
-    service: ChatServiceDep,
-    registry: RegistryDep,
-    history: HistoryStore,
-    user_id: str | None = None,
-) -> None:
-    """Both tiers: the outbox's waiting entries first (so nothing is archived again), Redis, then SQL;
-    with `user_id`, that user's ratings too."""
-    for session_id in session_ids:
-        await archiver.outbox.mark_deleted(session_id)  # what the archiver is storing now goes too
-        await archiver.outbox.forget(session_id)
-        async with reachable():
-            stored = await records.messages(session_id)
-        hot = await history.read(session_id)  # turns not archived yet have answer states too
-        for message_id in {message["message_id"] for message in stored} | {turn.message_id for turn in hot}:
-            await registry.release(answer_key(principal.key_name, message_id))
-        await service.clear(session_id)
-    async with reachable():
-        await records.delete(_owner(principal), session_ids, user_id=user_id)
-
-
 @router.delete(
     "/conversations/{conversation_id}",
     response_model=StatusResponse,
@@ -278,7 +251,7 @@ async def delete_conversation(
     in_redis = owner is None and await admission.owns(principal, conversation_id)
     if owner != _owner(principal) and not (in_redis and await history.read(conversation_id, 1)):
         raise SessionNotFound(conversation_id)
-    await _delete(
+    await erase(
         principal,
         [conversation_id],
         records=records,
@@ -313,7 +286,7 @@ async def delete_user_conversations(
     for session_id in sorted(await archiver.outbox.sessions_of_user(user_id) - set(session_ids)):
         if await admission.owns(principal, session_id):  # not archived yet: the caller's by its key
             session_ids.append(session_id)
-    await _delete(
+    await erase(
         principal,
         session_ids,
         records=records,

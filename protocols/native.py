@@ -24,6 +24,7 @@ from models import (
 )
 from protocols.deps import (
     AdmissionDep,
+    ArchiverDep,
     ChatServiceDep,
     HistoryDep,
     PrincipalDep,
@@ -33,10 +34,12 @@ from protocols.deps import (
     StreamPrincipalDep,
     TelemetryDep,
 )
+from protocols.erasure import erase
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import InvalidRequest, check_message_length
-from records.history import read_history_page
+from records.history import owner_of, read_history_page
+from records.store import reachable
 from services import Services
 
 __all__ = ["ERRORS", "NO_SESSION", "ConversationIdPath", "accept_chat", "router"]
@@ -321,11 +324,32 @@ async def get_session_history(
     responses={**ERRORS, **NO_SESSION},
 )
 async def clear_session_history(
-    session_id: SessionIdPath, principal: PrincipalDep, admission: AdmissionDep, service: ChatServiceDep
+    session_id: SessionIdPath,
+    principal: PrincipalDep,
+    admission: AdmissionDep,
+    service: ChatServiceDep,
+    history: HistoryDep,
+    records: RecordsDep,
+    archiver: ArchiverDep,
+    registry: RegistryDep,
 ) -> StatusResponse:
-    """Delete every stored turn of the session (it stays its key's until its TTL runs out)."""
+    """Delete every stored turn of the session, in Redis and in the conversation record, as `DELETE
+    /conversations/{id}` does (the session stays its key's until its owner record's TTL runs out)."""
     await admission.check_session(principal, session_id)
-    await service.clear(session_id)
+    async with reachable():
+        owner = await records.owner_of(session_id)
+    if owner not in (None, owner_of(principal)):  # the id's record is another key's: only Redis is ours
+        await service.clear(session_id)
+    else:
+        await erase(
+            principal,
+            [session_id],
+            records=records,
+            archiver=archiver,
+            service=service,
+            registry=registry,
+            history=history,
+        )
     return StatusResponse(message=f"History cleared for session {session_id}")
 
 

@@ -15,6 +15,7 @@ from config import VERSION, Settings
 from models import ChatAccepted, ChatRequest
 from protocols.deps import get_history, get_services
 from services import Services
+from testkit.waiting import eventually
 from tests.chat_harness import Json
 from tests.conftest import CHAT, AppClient, wait_for_history
 
@@ -106,11 +107,20 @@ async def test_limit_returns_the_most_recent_turns_oldest_first(client: httpx.As
 async def test_delete_clears_the_history(client: httpx.AsyncClient) -> None:
     await client.post("/chat", json=CHAT)
     await wait_for_history(client, "test123")
+
+    async def archived() -> bool:
+        response = await client.get("/conversations/test123")
+        return response.status_code == 200 and response.json()["message_count"] == 2
+
+    # Cleared in both tiers: once Redis's copy is gone `GET /history` reads the record's, so the
+    # record's goes too.
+    await eventually(archived, "the exchange reached the record")
     response = await client.delete("/history/test123")
     assert response.status_code == 200
     assert response.json()["status"] == "success"
     assert "test123" in response.json()["message"]
     assert (await client.get("/history/test123")).json()["count"] == 0
+    assert (await client.get("/conversations/test123")).status_code == 404
     # Deleting what is not there is not an error either.
     assert (await client.delete("/history/test123")).status_code == 200
 
