@@ -150,7 +150,14 @@ async def test_totals_by_key_and_user_add_up_across_two_instances(
         one = await chat(first, ALICE, user_id="u1", session_id="s1")
         two = await chat(second, ALICE, user_id="u2", session_id="s2")
         three = await chat(second, ALICE, user_id="u2", session_id="s2")
+        # Bob's, on each instance too: each key's totals hold its own answers only.
+        await chat(first, BOB, user_id="u2", session_id="b1")
+        await chat(second, BOB, user_id="u2", session_id="b2")
+        bobs = await usage_after(second, 2, BOB)  # first: Bob's are recorded before Alice's are read
         body = await usage_after(first, 3, ALICE)
+    assert (body["key"], body["totals"]["answers"]) == ("alice", 3)
+    assert (bobs["key"], bobs["totals"]["answers"]) == ("bob", 2)
+    assert {row["user_id"]: row["answers"] for row in bobs["by_user"]} == {"u2": 2}
     answers = {"u1": 1, "u2": 2}
     assert {row["user_id"]: row["answers"] for row in body["by_user"]} == answers
     completion = {row["user_id"]: row["completion_tokens"] for row in body["by_user"]}
