@@ -22,13 +22,11 @@ from protocols.branches import router as branches_router
 from protocols.deps import (
     AdmissionDep,
     ArchiverDep,
-    ChatServiceDep,
     HistoryDep,
     PrincipalDep,
     RecordsDep,
-    RegistryDep,
 )
-from protocols.erasure import erase
+from protocols.erasure import ErasureDep
 from protocols.errors import ErrorResponse
 from protocols.feedback import router as feedback_router
 from protocols.native import ERRORS, ConversationIdPath
@@ -240,9 +238,7 @@ async def delete_conversation(
     admission: AdmissionDep,
     history: HistoryDep,
     records: RecordsDep,
-    archiver: ArchiverDep,
-    service: ChatServiceDep,
-    registry: RegistryDep,
+    erase: ErasureDep,
 ) -> StatusResponse:
     """Delete it everywhere: its history, replay log and answer states in Redis, and its SQL rows."""
     async with reachable():
@@ -251,15 +247,7 @@ async def delete_conversation(
     in_redis = owner is None and await admission.owns(principal, conversation_id)
     if owner != _owner(principal) and not (in_redis and await history.read(conversation_id, 1)):
         raise SessionNotFound(conversation_id)
-    await erase(
-        principal,
-        [conversation_id],
-        records=records,
-        archiver=archiver,
-        service=service,
-        registry=registry,
-        history=history,
-    )
+    await erase(principal, [conversation_id])
     return StatusResponse(message=f"Conversation {conversation_id} deleted")
 
 
@@ -273,11 +261,9 @@ async def delete_user_conversations(
     principal: PrincipalDep,
     user_id: UserQuery,
     admission: AdmissionDep,
-    history: HistoryDep,
     records: RecordsDep,
     archiver: ArchiverDep,
-    service: ChatServiceDep,
-    registry: RegistryDep,
+    erase: ErasureDep,
 ) -> DeletedResponse:
     """Everything of `user_id` under the caller's key, in both tiers (a data-deletion request): the
     conversations in the record, those whose turns still wait in the outbox, and the user's ratings."""
@@ -286,16 +272,7 @@ async def delete_user_conversations(
     for session_id in sorted(await archiver.outbox.sessions_of_user(user_id) - set(session_ids)):
         if await admission.owns(principal, session_id):  # not archived yet: the caller's by its key
             session_ids.append(session_id)
-    await erase(
-        principal,
-        session_ids,
-        records=records,
-        archiver=archiver,
-        service=service,
-        registry=registry,
-        history=history,
-        user_id=user_id,
-    )
+    await erase(principal, session_ids, user_id=user_id)
     return DeletedResponse(deleted=len(session_ids))
 
 

@@ -24,7 +24,6 @@ from models import (
 )
 from protocols.deps import (
     AdmissionDep,
-    ArchiverDep,
     ChatServiceDep,
     HistoryDep,
     PrincipalDep,
@@ -34,7 +33,7 @@ from protocols.deps import (
     StreamPrincipalDep,
     TelemetryDep,
 )
-from protocols.erasure import erase
+from protocols.erasure import ErasureDep
 from protocols.errors import ConflictResponse, ErrorResponse
 from protocols.sse import EventStreamResponse, encode, encode_v1
 from protocols.validation import InvalidRequest, check_message_length
@@ -328,10 +327,8 @@ async def clear_session_history(
     principal: PrincipalDep,
     admission: AdmissionDep,
     service: ChatServiceDep,
-    history: HistoryDep,
     records: RecordsDep,
-    archiver: ArchiverDep,
-    registry: RegistryDep,
+    erase: ErasureDep,
 ) -> StatusResponse:
     """Delete every stored turn of the session, in Redis and in the conversation record, as `DELETE
     /conversations/{id}` does (the session stays its key's until its owner record's TTL runs out)."""
@@ -341,15 +338,7 @@ async def clear_session_history(
     if owner not in (None, owner_of(principal)):  # the id's record is another key's: only Redis is ours
         await service.clear(session_id)
     else:
-        await erase(
-            principal,
-            [session_id],
-            records=records,
-            archiver=archiver,
-            service=service,
-            registry=registry,
-            history=history,
-        )
+        await erase(principal, [session_id])
     return StatusResponse(message=f"History cleared for session {session_id}")
 
 
