@@ -22,6 +22,7 @@ export class Sidebar {
     this.current = null;
     this.localTitles = new Map(); // session id -> title, until the service lists it
     this.listed = new Set(); // every id the service has listed: the record has them
+    this.pending = new Map(); // id -> the changes (PATCH) on their way, shown until the service answers
     this.editing = null; // the id whose title is being edited
     this.renaming = null; // and its form
     this.confirming = null; // the id whose deletion awaits a confirmation
@@ -116,7 +117,9 @@ export class Sidebar {
 
   render() {
     const searching = Boolean(this.search.value.trim());
-    const shown = [...this.conversations].sort((a, b) => Number(b.pinned) - Number(a.pinned));
+    const shown = this.conversations
+      .map((c) => (this.pending.has(c.id) ? { ...c, ...this.pending.get(c.id) } : c))
+      .sort((a, b) => Number(b.pinned) - Number(a.pinned));
     if (!searching) {
       const local = new Set(this.localTitles.keys());
       if (this.current) local.add(this.current);
@@ -208,7 +211,7 @@ export class Sidebar {
     });
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const title = input.value.trim();
+      const title = input.value.trim().replace(/\s+/g, " "); // as the service keeps it
       if (!title) return;
       this.editing = null;
       this.renaming = null;
@@ -218,7 +221,12 @@ export class Sidebar {
     return form;
   }
 
+  // Shown at once, and kept over any list answered meanwhile (it may have been read before the change);
+  // taken back, with the service's reason, if the service refuses it.
   async change(id, changes) {
+    const shown = { ...this.pending.get(id), ...changes };
+    this.pending.set(id, shown);
+    this.render();
     try {
       const updated = await api(`conversations/${encodeURIComponent(id)}`, { method: "PATCH", body: changes });
       this.changed();
@@ -227,6 +235,7 @@ export class Sidebar {
     } catch (error) {
       this.status.textContent = `Could not change the conversation: ${error.message}`;
     }
+    if (this.pending.get(id) === shown) this.pending.delete(id); // unless another change followed
     this.render();
   }
 

@@ -10,13 +10,22 @@ Playwright, each test in fresh browser contexts (profiles), every request to ano
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import APIResponse, Browser, BrowserContext, Locator, Page, Route, expect
+from playwright.sync_api import (
+    APIResponse,
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Response,
+    Route,
+    expect,
+)
 
 from testkit.service import ServiceProcess
 from testkit.waiting import eventually_sync
@@ -146,6 +155,12 @@ def titles_shown(page: Page) -> Locator:
     return sidebar(page).locator("li.conversation button.open")
 
 
+def changing(method: str) -> Callable[[Response], bool]:
+    """The service's answer to the page's PATCH or DELETE of a conversation: waited for before the test
+    reads the record (on a loaded machine, the write may take longer than an `expect` waits)."""
+    return lambda response: response.request.method == method and "/conversations/" in response.url
+
+
 @pytest.mark.browser
 def test_the_sidebar_comes_from_the_service_in_a_new_browser_profile(profiles: Profiles) -> None:
     service = profiles.service
@@ -223,16 +238,18 @@ def test_rename_pin_and_delete_through_the_sidebar_change_the_record(profiles: P
     entry = item(page, "First question")
     entry.get_by_role("button", name="Rename").click()
     sidebar(page).get_by_label("New title").fill("  Questions   about tides ")
-    sidebar(page).get_by_role("button", name="Save").click()
+    with page.expect_response(changing("PATCH")) as renamed:
+        sidebar(page).get_by_role("button", name="Save").click()
+        expect(titles_shown(page)).to_have_text(["Second question", "Questions about tides"])
+    assert renamed.value.ok
     expect(titles_shown(page)).to_have_text(["Second question", "Questions about tides"])
     assert service.titles("edit-user") == ["Second question", "Questions about tides"]
 
-    item(page, "Questions about tides").get_by_role("button", name="Pin").click()
-    expect(titles_shown(page)).to_have_text(["Questions about tides", "Second question"])
-    pinned = eventually_sync(
-        lambda: {c["id"]: c["pinned"] for c in service.conversations("edit-user")}.get("edit-a"), "pinned"
-    )
-    assert pinned is True
+    with page.expect_response(changing("PATCH")) as pinned:
+        item(page, "Questions about tides").get_by_role("button", name="Pin").click()
+        expect(titles_shown(page)).to_have_text(["Questions about tides", "Second question"])
+    assert pinned.value.ok
+    assert {c["id"]: c["pinned"] for c in service.conversations("edit-user")}["edit-a"] is True
     page.reload()  # pinned ones first, as the service says
     expect(titles_shown(page)).to_have_text(["Questions about tides", "Second question"])
     expect(item(page, "Questions about tides").get_by_role("button", name="Unpin")).to_have_attribute(
@@ -241,7 +258,9 @@ def test_rename_pin_and_delete_through_the_sidebar_change_the_record(profiles: P
 
     # Deleting the open conversation: gone from the service, and the page moves to a new chat.
     item(page, "Questions about tides").get_by_role("button", name="Delete").click()
-    item(page, "Questions about tides").get_by_role("button", name="Confirm delete").click()
+    with page.expect_response(changing("DELETE")) as deleted:
+        item(page, "Questions about tides").get_by_role("button", name="Confirm delete").click()
+    assert deleted.value.ok
     expect(titles_shown(page)).to_have_text(["New chat", "Second question"])
     expect(page.locator("#session-id")).not_to_have_text("edit-a")
     expect(page.locator(".msg")).to_have_count(0)
@@ -254,6 +273,41 @@ def test_rename_pin_and_delete_through_the_sidebar_change_the_record(profiles: P
     item(page, "Second question").get_by_role("button", name="Cancel").click()
     expect(item(page, "Second question").get_by_role("button", name="Delete")).to_be_visible()
     assert service.titles("edit-user") == ["Second question"]
+
+
+@pytest.mark.browser
+def test_a_change_shows_at_once_and_is_taken_back_if_the_service_refuses_it(profiles: Profiles) -> None:
+    """A rename shows while its PATCH is on its way; when the service refuses it, the page puts back
+    what the service has and says why (here the PATCH is held, then answered as by a service whose
+    database is down)."""
+    service = profiles.service
+    service.chat("refused-a", "refused-user", "A question about storms")
+    page = profiles.page("refused-user", "refused-a")
+    expect(titles_shown(page)).to_have_text(["A question about storms"])
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:
+        if route.request.method == "PATCH":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/conversations/*", hold)
+    item(page, "A question about storms").get_by_role("button", name="Rename").click()
+    sidebar(page).get_by_label("New title").fill("Storms,   renamed")
+    sidebar(page).get_by_role("button", name="Save").click()
+    expect(titles_shown(page)).to_have_text(["Storms, renamed"])
+    eventually_sync(lambda: page.evaluate("true") and held, "the PATCH was sent")
+
+    message = "The conversation record is temporarily unavailable"  # as `records.store.reachable` says
+    with page.expect_response(changing("PATCH")):
+        held[0].fulfill(status=503, json={"error": {"code": "database_unavailable", "message": message}})
+    expect(titles_shown(page)).to_have_text(["A question about storms"])
+    expect(sidebar(page).get_by_role("status")).to_have_text(f"Could not change the conversation: {message}")
+    assert service.titles("refused-user") == ["A question about storms"]
+    # The browser reports the refused request on its console; nothing else may be there.
+    assert [e for e in profiles.errors if "status of 503" not in e] == []
+    profiles.errors.clear()
 
 
 @pytest.mark.browser
