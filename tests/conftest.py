@@ -17,6 +17,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import Request
+from playwright.sync_api import expect
 from redis.asyncio import Redis
 
 from app import create_app
@@ -34,6 +35,11 @@ from testkit.service import SETTINGS_VARIABLES, ServiceProcess
 from testkit.waiting import eventually
 from tests.chat_harness import Harness, Json, RunService, ScriptedSource
 from tests.openai_backends import Backend
+
+# The browser tests' `expect` waits for its condition 5 s by default; on a loaded two-core CI machine the
+# service's write behind a click (an SQLite commit's fsync) has taken longer. The condition must still
+# come true: only the budget is larger.
+expect.set_options(timeout=15_000)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
