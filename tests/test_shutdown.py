@@ -27,9 +27,9 @@ def test_sigterm_with_sse_clients_exits_within_grace_and_stores_every_answer(
         {
             "REDIS_URL": redis_server.url,
             "SHUTDOWN_GRACE_SECONDS": str(GRACE),
-            # About six seconds per answer: longer than the grace period.
+            # About twelve seconds per answer: far longer than the grace period.
             "STREAM_DELAY": "0",
-            "CHUNK_DELAY": "0.5",
+            "CHUNK_DELAY": "1",
             "SSE_PING_SECONDS": "1",
         }
     )
@@ -87,7 +87,9 @@ def test_sigterm_with_sse_clients_exits_within_grace_and_stores_every_answer(
     assert "ai-chat-service stopped" in log
     assert "Traceback" not in log
     assert "Task was destroyed" not in log
-    assert elapsed <= GRACE + 1, f"took {elapsed:.1f}s to exit"
+    # Within the grace period, and the second of it the process takes to exit on a loaded machine;
+    # waiting for the answers would take twelve.
+    assert elapsed <= GRACE + 2, f"took {elapsed:.1f}s to exit"
     assert sorted(closed) == sorted(paths), "an SSE client was left hanging"
     with redis.Redis.from_url(redis_server.url) as client:
         for body in accepted:
