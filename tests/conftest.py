@@ -36,9 +36,9 @@ from testkit.waiting import eventually
 from tests.chat_harness import Harness, Json, RunService, ScriptedSource
 from tests.openai_backends import Backend
 
-# The browser tests' `expect` waits for its condition 5 s by default; on a loaded two-core CI machine the
-# service's write behind a click (an SQLite commit's fsync) has taken longer. The condition must still
-# come true: only the budget is larger.
+# The browser tests' `expect` waits for its condition 5 s by default; on a loaded two-core CI machine a
+# rename's answer once took longer (most likely its SQLite commit). The condition must still come true:
+# only the budget is larger.
 expect.set_options(timeout=15_000)
 
 
