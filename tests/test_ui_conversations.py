@@ -216,7 +216,9 @@ def test_a_list_asked_for_before_a_rename_does_not_undo_it(profiles: Profiles) -
 
     item(page, "A question about tides").get_by_role("button", name="Rename").click()
     sidebar(page).get_by_label("New title").fill("Tides, renamed")
-    sidebar(page).get_by_role("button", name="Save").click()
+    with page.expect_response(changing("PATCH")) as renamed:
+        sidebar(page).get_by_role("button", name="Save").click()
+    assert renamed.value.ok
     expect(titles_shown(page)).to_have_text(["Tides, renamed"])
     assert service.titles("stale-user") == ["Tides, renamed"]
 
