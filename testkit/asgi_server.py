@@ -42,7 +42,9 @@ def serve(app: ASGIApp, *, lifespan: str = "on") -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}")
     thread.start()
     try:
-        eventually_sync(lambda: _started(server, thread), f"uvicorn serves on port {port}", timeout=10)
+        # A budget, not a wait: the app's start (its migrations' commits among others) has taken over
+        # ten seconds on a loaded two-core CI machine.
+        eventually_sync(lambda: _started(server, thread), f"uvicorn serves on port {port}", timeout=30)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -135,7 +135,7 @@ def app_client() -> AppClient:
         app = create_app(settings)
         app.dependency_overrides.update(overrides or {})
         async with (
-            LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
+            LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
             ) as client,

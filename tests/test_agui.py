@@ -50,7 +50,7 @@ async def scripted(settings: Settings, source: ScriptedSource) -> AsyncIterator[
     """The app in-process, answering from `source`."""
     app = create_app(settings, source=source)
     async with (
-        LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
+        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
     ):
         yield client

@@ -88,7 +88,7 @@ async def test_a_reconnect_while_an_answer_runs_gets_the_snapshot_then_the_rest_
     source = HeldSource(["Hello", " from", " the log"])
     app = create_app(make_settings(), source=source)
     async with (
-        LifespanManager(app) as manager,
+        LifespanManager(app, startup_timeout=30) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
     ):
         chat = {"session_id": "r2", "message": "Say hello", "user_id": "u1"}

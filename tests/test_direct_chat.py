@@ -45,7 +45,7 @@ async def service(
     app = create_app(settings)
     calls = RouteCalls(monkeypatch)
     async with (
-        LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
+        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
     ):
         yield client, calls
@@ -200,7 +200,7 @@ async def test_with_dependency_overrides_the_route_answers(
     calls = RouteCalls(monkeypatch)
     app.dependency_overrides[get_history] = get_history
     async with (
-        LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
+        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
     ):
         response = await client.post("/chat", json=body("o1"))

@@ -51,7 +51,7 @@ async def traced_app(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = create_app(settings, source=source, telemetry=Telemetry(provider))
     async with (
-        LifespanManager(app, startup_timeout=10, shutdown_timeout=30) as manager,
+        LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://test", headers=AUTH
         ) as client,
@@ -191,7 +191,7 @@ async def test_an_upstream_failure_marks_the_model_span_as_an_error_with_its_cod
 async def test_tracing_off_puts_no_trace_id_in_start(make_settings: Callable[..., Settings]) -> None:
     app = create_app(make_settings(), telemetry=Telemetry(None))
     async with (
-        LifespanManager(app) as manager,
+        LifespanManager(app, startup_timeout=30) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://test") as client,
     ):
         accepted = (await client.post("/chat", json=CHAT)).json()
