@@ -59,7 +59,10 @@ def service(page_origin: str, shared_redis: RedisServer) -> Iterator[ServiceProc
             "SIMULATED_REASONING": "true",
             "LOG_LEVEL": "WARNING",
             "CORS_ORIGINS": page_origin,
+            # Slower than the clients' tests: the answer (28 words, about 4 s) must outlast a reload
+            # of the page on a loaded machine.
             **PACING,
+            "STREAM_DELAY": "0.15",
         }
     )
     try:

@@ -167,15 +167,16 @@ def test_a_stream_token_with_its_expiry_respelt_is_refused(
 def test_an_open_stream_ends_when_its_token_expires(
     redis_server: RedisServer, start_service: Callable[..., ServiceProcess]
 ) -> None:
-    # Answers that run far longer than the token lives; the token is minted with the clock moved on,
-    # so it has between half a second and a second and a half left (verified with the same secret).
+    # Answers that run far longer than the token lives (13 chunks, 6.5 s); the token is minted with the
+    # clock moved on, so it has two to three seconds left (verified with the same secret): time for
+    # the request to be let in on a loaded machine, and for the token to run out mid-answer.
     service = start_service(
         REDIS_URL=redis_server.url,
         API_KEYS=f"alice:{KEY}",
         STREAM_TOKEN_SECRET=SECRET,
         STREAM_TOKEN_TTL="60",
         STREAM_DELAY="0",
-        CHUNK_DELAY="0.2",
+        CHUNK_DELAY="0.5",
     )
     accepted = httpx.post(
         f"{service.url}/chat",
@@ -183,7 +184,7 @@ def test_an_open_stream_ends_when_its_token_expires(
         headers={"X-API-Key": KEY},
         timeout=10,
     ).json()
-    token = StreamTokens(SECRET.encode(), ttl=60).issue("expiring", "alice", now=time.time() - 58.5)
+    token = StreamTokens(SECRET.encode(), ttl=60).issue("expiring", "alice", now=time.time() - 57.5)
     expires = int(token.split(".")[0])
     events: list[str] = []
     with httpx.stream("GET", f"{service.url}/stream/expiring?token={token}", timeout=30) as response:

@@ -44,7 +44,7 @@ async def test_another_key_cannot_take_a_session_over_while_its_answer_outlasts_
     async with run_service(
         ScriptedSource(["partial"], hold=hold),
         redis_url=redis_server.url,
-        chat_history_ttl=1,
+        chat_history_ttl=3,  # renewed every second: a loaded machine's stall does not let it lapse
         api_keys={"alice": KEY, "mallory": KEY[::-1] + "m"},
     ) as harness:
         admission = harness.services.admission
@@ -53,9 +53,9 @@ async def test_another_key_cannot_take_a_session_over_while_its_answer_outlasts_
         for _ in range(3):
             # A key written now with the session's TTL: once it is gone, so would be an owner record (or
             # a history) that nothing refreshed while the answer ran.
-            await harness.redis.set("marker", b"1", ex=1)
+            await harness.redis.set("marker", b"1", ex=3)
             await eventually(
-                lambda: _gone(harness, "marker"), "a key with the session's TTL has expired", timeout=5
+                lambda: _gone(harness, "marker"), "a key with the session's TTL has expired", timeout=10
             )
             with pytest.raises(SessionForbidden):
                 await admission.claim_session(Principal("mallory"), "s1")
