@@ -60,7 +60,7 @@ async def test_sigkill_and_restart_during_50_answers(
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "redis_unavailable"
         # Bounded by REDIS_TIMEOUT, with a loaded machine's slack.
-        assert time.monotonic() - started < settings.redis_timeout + 1.5
+        assert time.monotonic() - started < settings.redis_timeout + 2.5
         durable_redis.start()
 
         async def healthy() -> bool:
@@ -127,11 +127,11 @@ async def test_client_pause_is_ridden_out_or_ended_with_an_error_event(
             *(client.post("/chat", json=chat(f"p{index}")) for index in range(10))
         )
         assert [response.status_code for response in accepted] == [202] * 10
-        own_redis.cli("CLIENT", "PAUSE", "3000", "ALL")
+        own_redis.cli("CLIENT", "PAUSE", "5000", "ALL")
         started = time.monotonic()
         refused = await client.post("/chat", json=chat("paused"))
         assert refused.status_code == 503
-        assert time.monotonic() - started < settings.redis_timeout + 1.5, "waited out the 3-s pause"
+        assert time.monotonic() - started < settings.redis_timeout + 2.5, "waited out the 5-s pause"
 
         async def ready() -> bool:
             return (await client.get("/health")).status_code == 200

@@ -124,8 +124,9 @@ async def test_50_concurrent_reads_of_a_large_history_leave_the_event_loop_free(
         finally:
             reading = False
             await probing
-    # A generous bound, a check that the loop was not stalled (today's main: seconds), not a figure.
+    # A generous bound, a check that the loop was not stalled (the code before the fix: 3.1 s), not a
+    # figure; room for a loaded CI machine.
     assert latencies
-    assert max(latencies) < 1.0, f"/health/live waited {max(latencies):.2f} s"
+    assert max(latencies) < 2.0, f"/health/live waited {max(latencies):.2f} s"
     assert {response.status_code for response in responses} == {200}
     assert all(len(response.json()["messages"]) == 65 for response in responses)
