@@ -72,6 +72,9 @@ def url(make_settings: SettingsFactory, redis_server: RedisServer, source: HeldS
     settings = make_settings(redis_url=redis_server.url, api_keys=f"alice:{ALICE},bob:{BOB}")
     with serve(create_app(settings, source=source)) as base:
         yield base
+        # A held answer waits in a thread of the server's loop: released first, or the server's
+        # shutdown waits for that thread (15 s of every run, until the join gave up).
+        source.released.set()
 
 
 def client(url: str, key: str = ALICE) -> OpenAI:
