@@ -45,8 +45,7 @@ class Erasure:
                 stored = await self.records.messages(session_id)
             hot = await self.history.read(session_id)  # turns not archived yet have answer states too
             answered = {message["message_id"] for message in stored} | {turn.message_id for turn in hot}
-            for message_id in answered:
-                await self.registry.release(answer_key(principal.key_name, message_id))
+            await self.registry.release_all(answer_key(principal.key_name, m) for m in answered)
             await self.service.clear(session_id)
         async with reachable():
             await self.records.delete(owner_of(principal), session_ids, user_id=user_id)

@@ -4,6 +4,7 @@ instance stop or follow an answer that another one runs. An answer is named by i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from batcher import CommandBatcher
@@ -61,6 +62,16 @@ class AnswerRegistry:
         """Forget a claim whose answer never started (its user turn could not be stored)."""
         async with bounded(self._timeout):
             await self._redis.delete(self._keys.message(answer))
+
+    async def release_all(self, answers: Iterable[str]) -> None:
+        """Forget these answers' states in one round trip (a deleted conversation's answers)."""
+        keys = [self._keys.message(answer) for answer in answers]
+        if not keys:
+            return
+        async with bounded(self._timeout), self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:  # one DEL each: on a cluster, each answer's state is in a slot of its own
+                pipe.delete(key)
+            await pipe.execute()
 
     async def get(self, answer: str) -> AnswerState | None:
         """The state of the answer with this key, or None."""

@@ -165,8 +165,7 @@ async def test_turns_are_archived_and_accounted_from_each_sessions_answers_on_a_
     sessions = ["arch-a", "arch-b", "arch-c"]
     try:
         async with running(settings, timeout=20) as http:
-            for session in sessions:
-                await post_chat(http, session)
+            answers = [(await post_chat(http, session))["message_id"] for session in sessions]
 
             async def archived() -> bool:
                 listed = (await http.get("/conversations", params={"user_id": "u1"})).json()["conversations"]
@@ -185,5 +184,13 @@ async def test_turns_are_archived_and_accounted_from_each_sessions_answers_on_a_
                 return all([await client.xlen(f"chat:{{{session}}}:outbox") == 0 for session in sessions])
 
             await eventually(drained, "every session's outbox emptied", timeout=20)
+
+            # A user's deletion erases both tiers, the answers' states among them (each in its own slot).
+            states = [f"chat:message:{{{message_id}}}" for message_id in answers]
+            assert all([await client.exists(state) for state in states])
+            erased = await http.delete("/conversations", params={"user_id": "u1"})
+            assert erased.json() == {"status": "success", "deleted": len(sessions)}
+            assert not any([await client.exists(state) for state in states])
+            assert (await http.get("/conversations", params={"user_id": "u1"})).json()["conversations"] == []
     finally:
         await client.aclose()
