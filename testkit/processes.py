@@ -60,7 +60,7 @@ class ServerProcess:
     def directory(self) -> Path:
         return ROOT
 
-    def start(self, ready: str = "/health", timeout: float = 20) -> None:
+    def start(self, ready: str = "/health", timeout: float = 60) -> None:
         """Start the process and wait until `ready` answers 200."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

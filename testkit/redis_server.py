@@ -41,7 +41,7 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10) -> None:
+    def start(self, timeout: float = 30) -> None:
         """Start it and wait until it answers PING."""
         self.process = subprocess.Popen(
             [

@@ -55,7 +55,7 @@ class ServiceProcess(ServerProcess):
     def directory(self) -> Path:
         return self.folder
 
-    def start(self, ready: str = "/health/live", timeout: float = 20) -> None:
+    def start(self, ready: str = "/health/live", timeout: float = 60) -> None:
         super().start(ready, timeout)
 
     @property

@@ -30,7 +30,7 @@ async def eventually(
     condition: Callable[[], Awaitable[T | None]],
     what: str | None = None,
     *,
-    timeout: float = 10,
+    timeout: float = 30,
     interval: float = 0.02,
     ignoring: tuple[type[Exception], ...] = (),
 ) -> T:
@@ -61,7 +61,7 @@ def eventually_sync(
     condition: Callable[[], T | None],
     what: str | None = None,
     *,
-    timeout: float = 10,
+    timeout: float = 30,
     interval: float = 0.02,
     ignoring: tuple[type[Exception], ...] = (),
 ) -> T:

@@ -173,7 +173,7 @@ CHAT = {"session_id": "test123", "message": "Hello!", "user_id": "user1"}
 
 
 async def wait_for_history(
-    client: httpx.AsyncClient, session_id: str, turns: int = 2, timeout: float = 10
+    client: httpx.AsyncClient, session_id: str, turns: int = 2, timeout: float = 30
 ) -> Json:
     """Wait until the session's history has `turns` turns (an answer has landed); return it."""
 
@@ -185,7 +185,7 @@ async def wait_for_history(
 
 
 async def wait_for_answer(
-    client: httpx.AsyncClient, session_id: str, message_id: str, timeout: float = 10
+    client: httpx.AsyncClient, session_id: str, message_id: str, timeout: float = 30
 ) -> Json:
     """Wait until the assistant turn of `message_id` is stored; return the history."""
 

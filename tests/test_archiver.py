@@ -81,7 +81,7 @@ async def test_nothing_is_lost_while_the_database_is_down_and_each_turn_arrives_
                 return state if state["backlog"] == 2 * answers and state["status"] == "degraded" else None
 
             state = await eventually(
-                waiting, "every turn waits in the outbox, the archive degraded", timeout=20
+                waiting, "every turn waits in the outbox, the archive degraded", timeout=30
             )
             assert state is not None
             assert state["error"]
@@ -139,7 +139,7 @@ async def test_a_killed_instances_pending_entries_are_archived_by_a_new_one(
             await eventually(
                 held,
                 "the first instance holds entries it could not archive",
-                timeout=20,
+                timeout=30,
                 ignoring=(ResponseError,),
             )
             first.kill()

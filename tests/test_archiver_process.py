@@ -66,9 +66,9 @@ async def test_the_archiver_process_archives_reports_and_is_restarted_after_a_ki
         async def archived(count: int) -> bool:
             return len(await records.turns("s1")) == count
 
-        await eventually(lambda: archived(2), "the first exchange is in the record", timeout=20)
+        await eventually(lambda: archived(2), "the first exchange is in the record", timeout=30)
         await eventually(
-            lambda: _true(archiver.state.archived >= 2), "the child reported what it archived", timeout=10
+            lambda: _true(archiver.state.archived >= 2), "the child reported what it archived", timeout=30
         )
         registry = harness.services.metrics.registry
         assert (registry.get_sample_value("chat_archived_turns_total") or 0) >= 2
@@ -78,15 +78,15 @@ async def test_the_archiver_process_archives_reports_and_is_restarted_after_a_ki
         assert first is not None
         os.kill(first, signal.SIGKILL)
         await eventually(
-            lambda: _true(archiver.pid not in (None, first)), "another archiver process runs", timeout=20
+            lambda: _true(archiver.pid not in (None, first)), "another archiver process runs", timeout=30
         )
         assert archiver.starts == 2
         await harness.chat("second", session_id="s1")
-        await eventually(lambda: archived(4), "the second exchange is in the record too", timeout=20)
+        await eventually(lambda: archived(4), "the second exchange is in the record too", timeout=30)
         # The exit was reported to /health until the new child's first report.
-        await eventually(lambda: _true(archiver.state.error is None), "the new child reports", timeout=10)
+        await eventually(lambda: _true(archiver.state.error is None), "the new child reports", timeout=30)
         # Both children's counts add up in the parent's figures.
-        await eventually(lambda: _true(archiver.state.archived >= 4), "four turns counted", timeout=10)
+        await eventually(lambda: _true(archiver.state.archived >= 4), "four turns counted", timeout=30)
         assert registry.get_sample_value("chat_archived_turns_total") == archiver.state.archived
         last = archiver.pid
         assert last is not None

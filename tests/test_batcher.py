@@ -75,7 +75,7 @@ async def test_a_failing_command_fails_only_its_own_write(fake: Redis) -> None:
 async def test_close_sends_what_is_pending_then_refuses_writes(fake: Redis) -> None:
     writer = await started_writer(fake)
     pending = [writer.submit([("RPUSH", "k", str(n))]) for n in range(10)]  # queued as submitted
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         await writer.close()
         await asyncio.gather(*pending)
     assert await fake.llen("k") == 10

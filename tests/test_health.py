@@ -24,7 +24,7 @@ pytestmark = pytest.mark.redis
 
 
 async def wait_for_status(
-    client: httpx.AsyncClient, path: str, status: int, seconds: float
+    client: httpx.AsyncClient, path: str, status: int, seconds: float = 30
 ) -> httpx.Response:
     """Wait until `path` answers `status` (each call bounded to 2 s); return that response."""
 
@@ -54,7 +54,7 @@ async def test_liveness_needs_no_redis_while_readiness_reports_it_down_and_recov
         assert down.json()["redis"]["status"] == "disconnected"
 
         own_redis.start()
-        back = await wait_for_status(client, "/health", 200, seconds=5)
+        back = await wait_for_status(client, "/health", 200)
         assert back.status_code == 200, back.text
 
 
@@ -68,7 +68,7 @@ async def test_readiness_turns_red_when_redis_hangs(
         response = await client.get("/health", timeout=2.0)
         assert response.status_code == 503
         assert (await client.get("/health/live", timeout=2.0)).status_code == 200
-        assert (await wait_for_status(client, "/health", 200, seconds=6)).status_code == 200
+        assert (await wait_for_status(client, "/health", 200)).status_code == 200
 
 
 async def test_readiness_turns_red_when_the_subscriber_is_dead_though_ping_works(
@@ -80,12 +80,12 @@ async def test_readiness_turns_red_when_the_subscriber_is_dead_though_ping_works
         own_redis.cli("ACL", "SETUSER", "default", "-subscribe", "-psubscribe", "-ssubscribe")
         own_redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
         assert own_redis.cli("PING") == "PONG"
-        response = await wait_for_status(client, "/health", 503, seconds=3)
+        response = await wait_for_status(client, "/health", 503)
         assert response.status_code == 503
         assert response.json()["redis"]["error"]
 
         own_redis.cli("ACL", "SETUSER", "default", "+subscribe", "+psubscribe", "+ssubscribe")
-        assert (await wait_for_status(client, "/health", 200, seconds=5)).status_code == 200
+        assert (await wait_for_status(client, "/health", 200)).status_code == 200
 
 
 @asynccontextmanager
@@ -120,11 +120,11 @@ async def test_readiness_is_503_when_redis_is_out_of_memory_though_ping_and_pubs
 
         async with filled(own_redis):
             assert own_redis.cli("PING") == "PONG"
-            refused = await wait_for_status(client, "/health", 503, seconds=5)
+            refused = await wait_for_status(client, "/health", 503)
             assert refused.json()["status"] == "unhealthy"
             assert "out of memory" in refused.json()["redis"]["error"]
 
-        assert (await wait_for_status(client, "/health", 200, seconds=5)).json()["redis"]["writes"] == "ok"
+        assert (await wait_for_status(client, "/health", 200)).json()["redis"]["writes"] == "ok"
 
 
 async def test_readiness_is_503_when_redis_is_a_read_only_replica(
@@ -135,11 +135,11 @@ async def test_readiness_is_503_when_redis_is_a_read_only_replica(
         # A replica of a master that is not there: it answers PING and relays PUBLISH, refuses writes.
         own_redis.cli("CONFIG", "SET", "replica-read-only", "yes")
         own_redis.cli("REPLICAOF", "127.0.0.1", str(free_port()))
-        refused = await wait_for_status(client, "/health", 503, seconds=5)
+        refused = await wait_for_status(client, "/health", 503)
         assert "read-only" in refused.json()["redis"]["error"]
 
         own_redis.cli("REPLICAOF", "NO", "ONE")
-        assert (await wait_for_status(client, "/health", 200, seconds=5)).status_code == 200
+        assert (await wait_for_status(client, "/health", 200)).status_code == 200
 
 
 def set_calls(server: RedisServer) -> int:

@@ -139,7 +139,7 @@ async def test_async_stream_without_session_publishes_nothing(
                 extra_headers={"X-Session-Id": "control"},
             )
             channels = []
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(15):
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                     if message is not None:

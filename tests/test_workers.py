@@ -64,7 +64,7 @@ async def test_two_workers_stream_stop_and_deduplicate_across_processes(
     service = start_service(
         REDIS_URL=redis_server.url,
         WEB_CONCURRENCY="2",
-        STREAM_DELAY="0.02",
+        STREAM_DELAY="0.05",  # answers of about 2.5 s: the cancel below comes while one runs
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
     limits = httpx.Limits(max_keepalive_connections=0)  # a new connection each time: either worker
