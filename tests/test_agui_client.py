@@ -54,8 +54,9 @@ def instant(node: str, shared_redis: RedisServer) -> Iterator[ServiceProcess]:
 
 @pytest.fixture(scope="module")
 def paced(node: str, shared_redis: RedisServer) -> Iterator[ServiceProcess]:
-    """The simulated model writing an answer over a few seconds, so that a client can join it."""
-    service = start(REDIS_URL=shared_redis.url, STREAM_DELAY="0", CHUNK_DELAY="0.25")
+    """The simulated model writing an answer over about ten seconds, so that a client started on a
+    loaded machine still joins it while it runs."""
+    service = start(REDIS_URL=shared_redis.url, STREAM_DELAY="0", CHUNK_DELAY="0.6")
     yield service
     service.cleanup()
 

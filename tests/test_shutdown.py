@@ -87,9 +87,9 @@ def test_sigterm_with_sse_clients_exits_within_grace_and_stores_every_answer(
     assert "ai-chat-service stopped" in log
     assert "Traceback" not in log
     assert "Task was destroyed" not in log
-    # Within the grace period, and the second of it the process takes to exit on a loaded machine;
-    # waiting for the answers would take twelve.
-    assert elapsed <= GRACE + 2, f"took {elapsed:.1f}s to exit"
+    # Within the grace period, and the seconds a process takes to exit on a loaded machine; waiting for
+    # the answers would take ten more at least (each has twelve chunks a second apart, one written).
+    assert elapsed <= GRACE + 5, f"took {elapsed:.1f}s to exit"
     assert sorted(closed) == sorted(paths), "an SSE client was left hanging"
     with redis.Redis.from_url(redis_server.url) as client:
         for body in accepted:

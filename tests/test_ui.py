@@ -45,8 +45,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-# Per chunk of three words: 3 x STREAM_DELAY + CHUNK_DELAY = 0.2 s, so an answer takes a few seconds.
-PACING = {"STREAM_DELAY": "0.05", "CHUNK_DELAY": "0.05"}
+# Per chunk of three words: 3 x STREAM_DELAY + CHUNK_DELAY = 0.4 s, so an answer takes several seconds:
+# a page reloaded on a loaded machine comes back while it still runs.
+PACING = {"STREAM_DELAY": "0.1", "CHUNK_DELAY": "0.1"}
 # A tool for the simulated model to call: it calls one when the message names it.
 QUESTION = "What is the weather in Paris? Please call get_weather."
 WEATHER_TOOL = {
