@@ -127,7 +127,15 @@ export class Sidebar {
         if (!this.lists(id)) shown.unshift({ id, title: this.localTitles.get(id) || "", local: true });
       }
     }
+    // The rename form moves into the new list: a node taken out of the page loses the focus, so what the
+    // user types next would go nowhere. The field gets it back, with its caret or selection.
+    const typing = this.renaming?.contains(document.activeElement) ? document.activeElement : null;
+    const caret = typing && [typing.selectionStart, typing.selectionEnd, typing.selectionDirection];
     this.list.replaceChildren(...shown.map((c) => this.item(c)));
+    if (typing?.isConnected) {
+      typing.focus({ preventScroll: true });
+      typing.setSelectionRange(...caret);
+    }
     this.more.hidden = !this.cursor;
   }
 

@@ -230,6 +230,37 @@ def test_a_list_asked_for_before_a_rename_does_not_undo_it(profiles: Profiles) -
 
 
 @pytest.mark.browser
+def test_a_title_being_typed_keeps_the_focus_when_the_list_is_answered_meanwhile(profiles: Profiles) -> None:
+    """A list answered while a new title is typed draws the sidebar again: the field keeps the focus
+    and what was typed, and the next keys go on into it (they went nowhere, and a rename sent the old
+    title, when the list came in the middle of typing)."""
+    service = profiles.service
+    service.chat("typing-a", "typing-user", "A question about waves")
+    page = profiles.page("typing-user", "typing-a")
+    listing = page.locator("#session-list")
+    expect(titles_shown(page)).to_have_text(["A question about waves"])
+    expect(listing).to_have_attribute("aria-busy", "false")
+
+    item(page, "A question about waves").get_by_role("button", name="Rename").click()
+    field = sidebar(page).get_by_label("New title")
+    expect(field).to_be_focused()
+    page.keyboard.press("ControlOrMeta+A")
+    page.keyboard.type("Waves")
+    with page.expect_response(lambda response: "/conversations?" in response.url):
+        page.get_by_label("User id").dispatch_event("change")  # the page asks for its list again
+    expect(listing).to_have_attribute("aria-busy", "false")  # the answer read, the sidebar drawn again
+
+    page.keyboard.type(" and tides")
+    expect(field).to_be_focused()
+    expect(field).to_have_value("Waves and tides")
+    with page.expect_response(changing("PATCH")) as renamed:
+        page.keyboard.press("Enter")
+    assert renamed.value.ok
+    expect(titles_shown(page)).to_have_text(["Waves and tides"])
+    assert service.titles("typing-user") == ["Waves and tides"]
+
+
+@pytest.mark.browser
 def test_rename_pin_and_delete_through_the_sidebar_change_the_record(profiles: Profiles) -> None:
     service = profiles.service
     service.chat("edit-a", "edit-user", "First question")
