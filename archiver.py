@@ -89,8 +89,9 @@ class ArchiveMetrics:
         )
         self.set_aside = Counter(
             "chat_archive_set_aside_entries",
-            "Outbox entries the record refused while the rest of their batch was stored: moved to the "
-            "outbox's `:rejected` stream.",
+            "Outbox entries the record refused, or of a session whose conversation in the record is "
+            "another key's, while the rest of their batch was stored: moved to the outbox's `:rejected` "
+            "stream.",
             registry=registry,
         )
         self.lag = Gauge(
@@ -246,8 +247,9 @@ class Archiver:
             self._full = self._full or len(entries) == self._batch  # entries, turns or not
             self._unacknowledged = True  # until they are acknowledged: a failure leaves them pending
             owners = await self._outbox.owners(entries)
-            archived += await self._archive(entries, owners)
-            await self._delete_again(entries)
+            ours = await self._set_aside_foreign(entries, owners)
+            archived += await self._archive(ours, owners)
+            await self._delete_again(ours)
             await self._outbox.ack(stream, [entry.entry_id for entry in entries])
         self._unacknowledged = unacknowledged
         if claiming:  # a dead consumer's entries wait claim_seconds first: looking often finds none
@@ -256,6 +258,31 @@ class Archiver:
         self.state.archived += archived
         await self._purge()
         return archived
+
+    async def _set_aside_foreign(
+        self, entries: list[OutboxEntry], owners: dict[str, str]
+    ) -> list[OutboxEntry]:
+        """The entries to store. A session's id is free again once its owner record expires with its
+        history, and another key may then take it: the record's conversation of that id stays the first
+        key's, and the new key's entries for it are set aside instead of joining it."""
+        claimed = {session_id for session_id, owner in owners.items() if owner}
+        held = await self._store.owners_of(claimed) if claimed else {}
+        foreign = {session_id for session_id, owner in held.items() if owner and owner != owners[session_id]}
+        if not foreign:
+            return entries
+        ours = [entry for entry in entries if entry.session_id not in foreign]
+        for entry in entries:
+            if entry.session_id in foreign:
+                logger.warning(
+                    "outbox entry %s set aside in %s: session %s is another key's conversation in the record",
+                    entry.entry_id,
+                    KeySpace.outbox_rejected(entry.stream),
+                    entry.session_id,
+                )
+                await self._outbox.set_aside(entry, "another key's conversation")
+        self.metrics.set_aside.inc(len(entries) - len(ours))
+        self.state.set_aside += len(entries) - len(ours)
+        return ours
 
     async def _archive(self, entries: list[OutboxEntry], owners: dict[str, str]) -> int:
         """Store a batch. When the record refuses it (not an outage), store its entries one at a time

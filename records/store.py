@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -214,6 +214,15 @@ class ConversationStore(Deletions):
                 select(conversations.c.owner).where(conversations.c.id == session_id)
             )
         return None if owner is None else str(owner)
+
+    async def owners_of(self, session_ids: Collection[str]) -> dict[str, str]:
+        """The key that owns each of these conversations the record has ("" on an open service)."""
+        if not session_ids:
+            return {}
+        query = select(conversations.c.id, conversations.c.owner).where(conversations.c.id.in_(session_ids))
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return {str(session_id): str(owner) for session_id, owner in rows}
 
     async def turns(self, session_id: str) -> list[dict[str, Any]]:
         """Every archived turn of the session, every branch, in the order they were stored."""

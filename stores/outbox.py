@@ -240,11 +240,11 @@ class Outbox:
         return {session_id: int(value) for session_id, value in zip(sessions, values, strict=True) if value}
 
     async def owners(self, entries: Sequence[OutboxEntry]) -> dict[str, str]:
-        """The API key that owns each session of the entries' turns: as the entries name it, else (an
-        entry from before entries named it, or from an open service) as its owner record says ("" on an
-        open service, or once the record has expired)."""
+        """The API key that owns each session of the entries: as their turns name it, else (a switch of
+        branch or a title, which name none; an entry from before entries named it; an open service's)
+        as its owner record says ("" on an open service, or once the record has expired)."""
         named = {entry.session_id: entry.owner for entry in entries if entry.turn and entry.owner}
-        found = await self._owner_records({e.session_id for e in entries if e.turn} - named.keys())
+        found = await self._owner_records({e.session_id for e in entries if e.session_id} - named.keys())
         return {**found, **named}
 
     async def _owner_records(self, session_ids: Iterable[str]) -> dict[str, str]:

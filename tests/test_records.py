@@ -24,7 +24,7 @@ from records.database import create_engine, current_revision, migrate
 from records.schema import messages
 from records.store import ROWS_PER_STATEMENT, ConversationStore
 from redis_client import KeySpace
-from stores.outbox import Outbox, OutboxEntry, outbox_append
+from stores.outbox import Outbox, OutboxEntry, outbox_append, outbox_branch
 from testkit.processes import ROOT
 from testkit.service import service_environment
 from testkit.waiting import eventually
@@ -276,6 +276,42 @@ async def test_a_turn_keeps_its_owner_however_late_it_is_archived(
     assert await store.owner_of("s2") == "key-b"
     assert await store.conversation("key-a", "s1") is not None
     assert await store.conversation("", "s1") is None
+
+
+async def test_a_session_id_another_key_takes_up_again_never_adds_to_the_first_keys_conversation(
+    store: ConversationStore, fake: Redis
+) -> None:
+    keys = KeySpace("chat")
+    registry = CollectorRegistry()
+    archiver = Archiver(Outbox(fake, keys, timeout=1), store, registry, batch=10, claim_seconds=30)
+    await append(fake, keys, turn("m0", "user", "2026-01-01T00:00:00Z"), owner="key-a")
+    await append(fake, keys, turn("m0", "assistant", "2026-01-01T00:00:01Z"), owner="key-a")
+    assert await archiver.cycle() == 2
+    # s1's history and owner record expired from Redis, and another key sent to s1 (a switch of
+    # branch names no key: its owner record tells), beside a session of its own.
+    await fake.set(keys.owner("s1"), "key-b")
+    await append(fake, keys, turn("m1", "user", "2026-01-02T00:00:00Z"), owner="key-b")
+    _, stream, _, *fields = outbox_branch(keys, "s1", "m1")
+    await fake.xadd(str(stream), {str(fields[0]): fields[1], str(fields[2]): fields[3]})
+    await append(fake, keys, turn("m2", "user", "2026-01-02T00:00:01Z"), session="s2", owner="key-b")
+    assert await archiver.cycle() == 1
+
+    assert [row["message_id"] for row in await store.messages("s1")] == ["m0", "m0"]
+    assert await store.owner_of("s1") == "key-a"
+    assert await store.owner_of("s2") == "key-b"
+    assert await store.active_id("s1") == "m0"
+    rejected: Any = await fake.xrange(keys.outbox_rejected(str(stream)))
+    assert [(fields[b"s"], fields[b"r"]) for _, fields in rejected] == [
+        (b"s1", b"another key's conversation")
+    ] * 2
+    assert archiver.state.set_aside == 2
+    assert registry.get_sample_value("chat_archive_set_aside_entries_total") == 2
+    assert await fake.xpending(str(stream), "archiver") == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
 
 
 async def test_a_conversation_deleted_while_its_batch_is_stored_stays_deleted(
