@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -30,6 +31,7 @@ from metrics import Metrics
 from providers import create_answer_source
 from providers.base import AnswerSource
 from records.database import create_engine, migrate
+from records.history import owner_in_record
 from records.store import ConversationStore
 from redis_client import KeySpace, RedisClient, create_redis
 from redis_wire import RedisPipe, open_pipe
@@ -284,6 +286,7 @@ def _assemble(
     history, answers, log, leases = _stores(settings, redis, keys, batchers)
     keeper = _lease_keeper(settings, redis, keys, writer, history, answers, log, leases)
     admission = Admission(settings, redis, keys, budgets=budgets, sse_gauge=metrics.sse_clients)
+    admission.record_owner = partial(owner_in_record, record[0])
     probe = PubSubProbe(redis, keys, timeout=min(timeout, HEALTH_TIMEOUT))
     hub = _hub(
         settings, redis, keys, log, probe.wrap(lambda data: chat.on_control(data)), admission, draining

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,9 @@ class Admission:
         self.owners = SessionOwners(
             redis, keys, ttl=settings.chat_history_ttl, timeout=settings.redis_timeout
         )
+        # Who the conversation record says owns a session ("" on an open service, None if it has none
+        # or cannot say): asked when a claim finds the session free in Redis. Set by the services builder.
+        self.record_owner: Callable[[str], Awaitable[str | None]] | None = None
         self.rate_limiter: RateLimiter | None = None
         if settings.rate_limit or settings.rate_limit_per_key:
             self.rate_limiter = RateLimiter.from_settings(settings, redis, keys)
@@ -124,10 +127,18 @@ class Admission:
             raise SessionNotFound(session_id)
 
     async def claim_session(self, principal: Principal, session_id: str) -> None:
-        """Before a chat: the session becomes the caller's, or `SessionForbidden` if it is another's."""
-        if principal.key_name is None:
+        """Before a chat: the session becomes the caller's, or `SessionForbidden` if it is another's:
+        in Redis, or, once its owner record there has expired, in the conversation record."""
+        key = principal.key_name
+        if key is None:
             return
-        if not await self.owners.claim(session_id, principal.key_name):
+        claimed = await self.owners.claim(session_id, key)
+        if claimed == "new" and self.record_owner is not None:
+            first = await self.record_owner(session_id)
+            if first and first != key:
+                await self.owners.restore(session_id, first)
+                claimed = "theirs"
+        if claimed == "theirs":
             raise SessionForbidden(session_id)
 
     # -- admitting a read, and an answer --

@@ -4,14 +4,16 @@ that created it."""
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from redis_client import bounded
 
 if TYPE_CHECKING:
     from redis_client import KeySpace, RedisClient
 
-__all__ = ["SessionOwners"]
+__all__ = ["Claim", "SessionOwners"]
+
+Claim = Literal["new", "ours", "theirs"]
 
 
 class SessionOwners:
@@ -24,18 +26,27 @@ class SessionOwners:
         self._ttl = ttl
         self._timeout = timeout
 
-    async def claim(self, session_id: str, owner: str) -> bool:
-        """Make `owner` the session's owner unless it already has another; True if `owner` owns it."""
+    async def claim(self, session_id: str, owner: str) -> Claim:
+        """Make `owner` the session's owner unless it already has another: "new" if the session had
+        none, "ours" if it was `owner`'s already (its TTL renewed), "theirs" if another key has it."""
         key = self._keys.owner(session_id)
         async with bounded(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             pipe.set(key, owner, nx=True, ex=self._ttl)
             pipe.get(key)
-            _, current = await pipe.execute()
+            created, current = await pipe.execute()
         if current != owner.encode():
-            return False
+            return "theirs"
+        if created:
+            return "new"
         async with bounded(self._timeout):
             await self._redis.expire(key, self._ttl)
-        return True
+        return "ours"
+
+    async def restore(self, session_id: str, owner: str) -> None:
+        """Give the session back to `owner`, the key the conversation record knows it by, after another
+        key's claim found it free in Redis (its owner record had expired with its history)."""
+        async with bounded(self._timeout):
+            await self._redis.set(self._keys.owner(session_id), owner, ex=self._ttl)
 
     async def owns(self, session_id: str, owner: str) -> bool:
         async with bounded(self._timeout):

@@ -280,5 +280,22 @@ async def test_history_from_the_record_keeps_its_owner_after_redis_let_it_expire
             # Only the SQL record knows whose it is now: the owner reads it as before, another key cannot.
             assert (await client.get("/history/s1", headers=ALICE)).json() == before
             assert (await client.get("/history/s1", headers=BOB)).status_code == 404
+
+            # The id is free in Redis again, but the record knows it as Alice's: Bob may not take it up,
+            # and Alice goes on in it.
+            body = {"session_id": "s1", "message": "Bob's own question", "user_id": "u1"}
+            refused = await client.post("/chat", json=body, headers=BOB)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"]["code"] == "session_forbidden"
+            assert (await client.get("/conversations/s1", headers=BOB)).status_code == 404
+            await chat(client, "s1", "Alice goes on", headers=ALICE)
+
+            async def four() -> Json | None:
+                found: Json = (await client.get("/conversations/s1", headers=ALICE)).json()
+                return found if found["message_count"] == 4 else None
+
+            mine = await eventually(four, "Alice's second exchange archived")
+            assert {m["turn"]["user_id"] for m in mine["messages"]} == {"u1"}
+            assert "Bob's own question" not in {m["turn"]["content"] for m in mine["messages"]}
     finally:
         await redis.aclose()

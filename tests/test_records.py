@@ -17,10 +17,12 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import records.history
 from archiver import Archiver
 from config import Settings
 from models import ChatTurn
 from records.database import create_engine, current_revision, migrate
+from records.history import owner_in_record
 from records.schema import messages
 from records.store import ROWS_PER_STATEMENT, ConversationStore
 from redis_client import KeySpace
@@ -312,6 +314,30 @@ async def test_a_session_id_another_key_takes_up_again_never_adds_to_the_first_k
         "max": None,
         "consumers": [],
     }
+
+
+async def test_admission_asks_the_record_whose_a_session_is_and_never_waits_on_it(
+    store: ConversationStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.archive([entry(1, turn("m1", "user", "2026-01-01T00:00:00Z"))], {"s1": "key-a"})
+    assert await owner_in_record(store, "s1") == "key-a"
+    assert await owner_in_record(store, "s2") is None
+
+    async def refused(session_id: str) -> str | None:
+        raise OperationalError("SELECT", {}, OSError("connection refused"))
+
+    monkeypatch.setattr(store, "owner_of", refused)
+    assert await owner_in_record(store, "s1") is None  # the chat goes on; the archiver guards the record
+    never = asyncio.Event()
+
+    async def hangs(session_id: str) -> str | None:
+        await never.wait()
+        return None
+
+    monkeypatch.setattr(store, "owner_of", hangs)
+    monkeypatch.setattr(records.history, "RECORD_OWNER_SECONDS", 0.05)
+    async with asyncio.timeout(10):  # a guard: the bound above is what answers
+        assert await owner_in_record(store, "s1") is None
 
 
 async def test_a_conversation_deleted_while_its_batch_is_stored_stays_deleted(
