@@ -155,6 +155,17 @@ def titles_shown(page: Page) -> Locator:
     return sidebar(page).locator("li.conversation button.open")
 
 
+def settled(profiles: Profiles, session_id: str, user_id: str, message: str) -> tuple[Page, Locator]:
+    """`user_id`'s page on a conversation of one exchange, once every list it asked for is answered;
+    the page, and its list of conversations."""
+    profiles.service.chat(session_id, user_id, message)
+    page = profiles.page(user_id, session_id)
+    listing = page.locator("#session-list")
+    expect(titles_shown(page)).to_have_text([message])
+    expect(listing).to_have_attribute("aria-busy", "false")
+    return page, listing
+
+
 def changing(method: str) -> Callable[[Response], bool]:
     """The service's answer to the page's PATCH or DELETE of a conversation: waited for before the test
     reads the record (on a loaded machine, the write may take longer than an `expect` waits)."""
@@ -193,11 +204,7 @@ def test_a_list_asked_for_before_a_rename_does_not_undo_it(profiles: Profiles) -
     its way while the user renamed a conversation was read before the rename: when it arrives after
     the rename's answer, it must not put the old title back (CI saw it happen on a loaded machine)."""
     service = profiles.service
-    service.chat("stale-a", "stale-user", "A question about tides")
-    page = profiles.page("stale-user", "stale-a")
-    listing = page.locator("#session-list")
-    expect(titles_shown(page)).to_have_text(["A question about tides"])
-    expect(listing).to_have_attribute("aria-busy", "false")
+    page, listing = settled(profiles, "stale-a", "stale-user", "A question about tides")
 
     # Every list the page asks for from now on is read from the service at once, and answered later.
     held: list[tuple[Route, APIResponse]] = []
@@ -235,11 +242,7 @@ def test_a_title_being_typed_keeps_the_focus_when_the_list_is_answered_meanwhile
     and what was typed, and the next keys go on into it (they went nowhere, and a rename sent the old
     title, when the list came in the middle of typing)."""
     service = profiles.service
-    service.chat("typing-a", "typing-user", "A question about waves")
-    page = profiles.page("typing-user", "typing-a")
-    listing = page.locator("#session-list")
-    expect(titles_shown(page)).to_have_text(["A question about waves"])
-    expect(listing).to_have_attribute("aria-busy", "false")
+    page, listing = settled(profiles, "typing-a", "typing-user", "A question about waves")
 
     item(page, "A question about waves").get_by_role("button", name="Rename").click()
     field = sidebar(page).get_by_label("New title")
