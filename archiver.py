@@ -270,19 +270,11 @@ class Archiver:
         foreign = {session_id for session_id, owner in held.items() if owner and owner != owners[session_id]}
         if not foreign:
             return entries
-        ours = [entry for entry in entries if entry.session_id not in foreign]
         for entry in entries:
             if entry.session_id in foreign:
-                logger.warning(
-                    "outbox entry %s set aside in %s: session %s is another key's conversation in the record",
-                    entry.entry_id,
-                    KeySpace.outbox_rejected(entry.stream),
-                    entry.session_id,
-                )
-                await self._outbox.set_aside(entry, "another key's conversation")
-        self.metrics.set_aside.inc(len(entries) - len(ours))
-        self.state.set_aside += len(entries) - len(ours)
-        return ours
+                why = "the session is another key's conversation in the record"
+                await self._set_aside(entry, "another key's conversation", why, logging.WARNING)
+        return [entry for entry in entries if entry.session_id not in foreign]
 
     async def _archive(self, entries: list[OutboxEntry], owners: dict[str, str]) -> int:
         """Store a batch. When the record refuses it (not an outage), store its entries one at a time
@@ -304,18 +296,25 @@ class Archiver:
                     refused.append((entry, entry_error))
             if len(refused) == len(entries):
                 raise
-        for entry, reason in refused:
-            logger.error(
-                "outbox entry %s (session %s) set aside in %s: the record refused it: %r",
-                entry.entry_id,
-                entry.session_id,
-                KeySpace.outbox_rejected(entry.stream),
-                reason,
-            )
-            await self._outbox.set_aside(entry, type(reason).__name__)
-        self.metrics.set_aside.inc(len(refused))
-        self.state.set_aside += len(refused)
+        for entry, error in refused:
+            why = f"the record refused it: {error!r}"
+            await self._set_aside(entry, type(error).__name__, why, logging.ERROR)
         return stored
+
+    async def _set_aside(self, entry: OutboxEntry, reason: str, why: str, level: int) -> None:
+        """Move an entry the record must not or cannot take to the outbox's `:rejected` stream, with
+        `reason`; logged at `level`, saying `why`, and counted."""
+        logger.log(
+            level,
+            "outbox entry %s (session %s) set aside in %s: %s",
+            entry.entry_id,
+            entry.session_id,
+            KeySpace.outbox_rejected(entry.stream),
+            why,
+        )
+        await self._outbox.set_aside(entry, reason)
+        self.metrics.set_aside.inc()
+        self.state.set_aside += 1
 
     async def _delete_again(self, entries: list[OutboxEntry]) -> None:
         """A conversation deleted while this batch was being stored: its deletion may have run before the
