@@ -52,7 +52,7 @@ async def finished(client: httpx.AsyncClient, session_id: str, headers: dict[str
     async def stored() -> bool:
         return bool((await client.get(f"/history/{session_id}", headers=headers)).json().get("count") == 2)
 
-    await eventually(stored, "the answer finished", timeout=30)
+    await eventually(stored, "the answer finished")
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)

@@ -112,7 +112,7 @@ async def test_streams_per_user_are_capped_across_instances_and_freed_when_answe
             retry = await first.post("/chat", json=chat_body(session_id="e"), headers=AUTH)
             return retry if retry.status_code == 202 else None
 
-        retry = await eventually(admitted, "a new chat is admitted in the freed slot", timeout=30)
+        retry = await eventually(admitted, "a new chat is admitted in the freed slot")
         assert retry.status_code == 202
 
 

@@ -99,7 +99,7 @@ async def test_nothing_is_lost_while_the_database_is_down_and_each_turn_arrives_
                 state = await archive_state(client)
                 return bool(state["backlog"] == 0 and state["status"] == "ok" and "error" not in state)
 
-            await eventually(drained, "the outbox drained into PostgreSQL", timeout=30)
+            await eventually(drained, "the outbox drained into PostgreSQL")
             metrics = (await client.get("/metrics")).text
             assert re.search(r"^chat_archive_oldest_pending_seconds 0\.0$", metrics, re.M), metrics
         assert await counts(postgres_url) == (2 * answers, 2 * answers, answers)
@@ -139,7 +139,6 @@ async def test_a_killed_instances_pending_entries_are_archived_by_a_new_one(
             await eventually(
                 held,
                 "the first instance holds entries it could not archive",
-                timeout=30,
                 ignoring=(ResponseError,),
             )
             first.kill()
@@ -151,7 +150,7 @@ async def test_a_killed_instances_pending_entries_are_archived_by_a_new_one(
                 stored = await counts(postgres_url) == (10, 10, 5)
                 return stored and (await redis.xpending("chat:outbox", GROUP))["pending"] == 0
 
-            await eventually(archived, f"the new instance archived them:\n{second.output()}", timeout=30)
+            await eventually(archived, f"the new instance archived them:\n{second.output()}")
         finally:
             first.cleanup()
             second.cleanup()

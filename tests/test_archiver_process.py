@@ -66,7 +66,7 @@ async def test_the_archiver_process_archives_reports_and_is_restarted_after_a_ki
         async def archived(count: int) -> bool:
             return len(await records.turns("s1")) == count
 
-        await eventually(lambda: archived(2), "the first exchange is in the record", timeout=30)
+        await eventually(lambda: archived(2), "the first exchange is in the record")
         await eventually(
             lambda: _true(archiver.state.archived >= 2), "the child reported what it archived", timeout=30
         )
@@ -82,11 +82,11 @@ async def test_the_archiver_process_archives_reports_and_is_restarted_after_a_ki
         )
         assert archiver.starts == 2
         await harness.chat("second", session_id="s1")
-        await eventually(lambda: archived(4), "the second exchange is in the record too", timeout=30)
+        await eventually(lambda: archived(4), "the second exchange is in the record too")
         # The exit was reported to /health until the new child's first report.
-        await eventually(lambda: _true(archiver.state.error is None), "the new child reports", timeout=30)
+        await eventually(lambda: _true(archiver.state.error is None), "the new child reports")
         # Both children's counts add up in the parent's figures.
-        await eventually(lambda: _true(archiver.state.archived >= 4), "four turns counted", timeout=30)
+        await eventually(lambda: _true(archiver.state.archived >= 4), "four turns counted")
         assert registry.get_sample_value("chat_archived_turns_total") == archiver.state.archived
         last = archiver.pid
         assert last is not None

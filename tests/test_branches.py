@@ -78,7 +78,7 @@ async def archived_tree(client: httpx.AsyncClient, active_ends_with: str) -> Jso
         branch = body["active_branch"]
         return body if branch and branch[-1] == f"{active_ends_with}:assistant" else None
 
-    found: Json = await eventually(caught_up, "the record's active branch", timeout=30)
+    found: Json = await eventually(caught_up, "the record's active branch")
     return found
 
 

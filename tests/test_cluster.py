@@ -173,17 +173,17 @@ async def test_turns_are_archived_and_accounted_from_each_sessions_answers_on_a_
                     (s, 2) for s in sessions
                 ]
 
-            await eventually(archived, "every session's turns archived", timeout=30)
+            await eventually(archived, "every session's turns archived")
 
             async def accounted() -> bool:  # the usage ledger goes through the cluster's event writer
                 return bool((await http.get("/usage")).json()["totals"]["answers"] == len(sessions))
 
-            await eventually(accounted, "every answer's usage recorded", timeout=30)
+            await eventually(accounted, "every answer's usage recorded")
 
             async def drained() -> bool:  # acknowledged and deleted a moment after the rows' commit
                 return all([await client.xlen(f"chat:{{{session}}}:outbox") == 0 for session in sessions])
 
-            await eventually(drained, "every session's outbox emptied", timeout=30)
+            await eventually(drained, "every session's outbox emptied")
 
             # A user's deletion erases both tiers, the answers' states among them (each in its own slot).
             states = [f"chat:message:{{{message_id}}}" for message_id in answers]

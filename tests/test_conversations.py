@@ -60,7 +60,7 @@ async def archived(
         done = len(found) == count and all(item["message_count"] == 2 for item in found)
         return found if done else None
 
-    result = await eventually(listed, f"{count} conversations archived", timeout=30)
+    result = await eventually(listed, f"{count} conversations archived")
     assert result is not None
     return result
 
@@ -276,7 +276,7 @@ async def test_history_from_the_record_keeps_its_owner_after_redis_let_it_expire
             async def expired() -> bool:
                 return not await redis.exists("chat:{s1}:history", "chat:{s1}:owner")
 
-            await eventually(expired, "the history and its owner record expired from Redis", timeout=30)
+            await eventually(expired, "the history and its owner record expired from Redis")
             # Only the SQL record knows whose it is now: the owner reads it as before, another key cannot.
             assert (await client.get("/history/s1", headers=ALICE)).json() == before
             assert (await client.get("/history/s1", headers=BOB)).status_code == 404

@@ -101,7 +101,7 @@ async def test_oom_refuses_chats_with_503_and_leaves_no_half_written_turn(
         async def answered() -> bool:
             return bool((await client.get("/history/full")).json()["count"] == 2)
 
-        await eventually(answered, "the first answer is stored", timeout=30)
+        await eventually(answered, "the first answer is stored")
         own_redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         own_redis.cli("CONFIG", "SET", "maxmemory", "1")
         refused = await client.post("/chat", json=chat("full", "This one does not fit"))
@@ -268,7 +268,6 @@ def test_a_slow_sse_reader_past_the_pubsub_buffer_limit_gets_every_event(own_red
             eventually_sync(
                 lambda: httpx.get(f"{service.url}/history/slow", timeout=5).json()["count"] == 2 * answers,
                 "every answer is stored",
-                timeout=30,
             )
             deadline = time.monotonic() + 30
             while received.count(b"event: end") < answers and time.monotonic() < deadline:

@@ -46,7 +46,7 @@ async def answered(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
         response = await client.get("/conversations/s1", headers=headers)
         return response.status_code == 200 and response.json()["message_count"] == 2
 
-    await eventually(archived, "the answer is archived", timeout=30)
+    await eventually(archived, "the answer is archived")
     return message_id
 
 

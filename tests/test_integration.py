@@ -184,7 +184,7 @@ async def test_history_expires_from_redis_after_ttl_then_comes_from_the_record(
         async def expired() -> bool:
             return not await redis.exists(HISTORY_KEY)
 
-        await eventually(expired, "the history has expired from Redis", timeout=30)
+        await eventually(expired, "the history has expired from Redis")
 
         # Issue #15: the same history, in the same shape, now from the SQL conversation record (once
         # the archiver has stored it: with a TTL of 1 s, that may come after the history expired).
@@ -192,7 +192,7 @@ async def test_history_expires_from_redis_after_ttl_then_comes_from_the_record(
             after = (await client.get("/history/test123")).json()
             return after if after["count"] else None
 
-        assert await eventually(from_the_record, "the history comes from the record", timeout=30) == before
+        assert await eventually(from_the_record, "the history comes from the record") == before
 
 
 async def test_history_is_trimmed_at_max_history_messages(
@@ -243,7 +243,7 @@ async def test_503_while_redis_is_down_and_recovery_when_it_is_back(
         async def ready() -> bool:
             return (await client.get("/health")).status_code == 200
 
-        await eventually(ready, "ready once Redis is back, with no restart", timeout=30)
+        await eventually(ready, "ready once Redis is back, with no restart")
         async with asyncio.timeout(20):
             assert (await client.post("/chat", json=CHAT)).status_code == 202
             history = await wait_for_history(client, "test123")

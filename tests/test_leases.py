@@ -111,7 +111,7 @@ async def test_answers_that_could_not_write_their_end_while_redis_refused_writes
             states = [await harness.services.answers.get(message_id) for message_id in message_ids]
             return all(state is not None and state.status == "failed" for state in states)
 
-        await eventually(all_lost, "every answer is ended by the sweep", timeout=30)
+        await eventually(all_lost, "every answer is ended by the sweep")
         for session in sessions:
             turns = await harness.history.read(session)
             assert [(turn.role, turn.content, turn.finish_reason) for turn in turns[1:]] == [
@@ -242,7 +242,7 @@ async def test_an_answer_ended_as_lost_elsewhere_is_stopped_by_its_instance_and_
         message_id = await submit(harness, "s1")
         await eventually(lambda: _logged(harness, "s1", 2), "the answer has written its chunk")
         assert await harness.services.keeper.ends.end_lost(message_id)  # as another instance would
-        await eventually(lambda: _idle(harness), "the answer's task has stopped", timeout=30)
+        await eventually(lambda: _idle(harness), "the answer's task has stopped")
         events = await log_events(harness, "s1")
         assert [event["type"] for event in events] == ["start", "chunk", "error"]
         assert events[-1]["error"]["code"] == "answer_lost"

@@ -53,7 +53,7 @@ async def archived(client: httpx.AsyncClient, session_id: str, headers: dict[str
         response = await client.get(f"/conversations/{session_id}", headers=headers)
         return response.status_code == 200 and response.json()["message_count"] >= count
 
-    await eventually(done, f"{count} turns of {session_id} archived", timeout=30)
+    await eventually(done, f"{count} turns of {session_id} archived")
 
 
 def record_rows(database: Path, message_id: str) -> set[tuple[str, str]]:

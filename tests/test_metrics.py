@@ -164,12 +164,10 @@ def test_sse_clients_gauge_follows_clients_that_come_and_go() -> None:
                 eventually_sync(
                     lambda: value(client.get("/metrics").text, "chat_sse_clients") == 2,
                     "chat_sse_clients counts both clients",
-                    timeout=30,
                 )
             eventually_sync(
                 lambda: value(client.get("/metrics").text, "chat_sse_clients") == 0,
                 "chat_sse_clients is back to 0 once both left",
-                timeout=30,
             )
     finally:
         service.terminate()

@@ -92,7 +92,7 @@ async def test_an_answer_started_through_responses_is_followed_and_stopped_throu
     async def both_reading() -> bool:
         return ready.exists() and any(event["type"] == "chunk" for event in native)
 
-    await eventually(both_reading, "the SSE and AI SDK clients both read the answer", timeout=30)
+    await eventually(both_reading, "the SSE and AI SDK clients both read the answer")
 
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
         stopped = (await http.post(f"/chat/{message_id}/cancel")).json()

@@ -38,7 +38,7 @@ async def conversations_outlive_a_restart(variables: dict[str, str]) -> None:
             async def archived() -> bool:
                 return [(item["id"], item["message_count"]) for item in await listed(client)] == [("kept", 2)]
 
-            await eventually(archived, f"the exchange is archived:\n{first.output()}", timeout=30)
+            await eventually(archived, f"the exchange is archived:\n{first.output()}")
             history = (await client.get("/history/kept")).json()
         assert [turn["role"] for turn in history["messages"]] == ["user", "assistant"]
         first.stop()

@@ -111,7 +111,7 @@ async def test_failover_loses_no_accepted_turn_and_service_recovers(
         async def accepting() -> bool:
             return len(accepted) >= count_after_recovery + 5
 
-        await eventually(accepting, "the service goes on accepting chats", timeout=30)
+        await eventually(accepting, "the service goes on accepting chats")
         stop.set()
         await asyncio.gather(*tasks)
 

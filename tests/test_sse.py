@@ -28,7 +28,7 @@ async def subscribed(redis_server: RedisServer, channel: str, count: int) -> Non
     async def holds() -> bool:
         return int(redis_server.cli("PUBSUB", "NUMSUB", channel).split()[-1]) == count
 
-    await eventually(holds, f"{channel} has {count} subscribers", timeout=30)
+    await eventually(holds, f"{channel} has {count} subscribers")
 
 
 async def test_a_client_that_leaves_is_let_go(
@@ -81,7 +81,7 @@ async def test_an_open_stream_holds_nothing_of_the_route_that_opened_it(
                 metrics = (await client.get("/metrics")).text
                 return 'method="GET",route="/stream/{session_id}",status="200"' in metrics
 
-            await eventually(counted, "the stream is counted under its route", timeout=30)
+            await eventually(counted, "the stream is counted under its route")
 
 
 async def test_sigterm_ends_open_streams_and_the_service_exits(

@@ -262,7 +262,7 @@ def test_a_chats_trace_arrives_over_otlp_http(start_service: Callable[..., Servi
             names = {span.name for span in receiver.spans}
             return receiver.spans if {"chat.answer", "chat simulated", "chat.answer.write"} <= names else None
 
-        spans = eventually_sync(arrived, "the answer's spans reach the receiver", timeout=30)
+        spans = eventually_sync(arrived, "the answer's spans reach the receiver")
     answer = next(span for span in spans if span.name == "chat.answer")
     request = next(span for span in spans if span.span_id == answer.parent_span_id)
     assert request.name.startswith("POST /chat")

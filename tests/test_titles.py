@@ -62,14 +62,14 @@ async def titled(client: httpx.AsyncClient, expected: str) -> None:
     async def done() -> bool:
         return await title_of(client) == expected
 
-    await eventually(done, f"the title {expected!r}", timeout=30)
+    await eventually(done, f"the title {expected!r}")
 
 
 async def requests_received(model_server: OpenAIServer, count: int) -> None:
     async def done() -> bool:
         return len(model_server.requests) >= count
 
-    await eventually(done, f"{count} requests upstream", timeout=30)
+    await eventually(done, f"{count} requests upstream")
 
 
 async def all_archived(redis: Redis, prefix: str, added: int) -> None:
@@ -80,7 +80,7 @@ async def all_archived(redis: Redis, prefix: str, added: int) -> None:
         info = await redis.xinfo_stream(stream)
         return bool(info["entries-added"] == added and info["length"] == 0)
 
-    await eventually(done, f"{added} outbox entries archived", timeout=30)
+    await eventually(done, f"{added} outbox entries archived")
 
 
 async def test_the_models_title_replaces_the_first_messages_after_the_answer_has_ended(

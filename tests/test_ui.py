@@ -360,7 +360,7 @@ def test_history_is_shown_when_the_page_opens_a_session(tab: Tab) -> None:
         timeout=5,
     )
     assert accepted.status_code == 202
-    eventually_sync(lambda: len(tab.server.history(session_id)) >= 2, "the answer is stored", timeout=30)
+    eventually_sync(lambda: len(tab.server.history(session_id)) >= 2, "the answer is stored")
 
     tab.page.goto(f"/ui#session={session_id}")
 
